@@ -1,0 +1,1 @@
+"""The ``ragsam`` command line: thin wrappers over the Python API."""

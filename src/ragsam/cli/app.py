@@ -1,0 +1,27 @@
+"""The typer application that every subcommand module registers itself on.
+
+Subcommand modules import their heavy API lazily (inside the command
+function) so that ``ragsam --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="ragsam",
+    help=(
+        "Segment Anything for abdominal CT: fine-tune SAM with LoRA/adapters and segment new "
+        "scans by retrieval-augmented SAM 2 memory.\n\n"
+        "Example: ragsam prepare data/BTCV -o prepared/btcv"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+index_app = typer.Typer(help="Build and query the retrieval support bank.", no_args_is_help=True)
+weights_app = typer.Typer(help="List, fetch, convert and verify pretrained weights.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+app.add_typer(weights_app, name="weights")

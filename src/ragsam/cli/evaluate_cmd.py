@@ -1,0 +1,1 @@
+"""Subcommand module (to be filled in): registers its commands on `ragsam.cli.app.app`."""

@@ -1,0 +1,66 @@
+"""Entry point of the ``ragsam`` console script.
+
+Exit codes: 0 success, 2 bad input or usage (one line, no traceback),
+1 internal error (one line; set ``RAGSAM_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+# Importing the modules registers their commands on the app.
+from ragsam.cli import (  # noqa: F401
+    baseline_cmd,
+    demo_cmd,
+    evaluate_cmd,
+    experiment_cmd,
+    index_cmd,
+    model_cmd,
+    predict_cmd,
+    prepare_cmd,
+    segment_cmd,
+    train_cmd,
+    weights_cmd,
+)
+from ragsam.cli.app import app
+from ragsam.errors import RagsamError
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` and return the exit code (never raises)."""
+    try:
+        app(args=argv, prog_name="ragsam", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        return 2
+    except click.exceptions.Abort:
+        print("ragsam: aborted", file=sys.stderr)
+        return 130
+    except RagsamError as exc:
+        print(f"ragsam: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ragsam: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # internal error: one line unless debugging
+        if os.environ.get("RAGSAM_DEBUG"):
+            traceback.print_exc()
+        print(f"ragsam: internal error: {type(exc).__name__}: {exc} (set RAGSAM_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run_cli(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Errors a user can fix.
+
+Everything raised as :class:`RagsamError` (or a subclass) is reported by the
+command line as one line, ``ragsam: error: <message>``, with exit code 2 and no
+traceback. Any other exception is an internal error (exit code 1).
+
+Messages name the file first and then the problem, e.g.
+``/data/ct.nii.gz: not a readable image (truncated gzip stream)``.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class RagsamError(Exception):
+    """A problem with the user's input, configuration or environment (exit code 2)."""
+
+
+class InputError(RagsamError):
+    """A bad input file, folder or value.
+
+    Args:
+        path: the offending file or folder (or ``None`` when no file is involved).
+        problem: what is wrong, in a few words; quote the bad value.
+    """
+
+    def __init__(self, path: str | PathLike | None, problem: str) -> None:
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+class OutputExistsError(RagsamError):
+    """An output already exists and ``--force`` was not given."""
+
+    def __init__(self, path: str | PathLike) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: already exists (use --force to overwrite)")
+
+
+class MissingWeightsError(RagsamError):
+    """Pretrained weights are not available locally and cannot be downloaded."""

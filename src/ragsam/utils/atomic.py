@@ -1,0 +1,101 @@
+"""Atomic writes: every output is written to a temporary sibling, then renamed.
+
+A crash or a refused input therefore never leaves a half-written file, and an
+existing output is only replaced when ``force`` is true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ragsam.errors import OutputExistsError
+
+
+def check_writable(path: str | os.PathLike, force: bool) -> Path:
+    """Refuse to overwrite ``path`` unless ``force``; create its parent folder.
+
+    Returns:
+        ``path`` as a :class:`Path`.
+    Raises:
+        OutputExistsError: ``path`` exists and ``force`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    The temporary name keeps the final suffixes (``x.nii.gz`` -> ``.x.tmpXXXX.nii.gz``)
+    so writers that choose a format by extension still work. On any exception
+    the temporary file is removed and ``path`` is left untouched.
+
+    Example:
+        >>> with atomic_path("out/labels.nii.gz", force=True) as tmp:
+        ...     sitk.WriteImage(image, str(tmp))
+    """
+    final = check_writable(path, force)
+    suffix = "".join(final.suffixes)
+    stem = final.name[: len(final.name) - len(suffix)] if suffix else final.name
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; move it onto ``path`` on success.
+
+    With ``force`` an existing folder is replaced only after the new one is
+    complete. On any exception the temporary folder is removed.
+    """
+    final = check_writable(path, force)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str, force: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically. Returns the final path."""
+    with atomic_path(path, force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, force: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically. Returns the final path."""
+    with atomic_path(path, force) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, force: bool = True) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically. Returns the final path."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", force)

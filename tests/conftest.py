@@ -1,0 +1,43 @@
+"""Shared test fixtures.
+
+Tests that need the real CT in ``../shared/data`` use the ``shared_data``
+fixture. It FAILS (never skips) when the folder is missing, so CI cannot go
+green without them. ``RAGSAM_SHARED_DATA`` may point elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("RAGSAM_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (abdomen-ct-3mm/, abdomen-ct-dicom/, labels-btcv.json)."""
+    path = _shared_data_dir()
+    if not (path / "abdomen-ct-3mm" / "ct.nii.gz").is_file():
+        pytest.fail(f"shared CT data not found at {path}; these tests must not be skipped")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ct3mm(shared_data: Path) -> dict[str, Path]:
+    """The 3 mm NIfTI case: {'image', 'labels'}."""
+    d = shared_data / "abdomen-ct-3mm"
+    return {"image": d / "ct.nii.gz", "labels": d / "labels.nii.gz"}
+
+
+@pytest.fixture(scope="session")
+def ct_dicom(shared_data: Path) -> dict[str, Path]:
+    """The DICOM case: {'image': series folder, 'labels': NIfTI with a flipped y axis}."""
+    d = shared_data / "abdomen-ct-dicom"
+    return {"image": d / "dicom", "labels": d / "labels.nii.gz"}
