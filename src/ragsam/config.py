@@ -72,7 +72,7 @@ def from_dict(cls: type[T], data: dict, source: str = "<config>", prefix: str = 
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise InputError(source, f"unknown configuration key {prefix}{unknown[0]!r} (known: {', '.join(sorted(names))})")
+        raise InputError(source, f"unknown configuration key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k, source) for k, v in data.items()}
     return cls(**kwargs)
 

@@ -11,6 +11,12 @@ import sys
 import traceback
 
 import click
+import typer
+
+try:  # typer >= 0.17 ships its own copy of click
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _TyperUsageError = click.exceptions.UsageError
 
 # Importing the modules registers their commands on the app.
 from ragsam.cli import (  # noqa: F401
@@ -18,6 +24,7 @@ from ragsam.cli import (  # noqa: F401
     demo_cmd,
     evaluate_cmd,
     experiment_cmd,
+    hub_cmd,
     index_cmd,
     model_cmd,
     predict_cmd,
@@ -29,18 +36,22 @@ from ragsam.cli import (  # noqa: F401
 from ragsam.cli.app import app
 from ragsam.errors import RagsamError
 
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_USAGE = (click.exceptions.UsageError, _TyperUsageError)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+
 
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` and return the exit code (never raises)."""
     try:
         app(args=argv, prog_name="ragsam", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         return int(exc.exit_code or 0)
-    except click.exceptions.UsageError as exc:
+    except _USAGE as exc:
         exc.show()
         return 2
-    except click.exceptions.Abort:
+    except _ABORT:
         print("ragsam: aborted", file=sys.stderr)
         return 130
     except RagsamError as exc:

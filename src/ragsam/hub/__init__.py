@@ -1,0 +1,1 @@
+"""Pretrained-weight presets: names, where to get them, and checks of local copies."""

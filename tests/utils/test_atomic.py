@@ -1,0 +1,61 @@
+"""Atomic writes: nothing half-written, no overwrite without force."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragsam.errors import OutputExistsError
+from ragsam.utils.atomic import atomic_dir, atomic_path, write_json, write_text
+
+
+def test_atomic_path_keeps_suffixes_and_renames(tmp_path):
+    target = tmp_path / "sub" / "labels.nii.gz"
+    with atomic_path(target, force=False) as tmp:
+        assert tmp.parent == target.parent
+        assert tmp.name.endswith(".nii.gz") and tmp != target
+        tmp.write_bytes(b"abc")
+        assert not target.exists()
+    assert target.read_bytes() == b"abc"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["labels.nii.gz"]
+
+
+def test_atomic_path_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force(tmp_path):
+    target = write_text(tmp_path / "a.txt", "old")
+    with pytest.raises(OutputExistsError, match="use --force"):
+        write_text(target, "new", force=False)
+    assert target.read_text() == "old"
+    write_text(target, "new", force=True)
+    assert target.read_text() == "new"
+
+
+def test_atomic_dir_replaces_only_when_complete(tmp_path):
+    final = tmp_path / "report"
+    with atomic_dir(final) as d:
+        (d / "x.json").write_text("1")
+    assert (final / "x.json").read_text() == "1"
+    with pytest.raises(OutputExistsError):
+        with atomic_dir(final, force=False):
+            pass
+    with pytest.raises(ValueError), atomic_dir(final, force=True) as d:
+        (d / "y.json").write_text("2")
+        raise ValueError("half done")
+    assert sorted(p.name for p in final.iterdir()) == ["x.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    with atomic_dir(final, force=True) as d:
+        (d / "y.json").write_text("2")
+    assert sorted(p.name for p in final.iterdir()) == ["y.json"]
+
+
+def test_write_json_round_trip(tmp_path):
+    import json
+
+    path = write_json(tmp_path / "m.json", {"dice": 0.5, "organs": [1, 6]})
+    assert json.loads(path.read_text()) == {"dice": 0.5, "organs": [1, 6]}
