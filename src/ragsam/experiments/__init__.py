@@ -1,0 +1,1 @@
+"""The paper's comparisons as resumable plans: ``ragsam experiment NAME``."""

@@ -1,0 +1,160 @@
+"""Built-in experiment plans: the RAG-SAM paper's Tables 1-4 as data.
+
+A plan is a list of variants evaluated on the same test cases and shown in
+one table beside the paper's published row for each variant. Variants are:
+
+* ``finetune``: ``ragsam train`` with configuration overrides, then ``ragsam predict``;
+* ``baseline``: ``ragsam baseline`` (prompted SAM or MedSAM);
+* ``rag``: a fine-tuned variant's model fused with retrieval (``ragsam segment --run``).
+
+Plans can also come from a YAML file with the same fields (``ragsam experiment my.yaml``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ragsam.config import from_dict
+from ragsam.errors import InputError
+
+
+@dataclass
+class Variant:
+    """One row of a plan's table.
+
+    Attributes:
+        name: row label and folder name.
+        kind: ``finetune`` | ``baseline`` | ``rag``.
+        overrides: ``key=value`` training-config overrides (finetune) .
+        paper_row: the row of the paper's table this variant reproduces.
+        prompt: ``point1`` | ``point3`` | ``box`` (baseline).
+        weights: ``sam`` or ``medsam``: which pretrained weights a baseline uses.
+        base: for ``rag``, the finetune variant whose model is fused with retrieval.
+        x: a number to plot this variant against (the LoRA rank of Table 3).
+    """
+
+    name: str
+    kind: str = "finetune"
+    overrides: list[str] = field(default_factory=list)
+    paper_row: str | None = None
+    prompt: str | None = None
+    weights: str = "sam"
+    base: str | None = None
+    x: float | None = None
+
+
+@dataclass
+class Plan:
+    """A whole experiment: dataset, organs, variants and the paper table to compare with."""
+
+    name: str
+    title: str
+    dataset: str = "btcv"
+    organs: str = "paper-8"
+    paper_table: str | None = None
+    x_label: str | None = None
+    variants: list[Variant] = field(default_factory=list)
+
+
+_SAMED = ["model.peft.method=lora", "model.peft.rank=4", "model.peft.decoder=full"]
+
+BUILTIN_PLANS: dict[str, Plan] = {
+    "paper-btcv": Plan(
+        name="paper-btcv", title="Table 1: BTCV, SAMed and Med-SA against prompted SAM/MedSAM",
+        dataset="btcv", organs="btcv-table1", paper_table="paper-btcv",
+        variants=[
+            Variant("SAMed", overrides=_SAMED, paper_row="SAMed"),
+            Variant("Med-SA", overrides=["model.peft.method=adapter", "model.peft.decoder=full"],
+                    paper_row="Med-SA"),
+            Variant("SAM 1 point", kind="baseline", prompt="point1", weights="sam", paper_row="SAM 1 point"),
+            Variant("SAM 3 points", kind="baseline", prompt="point3", weights="sam", paper_row="SAM 3 points"),
+            Variant("SAM BBox 0.5", kind="baseline", prompt="box", weights="sam", paper_row="SAM BBox 0.5"),
+            Variant("MedSAM 1 point", kind="baseline", prompt="point1", weights="medsam",
+                    paper_row="MedSAM 1 point"),
+            Variant("MedSAM 3 points", kind="baseline", prompt="point3", weights="medsam",
+                    paper_row="MedSAM 3 points"),
+            Variant("MedSAM BBox 0.5", kind="baseline", prompt="box", weights="medsam",
+                    paper_row="MedSAM BBox 0.5"),
+        ],
+    ),
+    "paper-flare-decoder": Plan(
+        name="paper-flare-decoder", title="Table 2: FLARE22, mask decoder fully fine-tuned vs LoRA",
+        dataset="flare22", organs="paper-8", paper_table="paper-flare-decoder",
+        variants=[
+            Variant("SAMed", overrides=_SAMED, paper_row="SAMed"),
+            Variant("SAMed_s", overrides=["model.peft.method=lora", "model.peft.rank=4",
+                                          "model.peft.decoder=lora"], paper_row="SAMed_s"),
+        ],
+    ),
+    "paper-flare-rank": Plan(
+        name="paper-flare-rank", title="Table 3: FLARE22, LoRA rank", dataset="flare22", organs="paper-8",
+        paper_table="paper-flare-rank", x_label="LoRA rank",
+        variants=[
+            Variant(f"rank {r}", overrides=["model.peft.method=lora", f"model.peft.rank={r}",
+                                            "model.peft.decoder=full"], paper_row=f"rank {r}", x=float(r))
+            for r in (1, 4, 16)
+        ],
+    ),
+    "paper-flare-rag": Plan(
+        name="paper-flare-rag", title="Table 4: FLARE22, SAMed with and without retrieval",
+        dataset="flare22", organs="paper-8", paper_table="paper-flare-rag",
+        variants=[
+            Variant("without RAG", overrides=_SAMED, paper_row="without RAG"),
+            Variant("with RAG", kind="rag", base="without RAG", paper_row="with RAG"),
+        ],
+    ),
+}
+
+_KINDS = ("finetune", "baseline", "rag")
+
+
+def load_plan(name_or_path: str) -> Plan:
+    """A built-in plan by name, or a plan from a YAML file.
+
+    Raises:
+        InputError: unknown name, unreadable file, or an inconsistent plan.
+    """
+    if name_or_path in BUILTIN_PLANS:
+        plan = BUILTIN_PLANS[name_or_path]
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise InputError(name_or_path, f"neither a built-in plan ({', '.join(BUILTIN_PLANS)}) nor a YAML file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise InputError(path, "a plan must be a YAML mapping")
+        variants = [from_dict(Variant, v, source=str(path)) for v in data.pop("variants", [])]
+        plan = from_dict(Plan, {**data, "variants": []}, source=str(path))
+        plan.variants = variants
+    validate_plan(plan, name_or_path)
+    return plan
+
+
+def validate_plan(plan: Plan, source: str) -> None:
+    """Refuse duplicate names, unknown kinds and rag variants without a finetune base."""
+    names = [v.name for v in plan.variants]
+    if not names:
+        raise InputError(source, "the plan has no variants")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(source, f"duplicate variant names {duplicates}")
+    finetunes = {v.name for v in plan.variants if v.kind == "finetune"}
+    for v in plan.variants:
+        if v.kind not in _KINDS:
+            raise InputError(source, f"variant {v.name!r}: kind {v.kind!r} is not one of {_KINDS}")
+        if v.kind == "baseline" and v.prompt not in ("point1", "point3", "box"):
+            raise InputError(source, f"variant {v.name!r}: prompt {v.prompt!r} is not point1, point3 or box")
+        if v.kind == "rag" and v.base not in finetunes:
+            raise InputError(source, f"variant {v.name!r}: base {v.base!r} is not a finetune variant of the plan")
+
+
+def variant_folder_name(name: str) -> str:
+    """A file-system-safe folder name for a variant (``SAM 1 point`` -> ``sam-1-point``)."""
+    safe = "".join(c.lower() if c.isalnum() else "-" for c in name)
+    return "-".join(part for part in safe.split("-") if part)

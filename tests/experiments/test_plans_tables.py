@@ -1,0 +1,65 @@
+"""Experiment plans and the paper-layout tables."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ragsam.errors import InputError
+from ragsam.experiments.plans import BUILTIN_PLANS, load_plan, variant_folder_name
+from ragsam.experiments.tables import build_table, paper_tables, table_csv, table_markdown
+
+
+def test_paper_values_are_the_published_ones():
+    tables = paper_tables()["tables"]
+    assert tables["paper-btcv"]["rows"]["SAMed"]["spleen"] == 0.974
+    assert tables["paper-btcv"]["rows"]["Med-SA"]["mean"] == 0.889
+    assert tables["paper-flare-rank"]["rows"]["rank 4"]["mean"] == 0.875
+    assert tables["paper-flare-rag"]["rows"]["with RAG"]["pancreas"] == 0.742
+    # Table 1's printed mean is the mean of its 12 organ columns (to rounding).
+    samed = tables["paper-btcv"]["rows"]["SAMed"]
+    organs = [v for k, v in samed.items() if k != "mean"]
+    assert len(organs) == 12 and abs(sum(organs) / 12 - samed["mean"]) < 0.001
+
+
+def test_builtin_plans_are_consistent():
+    for name in BUILTIN_PLANS:
+        plan = load_plan(name)
+        published = paper_tables()["tables"][plan.paper_table]["rows"]
+        assert all(v.paper_row in published for v in plan.variants), name
+    assert [v.x for v in load_plan("paper-flare-rank").variants] == [1.0, 4.0, 16.0]
+    assert variant_folder_name("SAM BBox 0.5") == "sam-bbox-0-5"
+
+
+def test_plan_file_is_validated(tmp_path):
+    bad = tmp_path / "plan.yaml"
+    bad.write_text("name: x\ntitle: t\nvariants:\n  - {name: a, kind: rag, base: nope}\n")
+    with pytest.raises(InputError, match="base 'nope' is not a finetune variant"):
+        load_plan(str(bad))
+    bad.write_text("name: x\ntitle: t\nvariants:\n  - {name: a}\n  - {name: a}\n")
+    with pytest.raises(InputError, match="duplicate variant names"):
+        load_plan(str(bad))
+    good = tmp_path / "good.yaml"
+    good.write_text("name: mine\ntitle: Mine\norgans: paper-8\nvariants:\n"
+                    "  - {name: r2, overrides: ['model.peft.rank=2']}\n")
+    plan = load_plan(str(good))
+    assert plan.variants[0].overrides == ["model.peft.rank=2"]
+    with pytest.raises(InputError, match="neither a built-in plan"):
+        load_plan("paper-nothing")
+
+
+def test_table_interleaves_ours_and_paper_and_computes_mean():
+    plan = load_plan("paper-flare-rank")
+    measured = {"rank 1": {"spleen": 0.5, "liver": 0.7, "aorta": math.nan}}
+    table = build_table(plan, measured, {"rank 1": 147_456})
+    assert table.columns[-1] == "mean" and table.columns[0] == "spleen"
+    ours = table.rows[0]
+    assert (ours.variant, ours.source) == ("rank 1", "ours")
+    assert ours.values["mean"] == pytest.approx(0.6)  # NaN and unmeasured organs excluded
+    assert table.rows[1].source == "paper" and table.rows[1].values["mean"] == 0.859
+    assert [r.source for r in table.rows] == ["ours", "paper", "paper", "paper"]
+    md = table_markdown(table)
+    assert "| rank 1 | ours | 0.500 |" in md and "| 0.15M |" in md
+    csv_text = table_csv(table)
+    assert csv_text.splitlines()[1].startswith("rank 1,ours,0.5000,")
