@@ -14,7 +14,11 @@ not hold the same voxels are refused with a message saying how they differ.
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ import SimpleITK as sitk
 
 from ragsam.data.dicom import read_dicom_series
 from ragsam.data.geometry import Geometry
+from ragsam.data.label_maps import label_dtype
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_path
 
@@ -71,20 +76,75 @@ def from_sitk(image: sitk.Image, path: str | os.PathLike) -> Volume:
 
 
 def _short_reason(exc: BaseException) -> str:
-    """The informative line of an ITK exception (they carry file/line noise)."""
+    """The informative part of an ITK exception (they carry source-file and object noise)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if "Description:" in line:
-            return line.split("Description:", 1)[1].strip()
-    for line in lines:
-        low = line.lower()
-        if "unable" in low or "error" in low or "could not" in low or "cannot" in low:
-            return line.split(": ", 1)[-1] if line.startswith(("/", "sitk::")) else line
-    return lines[-1] if lines else type(exc).__name__
+    line = next((ln for ln in lines if "ITK ERROR" in ln or "Unable" in ln), lines[-1] if lines else "")
+    line = re.sub(r"^.*?ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ", "", line)
+    line = re.sub(r"^(?:/\S+|sitk::ERROR):?\s*", "", line)
+    return line.rstrip(":. ") or type(exc).__name__
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file needs (vox_offset + voxel data), or ``None`` if not NIfTI."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    ndim = max(0, min(int(dims[0]), 7))
+    count = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + ndim]], dtype=np.int64))
+    return max(offset, 348) + count * max(int(bitpix), 8) // 8
+
+
+def _check_nifti_stream(path: Path) -> None:
+    """Refuse a corrupt gzip stream or a NIfTI file shorter than its header promises.
+
+    ITK silently zero-fills a truncated NIfTI, so a cut-off download would become a
+    CT full of 0 HU. The gzip trailer's uncompressed size settles the common case
+    in O(1); only when it disagrees is the stream decompressed once more.
+    """
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                header = fh.read(540)
+            needed = _nifti_data_end(header)
+            with open(path, "rb") as raw:
+                raw.seek(-4, os.SEEK_END)
+                isize = struct.unpack("<I", raw.read(4))[0]
+            if needed is not None and isize == needed % (1 << 32):
+                return  # gzip trailer: the stream holds exactly the promised bytes (fast path)
+            # Otherwise (truncated, or a valid multi-member gzip) decompress once to be sure.
+            with gzip.open(path, "rb") as fh:
+                total = 0
+                while chunk := fh.read(1 << 22):
+                    total += len(chunk)
+        else:
+            with open(path, "rb") as fh:
+                header = fh.read(540)
+            total = path.stat().st_size
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(path, f"not a readable image (corrupt or truncated gzip stream: {exc})") from None
+    needed = _nifti_data_end(header)
+    if needed is None:
+        raise InputError(path, "not a readable image (no NIfTI header)")
+    if total < needed:
+        raise InputError(path, f"not a readable image (truncated NIfTI: {total} of {needed} bytes)")
 
 
 def _read_file(path: Path) -> sitk.Image:
     """Read one image file as a scalar 3-D SimpleITK image, or raise :class:`InputError`."""
+    _check_nifti_stream(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -136,17 +196,8 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
             DICOM slices missing or repeated.
     """
     image, p = _read_any(path, series_uid)
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    array = np.array(sitk.GetArrayViewFromImage(image), dtype=np.float32, copy=True)  # one copy
     return Volume(array=array, geometry=Geometry.from_sitk(image), path=p)
-
-
-def label_dtype(max_value: int) -> np.dtype:
-    """uint8 when ``max_value < 256``, else int16 (else int32 for very large ids)."""
-    if max_value < 256:
-        return np.dtype(np.uint8)
-    if max_value <= np.iinfo(np.int16).max:
-        return np.dtype(np.int16)
-    return np.dtype(np.int32)
 
 
 def check_label_values(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:

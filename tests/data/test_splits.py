@@ -1,0 +1,82 @@
+"""Splits: the paper's presets (hand-computed), k-fold, JSON round trip and validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ragsam.data.splits import kfold, load_splits, paper_split, save_splits
+from ragsam.errors import InputError, OutputExistsError
+
+BTCV_IDS = [f"{i:04d}" for i in [*range(1, 11), *range(21, 41)]]  # the 30 BTCV training scans
+
+
+def test_btcv_paper_split_24_6() -> None:
+    split = paper_split(reversed(BTCV_IDS), "BTCV")
+    assert split["test"] == ["0003", "0008", "0023", "0028", "0033", "0038"]
+    assert len(split["train"]) == 24 and set(split["train"]) | set(split["test"]) == set(BTCV_IDS)
+    assert split == paper_split(BTCV_IDS, "btcv", strict=True)
+
+
+def test_flare22_paper_split_30_20() -> None:
+    ids = [f"FLARE22_Tr_{i:04d}" for i in range(1, 51)]
+    split = paper_split(ids, "flare22")
+    positions = [1, 3, 6, 8, 11, 13, 16, 18, 21, 23, 26, 28, 31, 33, 36, 38, 41, 43, 46, 48]
+    assert split["test"] == [ids[p] for p in positions]
+    assert len(split["train"]) == 30 and not set(split["train"]) & set(split["test"])
+
+
+def test_fewer_cases_fallback_and_strict() -> None:
+    ids = [f"c{i:02d}" for i in range(10)]
+    # round(10 * 6 / 30) = 2 test cases at positions floor(2.5), floor(7.5).
+    assert paper_split(ids, "btcv")["test"] == ["c02", "c07"]
+    # round(3 * 20 / 50) = 1 test case at position floor(1.5).
+    assert paper_split(ids[:3], "flare22") == {"train": ["c00", "c02"], "test": ["c01"]}
+    with pytest.raises(InputError, match="needs 30 labelled cases, got 10"):
+        paper_split(ids, "btcv", strict=True)
+    with pytest.raises(InputError, match="at least 2 labelled cases, got 1"):
+        paper_split(ids[:1], "btcv")
+    with pytest.raises(InputError, match="no paper split for dataset 'amos'"):
+        paper_split(ids, "amos")
+    with pytest.raises(InputError, match="duplicate case ids: c01"):
+        paper_split(["c01", "c01", "c02"], "btcv")
+
+
+def test_kfold_partitions_and_is_seeded() -> None:
+    ids = [f"c{i}" for i in range(7)]
+    folds = kfold(ids, 3, seed=4)
+    vals = [f["val"] for f in folds]
+    assert sorted(c for v in vals for c in v) == sorted(ids)  # every case validated exactly once
+    assert sorted(len(v) for v in vals) == [2, 2, 3]
+    for fold in folds:
+        assert sorted(fold["train"] + fold["val"]) == sorted(ids)
+    assert kfold(reversed(ids), 3, seed=4) == folds
+    assert kfold(ids, 3, seed=5) != folds
+    with pytest.raises(InputError, match="2 <= k <= number of cases \\(7\\), got k=8"):
+        kfold(ids, 8)
+
+
+def test_save_load_round_trip_and_validation(tmp_path: Path) -> None:
+    splits = {**paper_split(BTCV_IDS, "btcv"), "folds": kfold(BTCV_IDS, 5)}
+    path = save_splits(tmp_path / "splits.json", splits)
+    assert load_splits(path, case_ids=BTCV_IDS) == splits
+    with pytest.raises(OutputExistsError):
+        save_splits(path, splits)
+    with pytest.raises(InputError, match=r"'train' names unknown case ids \['0002', '0004'"):
+        load_splits(path, case_ids=["0001"])
+    bad = tmp_path / "bad.json"
+    for content, message in [
+        ({"train": ["a", "b"], "test": ["b"]}, "in both train and test: ['b']"),
+        ({"train": ["a", "a"]}, "repeats case ids ['a']"),
+        ({"test": ["a"]}, 'with a "train" list'),
+        ({"train": ["a"], "folds": [{"train": ["a"], "val": ["a"]}]}, "fold 0: case ids in both"),
+    ]:
+        bad.write_text(json.dumps(content))
+        with pytest.raises(InputError) as err:
+            load_splits(bad)
+        assert err.value.path == str(bad) and message in err.value.problem
+    with pytest.raises(InputError, match="in both train and test"):
+        save_splits(tmp_path / "x.json", {"train": ["a"], "test": ["a"]})
+    assert not (tmp_path / "x.json").exists()
