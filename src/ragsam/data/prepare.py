@@ -1,0 +1,384 @@
+"""``ragsam prepare``: a dataset folder -> an incremental cache of canonical axial slices.
+
+Layout of the cache (see docs/architecture.md)::
+
+    prepared/
+      prepare.json      format/version, complete flag, settings, label map, layout, source, split,
+                        cases: {id: {key, image, labels, files: [{role, path, size, mtime_ns,
+                        sha1}], slices}}
+      label_map.json    {"name": ..., "labels": {"0": "background", ...}}
+      splits.json       {"train": [...], "test": [...]} (+ "folds" for k-fold)
+      manifest.csv      one row per slice (see MANIFEST_COLUMNS)
+      cases/<id>/image.npy   float16 (Z, S, S) in [0, 1], canonical LPS, inferior slice first
+      cases/<id>/label.npy   uint8   (Z, S, S)
+      cases/<id>/grid.json   SliceGrid (the way back to the original voxel grid)
+
+Incremental updates: a case is rebuilt only when its *content* fingerprint changed
+(SHA-1 of every input file: the image file or every file of its DICOM folder, and
+the label file; for ``.mhd``/``.nhdr`` headers also the data file they name) or the settings key changed (HU window, slice size, label map,
+DICOM series, cache version). Hashing whole files is robust to copies and
+``touch``; to keep re-runs fast, a file whose path, size and modification time
+are unchanged keeps its recorded hash (the stat-cache idea of git). Unchanged
+cases are reused, cases gone from the source are removed.
+
+Crash safety: each case folder is written to a temporary sibling and renamed;
+before anything is built, ``prepare.json`` is rewritten as *incomplete* listing
+only the cases that will be reused, so an interrupted run can never reuse a
+half-updated case; ``splits.json``, ``label_map.json``, ``manifest.csv`` and
+finally ``prepare.json`` (complete) are written last, each atomically.
+
+Unlabelled cases (e.g. nnU-Net ``imagesTs``) are skipped and reported: the cache
+feeds training and the retrieval support bank, which both need labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragsam import __version__
+from ragsam.data.slice_dataset import CACHE_FORMAT, CACHE_VERSION, MANIFEST_COLUMNS
+from ragsam.data.slices import SliceGrid, SliceSettings, volume_to_slices
+from ragsam.errors import InputError
+from ragsam.utils.atomic import atomic_dir, write_json, write_text
+
+CASE_FILES = ("image.npy", "label.npy", "grid.json")
+
+
+@dataclass
+class PrepareSummary:
+    """What :func:`prepare_dataset` did.
+
+    Attributes:
+        out_dir: the cache folder.
+        cases: case ids in the cache (sorted).
+        built / reused / removed: case ids rebuilt, kept unchanged, deleted (no longer in the source).
+        skipped_unlabelled: source cases without labels (not cached).
+        slices: total number of slices in the manifest.
+        organ_slices: organ id -> number of slices showing it.
+        splits: the content of ``splits.json``.
+        seconds: wall time.
+    """
+
+    out_dir: Path
+    cases: list[str]
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped_unlabelled: list[str] = field(default_factory=list)
+    slices: int = 0
+    organ_slices: dict[int, int] = field(default_factory=dict)
+    splits: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _sha1_file(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _with_data_file(role: str, path: Path) -> list[tuple[str, Path]]:
+    """A file plus, for MetaImage/NRRD detached headers (.mhd/.nhdr), the data file it names.
+
+    The data file gets role ``<role>-data`` so ``image``/``labels`` always name the file
+    a reader opens (other modules look the ground truth up by role in ``prepare.json``).
+    """
+    files = [(role, path)]
+    if path.suffix.lower() in (".mhd", ".nhdr"):
+        for line in path.read_text(encoding="latin-1", errors="replace").splitlines():
+            name, sep, value = line.partition("=" if path.suffix.lower() == ".mhd" else ":")
+            if sep and name.strip().lower().replace(" ", "") in ("elementdatafile", "datafile"):
+                data = path.parent / value.strip()
+                if data.is_file():
+                    files.append((f"{role}-data", data))
+    return files
+
+
+def _input_files(ref: Any) -> list[tuple[str, Path]]:
+    """``(role, path)`` of every file a case is read from (a DICOM folder: all its files)."""
+    files: list[tuple[str, Path]] = []
+    image = Path(ref.image)
+    if image.is_dir():
+        files += [("image", p) for p in sorted(image.iterdir()) if p.is_file()]
+    else:
+        files += _with_data_file("image", image)
+    if ref.labels is not None:
+        files += _with_data_file("labels", Path(ref.labels))
+    return files
+
+
+def fingerprint_case(ref: Any, settings_key: str, known: list[dict[str, Any]] | None = None) -> tuple[str, list[dict]]:
+    """Content fingerprint of one case's inputs under ``settings_key``.
+
+    Args:
+        ref: a ``CaseRef`` (``image``: file or DICOM folder, ``labels``: file or None).
+        settings_key: :func:`settings_key` of the run.
+        known: file records from the previous run (path, size, mtime_ns, sha1); a file whose
+            path, size and mtime are unchanged keeps its recorded sha1 instead of being re-read.
+    Returns:
+        ``(key, files)``: the case key (hex SHA-1) and the file records to store.
+    """
+    cache = {(r["path"], r["size"], r["mtime_ns"]): r["sha1"] for r in (known or [])}
+    records = []
+    for role, path in _input_files(ref):
+        st = path.stat()
+        entry = {"role": role, "path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        sha1 = cache.get((entry["path"], entry["size"], entry["mtime_ns"])) or _sha1_file(path)
+        records.append({**entry, "sha1": sha1})
+    content = sorted((r["role"], r["sha1"]) for r in records)  # content only: moving the data keeps the key
+    key = hashlib.sha1(json.dumps([settings_key, content]).encode()).hexdigest()
+    return key, records
+
+
+def settings_key(settings: SliceSettings, label_map: Any, series_uid: str | None) -> str:
+    """Everything besides the input files that changes a cached case (context does not)."""
+    payload = {"version": CACHE_VERSION, "window": list(settings.window), "size": int(settings.size),
+               "labels": {str(k): v for k, v in sorted(label_map.labels.items())},
+               "source_maps": {k: {str(a): b for a, b in sorted(m.items())} for k, m in label_map.source_maps.items()},
+               "series_uid": series_uid}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def read_cache_meta(out_dir: Path) -> dict[str, Any] | None:
+    """``prepare.json`` of a ragsam cache (complete or not), or None if ``out_dir`` is not one."""
+    try:
+        meta = json.loads((out_dir / "prepare.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
+
+
+def _check_output(out_dir: Path, force: bool) -> dict[str, Any] | None:
+    """Previous cache metadata; refuse a non-empty folder that is not a ragsam cache (unless force)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "output exists and is not a folder")
+    meta = read_cache_meta(out_dir) if out_dir.is_dir() else None
+    if meta is None and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise InputError(out_dir, "output folder is not empty and is not a ragsam slice cache (use --force to write into it)")
+    if meta is not None and meta.get("version") != CACHE_VERSION:
+        meta = None  # another cache version: rebuild everything
+    return meta
+
+
+def _write_case(case_dir: Path, stack: Any) -> None:
+    with atomic_dir(case_dir, force=True) as tmp:
+        np.save(tmp / "image.npy", stack.images.astype(np.float16))
+        np.save(tmp / "label.npy", stack.labels.astype(np.uint8))
+        (tmp / "grid.json").write_text(json.dumps(stack.grid.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def _case_rows(case_dir: Path, case_id: str, split: str) -> list[list[Any]]:
+    """Manifest rows of one cached case (organs present per slice, from label.npy)."""
+    labels = np.load(case_dir / "label.npy", mmap_mode="r")
+    grid = SliceGrid.from_json(json.loads((case_dir / "grid.json").read_text(encoding="utf-8")))
+    depth = labels.shape[0]
+    g = grid.geometry
+    rows = []
+    for z in range(depth):
+        present = np.flatnonzero(np.bincount(np.asarray(labels[z]).ravel(), minlength=256)[1:]) + 1
+        rel = z / (depth - 1) if depth > 1 else 0.0
+        rows.append([case_id, z, f"{rel:.6f}", ";".join(str(int(o)) for o in present), *g.size,
+                     *(f"{s:.6g}" for s in g.spacing), split])
+    return rows
+
+
+def convert_labels(labels: Any, label_map: Any) -> Any:
+    """Check (and, for a subset map, convert) a label volume against ``label_map``.
+
+    A map with a ``source_label_map`` (``btcv-table1``, ``paper-8``, or a JSON file that
+    declares one) describes data labelled in another id scheme: the first scheme whose ids
+    cover every id present is applied (other organs become background as the scheme says).
+    Otherwise every id present must be named by the map.
+
+    Raises:
+        InputError: ids outside the map (or outside every source scheme), naming the file.
+    """
+    from ragsam.data.label_maps import check_label_ids, present_ids, remap_labels
+    from ragsam.data.volume import Volume
+
+    if label_map.source_maps:
+        present = present_ids(labels.array)
+        for mapping in label_map.source_maps.values():
+            if set(present) <= {0, *mapping}:
+                return Volume(remap_labels(labels.array, mapping, source=labels.path), labels.geometry, labels.path)
+        schemes = ", ".join(f"{k} (ids {sorted(m)})" for k, m in label_map.source_maps.items())
+        raise InputError(labels.path, f"label ids {present} do not fit the source scheme of label map "
+                                      f"{label_map.name!r}: {schemes}")
+    check_label_ids(labels, label_map)
+    return labels
+
+
+def make_splits(case_ids: list[str], split: str, seed: int, datasets: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """``splits.json`` content and the manifest's split name of every case.
+
+    ``split``:
+
+    * ``auto``: the paper's split of the first of ``datasets`` (layout, label-map name)
+      that is ``btcv`` or ``flare22``, else (or with a single case) ``none``;
+    * ``btcv`` / ``flare22``: the paper's split (:func:`ragsam.data.splits.paper_split`;
+      with another number of cases its test fraction is kept);
+    * ``kfold:K``: ``train`` lists every case, ``folds`` holds K ``{"train", "val"}`` folds
+      of a seeded shuffle, and a case's manifest split is ``fold<i>``, the fold validating it;
+    * ``none``: every case is ``train``.
+    """
+    from ragsam.data.splits import PAPER_SPLITS, kfold, paper_split
+
+    ids = sorted(case_ids)
+    key = split.strip().lower()
+    if key == "auto":
+        preset = next((d for d in datasets if d in PAPER_SPLITS), None)
+        key = preset if preset is not None and len(ids) >= 2 else "none"
+    if key == "none":
+        return {"train": ids, "test": []}, dict.fromkeys(ids, "train")
+    if key in PAPER_SPLITS:
+        result = paper_split(ids, key)
+        names = {**dict.fromkeys(result["train"], "train"), **dict.fromkeys(result["test"], "test")}
+        return {"train": list(result["train"]), "test": list(result["test"])}, names
+    if key.startswith("kfold:"):
+        try:
+            k = int(key.split(":", 1)[1])
+        except ValueError:
+            raise InputError(None, f"split {split!r}: expected kfold:K with an integer K") from None
+        folds = kfold(ids, k, seed)
+        names = {c: f"fold{i}" for i, fold in enumerate(folds) for c in fold["val"]}
+        return {"train": ids, "test": [], "folds": folds}, names
+    raise InputError(None, f"unknown split {split!r} (choose auto, btcv, flare22, kfold:K or none)")
+
+
+def prepare_dataset(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: SliceSettings | None = None,
+    layout: str = "auto",
+    label_map: str = "btcv",
+    split: str = "auto",
+    seed: int = 0,
+    force: bool = False,
+    series_uid: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> PrepareSummary:
+    """Build or update the slice cache of a dataset (see the module docstring).
+
+    Args:
+        source: dataset folder (nnU-Net, MSD, BTCV, FLARE22, pairs), an image file or a DICOM folder.
+        out_dir: the cache folder (created; updated in place if it is a ragsam cache).
+        settings: HU window, slice size (context is stored as the default for readers).
+        layout: ``auto`` or a layout name understood by ``discover_cases``.
+        label_map: ``btcv``, ``flare22``, another built-in or a JSON file.
+        split: ``auto``, ``btcv``, ``flare22``, ``kfold:K`` or ``none`` (see :func:`make_splits`).
+        seed: seed of k-fold shuffles.
+        force: rebuild every case, and allow writing into a non-empty folder that is not a cache.
+        series_uid: DICOM series to read when a folder holds several.
+        progress: called as ``progress(case_id, n_built, n_to_build)`` after each built case.
+    Returns:
+        :class:`PrepareSummary`.
+    Raises:
+        InputError: unreadable inputs, label ids outside the label map, no labelled case,
+            or a non-empty non-cache output folder without ``force``.
+    """
+    from ragsam.data.cases import load_case
+    from ragsam.data.label_maps import load_label_map
+    from ragsam.data.layouts import discover_cases
+    from ragsam.data.splits import save_splits
+
+    start = time.perf_counter()
+    settings = settings or SliceSettings()
+    out = Path(out_dir)
+    src_root, out_root = Path(source).resolve(), out.resolve()
+    if src_root.is_dir() and (out_root == src_root or src_root in out_root.parents):
+        raise InputError(out, f"the cache must not be inside the dataset folder {src_root} "
+                              "(it would be read as data on the next run); choose another output folder")
+    old = _check_output(out, force)
+    lmap = load_label_map(label_map)
+    refs = discover_cases(source, layout)
+    labelled = [r for r in refs if r.labels is not None]
+    skipped = [r.case_id for r in refs if r.labels is None]
+    if not labelled:
+        raise InputError(source, f"no labelled cases found ({len(refs)} unlabelled); the slice cache needs labels")
+    base_name = lmap.name.split(":")[-1] if ":" in lmap.name else lmap.name.split("-")[0]
+    splits, split_of = make_splits([r.case_id for r in labelled], split, seed, (layout, lmap.name, base_name))
+    key_settings = settings_key(settings, lmap, series_uid)
+    label_map_json = {"name": lmap.name, "labels": {str(k): v for k, v in sorted(lmap.labels.items())}}
+    old_cases: dict[str, Any] = (old or {}).get("cases", {})
+
+    plan: dict[str, dict[str, Any]] = {}
+    for ref in labelled:
+        if not ref.case_id or ref.case_id.startswith(".") or "/" in ref.case_id or os.sep in ref.case_id:
+            raise InputError(source, f"case id {ref.case_id!r} cannot be used as a cache folder name")
+        known = old_cases.get(ref.case_id, {}).get("files")
+        key, files = fingerprint_case(ref, key_settings, known)
+        case_dir = out / "cases" / ref.case_id
+        reuse = (not force and old_cases.get(ref.case_id, {}).get("key") == key
+                 and all((case_dir / f).is_file() for f in CASE_FILES))
+        plan[ref.case_id] = {"ref": ref, "key": key, "files": files, "reuse": reuse,
+                             "inputs": {"image": str(Path(ref.image).resolve()),
+                                        "labels": str(Path(ref.labels).resolve())}}
+
+    meta: dict[str, Any] = {
+        "format": CACHE_FORMAT, "version": CACHE_VERSION, "complete": False, "ragsam": __version__,
+        "source": str(Path(source).resolve()), "layout": layout, "label_map": label_map_json,
+        "settings": settings.to_json(), "series_uid": series_uid, "split": split, "seed": seed,
+        "cases": {cid: {"key": p["key"], "files": p["files"]} for cid, p in plan.items() if p["reuse"]},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "prepare.json", meta)  # incomplete: only the reusable cases are trusted
+
+    built = []
+    for cid, p in sorted(plan.items()):
+        if p["reuse"]:
+            continue
+        case = load_case(p["ref"], series_uid=series_uid)
+        labels = convert_labels(case.labels, lmap)
+        _write_case(out / "cases" / cid, volume_to_slices(case.image, labels, settings))
+        built.append(cid)
+        if progress is not None:
+            progress(cid, len(built), sum(not q["reuse"] for q in plan.values()))
+
+    removed = []
+    cases_dir = out / "cases"
+    for entry in sorted(cases_dir.iterdir()):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):  # left by an interrupted run
+            shutil.rmtree(entry, ignore_errors=True)
+        elif (entry.is_dir() and entry.name not in plan
+              and (entry.name in old_cases or (entry / "grid.json").is_file())):  # only folders we wrote
+            shutil.rmtree(entry)
+            removed.append(entry.name)
+
+    ids = sorted(plan)
+    rows = [row for cid in ids for row in _case_rows(cases_dir / cid, cid, split_of.get(cid, ""))]
+    organ_slices: dict[int, int] = {}
+    for row in rows:
+        for organ in filter(None, row[3].split(";")):
+            organ_slices[int(organ)] = organ_slices.get(int(organ), 0) + 1
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(rows)
+
+    save_splits(out / "splits.json", splits, force=True)
+    write_json(out / "label_map.json", label_map_json)
+    write_text(out / "manifest.csv", buffer.getvalue())
+    per_case = Counter(row[0] for row in rows)
+    meta.update(complete=True, skipped_unlabelled=skipped,
+                cases={cid: {"key": p["key"], **p["inputs"], "files": p["files"], "slices": per_case[cid]}
+                       for cid, p in sorted(plan.items())})
+    write_json(out / "prepare.json", meta)
+    return PrepareSummary(out_dir=out, cases=ids, built=built, reused=sorted(c for c in plan if plan[c]["reuse"]),
+                          removed=removed, skipped_unlabelled=skipped, slices=len(rows),
+                          organ_slices=dict(sorted(organ_slices.items())), splits=splits,
+                          seconds=time.perf_counter() - start)

@@ -1,0 +1,247 @@
+"""Training-side access to a prepared slice cache (numpy + torch only).
+
+``ragsam prepare`` (:mod:`ragsam.data.prepare`) writes ``cases/<id>/image.npy``
+(float16 ``(Z, S, S)`` in [0, 1]) and ``label.npy`` (uint8 ``(Z, S, S)``) plus a
+``manifest.csv`` with one row per slice. :class:`SliceDataset` memory-maps those
+arrays, so a DataLoader worker reads only the slices it serves.
+
+This module also holds the resampling helpers shared with :mod:`ragsam.data.slices`
+(they must import without SimpleITK): labels are resized by the *nearest-exact*
+rule computed in integer arithmetic, so upsampling then downsampling is exactly
+the identity; images bilinearly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ragsam.errors import InputError
+
+CACHE_FORMAT = "ragsam-slice-cache"
+CACHE_VERSION = 1
+MANIFEST_COLUMNS = ("case_id", "z", "rel_z", "organs", "orig_x", "orig_y", "orig_z",
+                    "spacing_x", "spacing_y", "spacing_z", "split")
+
+
+def nearest_exact_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of every output sample for nearest-exact resampling along one axis.
+
+    Output sample ``i`` takes input ``floor((i + 0.5) * n_in / n_out)``, the rule of
+    ``torch.nn.functional.interpolate(mode="nearest-exact")``, evaluated here in integer
+    arithmetic so it never suffers float rounding. With ``n_out >= n_in``, resampling
+    ``n_in -> n_out -> n_in`` returns the input exactly (and ``n_out -> n_in -> n_out``
+    is exact when ``n_out < n_in``).
+
+    Returns:
+        int64 ``(n_out,)`` indices in ``[0, n_in)``.
+    """
+    return (2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out)
+
+
+def resize_labels(labels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-exact resize of the last two axes of an integer array ``(..., H, W) -> (..., h, w)``."""
+    h, w = size_hw
+    if labels.shape[-2:] == (h, w):
+        return labels
+    rows = nearest_exact_indices(labels.shape[-2], h)
+    cols = nearest_exact_indices(labels.shape[-1], w)
+    return labels[..., rows[:, None], cols[None, :]]
+
+
+def resize_images(images: np.ndarray | torch.Tensor, size_hw: tuple[int, int], chunk: int = 32) -> torch.Tensor:
+    """Bilinear resize of ``(N, H, W)`` or ``(N, C, H, W)`` float images to ``(.., h, w)``.
+
+    Uses ``align_corners=False`` (pixel areas map onto pixel areas) and antialiasing
+    when shrinking, so a 512 -> 128 reduction averages instead of skipping pixels.
+    Processed in chunks of ``chunk`` along N to bound memory.
+
+    Returns:
+        float32 tensor of the same leading shape.
+    """
+    x = torch.as_tensor(images)
+    x = x.float()
+    if tuple(x.shape[-2:]) == tuple(size_hw):
+        return x
+    squeeze = x.ndim == 3
+    if squeeze:
+        x = x[:, None]
+    shrink = size_hw[0] < x.shape[-2] or size_hw[1] < x.shape[-1]
+    parts = [F.interpolate(x[i:i + chunk], size=tuple(size_hw), mode="bilinear", align_corners=False,
+                           antialias=shrink) for i in range(0, x.shape[0], chunk)]
+    out = torch.cat(parts) if parts else x.new_zeros((0, x.shape[1], *size_hw))
+    return out[:, 0] if squeeze else out
+
+
+def neighbour_indices(z: int, depth: int, context: int) -> list[int]:
+    """Slice indices ``z - context .. z + context``, clamped to ``[0, depth - 1]`` (2.5D input)."""
+    return [min(max(z + d, 0), depth - 1) for d in range(-context, context + 1)]
+
+
+def slice_channels(images: np.ndarray, z: int, context: int = 0, channels: int = 3) -> np.ndarray:
+    """Model input for slice ``z`` of ``images (Z, S, S)``: ``(C, S, S)``.
+
+    ``C = channels`` copies of the slice when ``context == 0``, else the ``2*context+1``
+    neighbouring slices (clamped at the volume ends), inferior first.
+    """
+    if context > 0:
+        return np.stack([images[i] for i in neighbour_indices(z, images.shape[0], context)])
+    return np.repeat(images[z][None], channels, axis=0)
+
+
+@dataclass(frozen=True)
+class SliceRecord:
+    """One row of ``manifest.csv`` (sizes in voxels, spacings in mm, original (x, y, z) order)."""
+
+    case_id: str
+    z: int
+    rel_z: float
+    organs: tuple[int, ...]
+    orig_x: int
+    orig_y: int
+    orig_z: int
+    spacing_x: float
+    spacing_y: float
+    spacing_z: float
+    split: str
+
+
+def read_prepare_json(prepared_dir: str | os.PathLike) -> dict[str, Any]:
+    """``prepare.json`` of a complete cache.
+
+    Raises:
+        InputError: not a ragsam slice cache, or one whose ``ragsam prepare`` did not finish.
+    """
+    path = Path(prepared_dir) / "prepare.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(prepared_dir, "not a prepared slice cache (no prepare.json); run `ragsam prepare` first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+        raise InputError(path, f"not a ragsam slice cache (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") != CACHE_VERSION:
+        raise InputError(path, f"cache version {meta.get('version')!r} is not supported (expected {CACHE_VERSION}); rerun `ragsam prepare`")
+    if not meta.get("complete", False):
+        raise InputError(prepared_dir, "slice cache is incomplete (ragsam prepare was interrupted); run it again")
+    return meta
+
+
+def read_manifest(prepared_dir: str | os.PathLike) -> list[SliceRecord]:
+    """All slices of a prepared cache, in manifest order (cases sorted, z ascending)."""
+    read_prepare_json(prepared_dir)
+    path = Path(prepared_dir) / "manifest.csv"
+    records = []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+                raise InputError(path, f"unexpected columns {reader.fieldnames!r}")
+            for row in reader:
+                records.append(SliceRecord(
+                    case_id=row["case_id"], z=int(row["z"]), rel_z=float(row["rel_z"]),
+                    organs=tuple(int(o) for o in row["organs"].split(";") if o),
+                    orig_x=int(row["orig_x"]), orig_y=int(row["orig_y"]), orig_z=int(row["orig_z"]),
+                    spacing_x=float(row["spacing_x"]), spacing_y=float(row["spacing_y"]),
+                    spacing_z=float(row["spacing_z"]), split=row["split"]))
+    except FileNotFoundError:
+        raise InputError(path, "missing; run `ragsam prepare` again") from None
+    except (KeyError, ValueError) as exc:
+        raise InputError(path, f"malformed row ({exc})") from None
+    return records
+
+
+def load_splits(prepared_dir: str | os.PathLike) -> dict[str, Any]:
+    """``splits.json`` of a prepared cache: ``{"train": [...], "test": [...]}`` (+ ``"folds"``)."""
+    path = Path(prepared_dir) / "splits.json"
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "missing; run `ragsam prepare` again") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(splits, dict) or not isinstance(splits.get("train"), list):
+        raise InputError(path, "expected a mapping with a 'train' list of case ids")
+    return splits
+
+
+class SliceDataset(Dataset):
+    """Axial slices of a prepared cache as model-ready tensors.
+
+    Args:
+        prepared_dir: folder written by ``ragsam prepare``.
+        case_ids: cases to serve (default: all, in manifest order); e.g. ``load_splits(d)["train"]``.
+        context: 0 for single slices, else ``2*context+1`` neighbouring slices as channels.
+        size: resize to ``size x size`` on the fly (images bilinear, labels nearest-exact).
+        channels: copies of the slice when ``context == 0`` (3 for SAM's RGB input).
+        transform: optional callable applied to every item dict (augmentation).
+
+    Items are dicts: ``image`` float32 ``(C, S, S)`` in [0, 1], ``label`` int64 ``(S, S)``,
+    ``case_id`` str, ``z`` int (canonical slice index, inferior first).
+    """
+
+    def __init__(self, prepared_dir: str | os.PathLike, case_ids: list[str] | None = None, context: int = 0,
+                 size: int | None = None, channels: int = 3,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self.root = Path(prepared_dir)
+        meta = read_prepare_json(self.root)
+        if context < 0 or channels < 1 or (size is not None and size < 1):
+            raise InputError(None, f"invalid context={context}, channels={channels} or size={size}")
+        self.label_map: dict[int, str] = {int(k): v for k, v in meta["label_map"]["labels"].items()}
+        self.num_classes = max(self.label_map) + 1
+        self.slice_size = int(meta["settings"]["size"])
+        self.context, self.size, self.channels, self.transform = context, size, channels, transform
+        records = read_manifest(self.root)
+        known = list(dict.fromkeys(r.case_id for r in records))
+        if case_ids is not None:
+            missing = [c for c in case_ids if c not in set(known)]
+            if missing:
+                raise InputError(self.root, f"case ids {missing[:5]!r} are not in the cache (it has {len(known)} cases)")
+            wanted = set(case_ids)
+            records = [r for r in records if r.case_id in wanted]
+        self.records = records
+        self.case_ids = [c for c in known if case_ids is None or c in set(case_ids)]
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # memory maps are reopened in each DataLoader worker instead of being pickled
+        return {**self.__dict__, "_arrays": {}}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Memory maps ``(image float16 (Z, S, S), label uint8 (Z, S, S))`` of one case."""
+        if case_id not in self._arrays:
+            folder = self.root / "cases" / case_id
+            try:
+                image = np.load(folder / "image.npy", mmap_mode="r")
+                label = np.load(folder / "label.npy", mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise InputError(folder, f"unreadable cached slices ({exc}); rerun `ragsam prepare`") from None
+            self._arrays[case_id] = (image, label)
+        return self._arrays[case_id]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        image, label = self.arrays(record.case_id)
+        img = slice_channels(image, record.z, self.context, self.channels).astype(np.float32)
+        lab = np.asarray(label[record.z])
+        if self.size is not None and self.size != img.shape[-1]:
+            img = resize_images(img[None], (self.size, self.size))[0].clamp_(0.0, 1.0).numpy()
+            lab = resize_labels(lab, (self.size, self.size))
+        item = {"image": torch.from_numpy(np.ascontiguousarray(img)),
+                "label": torch.from_numpy(lab.astype(np.int64)),
+                "case_id": record.case_id, "z": record.z}
+        return self.transform(item) if self.transform is not None else item
