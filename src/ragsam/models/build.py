@@ -1,0 +1,58 @@
+"""Builders: architecture + weights (+ PEFT) -> :class:`MultiOrganSam`."""
+
+from __future__ import annotations
+
+from ragsam.errors import InputError
+from ragsam.models.config import ModelConfig
+from ragsam.models.loading import check_arch, load_pretrained
+from ragsam.models.registry import check_image_size, get_arch, sam_config
+from ragsam.models.sam import MultiOrganSam
+from ragsam.models.weights import read_state_dict
+
+
+def build_sam_model(arch: str, weights: str = "random", num_classes: int = 13,
+                    image_size: int = 512) -> MultiOrganSam:
+    """A prompt-free K-organ SAM with pretrained (or random) weights, all parameters trainable.
+
+    Args:
+        arch: registry name (``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``, ``tiny``).
+        weights: Hugging Face id or folder, Meta/MedSAM ``.pth``, ``.safetensors`` or ``"random"``.
+        num_classes: K organs (the model outputs K + 1 channels).
+        image_size: input side S in px; position embeddings are resized from the
+            pretraining size when it differs.
+    Returns:
+        The model; ``model.load_report`` says what was loaded, resized and newly
+        initialised.
+    Raises:
+        InputError: unknown architecture, bad sizes, unusable weights.
+    """
+    spec = get_arch(arch)
+    check_image_size(spec, image_size)
+    if num_classes < 1:
+        raise InputError(None, f"num_classes must be at least 1, got {num_classes}")
+    state = None
+    if weights not in ("random", "", None):
+        state = read_state_dict(str(weights))  # read and checked before building a big model
+        check_arch(state, arch, str(weights))
+    model = MultiOrganSam(sam_config(spec, image_size, num_mask_tokens=num_classes + 1), arch=arch)
+    if state is None:
+        model.load_report = {"source": "random", "arch": arch, "resized": [], "new": ["all parameters"],
+                             "dropped": [], "reused_tokens": []}
+    else:
+        model.load_report = load_pretrained(model, str(weights), state)
+    return model
+
+
+def build_model(cfg: ModelConfig) -> MultiOrganSam:
+    """The model of ``cfg``: weights loaded, PEFT applied and ``requires_grad`` set.
+
+    Example:
+        >>> model = build_model(ModelConfig(arch="tiny", num_classes=3, image_size=128))
+        >>> model(torch.rand(2, 3, 128, 128)).shape
+        torch.Size([2, 4, 128, 128])
+    """
+    from ragsam.peft.apply import apply_peft
+
+    model = build_sam_model(cfg.arch, cfg.weights, cfg.num_classes, cfg.image_size)
+    apply_peft(model, cfg.peft)
+    return model

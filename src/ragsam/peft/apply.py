@@ -1,0 +1,234 @@
+"""Apply a fine-tuning method to a :class:`~ragsam.models.sam.MultiOrganSam` and manage its tensors.
+
+Which parameters train (``requires_grad``), by method:
+
+* ``lora`` (SAMed): the image encoder is frozen; LoRA on the ``targets`` of every
+  ViT block trains.
+* ``adapter`` (Med-SA): the image encoder is frozen; the two adapters per block train.
+* ``none``: full fine-tuning, every parameter trains (prompt encoder included).
+
+then, for every method, the mask decoder: ``full`` (all of it trains), ``lora``
+(SAMed_s: LoRA rank ``decoder_rank`` on the q and v projections of every
+attention of the two-way transformer, which is otherwise frozen; the
+segmentation head -- IoU/mask tokens, upscaling, hypernetwork MLPs, IoU head --
+trains, as in the paper's section 3.1 "apply LoRA to the transformer layer and
+fine-tune the segmentation head") or ``frozen`` (only decoder adapters, if any,
+train). The prompt encoder trains with ``train_prompt_encoder`` (or method
+``none``). Finally parameters matching any ``freeze`` pattern are frozen.
+"""
+
+from __future__ import annotations
+
+import re
+from os import PathLike
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from ragsam.errors import InputError
+from ragsam.peft.adapter import add_block_adapters
+from ragsam.peft.lora import merge_lora, wrap_linear
+from ragsam.utils.atomic import atomic_path
+
+if TYPE_CHECKING:  # imported lazily: ragsam.models imports this module
+    from ragsam.models.config import PeftConfig
+
+_PEFT_NAME = re.compile(r"(\.lora_[ab]\.|\.attn_adapter\.|\.mlp_adapter\.)")
+_METHODS, _TARGETS, _DECODER = ("lora", "adapter", "none"), ("q", "k", "v", "proj", "mlp"), ("full", "lora", "frozen")
+
+
+def validate_peft(cfg: PeftConfig) -> None:
+    """Refuse impossible settings, quoting the bad value."""
+    if cfg.method not in _METHODS:
+        raise InputError(None, f"peft.method {cfg.method!r} is not one of {', '.join(_METHODS)}")
+    if cfg.decoder not in _DECODER:
+        raise InputError(None, f"peft.decoder {cfg.decoder!r} is not one of {', '.join(_DECODER)}")
+    bad = [t for t in cfg.targets if t not in _TARGETS]
+    if bad or (cfg.method == "lora" and not cfg.targets):
+        raise InputError(None, f"peft.targets {list(cfg.targets)!r} must be a non-empty subset of "
+                               f"{', '.join(_TARGETS)}")
+    for name in ("rank", "decoder_rank"):
+        if int(getattr(cfg, name)) < 1:
+            raise InputError(None, f"peft.{name} must be at least 1, got {getattr(cfg, name)}")
+    if not 0 < cfg.adapter_ratio <= 4:
+        raise InputError(None, f"peft.adapter_ratio must be in (0, 4], got {cfg.adapter_ratio}")
+    for pattern in cfg.freeze:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise InputError(None, f"peft.freeze pattern {pattern!r} is not a regular expression ({exc})") from None
+
+
+def _scale(cfg: PeftConfig, rank: int) -> float:
+    return 1.0 if cfg.alpha is None else float(cfg.alpha) / rank
+
+
+def _encoder_lora(model: nn.Module, cfg: PeftConfig) -> None:
+    for layer in model.vision_encoder.layers:
+        width = layer.attn.qkv.in_features
+        slices = {t: (i * width, (i + 1) * width) for i, t in enumerate(("q", "k", "v")) if t in cfg.targets}
+        scale = _scale(cfg, cfg.rank)
+        if slices:
+            wrap_linear(layer.attn, "qkv", cfg.rank, scale, slices)
+        if "proj" in cfg.targets:
+            wrap_linear(layer.attn, "proj", cfg.rank, scale)
+        if "mlp" in cfg.targets:
+            wrap_linear(layer.mlp, "lin1", cfg.rank, scale)
+            wrap_linear(layer.mlp, "lin2", cfg.rank, scale)
+
+
+def _decoder_attentions(model: nn.Module) -> list[nn.Module]:
+    transformer = model.mask_decoder.transformer
+    attns = []
+    for layer in transformer.layers:
+        attns += [layer.self_attn, layer.cross_attn_token_to_image, layer.cross_attn_image_to_token]
+    return attns + [transformer.final_attn_token_to_image]
+
+
+def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
+    """Insert the PEFT modules of ``cfg`` into ``model`` (in place) and set ``requires_grad``.
+
+    Call once, after the base weights are loaded (LoRA B and adapter Up start
+    at zero, so outputs are unchanged). Returns ``model``.
+    """
+    validate_peft(cfg)
+    if getattr(model, "peft_config", None) is not None:
+        raise RuntimeError("PEFT is already applied to this model")
+    model.requires_grad_(cfg.method == "none")
+    if cfg.method == "lora":
+        _encoder_lora(model, cfg)
+    elif cfg.method == "adapter":
+        for layer in model.vision_encoder.layers:
+            width = layer.attn.qkv.in_features
+            add_block_adapters(layer, layer.attn, layer.mlp, width, cfg.adapter_ratio, cfg.adapter_scale)
+    decoder = model.mask_decoder
+    decoder.requires_grad_(cfg.decoder != "frozen")
+    if cfg.decoder == "lora":
+        decoder.transformer.requires_grad_(False)
+        for attn in _decoder_attentions(model):
+            wrap_linear(attn, "q_proj", cfg.decoder_rank, _scale(cfg, cfg.decoder_rank))
+            wrap_linear(attn, "v_proj", cfg.decoder_rank, _scale(cfg, cfg.decoder_rank))
+    if cfg.decoder_adapters:
+        for layer in decoder.transformer.layers:
+            add_block_adapters(layer, layer.cross_attn_token_to_image, layer.mlp, layer.hidden_size,
+                               cfg.adapter_ratio, cfg.adapter_scale)
+    train_prompt = cfg.train_prompt_encoder or cfg.method == "none"
+    model.prompt_encoder.requires_grad_(train_prompt)
+    model.shared_image_embedding.requires_grad_(train_prompt)
+    for name, param in model.named_parameters():  # new PEFT modules train, whatever was frozen above
+        if _PEFT_NAME.search(name):
+            param.requires_grad_(True)
+    for pattern in cfg.freeze:
+        for name, param in model.named_parameters():
+            if re.search(pattern, name):
+                param.requires_grad_(False)
+    model.peft_config = cfg
+    return model
+
+
+def is_peft_parameter(name: str) -> bool:
+    """True for LoRA / adapter parameter names (``...lora_a.q``, ``...attn_adapter.down.weight``)."""
+    return bool(_PEFT_NAME.search(name))
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Every parameter with ``requires_grad`` (detached), by name; shared tensors appear once."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model: nn.Module, path: str | PathLike, metadata: dict[str, str] | None = None,
+                   force: bool = True) -> Path:
+    """Write the trainable tensors to ``path`` (safetensors, atomic). Returns the path."""
+    tensors = {k: v.contiguous().clone() for k, v in trainable_state_dict(model).items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path, force=force) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_trainable(model: nn.Module, path: str | PathLike) -> dict[str, str]:
+    """Load tensors saved by :func:`save_trainable` into ``model``; returns the file's metadata.
+
+    Strict: the file must hold exactly the model's trainable parameters, with
+    the same shapes.
+
+    Raises:
+        InputError: unreadable file, missing / unexpected keys, wrong shapes.
+    """
+    expected = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} trainable tensors missing ({', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors ({', '.join(unexpected[:3])})")
+        raise InputError(path, "does not match the model's trainable parameters: " + "; ".join(parts))
+    wrong = [f"{k} {tuple(tensors[k].shape)} vs {tuple(p.shape)}" for k, p in expected.items()
+             if tuple(tensors[k].shape) != tuple(p.shape)]
+    if wrong:
+        raise InputError(path, f"wrong tensor shapes: {', '.join(wrong[:3])}")
+    with torch.no_grad():
+        for k, p in expected.items():
+            p.copy_(tensors[k].to(p.dtype))
+    return dict(metadata)
+
+
+def merge_peft(model: nn.Module) -> nn.Module:
+    """Fold every LoRA update into its base weight (in place; outputs unchanged). Returns ``model``.
+
+    Adapters are non-linear and stay as they are (:func:`has_adapters`).
+    """
+    merge_lora(model)
+    return model
+
+
+def has_adapters(model: nn.Module) -> bool:
+    """True if the model holds Med-SA adapters (which cannot be folded into SAM's weights)."""
+    return any(".attn_adapter." in n or ".mlp_adapter." in n for n, _ in model.named_parameters())
+
+
+def _component(name: str) -> str:
+    if is_peft_parameter(name):
+        return "peft"
+    if name.startswith("vision_encoder."):
+        return "image_encoder"
+    if name.startswith(("prompt_encoder.", "shared_image_embedding.")):
+        return "prompt_encoder"
+    if name.startswith("mask_decoder."):
+        return "mask_decoder"
+    return "other"
+
+
+def count_parameters(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(trainable, total) parameter counts per component and ``total``.
+
+    Components: ``image_encoder``, ``prompt_encoder``, ``mask_decoder`` (base
+    weights) and ``peft`` (LoRA and adapter tensors). Shared tensors count once.
+    """
+    counts: dict[str, list[int]] = {c: [0, 0] for c in ("image_encoder", "prompt_encoder", "mask_decoder", "peft")}
+    for name, p in model.named_parameters():
+        entry = counts.setdefault(_component(name), [0, 0])
+        entry[1] += p.numel()
+        entry[0] += p.numel() if p.requires_grad else 0
+    counts["total"] = [sum(v[0] for v in counts.values()), sum(v[1] for v in counts.values())]
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def describe(cfg: Any) -> str:
+    """One line naming the method (for logs and the ``info`` command)."""
+    if cfg.method == "lora":
+        return f"LoRA r={cfg.rank} on {','.join(cfg.targets)}, decoder {cfg.decoder}"
+    if cfg.method == "adapter":
+        return f"Med-SA adapters (ratio {cfg.adapter_ratio}, s={cfg.adapter_scale}), decoder {cfg.decoder}"
+    return f"full fine-tuning, decoder {cfg.decoder}"
