@@ -59,3 +59,18 @@ def test_write_json_round_trip(tmp_path):
 
     path = write_json(tmp_path / "m.json", {"dice": 0.5, "organs": [1, 6]})
     assert json.loads(path.read_text()) == {"dice": 0.5, "organs": [1, 6]}
+
+
+def test_outputs_get_umask_permissions_not_private_temp_ones(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "p.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

@@ -1,1 +1,134 @@
-"""Subcommand module (to be filled in): registers its commands on `ragsam.cli.app.app`."""
+"""``ragsam index build|query``: the DINOv2 + Faiss support bank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ragsam.cli.app import index_app
+
+
+def _parse_organs(text: str) -> tuple[int, ...]:
+    from ragsam.errors import InputError
+
+    try:
+        return tuple(int(t) for t in text.replace(";", ",").split(",") if t.strip())
+    except ValueError:
+        raise InputError(None, f"--require-organs must be comma-separated label ids, got {text!r}") from None
+
+
+@index_app.command("build")
+def build_cmd(
+    prepared: Path = typer.Argument(..., help="Prepared slice cache (from `ragsam prepare`)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Bank folder to create."),
+    embedder: str = typer.Option("facebook/dinov2-small", help="DINOv2 weights: Hugging Face id or folder, "
+                                 "preset (dinov2-small), official .pth, 'random' or 'tiny'."),
+    kind: str = typer.Option("auto", help="Faiss index: auto (flat below 100k slices, hnsw below 1M, "
+                             "else ivf), flat, ivf or hnsw."),
+    pooling: str = typer.Option("cls", help="Slice descriptor: cls token or mean of patch tokens."),
+    image_size: int = typer.Option(224, help="Embedder input side in pixels (multiple of 14)."),
+    batch_size: int = typer.Option(32, help="Slices per embedder forward pass."),
+    split: str | None = typer.Option(None, help="Only cases of this split (e.g. train), so test cases "
+                                     "never serve as supports."),
+    include_unlabelled: bool = typer.Option(False, help="Also embed cases without labels."),
+    device: str | None = typer.Option(None, help="torch device (default: cuda if available)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bank."),
+) -> None:
+    """Embed every slice of the labelled cases with DINOv2 and index them with Faiss.
+
+    Example: ragsam index build prepared/btcv -o banks/btcv --split train --embedder facebook/dinov2-base
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ragsam.retrieval.bank import build_bank
+
+    console = Console(stderr=True)
+    with Progress("embedding slices", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("embed", total=None)
+        summary = build_bank(prepared, out, embedder_weights=embedder, kind=kind, pooling=pooling,
+                             labelled_only=not include_unlabelled, batch_size=batch_size, force=force,
+                             image_size=image_size, split=split, device=device,
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    typer.echo(f"{summary.path}: {summary.count} slices from {summary.cases} cases, {summary.dim}-d "
+               f"{summary.embedder} embeddings, {summary.kind} index ({summary.seconds:.1f} s)")
+
+
+@index_app.command("query")
+def query_cmd(
+    bank: Path = typer.Argument(..., help="Support bank folder (from `ragsam index build`)."),
+    case: str | None = typer.Option(None, help="Query a slice of this case of the bank's prepared cache."),
+    image: Path | None = typer.Option(None, help="Query a slice of this CT (NIfTI/NRRD/MHA file or DICOM folder)."),
+    z: int = typer.Option(..., help="Slice index in canonical order (inferior first, as in the prepared cache)."),
+    k: int = typer.Option(5, help="Neighbours to return."),
+    exclude_own_case: bool = typer.Option(False, help="Never return slices of the --case itself."),
+    require_organs: str = typer.Option("", help="Only slices containing all these label ids, e.g. 1,6."),
+    z_prior: float | None = typer.Option(None, help="Weight w of the penalty w*|rel_z query - rel_z support|."),
+    prepared: Path | None = typer.Option(None, help="Where the bank's prepared cache is now, if it moved."),
+    device: str | None = typer.Option(None, help="torch device (default: cuda if available)."),
+) -> None:
+    """Show the support slices most similar to one query slice.
+
+    Example: ragsam index query banks/btcv --case img0035 --z 60 --k 5 --exclude-own-case --z-prior 0.5
+    """
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from ragsam.errors import InputError
+    from ragsam.retrieval.bank import SupportBank, case_arrays
+
+    if (case is None) == (image is None):
+        raise InputError(None, "give exactly one of --case ID or --image FILE")
+    if exclude_own_case and case is None:
+        raise InputError(None, "--exclude-own-case needs --case")
+    support = SupportBank.load(bank, prepared_dir=prepared)
+    if case is not None:
+        slices = case_arrays(support.prepared_dir, case, with_labels=False)[0]
+        source = f"{case}"
+    else:
+        slices = _image_slices(image, support.prepare_meta()["settings"])
+        source = str(image)
+    if not 0 <= z < len(slices):
+        raise InputError(image or support.prepared_dir, f"--z {z} is outside the {len(slices)} slices of {source}")
+    rel_z = z / (len(slices) - 1) if len(slices) > 1 else 0.0
+    embedder = support.embedder(device=device)
+    vector = embedder.embed(np.asarray(slices[z:z + 1], dtype=np.float32))
+    hits = support.query(vector, k, embedder.identity, exclude_cases=[case] if exclude_own_case else [],
+                         require_organs=_parse_organs(require_organs), z_prior=z_prior, query_rel_z=rel_z)[0]
+    names = _organ_names(support.prepared_dir)
+    table = Table(title=f"{k} nearest support slices to {source} z={z} (rel_z {rel_z:.3f})")
+    for column in ("rank", "case", "z", "rel_z", "similarity", "score", "organs"):
+        table.add_column(column, justify="right" if column not in ("case", "organs") else "left")
+    for rank, nb in enumerate(hits, 1):
+        organs = ", ".join(names.get(o, str(o)) for o in nb.organs) or "-"
+        table.add_row(str(rank), nb.case_id, str(nb.z), f"{nb.rel_z:.3f}", f"{nb.similarity:.4f}",
+                      f"{nb.score:.4f}", organs)
+    Console(width=160).print(table)
+
+
+def _image_slices(path: Path, settings_json: dict):
+    """Slices of a CT file made with the prepared cache's window and size: float32 (Z, S, S).
+
+    Rounded through float16 like the cache's ``image.npy``, so a slice of a case that is in
+    the bank embeds to exactly its bank vector.
+    """
+    from ragsam.data.slices import SliceSettings, volume_to_slices
+    from ragsam.data.volume import read_image
+
+    settings = SliceSettings.from_json(settings_json)
+    images = volume_to_slices(read_image(path), None, settings).images
+    return images.astype("float16").astype("float32")
+
+
+def _organ_names(prepared_dir: Path) -> dict[int, str]:
+    """Label id -> organ name from the cache's ``label_map.json`` (empty if unavailable)."""
+    import json
+
+    try:
+        labels = json.loads((prepared_dir / "label_map.json").read_text(encoding="utf-8"))["labels"]
+        return {int(i): str(name) for i, name in labels.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
