@@ -1,0 +1,281 @@
+"""``ragsam baseline``: prompted SAM / MedSAM on every case, then Dice / HD95 / NSD.
+
+Output folder (written as a whole: it appears complete or not at all)::
+
+    OUT/
+      predictions/<case_id>.nii.gz   labels on the input image's grid (uint8)
+      metrics.csv, metrics.json, report.md   ragsam.evaluation (per case x organ, paper layout)
+      overlays/<case_id>.png         ground truth beside prediction (optional)
+      baseline.json                  settings, weights, prompt counts and timings per case
+
+MedSAM is the same code with other weights (Hugging Face
+``flaviagiammarino/medsam-vit-base`` or the official ``medsam_vit_b.pth``, both
+``sam_vit_b``); it was trained with box prompts, so ``--prompt box`` is its
+native use (its point rows are reported by the paper too and run the same way).
+Its pixel normalisation differs from SAM's and is chosen automatically (see
+:func:`ragsam.baselines.prompted.resolve_normalization`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragsam.baselines.prompted import PromptSettings, resolve_normalization, segment_slices
+from ragsam.baselines.sources import BaselineCase, cached_cases, is_prepared_cache, raw_cases
+from ragsam.errors import InputError
+from ragsam.utils.atomic import atomic_dir, check_writable, write_json
+
+MULTIMASK_RULE = {"point1": "3 multimask outputs, highest predicted IoU kept",
+                  "point3": "single-mask output (multimask_output=False)",
+                  "box": "single-mask output (multimask_output=False)"}
+
+
+@dataclass
+class BaselineSummary:
+    """What :func:`run_baseline` did.
+
+    Attributes:
+        out_dir: the output folder.
+        cases: case ids segmented (sorted).
+        predictions: ``out_dir/predictions/<case_id>.nii.gz`` per case.
+        evaluation: the :class:`ragsam.evaluation.evaluate.EvaluationResult`.
+        prompts: case id -> number of (slice, organ) prompts.
+        skipped_unlabelled: raw cases without labels (not segmented).
+        settings: what was run (also in ``baseline.json``).
+        seconds: wall time.
+    """
+
+    out_dir: Path
+    cases: list[str]
+    predictions: list[Path]
+    evaluation: Any
+    prompts: dict[str, int] = field(default_factory=dict)
+    skipped_unlabelled: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _link(src: Path, folder: Path, name: str) -> None:
+    """``folder/name`` pointing at ``src`` (a symbolic link, or a copy where links are not allowed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / name
+    try:
+        dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
+    except OSError:
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+
+def _gt_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.endswith(suffix):
+            return suffix
+    raise InputError(path, "ground truth must be a NIfTI, NRRD or MHA file")
+
+
+def _collect(data: str | os.PathLike, labels: str | os.PathLike | None, layout: str, split: str | None,
+             case_ids: list[str] | None, slice_settings: Any, series_uid: str | None,
+             ) -> tuple[list[BaselineCase], list[str], dict | None]:
+    if is_prepared_cache(data):
+        if labels is not None:
+            raise InputError(data, "a prepared cache carries its own labels; --gt is for a single image")
+        cases, meta = cached_cases(data, split, case_ids)
+        return cases, [], meta
+    if split is not None:
+        raise InputError(data, f"split {split!r} needs a prepared cache (`ragsam prepare`); this is raw data")
+    cases, skipped = raw_cases(data, labels, layout, case_ids, slice_settings, series_uid)
+    return cases, skipped, None
+
+
+def _nonempty(cases: list[BaselineCase], data: str | os.PathLike) -> list[BaselineCase]:
+    if not cases:
+        raise InputError(data, "no cases selected")
+    return cases
+
+
+def _draw_overlays(cases: list[BaselineCase], pred_dir: Path, out: Path, label_names: dict[int, str],
+                   result: Any) -> None:
+    from ragsam.data.volume import pair_to_reference, read_image, read_labels
+    from ragsam.evaluation.overlays import draw_overlay
+
+    by_id = {c.case_id: c for c in cases}
+    for case_paths in result.cases:  # the evaluation's case ids (file-name rule) map to ours by file
+        case = by_id[case_paths.pred.name[: -len(".nii.gz")]]
+        image = read_image(case.image_path) if case.image_path is not None else None
+        gt = read_labels(case.gt_path)
+        if image is not None:
+            gt = pair_to_reference(gt, image)
+        pred = read_labels(pred_dir / f"{case.case_id}.nii.gz", reference=gt)
+        png = draw_overlay(gt, pred, label_names, out / "overlays" / f"{case.case_id}.png", image=image,
+                           title=case.case_id)
+        result.overlays[case_paths.case_id] = f"overlays/{png.name}"
+
+
+def prompt_organs(label_map: Any, organs: str | Sequence[int | str] | None) -> list[int]:
+    """The label-map ids to prompt for an evaluation ``organs`` selection.
+
+    A named subset scored under its own map (``btcv-table1`` merges the adrenal
+    glands) is prompted with every source organ it is made of, each separately.
+    """
+    from ragsam.evaluation.evaluate import select_organs
+
+    _, ids, conversion = select_organs(label_map, organs)
+    if conversion is None:
+        return [int(i) for i in ids]
+    return sorted(int(src) for src, dst in conversion.items() if src != 0 and dst in set(ids))
+
+
+def _keep_present_organs(result: Any) -> None:
+    """Drop organs absent from every case's ground truth (never prompted, so n/a everywhere)."""
+    present = {r.organ_id for r in result.rows if r.gt_voxels > 0}
+    keep = [i for i, oid in enumerate(result.organ_ids) if oid in present]
+    result.organ_ids = [result.organ_ids[i] for i in keep]
+    result.organ_names = [result.organ_names[i] for i in keep]
+    result.rows = [r for r in result.rows if r.organ_id in present]
+    result.settings.update(organ_ids=list(result.organ_ids), organs=list(result.organ_names),
+                           organs_scored="organs present in the ground truth of at least one case")
+    if isinstance(result.settings.get("nsd_tolerance_mm"), dict):
+        result.settings["nsd_tolerance_mm"] = {k: v for k, v in result.settings["nsd_tolerance_mm"].items()
+                                               if int(k) in present}
+
+
+def run_baseline(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    prompt: str = "box",
+    weights: str = "random",
+    arch: str = "sam_vit_b",
+    label_map: str | os.PathLike | None = None,
+    seed: int = 0,
+    box_iou: float = 0.5,
+    device: str = "auto",
+    force: bool = False,
+    *,
+    labels: str | os.PathLike | None = None,
+    organs: str | Sequence[int | str] | None = None,
+    split: str | None = None,
+    cases: list[str] | None = None,
+    layout: str = "auto",
+    slice_settings: Any = None,
+    image_size: int | None = None,
+    normalization: str = "auto",
+    nsd_tolerance_mm: float | str = "flare22",
+    overlays: bool = True,
+    embed_batch: int = 4,
+    series_uid: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> BaselineSummary:
+    """Segment every case with prompted SAM / MedSAM and evaluate against the ground truth.
+
+    Args:
+        data: raw dataset folder, image file or DICOM folder (with ``labels``), or a prepared cache.
+        out_dir: output folder (layout in the module docstring); refused if it exists unless ``force``.
+        prompt: ``point1``, ``point3`` or ``box``.
+        weights: Hugging Face id or folder, Meta SAM / MedSAM ``.pth``, or ``"random"`` (tests).
+        arch: ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` / ``tiny``; must match the weights.
+        label_map: ``btcv``, ``flare22`` or a JSON file; default the cache's map, else ``btcv``.
+        seed: prompt seed (and the initialisation of ``"random"`` weights), >= 0.
+        box_iou: IoU of box prompts with the organ's tight box.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        force: replace an existing ``out_dir``.
+        labels: ground-truth file when ``data`` is a single image.
+        organs: organs to prompt and score (a named subset such as ``paper-8`` or ids); default the
+            organs of the label map present in the ground truth of at least one case.
+        split: with a prepared cache, the ``splits.json`` list to run (e.g. ``"test"``).
+        cases: restrict to these case ids.
+        layout: dataset layout of raw data (``auto``, ``nnunet``, ``msd``, ``btcv``, ...).
+        slice_settings: :class:`~ragsam.data.slices.SliceSettings` for raw data (HU window, slice size).
+        image_size: model input side (default the architecture's 1024; ``tiny``: 128).
+        normalization: ``auto``, ``sam`` or ``unit`` (MedSAM).
+        nsd_tolerance_mm: NSD tolerance (mm) or ``"flare22"``.
+        overlays: draw one PNG per case.
+        embed_batch: slices per image-encoder call.
+        series_uid: DICOM series to read when a folder holds several.
+        progress: called as ``progress(case_id, index, total)`` before each case.
+    Returns:
+        :class:`BaselineSummary`.
+    Raises:
+        InputError: bad prompt kind / IoU / seed / device / weights / data; OutputExistsError.
+    """
+    import torch
+    from transformers import __version__ as transformers_version
+
+    from ragsam import __version__ as ragsam_version
+    from ragsam.baselines.sam_model import load_prompt_sam, resolve_device
+    from ragsam.data.label_maps import load_label_map
+    from ragsam.data.slices import SliceSettings, slices_to_volume
+    from ragsam.data.volume import write_labels
+    from ragsam.evaluation.evaluate import evaluate
+    from ragsam.evaluation.report import write_report
+
+    start = time.perf_counter()
+    settings = PromptSettings(kind=prompt, box_iou=box_iou, seed=seed)  # validates first
+    out = Path(out_dir)
+    check_writable(out, force)
+    dev = resolve_device(device)
+    norm = resolve_normalization(str(weights), normalization)
+    slice_settings = slice_settings or SliceSettings()
+    todo, skipped, meta = _collect(data, labels, layout, split, cases, slice_settings, series_uid)
+    todo = _nonempty(todo, data)
+    if label_map is None:
+        label_map = Path(data) / "label_map.json" if meta is not None else "btcv"
+    lmap = load_label_map(label_map)
+    organ_ids = prompt_organs(lmap, organs)
+    model, load_report = load_prompt_sam(arch, str(weights), image_size, seed=seed)
+    model.to(dev)
+    run_settings: dict[str, Any] = {
+        "data": str(Path(data).resolve()), "labels": None if labels is None else str(Path(labels).resolve()),
+        "prepared_cache": meta is not None, "prompt": prompt, "box_iou": box_iou if prompt == "box" else None,
+        "seed": seed, "weights": str(weights), "arch": arch, "image_size": load_report["image_size"],
+        "resized_position_tensors": load_report["resized"], "normalization": norm,
+        "mask_choice": MULTIMASK_RULE[prompt], "threshold": "logit > 0 (probability 0.5)",
+        "overlaps": "highest logit wins", "label_map": lmap.name, "organ_ids": organ_ids, "split": split,
+        "slices": meta["settings"] if meta is not None else slice_settings.to_json(), "device": str(dev),
+        "versions": {"ragsam": ragsam_version, "torch": torch.__version__, "transformers": transformers_version},
+    }
+    per_case: dict[str, dict[str, Any]] = {}
+    with atomic_dir(out, force=force) as tmp, tempfile.TemporaryDirectory(prefix="ragsam-baseline-") as scratch:
+        pred_dir = tmp / "predictions"
+        for index, case in enumerate(todo):
+            if progress is not None:
+                progress(case.case_id, index, len(todo))
+            t0 = time.perf_counter()
+            stack = case.load()
+            pred, n_prompts = segment_slices(model, stack.images, stack.labels, organ_ids, settings,
+                                             case.case_id, norm, embed_batch)
+            volume = slices_to_volume(pred, stack.grid)
+            write_labels(volume, stack.grid.geometry, pred_dir / f"{case.case_id}.nii.gz")
+            _link(case.gt_path, Path(scratch) / "gt", case.case_id + _gt_suffix(case.gt_path))
+            per_case[case.case_id] = {"prompts": n_prompts, "slices": int(stack.images.shape[0]),
+                                      "seconds": round(time.perf_counter() - t0, 3),
+                                      "ground_truth": str(case.gt_path)}
+        result = evaluate(pred_dir, Path(scratch) / "gt", label_map=lmap, organs=organs,
+                          nsd_tolerance_mm=nsd_tolerance_mm)
+        if organs is None:
+            _keep_present_organs(result)
+        gt_files = [str(c.gt_path) for c in todo]
+        result.settings.update(pred=str(out / "predictions"),
+                               gt=gt_files[0] if len(gt_files) == 1 else os.path.commonpath(gt_files))
+        if overlays:
+            _draw_overlays(todo, pred_dir, tmp, lmap.labels, result)
+        write_report(result, tmp)
+        run_settings["cases"] = per_case
+        run_settings["skipped_unlabelled"] = skipped
+        run_settings["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(tmp / "baseline.json", run_settings)
+    result.out_dir = out
+    return BaselineSummary(out_dir=out, cases=[c.case_id for c in todo],
+                           predictions=[out / "predictions" / f"{c.case_id}.nii.gz" for c in todo],
+                           evaluation=result, prompts={k: v["prompts"] for k, v in per_case.items()},
+                           skipped_unlabelled=skipped, settings=run_settings,
+                           seconds=time.perf_counter() - start)
