@@ -1,1 +1,65 @@
-"""Subcommand module (to be filled in): registers its commands on `ragsam.cli.app.app`."""
+"""``ragsam segment``: segment a CT volume by retrieval-augmented SAM 2 (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ragsam.cli.app import app
+
+
+@app.command(
+    "segment",
+    help=(
+        "Segment a CT volume without training: retrieve the k most similar labelled slices "
+        "from a support bank (DINOv2 + Faiss) for every slice and let SAM 2's memory attention "
+        "segment it from them, prompt-free (RAG-SAM). Writes a label volume on the input's grid.\n\n"
+        "Example: ragsam segment ct.nii.gz -o ct_labels.nii.gz --index banks/btcv "
+        "--sam2 facebook/sam2.1-hiera-tiny --k 4 --device cuda"
+    ),
+)
+def segment_command(
+    input_path: Path = typer.Argument(..., metavar="IN", help="CT image file (NIfTI, NRRD, MHA) or DICOM folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Label file to write (.nii.gz)."),
+    index: Path = typer.Option(..., "--index", help="Support bank folder (`ragsam index build`)."),
+    sam2: str = typer.Option("facebook/sam2.1-hiera-tiny", "--sam2",
+                             help="SAM 2 weights: Hugging Face id or folder, official .pt, 'random' or 'tiny'."),
+    k: int = typer.Option(4, "--k", help="Support slices per query slice."),
+    exclude_case: list[str] = typer.Option([], "--exclude-case", help="Bank case never used as support "
+                                                                     "(repeatable), e.g. the query's own case."),
+    z_prior: float = typer.Option(0.5, "--z-prior", help="Weight of the relative-z retrieval prior (0: off)."),
+    pointers: str = typer.Option("sequential", "--pointer-positions",
+                                 help="sequential (video semantics, best support nearest) or shared "
+                                      "(support order ignored)."),
+    run: Path | None = typer.Option(None, "--run", help="Fine-tuned run (`ragsam train`) to fuse with retrieval "
+                                                       "(hybrid): p = (1-w) p_run + w p_retrieval per retrieved organ."),
+    hybrid_weight: float = typer.Option(0.5, "--hybrid-weight", help="w of the retrieval term with --run."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Query slices per encoder pass."),
+    cache_size: int = typer.Option(256, "--cache-size", help="Encoded support slices kept in memory."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder has several."),
+    summary_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+) -> None:
+    """Parse, call :func:`ragsam.retrieval.segment.segment_volume`, print a summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ragsam.retrieval.segment import segment_volume
+
+    columns = (TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, disable=summary_json) as bar:
+        task = bar.add_task("slices", total=None)
+        summary = segment_volume(input_path, output, index, sam2_weights=sam2, k=k, exclude_cases=exclude_case,
+                                 batch_size=batch_size, cache_size=cache_size, device=device, force=force,
+                                 series_uid=series, z_prior=z_prior, pointer_positions=pointers,
+                                 run_dir=run, hybrid_weight=hybrid_weight,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if summary_json:
+        typer.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    organs = ",".join(str(o) for o in summary.organs) or "none"
+    typer.echo(f"{summary.output}: {summary.slices} slices, k={summary.k}, organs {organs}; "
+               f"{summary.support_slices_encoded} support slices encoded ({summary.support_cache_hits} cache hits) "
+               f"in {summary.seconds:.1f} s with SAM 2 {summary.sam2.get('name')}")

@@ -1,0 +1,248 @@
+"""Segment a CT volume by retrieval: DINOv2 neighbours from a support bank -> SAM 2 memory (RAG-SAM).
+
+Per volume: read the image (NIfTI / NRRD / MHA or a DICOM series, HU) -> slice it
+with the bank's own prepare settings (HU window, slice size) -> embed every slice
+with the bank's embedder -> retrieve ``k`` labelled neighbours per slice (with a
+relative-z prior by default) -> segment each slice with
+:class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`, the neighbours as
+conditioning frames (the best neighbour nearest the query) -> put the label
+slices back on the input's grid -> write atomically. With a fine-tuned run
+(``run_dir``) its class probabilities are fused with the retrieval probabilities
+(:mod:`ragsam.retrieval.hybrid`) before the labels are taken.
+
+Support memories are cached (least recently used first out): neighbouring query
+slices mostly retrieve the same support slices, whose image-encoder pass and
+memory encoding are then done once.
+
+The input must look like CT in Hounsfield units: a volume with at least two
+slices whose values reach -200 HU or lower (air, lung or fat) and span at least
+300 HU. A normalised image ([0, 1]), an 8-bit picture (0..255) or an MR volume is
+refused rather than windowed into nonsense.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ragsam.errors import InputError
+from ragsam.utils.atomic import check_writable
+
+MIN_HU = -200.0
+MIN_HU_SPAN = 300.0
+DEFAULT_Z_PRIOR = 0.5
+
+
+@dataclass
+class SegmentSummary:
+    """What :func:`segment_volume` did (all JSON-serialisable via :meth:`to_json`)."""
+
+    input: str
+    output: str
+    bank: str
+    slices: int
+    k: int
+    organs: list[int]
+    support_slices_encoded: int
+    support_cache_hits: int
+    seconds: float
+    sam2: dict[str, Any] = field(default_factory=dict)
+    embedder: str = ""
+    exclude_cases: list[str] = field(default_factory=list)
+    run: str | None = None
+    hybrid_weight: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SupportCache:
+    """LRU cache of encoded support slices keyed by ``(case_id, z)``."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max(1, int(max_items))
+        self.items: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self.hits = 0
+        self.encoded = 0
+
+    def get(self, key: tuple[str, int]) -> Any | None:
+        if key in self.items:
+            self.items.move_to_end(key)
+            self.hits += 1
+            return self.items[key]
+        return None
+
+    def put(self, key: tuple[str, int], value: Any) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        self.encoded += 1
+        while len(self.items) > self.max_items:
+            self.items.popitem(last=False)
+
+
+def check_ct_like(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse inputs that are not CT volumes in HU (see module docstring for the rule)."""
+    arr = np.asarray(array)
+    if arr.ndim != 3 or arr.shape[0] < 2:
+        raise InputError(path, f"not a 3D volume (array shape {tuple(arr.shape)}); segment needs a CT volume "
+                               "with at least 2 slices")
+    low, high = float(np.min(arr)), float(np.max(arr))
+    if low > MIN_HU or high - low < MIN_HU_SPAN:
+        raise InputError(path, f"values {low:.4g} .. {high:.4g} do not look like CT in HU (expected some voxels "
+                               f"<= {MIN_HU:.0f} HU and a range of at least {MIN_HU_SPAN:.0f} HU)")
+
+
+def _embedder_for(bank: Any, embedder: Any, device: str) -> Any:
+    from ragsam.retrieval.embedder import build_embedder, identity_mismatch
+
+    if embedder is None:
+        return bank.embedder(device=device)
+    if isinstance(embedder, (str, os.PathLike)):
+        embedder = build_embedder(str(embedder), pooling=bank.identity["pooling"],
+                                  image_size=int(bank.identity["image_size"]), device=device,
+                                  seed=int(bank.identity.get("seed", 0)))
+    problem = identity_mismatch(bank.identity, embedder.identity)
+    if problem:
+        raise InputError(bank.path, problem)
+    return embedder
+
+
+def segment_volume(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    bank_dir: str | os.PathLike,
+    sam2_weights: str = "facebook/sam2.1-hiera-tiny",
+    k: int = 4,
+    embedder: Any = None,
+    exclude_cases: Iterable[str] = (),
+    batch_size: int = 8,
+    cache_size: int = 256,
+    device: str = "auto",
+    force: bool = False,
+    series_uid: str | None = None,
+    z_prior: float | None = DEFAULT_Z_PRIOR,
+    pointer_positions: str = "sequential",
+    use_empty_supports: bool = True,
+    run_dir: str | os.PathLike | None = None,
+    hybrid_weight: float = 0.5,
+    progress: Callable[[int, int], None] | None = None,
+) -> SegmentSummary:
+    """Segment one CT volume with retrieval-augmented SAM 2 and write its label map.
+
+    Args:
+        input_path: CT image file or DICOM series folder (HU).
+        output_path: label file to write (``.nii.gz`` recommended), on the input's grid.
+        bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
+        sam2_weights: see :func:`ragsam.retrieval.sam2_model.build_sam2`.
+        k: support slices per query slice (each adds a memory of (image_size/16)^2 tokens).
+        embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
+            it must be the embedder the bank was built with.
+        exclude_cases: bank cases never used as supports (e.g. the query's own case).
+        batch_size: query slices per image-encoder / embedder pass.
+        cache_size: encoded support slices kept in memory.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        force: replace an existing output.
+        series_uid: DICOM series to read when a folder holds several.
+        z_prior: weight of the relative-z penalty in retrieval (``None`` / 0: off).
+        pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
+        run_dir: a fine-tuned run (``ragsam train``): fuse its class probabilities with the
+            retrieval probabilities (see :mod:`ragsam.retrieval.hybrid`); ``None``: retrieval only.
+        hybrid_weight: ``w`` of the retrieval term in the hybrid fusion.
+        progress: called as ``progress(done_slices, total_slices)``.
+    Raises:
+        InputError: bad input image, k out of range, other embedder, bad weights.
+        OutputExistsError: the output exists and ``force`` is false (checked before any work).
+    """
+    from ragsam.data.slices import SliceSettings, slices_to_volume, volume_to_slices
+    from ragsam.data.volume import read_image, write_labels
+    from ragsam.retrieval.bank import SupportBank
+    from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
+    from ragsam.retrieval.sam2_model import build_sam2, resolve_device
+
+    start = time.perf_counter()
+    if not 0.0 <= hybrid_weight <= 1.0:
+        raise InputError(None, f"hybrid weight must be in [0, 1], got {hybrid_weight!r}")
+    if pointer_positions not in ("sequential", "shared"):
+        raise InputError(None, f"pointer positions must be 'sequential' or 'shared', got {pointer_positions!r}")
+    if batch_size < 1 or cache_size < 1:
+        raise InputError(None, f"batch_size and cache_size must be >= 1, got {batch_size} and {cache_size}")
+    device = str(resolve_device(device))
+    if run_dir is not None:
+        from ragsam.inference.run_loader import read_run_config
+
+        read_run_config(run_dir)  # a bad run folder fails before any work
+    output_path = Path(output_path)
+    check_writable(output_path, force)
+    bank = SupportBank.load(bank_dir)
+    if k < 1 or k > len(bank):
+        raise InputError(bank_dir, f"k={k} must be between 1 and the bank size ({len(bank)} slices)")
+    excluded = sorted({str(c) for c in exclude_cases})
+    unknown = sorted(set(excluded) - set(bank.case_ids.tolist()))
+    if unknown:
+        raise InputError(bank_dir, f"excluded cases {unknown[:3]} are not in the bank")
+    emb = _embedder_for(bank, embedder, device)
+    model, info = build_sam2(sam2_weights, device=device)  # bad weights fail before any slice work
+
+    image = read_image(input_path, series_uid=series_uid)
+    check_ct_like(image.array, input_path)
+    settings = SliceSettings.from_json(bank.prepare_meta()["settings"])
+    stack = volume_to_slices(image, None, settings)
+    depth, size = stack.images.shape[0], stack.images.shape[-1]
+    vectors = emb.embed(stack.images, batch_size=batch_size)
+    rel_z = np.arange(depth) / (depth - 1)
+    hits = bank.query(vectors, k, emb.identity, exclude_cases=excluded, z_prior=z_prior or None,
+                      query_rel_z=rel_z if z_prior else None)
+    fused = grid_ft = None
+    if run_dir is not None:
+        from ragsam.retrieval.hybrid import fuse_slice, run_probabilities
+
+        fused, grid_ft = run_probabilities(str(run_dir), image, device, batch_size)
+        if fused.shape[0] != depth:
+            raise InputError(run_dir, f"the run slices the volume into {fused.shape[0]} slices, the bank {depth}")
+
+    seg = Sam2MemorySegmenter(model, pointer_positions=pointer_positions,  # type: ignore[arg-type]
+                              use_empty_supports=use_empty_supports)
+    cache = SupportCache(cache_size)
+    labels = np.zeros((depth, size, size), dtype=np.uint8)
+    for first in range(0, depth, batch_size):
+        queries = seg.encode_images(torch.from_numpy(stack.images[first:first + batch_size]))
+        for offset, query in enumerate(queries):
+            z = first + offset
+            supports = _supports(seg, bank, cache, hits[z][::-1])  # best neighbour last: nearest the query
+            pred = seg.segment(query, supports, output_size=(size, size))
+            labels[z] = pred.labels.cpu().numpy().astype(np.uint8)
+            if fused is not None:
+                fused[z] = fuse_slice(fused[z], pred.organ_ids, pred.probabilities.cpu(), hybrid_weight)
+            if progress is not None:
+                progress(z + 1, depth)
+    volume = slices_to_volume(labels, stack.grid) if fused is None else slices_to_volume(fused, grid_ft)
+    write_labels(volume, image.geometry, output_path, force=force)
+    organs = sorted(int(o) for o in np.unique(volume) if o)
+    return SegmentSummary(str(input_path), str(output_path), str(bank_dir), depth, k, organs, cache.encoded,
+                          cache.hits, round(time.perf_counter() - start, 3), info,
+                          str(emb.identity.get("weights")), excluded,
+                          None if run_dir is None else str(run_dir), None if run_dir is None else hybrid_weight)
+
+
+def _supports(seg: Any, bank: Any, cache: SupportCache, neighbours: Sequence[Any]) -> list[Any]:
+    """Encoded supports for ``neighbours`` (in order), encoding the uncached ones in one batch."""
+    keys = [(nb.case_id, nb.z) for nb in neighbours]
+    found = {key: cache.get(key) for key in dict.fromkeys(keys)}
+    missing = [nb for nb in neighbours if found[(nb.case_id, nb.z)] is None]
+    missing = list({(nb.case_id, nb.z): nb for nb in missing}.values())
+    if missing:
+        images, labels = bank.support_slices(missing)
+        frames = seg.encode_images(torch.from_numpy(images))
+        for nb, frame, lab in zip(missing, frames, labels, strict=True):
+            memory = seg.encode_support(frame, lab, key=(nb.case_id, nb.z))
+            cache.put((nb.case_id, nb.z), memory)
+            found[(nb.case_id, nb.z)] = memory
+    return [found[key] for key in keys]

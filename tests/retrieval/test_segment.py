@@ -1,0 +1,107 @@
+"""Volume-level retrieval segmentation (ragsam.retrieval.segment) on the shared 3 mm CT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from bank_fixtures import write_prepared
+
+from ragsam.data.slices import SliceSettings, volume_to_slices
+from ragsam.data.volume import read_image, read_labels
+from ragsam.errors import InputError, OutputExistsError
+from ragsam.retrieval.bank import build_bank
+from ragsam.retrieval.embedder import build_embedder
+from ragsam.retrieval.segment import SupportCache, check_ct_like, segment_volume
+
+SIZE = 64  # slice size of the bank (the tiny SAM 2 resizes to its 128 px input)
+
+
+@pytest.fixture(scope="module")
+def rag(ct3mm, tmp_path_factory):
+    """A bank built from the shared 3 mm case (case id "ct3mm"), tiny DINOv2."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("rag")
+    image = read_image(ct3mm["image"])
+    labels = read_labels(ct3mm["labels"], reference=image)
+    stack = volume_to_slices(image, labels, SliceSettings(size=SIZE))
+    prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
+    torch.manual_seed(0)
+    build_bank(prepared, root / "bank", embedder_weights="tiny", image_size=28)
+    yield {"root": root, "bank": root / "bank", "image": ct3mm["image"], "volume": image,
+           "bank_organs": set(np.unique(stack.labels).tolist()) - {0}}
+    torch.set_num_threads(threads)
+
+
+def test_end_to_end_writes_labels_on_the_input_geometry(rag):
+    out = rag["root"] / "out" / "labels.nii.gz"
+    summary = segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", k=3)
+    written = sitk.ReadImage(str(out))
+    source = sitk.ReadImage(str(rag["image"]))
+    assert written.GetSize() == source.GetSize() == (122, 101, 30)
+    assert np.allclose(written.GetSpacing(), source.GetSpacing())
+    assert np.allclose(written.GetOrigin(), source.GetOrigin(), atol=1e-4)
+    assert np.allclose(written.GetDirection(), source.GetDirection())
+    labels = sitk.GetArrayFromImage(written)
+    found = set(np.unique(labels).tolist()) - {0}
+    assert found and found <= rag["bank_organs"]  # only organs the retrieved supports hold
+    assert summary.slices == 30 and summary.k == 3 and summary.organs == sorted(found)
+    # neighbouring slices share supports: far fewer encodings than 30 x 3
+    assert summary.support_cache_hits > 0
+    assert summary.support_slices_encoded + summary.support_cache_hits == 30 * 3
+    assert summary.sam2["kind"] == "tiny"
+    # deterministic: the same call again (with force) writes the same labels
+    segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", k=3, force=True, cache_size=2)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), labels)
+
+
+def test_refusals(rag, tmp_path):
+    out = tmp_path / "x.nii.gz"
+    with pytest.raises(InputError, match="k=31 must be between 1 and the bank size"):
+        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", k=31)
+    with pytest.raises(InputError, match="excluded cases \\['nope'\\] are not in the bank"):
+        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", exclude_cases=["nope"])
+    with pytest.raises(InputError, match="only 0 of 30 slices remain"):
+        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", exclude_cases=["ct3mm"])
+    other = build_embedder("tiny", image_size=28, seed=1)
+    with pytest.raises(InputError, match="differs from query embedder"):
+        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", embedder=other)
+    with pytest.raises(InputError, match="not a ragsam run folder"):
+        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", run_dir=tmp_path)
+    with pytest.raises(InputError, match="pointer positions"):
+        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", pointer_positions="random")
+    out.write_bytes(b"old")
+    with pytest.raises(OutputExistsError):
+        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny")
+    assert out.read_bytes() == b"old"
+    # not CT-like inputs: [0, 1] values, and a single slice
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(rag["image"]))).astype(np.float32)
+    unit = sitk.GetImageFromArray((arr - arr.min()) / (arr.max() - arr.min()))
+    sitk.WriteImage(unit, str(tmp_path / "unit.nii.gz"))
+    with pytest.raises(InputError, match="do not look like CT in HU"):
+        segment_volume(tmp_path / "unit.nii.gz", tmp_path / "u.nii.gz", rag["bank"], sam2_weights="tiny")
+    assert not (tmp_path / "u.nii.gz").exists()
+
+
+def test_ct_rule_hand_cases():
+    check_ct_like(np.array([[[-1000.0, 40.0]], [[0.0, 300.0]]]), "ok.nii.gz")
+    with pytest.raises(InputError, match="not a 3D volume"):
+        check_ct_like(np.zeros((1, 8, 8)) - 1000, "one.nii.gz")
+    with pytest.raises(InputError, match="not a 3D volume"):
+        check_ct_like(np.zeros((8, 8)), "flat.nii.gz")
+    with pytest.raises(InputError, match="0 .. 255"):
+        check_ct_like(np.array([[[0.0, 255.0]], [[10.0, 20.0]]]), "png.nii.gz")
+    with pytest.raises(InputError, match="-150 .. -100"):
+        check_ct_like(np.array([[[-150.0, -100.0]], [[-120.0, -110.0]]]), "narrow.nii.gz")
+
+
+def test_support_cache_is_lru():
+    cache = SupportCache(2)
+    cache.put(("a", 0), 1)
+    cache.put(("a", 1), 2)
+    assert cache.get(("a", 0)) == 1  # a0 becomes most recent
+    cache.put(("a", 2), 3)  # evicts a1
+    assert cache.get(("a", 1)) is None and cache.get(("a", 2)) == 3
+    assert (cache.hits, cache.encoded) == (2, 3)
