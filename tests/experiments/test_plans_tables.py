@@ -63,3 +63,21 @@ def test_table_interleaves_ours_and_paper_and_computes_mean():
     assert "| rank 1 | ours | 0.500 |" in md and "| 0.15M |" in md
     csv_text = table_csv(table)
     assert csv_text.splitlines()[1].startswith("rank 1,ours,0.5000,")
+
+
+def test_figures_are_written(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ragsam.experiments.figures import plot_dice_against_x, plot_variant_slices
+
+    plan = load_plan("paper-flare-rank")
+    table = build_table(plan, {"rank 1": {"spleen": 0.5}, "rank 4": {"spleen": 0.7}})
+    png = plot_dice_against_x(table, {v.name: v.x for v in plan.variants}, "LoRA rank", tmp_path / "rank.png")
+    assert Image.open(png).size[0] > 100
+    gt = np.zeros((16, 16), dtype=np.uint8)
+    gt[4:10, 4:10] = 1
+    png2 = plot_variant_slices(np.full((16, 16), 0.5), gt, {"rank 4": gt}, {1: (1.0, 0.0, 0.0)}, {1: "spleen"},
+                               "t", tmp_path / "slices.png")
+    image = np.asarray(Image.open(png2).convert("RGB"))
+    assert (image[..., 0] > 200).any() and ((image[..., 1] < 80) & (image[..., 0] > 200)).any()

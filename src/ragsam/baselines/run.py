@@ -62,6 +62,23 @@ class BaselineSummary:
     seconds: float = 0.0
 
 
+def _scoring_ground_truth(case: Any, lmap: Any, folder: Path) -> None:
+    """Place the case's ground truth in ``folder`` in the ids of ``lmap``.
+
+    A subset map (``paper-8``, ``btcv-table1``: it has ``source_maps``) describes labels
+    stored in another scheme: the original file is converted as ``ragsam prepare`` does;
+    otherwise it is linked unchanged.
+    """
+    if not lmap.source_maps:
+        _link(case.gt_path, folder, case.case_id + _gt_suffix(case.gt_path))
+        return
+    from ragsam.data.prepare import convert_labels
+    from ragsam.data.volume import read_labels, write_labels
+
+    converted = convert_labels(read_labels(case.gt_path), lmap)
+    write_labels(converted.array, converted.geometry, folder / f"{case.case_id}.nii.gz", force=True)
+
+
 def _link(src: Path, folder: Path, name: str) -> None:
     """``folder/name`` pointing at ``src`` (a symbolic link, or a copy where links are not allowed)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -255,7 +272,7 @@ def run_baseline(
                                              case.case_id, norm, embed_batch)
             volume = slices_to_volume(pred, stack.grid)
             write_labels(volume, stack.grid.geometry, pred_dir / f"{case.case_id}.nii.gz")
-            _link(case.gt_path, Path(scratch) / "gt", case.case_id + _gt_suffix(case.gt_path))
+            _scoring_ground_truth(case, lmap, Path(scratch) / "gt")
             per_case[case.case_id] = {"prompts": n_prompts, "slices": int(stack.images.shape[0]),
                                       "seconds": round(time.perf_counter() - t0, 3),
                                       "ground_truth": str(case.gt_path)}

@@ -1,1 +1,65 @@
-"""Subcommand module (to be filled in): registers its commands on `ragsam.cli.app.app`."""
+"""``ragsam experiment NAME|PLAN.yaml``: the paper's comparisons, resumable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from ragsam.cli.app import app
+
+
+def _default_tiny_data() -> Path | None:
+    env = os.environ.get("RAGSAM_SHARED_DATA")
+    for candidate in ([Path(env)] if env else []) + [Path("../shared/data"), Path("shared/data")]:
+        if (candidate / "abdomen-ct-3mm").is_dir():
+            return candidate
+    return None
+
+
+@app.command("experiment")
+def experiment_cmd(
+    plan: str = typer.Argument(..., help="paper-btcv | paper-flare-decoder | paper-flare-rank | paper-flare-rag, "
+                                         "or a plan YAML file."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder (BTCV/FLARE22/nnU-Net/...)."),
+    out: Path = typer.Option(Path("experiments"), "--out", "-o", help="Work folder (resumable)."),
+    tiny: bool = typer.Option(False, "--tiny", help="Tiny random models, short training: the protocol on a CPU."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is finished, run nothing."),
+    sam: str = typer.Option("facebook/sam-vit-base", help="SAM weights (fine-tuning and SAM baselines)."),
+    medsam: str = typer.Option("flaviagiammarino/medsam-vit-base", help="MedSAM weights (baselines)."),
+    sam2: str = typer.Option("facebook/sam2.1-hiera-tiny", help="SAM 2 weights (rag variants)."),
+    embedder: str = typer.Option("facebook/dinov2-small", help="DINOv2 weights (support bank)."),
+    size: int | None = typer.Option(None, help="Slice size (default 512; 64 with --tiny)."),
+    iterations: int | None = typer.Option(None, help="Override the training length (iterations)."),
+    k: int = typer.Option(4, help="Supports retrieved per slice (rag variants)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    seed: int = typer.Option(0, help="Seed for prompts and training."),
+    force: bool = typer.Option(False, "--force", help="Start the plan again in an existing folder."),
+) -> None:
+    """Run a paper experiment plan: train/predict each variant, score it, and write the table
+    beside the paper's published values plus figures. Finished variants are skipped and an
+    interrupted training resumes.
+
+    Example: ragsam experiment paper-flare-rank --data data/FLARE22 -o experiments/rank
+    """
+    from rich.console import Console
+
+    from ragsam.errors import InputError
+    from ragsam.experiments.runner import ExperimentSettings, run_experiment
+
+    console = Console()
+    if data is None and not dry_run:
+        data = _default_tiny_data() if tiny else None
+        if data is None:
+            raise InputError(None, "--data is required (with --tiny it defaults to ../shared/data when present)")
+    settings = ExperimentSettings(data=str(data or ""), tiny=tiny, sam_weights=sam, medsam_weights=medsam,
+                                  sam2_weights=sam2, embedder=embedder, size=size, iterations=iterations,
+                                  k=k, device=device, seed=seed)
+    result = run_experiment(plan, settings, out, dry_run=dry_run, force=force, log=console.print)
+    if dry_run:
+        for line in result:
+            console.print(line, markup=False, highlight=False)
+        return
+    console.print((out / "table.md").read_text())
+    console.print(f"tables: {out / 'table.md'}, {out / 'table.csv'}; figures: {out / 'figures'}")

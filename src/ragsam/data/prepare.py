@@ -313,7 +313,7 @@ def prepare_dataset(
     base_name = lmap.name.split(":")[-1] if ":" in lmap.name else lmap.name.split("-")[0]
     splits, split_of = make_splits([r.case_id for r in labelled], split, seed, (layout, lmap.name, base_name))
     key_settings = settings_key(settings, lmap, series_uid)
-    label_map_json = {"name": lmap.name, "labels": {str(k): v for k, v in sorted(lmap.labels.items())}}
+    label_map_json = lmap.to_json()  # keeps source_label_map, so subset maps can convert raw labels later
     old_cases: dict[str, Any] = (old or {}).get("cases", {})
 
     plan: dict[str, dict[str, Any]] = {}
