@@ -37,9 +37,9 @@ def experiment_cmd(
     seed: int = typer.Option(0, help="Seed for prompts and training."),
     force: bool = typer.Option(False, "--force", help="Start the plan again in an existing folder."),
 ) -> None:
-    """Run a paper experiment plan: train/predict each variant, score it, and write the table
-    beside the paper's published values plus figures. Finished variants are skipped and an
-    interrupted training resumes.
+    """Run a paper experiment plan: each variant is trained or run, scored, and tabled beside the paper's values.
+
+    Finished variants are skipped and an interrupted training resumes. Tables: table.md, table.csv; figures/.
 
     Example: ragsam experiment paper-flare-rank --data data/FLARE22 -o experiments/rank
     """
