@@ -1,1 +1,37 @@
-"""Subcommand module (to be filled in): registers its commands on `ragsam.cli.app.app`."""
+"""``ragsam predict``: segment CT volumes with a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ragsam.cli.app import app
+
+
+@app.command(
+    "predict",
+    help=(
+        "Segment CT scans with a trained run: an image file, a DICOM series folder or a dataset "
+        "folder of cases. Writes <case_id>.nii.gz label volumes on each input's own grid.\n\n"
+        "Example: ragsam predict runs/samed data/BTCV/img -o predictions/ --batch-size 8"
+    ),
+)
+def predict_command(
+    run: Path = typer.Argument(..., help="Run folder written by `ragsam train`."),
+    input_path: Path = typer.Argument(..., metavar="IN", help="Image file, DICOM folder or dataset folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder (or a .nii.gz file for one case)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Slices per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    layout: str = typer.Option("auto", "--layout", help="Dataset layout of IN (auto, nnunet, msd, btcv, ...)."),
+    series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder has several."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+) -> None:
+    """Parse, call :func:`ragsam.inference.predict`, print one line per case."""
+    from ragsam.inference import predict
+
+    results = predict(run, input_path, output, force=force, batch_size=batch_size, device=device,
+                      layout=layout, series_uid=series)
+    for r in results:
+        organs = ",".join(str(o) for o in r.organs) or "none"
+        typer.echo(f"{r.case_id}: {r.path} ({r.slices} slices, organs {organs})")

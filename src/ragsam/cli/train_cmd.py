@@ -1,1 +1,55 @@
-"""Subcommand module (to be filled in): registers its commands on `ragsam.cli.app.app`."""
+"""``ragsam train``: fine-tune SAM on a prepared slice cache (single process or torchrun DDP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ragsam.cli.app import app
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": False},
+    help=(
+        "Fine-tune SAM (SAMed LoRA, Med-SA adapters or full) on a prepared slice cache.\n\n"
+        "OVERRIDES are key=value pairs applied on top of the config, e.g. optim.lr=0.001 "
+        "model.peft.rank=8 data.val=test. Multi-GPU: launch with torchrun "
+        "(torchrun --nproc_per_node 2 -m ragsam.cli.main train ...); only rank 0 writes files.\n\n"
+        "Example: ragsam train --config samed --prepared prepared/btcv --out runs/samed "
+        "model.weights=facebook/sam-vit-base"
+    ),
+)
+def train_command(
+    overrides: list[str] = typer.Argument(None, help="key=value configuration overrides."),
+    config: str | None = typer.Option(None, "--config", "-c",
+                                      help="YAML file or preset name (samed, samed_s, medsa, full, tiny)."),
+    prepared: Path | None = typer.Option(None, "--prepared", "-p", help="Prepared slice cache (data.prepared)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to create (or resume)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start afresh even if --out holds a previous run."),
+) -> None:
+    """Parse, load the configuration, call :func:`ragsam.training.train`, print a summary."""
+    from ragsam.training import load_train_config, train
+    from ragsam.training.distributed import env_world
+
+    items = list(overrides or [])
+    if prepared is not None:
+        items.append(f"data.prepared={prepared}")
+    cfg = None
+    if resume and config is None and (out / "config.yaml").is_file():
+        # Resume: the run's own configuration, plus overrides (only harmless keys may change).
+        cfg = load_train_config(out / "config.yaml", items) if items else None
+    else:
+        cfg = load_train_config(config, items)
+    run_dir = train(cfg, out, resume=resume, force=force)
+    rank, _, _ = env_world()
+    if rank == 0:
+        from ragsam.training.run import read_val
+
+        best = read_val(run_dir).get("best", {})
+        score = best.get("mean_dice")
+        text = f" (best validation Dice {score:.4f} at iteration {best.get('iteration')})" if (
+            isinstance(score, float) and score >= 0) else ""
+        typer.echo(f"run finished: {run_dir}{text}")

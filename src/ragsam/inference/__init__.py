@@ -1,1 +1,16 @@
-"""ragsam.inference"""
+"""Inference with a trained run.
+
+Public API::
+
+    from ragsam.inference import load_run, predict
+    model, cfg = load_run("runs/samed")                    # also used by the hybrid retrieval path
+    predict("runs/samed", "ct.nii.gz", "out/", force=False)  # -> out/<case_id>.nii.gz
+
+``load_run`` imports torch/transformers/safetensors/yaml only; ``predict``
+imports SimpleITK (through ``ragsam.data``) when called.
+"""
+
+from ragsam.inference.predict import Prediction, predict, predict_probabilities
+from ragsam.inference.run_loader import load_run, read_run_config
+
+__all__ = ["Prediction", "load_run", "predict", "predict_probabilities", "read_run_config"]

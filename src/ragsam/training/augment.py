@@ -48,7 +48,7 @@ def sample_generator(seed: int, epoch: int, position: int) -> torch.Generator:
 
 
 def rotate(image: torch.Tensor, label: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate about the slice centre, counter-clockwise in array display, zero fill.
+    """Rotate about the slice centre (+90 equals ``torch.rot90(k=-1)``), zero fill.
 
     Args:
         image: float (C, H, W); resampled bilinearly.
@@ -77,6 +77,19 @@ def rot_flip(image: torch.Tensor, label: torch.Tensor, k: int, axis: int) -> tup
     return image.contiguous(), label.contiguous()
 
 
+def draw_transform(cfg: AugmentConfig, gen: torch.Generator) -> tuple:
+    """Draw one transform: ``("rot_flip", k, axis)``, ``("rotate", degrees)`` or ``("none",)``.
+
+    Always consumes exactly four numbers from ``gen``, whatever the branch.
+    """
+    u = torch.rand(4, generator=gen).tolist()
+    if u[0] < cfg.rot_flip_p:
+        return ("rot_flip", int(u[1] * 4) % 4, int(u[2] * 2) % 2)
+    if u[1] < cfg.rotate_p:
+        return ("rotate", (2.0 * u[3] - 1.0) * cfg.max_angle)
+    return ("none",)
+
+
 def augment_sample(image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig,
                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply SAMed's random transform to one slice pair.
@@ -91,12 +104,11 @@ def augment_sample(image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig,
     """
     if not cfg.enabled:
         return image, label
-    draws = torch.rand(4, generator=gen).tolist()  # always 4 draws: stream independent of branch
-    if draws[0] < cfg.rot_flip_p:
-        return rot_flip(image, label, int(draws[1] * 4) % 4, int(draws[2] * 2) % 2)
-    if draws[1] < cfg.rotate_p:
-        angle = (2.0 * draws[3] - 1.0) * cfg.max_angle
-        return rotate(image, label, angle)
+    kind = draw_transform(cfg, gen)
+    if kind[0] == "rot_flip":
+        return rot_flip(image, label, kind[1], kind[2])
+    if kind[0] == "rotate":
+        return rotate(image, label, kind[1])
     return image, label
 
 

@@ -1,0 +1,170 @@
+"""The optimisation loop: steps, validation, early stopping, checkpoints.
+
+One iteration is one optimiser step over ``grad_accum`` micro-batches. The
+learning rate, the data order and every augmentation are pure functions of the
+seed and the iteration / stream position, and the checkpoint restores those
+plus the optimiser moments, so stopping after a checkpoint and resuming gives
+bit-identical weights to an uninterrupted run (same device, world size and CPU
+thread count - BLAS sums depend on how the work is split).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ragsam.training.augment import augment_batch
+from ragsam.training.checkpoint import STATE_FILE, save_state
+from ragsam.training.config import TrainConfig
+from ragsam.training.distributed import DistInfo, all_mean, broadcast_flag
+from ragsam.training.logging_utils import NullLogger, fmt
+from ragsam.training.losses import DiceCELoss
+from ragsam.training.sampler import BatchStream
+from ragsam.training.schedule import WarmupPoly
+from ragsam.training.validate import ValResult, validate
+
+
+@dataclass
+class LoopState:
+    """What the loop carries between iterations (and into the checkpoint)."""
+
+    iteration: int = 0
+    best_score: float = -1.0
+    best_iteration: int = 0
+    since_best: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+
+    def best_dict(self) -> dict[str, float | int]:
+        """The ``best`` entry of the checkpoint."""
+        return {"score": self.best_score, "iteration": self.best_iteration, "since_best": self.since_best}
+
+
+@dataclass
+class LoopContext:
+    """Everything the loop uses, built by :mod:`ragsam.training.run`.
+
+    Attributes:
+        model: the (possibly DDP-wrapped) model that trains. module: the bare model.
+        val_dataset / val_cases: validation slices by case (empty dict = none).
+        save_weights: callback ``(path, metadata)`` writing the trainable tensors (rank 0).
+        write_val: callback writing ``val.json`` (rank 0).
+    """
+
+    cfg: TrainConfig
+    run_dir: Path
+    info: DistInfo
+    model: nn.Module
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupPoly
+    stream: BatchStream
+    val_dataset: Any
+    val_cases: dict[str, list[int]]
+    logger: NullLogger
+    save_weights: Any
+    write_val: Any
+
+
+def _checkpoint(ctx: LoopContext, st: LoopState) -> None:
+    if ctx.info.is_main:
+        save_state(ctx.run_dir / STATE_FILE, iteration=st.iteration, model=ctx.module, optimizer=ctx.optimizer,
+                   schedule=ctx.schedule.state_dict(), stream=ctx.stream.state_dict(), best=st.best_dict(),
+                   history=st.history, done=st.done)
+
+
+def _validate(ctx: LoopContext, st: LoopState) -> ValResult:
+    cfg = ctx.cfg
+    res = validate(ctx.module, ctx.val_dataset, ctx.val_cases, cfg.model.num_classes, cfg.val.batch_size,
+                   ctx.info, bf16=cfg.optim.bf16)
+    score = -1.0 if math.isnan(res.mean_dice) else res.mean_dice
+    st.history.append({"iteration": st.iteration, **res.to_json()})
+    if score > st.best_score:
+        st.best_score, st.best_iteration, st.since_best = score, st.iteration, 0
+        if ctx.info.is_main:
+            ctx.save_weights(ctx.run_dir / "model.safetensors",
+                             {"iteration": str(st.iteration), "val_dice": f"{score:.6f}", "selected": "best"})
+    else:
+        st.since_best += 1
+    if ctx.info.is_main:
+        ctx.write_val(st)
+    ctx.logger.scalar("val/dice", score, st.iteration)
+    return res
+
+
+def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> LoopState:
+    """Train from ``st.iteration`` to the configured end (or early stop).
+
+    Args:
+        stop_after: testing hook that simulates a kill - return right after
+            iteration ``stop_after`` (and its checkpoint, if one falls there)
+            without writing the final outputs.
+    Returns:
+        The final loop state (``done`` is true unless stopped by ``stop_after``).
+    """
+    cfg, info = ctx.cfg, ctx.info
+    o = cfg.optim
+    last = cfg.last_iteration
+    loss_fn = DiceCELoss(o.dice_weight, o.ce_weight)
+    trainable = [p for p in ctx.module.parameters() if p.requires_grad]
+    use_bf16 = o.bf16 and info.device.type == "cuda"
+    batches = iter(ctx.stream)
+    ctx.model.train()
+    t0 = time.perf_counter()
+    while st.iteration < last and not st.done:
+        it = st.iteration
+        lr = ctx.schedule.apply(ctx.optimizer, it)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        sums = [0.0, 0.0, 0.0]
+        epoch = 0
+        for micro in range(o.grad_accum):
+            batch = next(batches)
+            epoch = batch.epoch
+            images, labels = augment_batch(batch.images, batch.labels, cfg.augment, cfg.seed, batch.epoch,
+                                           batch.positions)
+            images, labels = images.to(info.device), labels.to(info.device)
+            sync = (contextlib.nullcontext() if micro == o.grad_accum - 1 or not info.distributed
+                    else ctx.model.no_sync())
+            autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
+            with sync:
+                with autocast:
+                    logits = ctx.model(images)
+                parts = loss_fn.parts(logits.float(), labels)
+                (parts.total / o.grad_accum).backward()
+            for i, v in enumerate((parts.total, parts.dice, parts.ce)):
+                sums[i] += float(v.detach()) / o.grad_accum
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
+        ctx.optimizer.step()
+        st.iteration = it + 1
+
+        val_due = bool(ctx.val_cases) and ((cfg.val.every and st.iteration % cfg.val.every == 0)
+                                           or st.iteration == last)
+        log_due = st.iteration % cfg.log.every == 0 or st.iteration == last or val_due
+        if log_due:
+            loss, dice, ce = all_mean(sums, info)
+            val_text = ""
+            if val_due:
+                res = _validate(ctx, st)
+                val_text = fmt(res.mean_dice if not math.isnan(res.mean_dice) else None)
+            ctx.logger.log({"iteration": st.iteration, "epoch": epoch, "lr": fmt(lr), "loss": fmt(loss),
+                            "loss_dice": fmt(dice), "loss_ce": fmt(ce), "val_dice": val_text,
+                            "seconds": f"{time.perf_counter() - t0:.2f}"})
+            ctx.logger.advance(st.iteration, f"loss {loss:.4f}" + (f" val {val_text}" if val_text else ""))
+        if val_due and cfg.val.patience and st.since_best >= cfg.val.patience:
+            st.done = True  # early stop: same decision on every rank (counts were all-reduced)
+        if st.iteration >= last:
+            st.done = True
+        st.done = broadcast_flag(st.done, info) if info.distributed else st.done
+        if st.done or st.iteration % cfg.checkpoint_every == 0:
+            _checkpoint(ctx, st)
+        if stop_after is not None and st.iteration >= stop_after and not st.done:
+            return st
+    return st

@@ -1,0 +1,55 @@
+"""TrainConfig: paper defaults, presets, overrides, refusal of impossible values."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragsam.config import dump_config, load_config
+from ragsam.errors import InputError
+from ragsam.training.config import PRESET_DIR, TrainConfig, load_train_config
+
+
+def test_defaults_are_the_papers_recipe():
+    cfg = TrainConfig()
+    o = cfg.optim
+    assert (o.dice_weight, o.ce_weight, o.lr, o.warmup, o.max_iterations, o.stop_iteration) == (
+        0.8, 0.2, 0.005, 250, 18600, 14880)
+    assert (o.betas, o.weight_decay, o.power) == ([0.9, 0.999], 0.1, 0.9)
+    assert cfg.last_iteration == 14880
+    assert cfg.model.peft.method == "lora" and cfg.model.peft.rank == 4
+    assert (cfg.model.arch, cfg.model.weights, cfg.model.image_size) == ("sam_vit_b", "facebook/sam-vit-base", 512)
+
+
+@pytest.mark.parametrize("name", ["samed", "samed_s", "medsa", "full", "tiny"])
+def test_presets_load_and_round_trip(name, tmp_path):
+    cfg = load_train_config(name, ["data.prepared=/x"])
+    assert cfg.data.prepared == "/x"
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(cfg))
+    assert load_config(TrainConfig, saved) == cfg
+
+
+def test_preset_specifics():
+    assert load_train_config("samed_s").model.peft.decoder == "lora"
+    assert load_train_config("medsa").model.peft.method == "adapter"
+    assert load_train_config("full").model.peft.method == "none"
+    tiny = load_train_config("tiny", ["optim.lr=0.01", "data.val=[test]"])
+    assert (tiny.model.arch, tiny.optim.lr, tiny.data.val) == ("tiny", 0.01, ["test"])
+    assert (PRESET_DIR / "samed.yaml").is_file()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.context=2", "context"),
+    ("optim.batch_size=0", "batch_size"),
+    ("optim.max_iterations=-1", "max_iterations"),
+    ("optim.betas=[0.9]", "betas"),
+    ("optim.learning_rate=0.1", "unknown configuration key"),
+])
+def test_bad_values_are_refused(override, needle):
+    with pytest.raises(InputError, match=needle):
+        load_train_config(None, [override])
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(InputError, match="samed"):
+        load_train_config("no-such-preset")

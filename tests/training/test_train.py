@@ -1,0 +1,139 @@
+"""End-to-end training on a tiny prepared phantom cache: run folder, exact resume, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ragsam.errors import InputError, OutputExistsError
+from ragsam.training import load_train_config, train
+from ragsam.training.checkpoint import load_state
+
+BASE = ["model.image_size=32", "optim.max_iterations=8", "optim.warmup=2", "optim.batch_size=3",
+        "optim.grad_accum=2", "checkpoint_every=2", "val.every=4", "log.every=1", "log.tensorboard=false",
+        "log.progress=false", "device=cpu", "data.train=['0001','0002']", "data.val=['0003']"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    from ragsam.data.phantom import write_phantom_dataset
+    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.slices import SliceSettings
+
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom_dataset(root / "src", n_cases=3, shape=(6, 32, 32), seed=1)
+    prepare_dataset(root / "src", root / "prep", SliceSettings(size=32), split="none")
+    return root / "prep"
+
+
+def _cfg(cache: Path, *extra: str):
+    return load_train_config("tiny", [f"data.prepared={cache}", *BASE, *extra])
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+
+
+@pytest.fixture
+def one_thread():
+    """MKL may pick fewer threads under load (changing float sums); one thread pins the arithmetic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(cache, tmp_path, one_thread):
+    torch.manual_seed(0)
+    full = train(_cfg(cache), tmp_path / "full")
+    part = train(_cfg(cache), tmp_path / "part", stop_after=4)
+    assert load_state(part / "checkpoints" / "state.pt")["iteration"] == 4
+    assert not (part / "last.safetensors").exists()  # a killed run has no final weights
+    train(None, part, resume=True)
+    for name in ("last.safetensors", "model.safetensors"):
+        a, b = load_file(full / name), load_file(part / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((full / "val.json").read_text()) == json.loads((part / "val.json").read_text())
+    rows = _rows(full / "log.csv")
+    assert rows == _rows(part / "log.csv") and [int(r["iteration"]) for r in rows] == list(range(1, 9))
+    # the weights moved and the run folder is complete and self-describing
+    state = load_state(full / "checkpoints" / "state.pt")
+    assert state["done"] and state["iteration"] == 8
+    cfg = load_train_config(full / "config.yaml")
+    assert cfg.model.arch == "tiny" and cfg.data.window == [-125.0, 275.0] and cfg.data.size == 32
+    from ragsam.models import build_model, load_trainable
+
+    torch.manual_seed(123)
+    model = build_model(cfg.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    meta = load_trainable(model, full / "last.safetensors")
+    assert meta["iteration"] == "8" and meta["arch"] == "tiny"
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_early_stopping_after_patience_validations_without_improvement(cache, tmp_path):
+    # lr 1e-9: the weights (and so the scores) stay put, so the 2nd and 3rd validations do not improve
+    run = train(_cfg(cache, "optim.max_iterations=6", "optim.grad_accum=1", "val.every=1", "val.patience=2",
+                     "optim.lr=1e-9"), tmp_path / "run")
+    history = json.loads((run / "val.json").read_text())["history"]
+    best, since, stop = -1.0, 0, 6
+    for h in history:  # replay the rule on the recorded scores
+        score = h["mean_dice"] if h["mean_dice"] is not None else -1.0
+        best, since = (score, 0) if score > best else (best, since + 1)
+        if since >= 2:
+            stop = h["iteration"]
+            break
+    assert stop == 3 and history[-1]["iteration"] == 3
+    state = load_state(run / "checkpoints" / "state.pt")
+    assert state["iteration"] == 3 and state["done"] and state["best"]["iteration"] == 1
+    assert load_file(run / "model.safetensors").keys() == load_file(run / "last.safetensors").keys()
+
+
+def test_existing_folder_needs_force_or_resume(cache, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError):
+        train(_cfg(cache, "optim.max_iterations=1"), run)
+    train(_cfg(cache, "optim.max_iterations=1"), run, force=True)
+    assert (run / "model.safetensors").is_file() and (run / "notes.txt").read_text() == "keep me"
+    with pytest.raises(InputError, match="not a ragsam run folder"):
+        train(None, tmp_path / "elsewhere", resume=True)
+    with pytest.raises(InputError, match="different configuration"):
+        train(_cfg(cache, "optim.max_iterations=1", "optim.lr=0.5"), run, resume=True)
+
+
+def test_resume_refuses_corrupt_or_pickled_checkpoint(cache, tmp_path):
+    run = train(_cfg(cache, "optim.max_iterations=2"), tmp_path / "run", stop_after=2)
+    state = run / "checkpoints" / "state.pt"
+    shutil.copy(state, tmp_path / "good.pt")
+    state.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(InputError, match="not a readable checkpoint") as exc:
+        train(None, run, resume=True)
+    assert str(state) in str(exc.value)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "ragsam-train-state", "payload": Evil()}, state)
+    with pytest.raises(InputError, match="refusing to unpickle"):
+        train(None, run, resume=True)
+
+
+def test_label_ids_beyond_model_classes_and_unknown_arch(cache, tmp_path):
+    with pytest.raises(InputError, match=r"label ids \[.*\] exceed model.num_classes=3") as exc:
+        train(_cfg(cache, "model.num_classes=3"), tmp_path / "a")
+    assert str(cache) in str(exc.value)
+    with pytest.raises(InputError, match="vit_giant"):
+        train(_cfg(cache, "model.arch=vit_giant"), tmp_path / "b")
+    with pytest.raises(InputError, match="neither a split"):
+        train(_cfg(cache, "data.val=[nope]"), tmp_path / "c")
+    assert not (tmp_path / "a" / "config.yaml").exists()
