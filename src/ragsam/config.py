@@ -132,8 +132,9 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
             raise InputError(path, "configuration must be a YAML mapping")
         data = _deep_merge(data, loaded)
     if overrides:
+        from_dict(cls, data, source=source)  # the file alone is valid: later errors are the overrides'
         data = apply_overrides(data, overrides)
-        source = "<command line>" if path is None else source
+        source = "<command line>"
     return from_dict(cls, data, source=source)
 
 

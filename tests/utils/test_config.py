@@ -61,3 +61,13 @@ def test_unknown_key_and_bad_value_are_input_errors(tmp_path):
         load_config(Outer, bad)
     with pytest.raises(InputError, match="does not exist"):
         load_config(Outer, tmp_path / "missing.yaml")
+
+
+def test_bad_override_is_blamed_on_the_command_line_not_the_file(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("lr: 0.001\n")
+    with pytest.raises(InputError, match=r"^<command line>: unknown configuration key 'lrr'"):
+        load_config(Outer, cfg_file, ["lrr=1"])
+    cfg_file.write_text("lrr: 0.001\n")
+    with pytest.raises(InputError, match=r"c.yaml: unknown configuration key 'lrr'"):
+        load_config(Outer, cfg_file, ["lr=1"])
