@@ -49,6 +49,14 @@ def test_rerun_skips_finished_and_resumes_interrupted(rank_plan):
     assert sum("finished earlier, skipped" in line for line in logs) == 2
     assert not any("training" in line for line in logs)  # the run itself was complete: only re-scored
     assert json.dumps(again["rank 16"].dice) == json.dumps(results["rank 16"].dice)  # NaN-safe equality
+    # An interrupted training (checkpoint written, final weights not yet) resumes from its checkpoint.
+    for name in ("done.json", "run/model.safetensors", "run/val.json"):
+        (variant / name).unlink()
+    logs.clear()
+    resumed = run_experiment("paper-flare-rank", settings, out, log=logs.append)
+    assert any(line.startswith("rank 16: resuming") for line in logs)
+    assert (variant / "run" / "model.safetensors").is_file()
+    assert resumed["rank 16"].trainable_parameters == results["rank 16"].trainable_parameters
 
 
 def test_changed_settings_are_refused(rank_plan, capsys):

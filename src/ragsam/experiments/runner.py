@@ -153,10 +153,9 @@ class ExperimentRunner:
         from ragsam.data.slices import SliceSettings
 
         size = self.settings.size or (64 if self.settings.tiny else 512)
-        split = "auto" if not self.settings.tiny else "auto"
         summary = prepare_dataset(self.settings.data, self.prepared, SliceSettings(size=size),
-                                  label_map=self.label_map, split=split, seed=self.settings.seed)
-        self.log(f"prepared {len(summary.cases)} cases ({summary.built} built, {summary.reused} reused)")
+                                  label_map=self.label_map, split="auto", seed=self.settings.seed)
+        self.log(f"prepared {len(summary.cases)} cases ({len(summary.built)} built, {len(summary.reused)} reused)")
         self._write_ground_truth()
 
     def _meta(self) -> dict:
