@@ -122,7 +122,7 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
         it = st.iteration
         lr = ctx.schedule.apply(ctx.optimizer, it)
         ctx.optimizer.zero_grad(set_to_none=True)
-        sums = [0.0, 0.0, 0.0]
+        sums = torch.zeros(3, device=info.device)  # stays on the device: no host sync per step
         epoch = 0
         for micro in range(o.grad_accum):
             batch = next(batches)
@@ -138,8 +138,7 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
                     logits = ctx.model(images)
                 parts = loss_fn.parts(logits.float(), labels)
                 (parts.total / o.grad_accum).backward()
-            for i, v in enumerate((parts.total, parts.dice, parts.ce)):
-                sums[i] += float(v.detach()) / o.grad_accum
+            sums += torch.stack((parts.total, parts.dice, parts.ce)).detach() / o.grad_accum
         if o.grad_clip:
             torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
         ctx.optimizer.step()
@@ -149,7 +148,7 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
                                            or st.iteration == last)
         log_due = st.iteration % cfg.log.every == 0 or st.iteration == last or val_due
         if log_due:
-            loss, dice, ce = all_mean(sums, info)
+            loss, dice, ce = all_mean(sums.tolist(), info)  # the only host read, at log time
             val_text = ""
             if val_due:
                 res = _validate(ctx, st)

@@ -72,7 +72,9 @@ class DiceCELoss(nn.Module):
     def parts(self, logits: torch.Tensor, labels: torch.Tensor) -> LossParts:
         """Loss terms for ``logits`` (B, C, H, W) and ``labels`` int64 (B, H, W)."""
         num_classes = logits.shape[1]
-        if labels.numel() and int(labels.max()) >= num_classes:
+        # On CPU this check is free; on GPU it would force a host sync every step, and
+        # ragsam.training.data.build_data has already checked every label id of the cache.
+        if labels.device.type == "cpu" and labels.numel() and int(labels.max()) >= num_classes:
             # A label the model has no channel for would crash one_hot deep inside torch.
             raise ValueError(f"label id {int(labels.max())} >= number of model outputs {num_classes}")
         d = dice_loss(logits, labels)

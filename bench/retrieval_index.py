@@ -1,0 +1,166 @@
+"""Retrieval-index benchmark: build time, query latency and recall@10 of exact, IVF and HNSW indexes.
+
+Indexes are built by ``ragsam.retrieval.faiss_index.build_index`` (the code the
+support bank uses) with its default parameters, over synthetic *clustered*
+unit vectors (a mixture of ``n / 100`` directions with spread, like slice
+embeddings of many cases; structureless random vectors are the worst case for
+IVF and are not what DINOv2 produces). Queries are held-out points of the same
+mixture.
+
+* ``reference``: exact top-k in NumPy (one matrix-vector product and a partial
+  sort per query, no index), one query at a time.
+* ``flat`` / ``ivf`` / ``hnsw``: ragsam's Faiss indexes; latency of single
+  queries (what segmenting one slice needs) and throughput of a batch of
+  queries; recall@10 against the exact neighbours.
+
+Example:
+    python bench/retrieval_index.py --json bench/results/retrieval_index.json
+    python bench/retrieval_index.py --sizes 1000000 --dims 384 --kinds flat ivf
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def _blas_threads_from_argv(argv: list[str]) -> None:
+    """Give NumPy's BLAS the ``--threads`` count too; it reads these variables only when first imported.
+
+    Without this the NumPy reference runs with one BLAS thread per core, which on a
+    shared, loaded machine spins on barriers and makes the reference look 10x slower.
+    """
+    if "--threads" in argv[:-1]:
+        n = argv[argv.index("--threads") + 1]
+        if n.isdigit() and int(n) > 0:
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ.setdefault(var, n)
+
+
+if __name__ == "__main__":
+    _blas_threads_from_argv(sys.argv)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, machine  # noqa: E402
+from modes import load_average  # noqa: E402
+
+K = 10
+KINDS = ("flat", "ivf", "hnsw")
+
+
+def clustered_unit_vectors(n: int, dim: int, seed: int, centres: np.ndarray | None = None,
+                           spread: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` float32 unit vectors around random centre directions; returns ``(vectors, centres)``."""
+    rng = np.random.default_rng(seed)
+    if centres is None:
+        centres = rng.standard_normal((max(1, n // 100), dim), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    out = np.empty((n, dim), dtype=np.float32)
+    chunk = 65536
+    for start in range(0, n, chunk):  # chunked: 1e6 x 768 is 3 GB already
+        m = min(chunk, n - start)
+        x = centres[rng.integers(0, len(centres), m)] + rng.standard_normal((m, dim), dtype=np.float32) * (
+            spread / np.sqrt(dim))
+        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out, centres
+
+
+def exact_numpy(vectors: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` largest inner products with one query, best first (the reference search)."""
+    sims = vectors @ query
+    top = np.argpartition(-sims, k)[:k]
+    return top[np.argsort(-sims[top])]
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the true top-k rows found, ``(Q, k)`` each."""
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / truth.shape[1] for f, t in zip(found, truth,
+                                                                                                   strict=True)]))
+
+
+def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, seed: int = 0) -> dict:
+    """All index kinds at one (n, D)."""
+    from ragsam.retrieval.faiss_index import build_index, search
+
+    vectors, centres = clustered_unit_vectors(n, dim, seed)
+    q, _ = clustered_unit_vectors(queries, dim, seed + 1, centres)
+    row: dict = {"n": n, "dim": dim, "queries": queries, "load_average_start": load_average()}
+    times = []
+    truth = np.empty((queries, K), dtype=np.int64)
+    for i in range(queries):
+        start = time.perf_counter()
+        truth[i] = exact_numpy(vectors, q[i], K)
+        times.append(time.perf_counter() - start)
+    row["reference"] = {"what": "numpy exact, one query at a time", "query_ms_median": round(
+        1e3 * statistics.median(times), 3), "recall_at_10": 1.0}
+    for kind in kinds:
+        if kind == "hnsw" and n > hnsw_max:
+            row[kind] = {"skipped": f"n > --hnsw-max {hnsw_max} (build too long for this machine)"}
+            continue
+        start = time.perf_counter()
+        index, settings = build_index(vectors, kind, seed=seed)
+        build_s = time.perf_counter() - start
+        single = []
+        found = np.empty((queries, K), dtype=np.int64)
+        for i in range(queries):
+            start = time.perf_counter()
+            _, rows = search(index, q[i:i + 1], K)
+            single.append(time.perf_counter() - start)
+            found[i] = rows[0]
+        start = time.perf_counter()
+        search(index, q, K)
+        batch_s = time.perf_counter() - start
+        ref_ms = row["reference"]["query_ms_median"]
+        query_ms = 1e3 * statistics.median(single)
+        row[kind] = {"settings": settings, "build_s": round(build_s, 3), "query_ms_median": round(query_ms, 3),
+                     "batch_queries_per_s": round(queries / batch_s, 1),
+                     "recall_at_10": round(recall_at_k(found, truth), 4),
+                     "speedup_vs_reference": round(ref_ms / query_ms, 2) if query_ms else None}
+        del index
+    row["load_average_end"] = load_average()
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
+    parser.add_argument("--device", default="cpu", help="cpu only (ragsam's indexes are faiss-cpu)")
+    parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--dims", type=int, nargs="+", default=[384, 768])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--queries", type=int, default=200, help="held-out queries per size")
+    parser.add_argument("--hnsw-max", type=int, default=100_000,
+                        help="skip HNSW above this many vectors (1e6 takes tens of minutes on 2 cores)")
+    parser.add_argument("--max-bytes", type=float, default=4e9,
+                        help="skip (n, D) whose vectors exceed this many bytes (1e6 x 768 float32 = 3.1e9)")
+    parser.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0 = default)")
+    args = parser.parse_args(argv)
+    import faiss
+
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    if args.quick:
+        args.sizes, args.dims, args.queries = [2000], [32], 20
+    results, skipped = [], []
+    for dim in args.dims:
+        for n in args.sizes:
+            if 4.0 * n * dim > args.max_bytes:
+                skipped.append({"n": n, "dim": dim, "why": f"{4 * n * dim / 1e9:.1f} GB > --max-bytes"})
+                continue
+            results.append(bench_size(n, dim, args.kinds, args.queries, args.hnsw_max))
+    result = {"benchmark": "retrieval_index", "machine": machine(), "device": "cpu", "quick": args.quick,
+              "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(), "k": K,
+              "results": results, "skipped": skipped}
+    emit(result, args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()
