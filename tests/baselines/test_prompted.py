@@ -26,15 +26,6 @@ from ragsam.baselines.sam_model import load_prompt_sam
 from ragsam.errors import InputError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: thread start-up costs more than it saves (and the CI machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> SamModel:
     torch.manual_seed(0)

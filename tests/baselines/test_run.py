@@ -18,15 +18,6 @@ from ragsam.data.slices import SliceSettings
 from ragsam.errors import InputError, OutputExistsError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: thread start-up costs more than it saves (and the CI machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ct_run(tmp_path_factory: pytest.TempPathFactory, ct3mm: dict[str, Path]) -> BaselineSummary:
     torch.manual_seed(0)

@@ -15,14 +15,6 @@ from ragsam.models import ModelConfig, PeftConfig, build_model, build_sam_model,
 from ragsam.models.export import save_hf_folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def base_folder(tmp_path):
     torch.manual_seed(0)

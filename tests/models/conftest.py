@@ -74,15 +74,6 @@ def build_official_tiny(seed: int = 0, num_multimask_outputs: int = 3) -> torch.
     return sam.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and CI's 2 cores are shared); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def official_sam() -> torch.nn.Module:
     """The tiny official Meta SAM (random weights, seed 0)."""

@@ -41,9 +41,8 @@ def test_atomic_dir_replaces_only_when_complete(tmp_path):
     with atomic_dir(final) as d:
         (d / "x.json").write_text("1")
     assert (final / "x.json").read_text() == "1"
-    with pytest.raises(OutputExistsError):
-        with atomic_dir(final, force=False):
-            pass
+    with pytest.raises(OutputExistsError), atomic_dir(final, force=False):
+        pass
     with pytest.raises(ValueError), atomic_dir(final, force=True) as d:
         (d / "y.json").write_text("2")
         raise ValueError("half done")
