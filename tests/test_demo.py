@@ -15,8 +15,9 @@ from ragsam.demo import BUDGETS, DemoBudget, cached_hf_folder, detect_weights, r
 from ragsam.demo_report import MethodScore, WeightsUsed, dice_table, fmt_dice, weights_statement
 from ragsam.errors import InputError, OutputExistsError
 
-# Measured on the quick budget (seed 0, 2-core CPU): fine-tuned liver Dice LIVER_MEASURED.
-LIVER_FLOOR = 0.3
+# Measured on the quick budget (seed 0, 2-core CPU): fine-tuned liver Dice 0.832 after 500 steps
+# (0.0 after 300 with the same schedule: the floor fails if the model stops learning).
+LIVER_FLOOR = 0.5
 LIVER_ID = 6
 
 
