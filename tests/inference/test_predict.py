@@ -108,3 +108,22 @@ def test_dicom_series_folder_is_segmented_on_its_own_grid(setup, ct_dicom, tmp_p
     assert res.slices == 20 and written.geometry.size == image.geometry.size == (512, 512, 20)
     assert np.allclose(written.geometry.direction, image.geometry.direction, atol=1e-6)
     assert np.allclose(written.geometry.origin, image.geometry.origin, atol=1e-3)
+
+
+def test_labels_path_equals_argmax_of_probabilities():
+    """The memory-light label path gives exactly the argmax of the stored softmax."""
+    import numpy as np
+    import torch
+
+    from ragsam.inference.predict import predict_labels, predict_probabilities
+    from ragsam.models import ModelConfig, PeftConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="tiny", weights="random", num_classes=4, image_size=64,
+                                    peft=PeftConfig(method="none"))).eval()
+    images = np.random.default_rng(0).random((5, 3, 64, 64), dtype=np.float32)
+    labels = predict_labels(model, images, batch_size=2)
+    probs = predict_probabilities(model, images, batch_size=3)
+    assert labels.dtype == torch.uint8 and labels.shape == (5, 64, 64)
+    assert torch.equal(labels.long(), probs.argmax(1).cpu())
+    assert len(torch.unique(labels)) > 1

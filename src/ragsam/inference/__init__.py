@@ -10,7 +10,7 @@ Public API::
 imports SimpleITK (through ``ragsam.data``) when called.
 """
 
-from ragsam.inference.predict import Prediction, predict, predict_probabilities
+from ragsam.inference.predict import Prediction, predict, predict_labels, predict_probabilities
 from ragsam.inference.run_loader import load_run, read_run_config
 
-__all__ = ["Prediction", "load_run", "predict", "predict_probabilities", "read_run_config"]
+__all__ = ["Prediction", "load_run", "predict", "predict_labels", "predict_probabilities", "read_run_config"]

@@ -68,6 +68,31 @@ def predict_probabilities(model: nn.Module, images: np.ndarray, batch_size: int 
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def predict_labels(model: nn.Module, images: np.ndarray, batch_size: int = 8,
+                   device: torch.device | None = None, bf16: bool = True) -> torch.Tensor:
+    """Label of every pixel at model size, without keeping any probabilities.
+
+    The argmax of the logits equals the argmax of the softmax, and ``max(dim=1).indices``
+    is several times faster than ``argmax`` over the class axis on CPU.
+
+    Args:
+        model, images, batch_size, device, bf16: as :func:`predict_probabilities`.
+    Returns:
+        uint8 ``(Z, S, S)`` labels on the CPU.
+    """
+    device = device or next(model.parameters()).device
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+    parts = []
+    for start in range(0, images.shape[0], batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).float().to(device)
+        with autocast:
+            logits = model(x)
+        parts.append(logits.float().max(dim=1).indices.to(torch.uint8).cpu())
+    return torch.cat(parts)
+
+
 def _segment_stack(model: nn.Module, stack, batch_size: int, device: torch.device, bf16: bool) -> np.ndarray:
     """Labels ``(z, y, x)`` on the original grid for one :class:`~ragsam.data.slices.SliceStack`.
 
@@ -83,8 +108,10 @@ def _segment_stack(model: nn.Module, stack, batch_size: int, device: torch.devic
     parts = []
     for start in range(0, depth, chunk):
         images = np.stack([stack.model_input(z, channels=3) for z in range(start, min(start + chunk, depth))])
-        probs = predict_probabilities(model, images, batch_size, device, bf16)
-        parts.append(probs.argmax(1).to(torch.uint8).cpu() if same_size else probs)
+        if same_size:
+            parts.append(predict_labels(model, images, batch_size, device, bf16))
+        else:
+            parts.append(predict_probabilities(model, images, batch_size, device, bf16))
     pred = torch.cat(parts)
     return slices_to_volume(pred.numpy() if same_size else pred, stack.grid)
 
