@@ -190,7 +190,11 @@ def build_sam2(weights: str, device: str | torch.device = "cpu", seed: int = 0) 
         InputError: unreadable / non-SAM 2 / incomplete weights, CUDA unavailable.
         MissingWeightsError: a Hub id that cannot be downloaded.
     """
+    from ragsam.hub.presets import PRESETS, resolve_weights
+
     dev = resolve_device(device)
+    if weights in PRESETS and not Path(weights).exists():
+        weights = resolve_weights(weights)  # e.g. sam2.1-tiny -> facebook/sam2.1-hiera-tiny
     path = Path(weights).expanduser()
     if weights in SAM2_SPECIAL and not path.exists():
         kind = weights
