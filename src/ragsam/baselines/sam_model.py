@@ -16,16 +16,13 @@ import torch
 from transformers import SamModel
 
 from ragsam.errors import InputError
+from ragsam.models.loading import load_exactly
 from ragsam.models.registry import get_arch, sam_config
 from ragsam.models.resize import resize_position_tensors
 from ragsam.models.weights import checkpoint_arch, read_state_dict
 
 SAM_MASK_TOKENS = 4
 """SAM's own decoder: token 0 = single-mask output, tokens 1-3 = the multimask outputs."""
-
-
-def _short(keys: list[str]) -> str:
-    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
 
 
 def load_prompt_sam(arch: str, weights: str, image_size: int | None = None, seed: int = 0) -> tuple[SamModel, dict]:
@@ -68,22 +65,8 @@ def load_prompt_sam(arch: str, weights: str, image_size: int | None = None, seed
                                   f"promptable {SAM_MASK_TOKENS}-token head; prompted baselines need the original "
                                   "SAM or MedSAM weights")
     model = SamModel(config)
-    target = model.state_dict()
-    shapes = {k: v.shape for k, v in target.items()}
-    report["resized"] = resize_position_tensors(state, shapes)
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    if missing:
-        raise InputError(weights, f"{len(missing)} model weights missing from the checkpoint: {_short(missing)}")
-    if unexpected:
-        raise InputError(weights, f"{len(unexpected)} unexpected keys in the checkpoint: {_short(unexpected)}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(shapes[k])}" for k in sorted(target)
-             if tuple(state[k].shape) != tuple(shapes[k])]
-    if wrong:
-        raise InputError(weights, f"{len(wrong)} weights have the wrong shape for {arch!r} with SAM's "
-                                  f"{SAM_MASK_TOKENS}-token head: {_short(wrong)}")
-    with torch.no_grad():
-        model.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
+    report["resized"] = resize_position_tensors(state, {k: v.shape for k, v in model.state_dict().items()})
+    load_exactly(model, state, weights, f"{arch!r} with SAM's {SAM_MASK_TOKENS}-token head")
     return model.eval(), report
 
 

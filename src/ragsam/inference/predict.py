@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,19 @@ class Prediction:
     organs: list[int]
 
 
+def _batched_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device | None,
+                    bf16: bool) -> Iterator[torch.Tensor]:
+    """float32 logits ``(B, K+1, S, S)`` of successive batches of ``images`` (no grad)."""
+    device = device or next(model.parameters()).device
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+    for start in range(0, images.shape[0], batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).float().to(device)
+        with autocast:
+            logits = model(x)
+        yield logits.float()
+
+
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, images: np.ndarray, batch_size: int = 8,
                           device: torch.device | None = None, bf16: bool = True) -> torch.Tensor:
@@ -56,16 +70,8 @@ def predict_probabilities(model: nn.Module, images: np.ndarray, batch_size: int 
     Returns:
         float32 ``(Z, K+1, S, S)`` probabilities, on ``device`` (kept there for the resize).
     """
-    device = device or next(model.parameters()).device
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
-    parts = []
-    for start in range(0, images.shape[0], batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).float().to(device)
-        with autocast:
-            logits = model(x)
-        parts.append(torch.softmax(logits.float(), dim=1))
-    return torch.cat(parts)
+    return torch.cat([torch.softmax(logits, dim=1) for logits in _batched_logits(model, images, batch_size,
+                                                                                  device, bf16)])
 
 
 @torch.no_grad()
@@ -81,16 +87,8 @@ def predict_labels(model: nn.Module, images: np.ndarray, batch_size: int = 8,
     Returns:
         uint8 ``(Z, S, S)`` labels on the CPU.
     """
-    device = device or next(model.parameters()).device
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
-    parts = []
-    for start in range(0, images.shape[0], batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).float().to(device)
-        with autocast:
-            logits = model(x)
-        parts.append(logits.float().max(dim=1).indices.to(torch.uint8).cpu())
-    return torch.cat(parts)
+    return torch.cat([logits.max(dim=1).indices.to(torch.uint8).cpu()
+                      for logits in _batched_logits(model, images, batch_size, device, bf16)])
 
 
 def _segment_stack(model: nn.Module, stack, batch_size: int, device: torch.device, bf16: bool) -> np.ndarray:

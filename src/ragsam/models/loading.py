@@ -93,16 +93,30 @@ def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor]
     report: dict = {"source": weights, "arch": model.arch}
     report["resized"] = resize_position_tensors(state, shapes)
     report.update(_adapt_mask_tokens(state, target))
+    load_exactly(model, state, weights, repr(model.arch))
+    return report
+
+
+def load_exactly(module: torch.nn.Module, state: dict[str, Tensor], source: str, what: str) -> None:
+    """Load ``state`` into ``module`` only if the keys and shapes match exactly.
+
+    Args:
+        module: the model (its dtypes are kept).
+        state: a transformers-layout state dict (after any resizing).
+        source: the checkpoint, named in messages; what: the architecture, named in messages.
+    Raises:
+        InputError: missing keys, unexpected keys or a shape mismatch (each listed).
+    """
+    target = module.state_dict()
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
     if missing:
-        raise InputError(weights, f"{len(missing)} model weights missing from the checkpoint: {_short(missing)}")
+        raise InputError(source, f"{len(missing)} model weights missing from the checkpoint: {_short(missing)}")
     if unexpected:
-        raise InputError(weights, f"{len(unexpected)} unexpected keys in the checkpoint: {_short(unexpected)}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(shapes[k])}" for k in sorted(target)
-             if tuple(state[k].shape) != tuple(shapes[k])]
+        raise InputError(source, f"{len(unexpected)} unexpected keys in the checkpoint: {_short(unexpected)}")
+    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in sorted(target)
+             if tuple(state[k].shape) != tuple(target[k].shape)]
     if wrong:
-        raise InputError(weights, f"{len(wrong)} weights have the wrong shape for {model.arch!r}: {_short(wrong)}")
+        raise InputError(source, f"{len(wrong)} weights have the wrong shape for {what}: {_short(wrong)}")
     with torch.no_grad():
-        model.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
-    return report
+        module.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
