@@ -76,7 +76,8 @@ def test_volume_inference_quick(quick: dict) -> None:
     assert result["volume_zyx"] == [4, 64, 64]
     for mode in ("reference", "optimised", "proposed"):
         assert result[mode]["slices"] == 4
-        assert result[mode]["slices_per_s"] == pytest.approx(4 / result[mode]["seconds"], rel=1e-2)
+        # seconds is rounded to the millisecond in the JSON: compare the implied time to within that rounding.
+        assert abs(4 / result[mode]["slices_per_s"] - result[mode]["seconds"]) <= 1e-3
     assert result["reference"]["batch"] == 1
     # batched, merged, fused-attention inference writes the same labels as SAMed's loop
     assert result["agreement"] == {"optimised": 1.0, "proposed": 1.0}
