@@ -16,10 +16,10 @@ import torch
 from transformers import SamModel
 
 from ragsam.errors import InputError
-from ragsam.models.loading import load_exactly
 from ragsam.models.registry import get_arch, sam_config
 from ragsam.models.resize import resize_position_tensors
 from ragsam.models.weights import checkpoint_arch, read_state_dict
+from ragsam.utils.state_dict import load_exactly
 
 SAM_MASK_TOKENS = 4
 """SAM's own decoder: token 0 = single-mask output, tokens 1-3 = the multimask outputs."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import Tensor
 
 from ragsam.errors import InputError
@@ -28,14 +27,11 @@ from ragsam.models.registry import ARCHITECTURES
 from ragsam.models.resize import resize_position_tensors
 from ragsam.models.sam import MultiOrganSam
 from ragsam.models.weights import checkpoint_arch, read_state_dict
+from ragsam.utils.state_dict import load_exactly
 
 _HYPER = re.compile(r"^mask_decoder\.output_hypernetworks_mlps\.(\d+)\.")
 _TOKEN_ROWS = ("mask_decoder.mask_tokens.weight", "mask_decoder.iou_prediction_head.proj_out.weight",
                "mask_decoder.iou_prediction_head.proj_out.bias")
-
-
-def _short(keys: list[str]) -> str:
-    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
 
 
 def _adapt_mask_tokens(state: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, list[str]]:
@@ -95,28 +91,3 @@ def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor]
     report.update(_adapt_mask_tokens(state, target))
     load_exactly(model, state, weights, repr(model.arch))
     return report
-
-
-def load_exactly(module: torch.nn.Module, state: dict[str, Tensor], source: str, what: str) -> None:
-    """Load ``state`` into ``module`` only if the keys and shapes match exactly.
-
-    Args:
-        module: the model (its dtypes are kept).
-        state: a transformers-layout state dict (after any resizing).
-        source: the checkpoint, named in messages; what: the architecture, named in messages.
-    Raises:
-        InputError: missing keys, unexpected keys or a shape mismatch (each listed).
-    """
-    target = module.state_dict()
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    if missing:
-        raise InputError(source, f"{len(missing)} model weights missing from the checkpoint: {_short(missing)}")
-    if unexpected:
-        raise InputError(source, f"{len(unexpected)} unexpected keys in the checkpoint: {_short(unexpected)}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in sorted(target)
-             if tuple(state[k].shape) != tuple(target[k].shape)]
-    if wrong:
-        raise InputError(source, f"{len(wrong)} weights have the wrong shape for {what}: {_short(wrong)}")
-    with torch.no_grad():
-        module.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)

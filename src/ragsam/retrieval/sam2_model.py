@@ -34,6 +34,7 @@ from transformers import Sam2VideoConfig, Sam2VideoModel
 
 from ragsam.errors import InputError, MissingWeightsError
 from ragsam.retrieval.sam2_convert import convert_official_state_dict, is_official_layout, official_config
+from ragsam.utils.state_dict import load_exactly
 
 SAM2_SPECIAL = ("random", "tiny")
 OBJECT_SCORE_BIAS = 2.0
@@ -122,24 +123,8 @@ def _read_official(path: Path) -> tuple[Sam2VideoModel, str]:
         config, name = official_config(state, str(path))
     converted = convert_official_state_dict(state, str(path))
     model = Sam2VideoModel(config)
-    load_strict(model, converted, str(path))
+    load_exactly(model, converted, str(path), weights_name="SAM 2 weights")
     return model, name
-
-
-def load_strict(model: Sam2VideoModel, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model``; every key must match by name and shape, both ways."""
-    target = model.state_dict()
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    if missing:
-        raise InputError(source, f"{len(missing)} SAM 2 weights missing from the checkpoint: {missing[:4]}")
-    if unexpected:
-        raise InputError(source, f"{len(unexpected)} unexpected keys in the checkpoint: {unexpected[:4]}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise InputError(source, f"{len(wrong)} weights have the wrong shape: {wrong[:3]}")
-    model.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def _from_pretrained(weights: str, folder: Path | None) -> Sam2VideoModel:
