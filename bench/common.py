@@ -86,3 +86,23 @@ def emit(result: dict[str, Any], json_path: str | None) -> None:
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(text + "\n")
+
+
+def bench_parser(doc: str | None, device_default: str | None = None, device_help: str | None = None,
+                 threads_help: str = "torch threads (0 = torch default; 1 on a shared, loaded machine)"):
+    """An argument parser with the options every benchmark takes: --quick, --device, --json, --threads."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
+    parser.add_argument("--device", default=device_default or ("cuda" if torch.cuda.is_available() else "cpu"),
+                        help=device_help)
+    parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--threads", type=int, default=0, help=threads_help)
+    return parser
+
+
+def apply_torch_threads(threads: int) -> None:
+    """Set torch's thread count when ``--threads`` was given (0 keeps torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)

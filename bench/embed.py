@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, sync  # noqa: E402
+from common import apply_torch_threads, bench_parser, emit, machine, sync  # noqa: E402
 from modes import load_average, set_attention, speedup  # noqa: E402
 
 
@@ -55,19 +54,13 @@ def read_cached(vectors: np.ndarray) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", default=None, help="also write the result here")
+    parser = bench_parser(__doc__)
     parser.add_argument("--weights", default="random", help="embedder weights (random = ViT-S/14 architecture)")
     parser.add_argument("--slices", type=int, default=64, help="slices to embed")
     parser.add_argument("--side", type=int, default=512, help="slice side (px) before resizing to 224")
     parser.add_argument("--batch", type=int, default=32, help="slices per pass (optimised mode)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0 = torch default; 1 on a shared, loaded machine)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_torch_threads(args.threads)
     if args.quick:
         args.weights, args.slices, args.side, args.batch = "tiny", 4, 64, 4
     from ragsam.retrieval.embedder import build_embedder

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, peak_memory_mb, sync  # noqa: E402
+from common import apply_torch_threads, bench_parser, emit, machine, peak_memory_mb, sync  # noqa: E402
 from modes import load_average, speedup  # noqa: E402
 
 
@@ -96,20 +95,14 @@ def bench_k(seg, queries: torch.Tensor, sup_images: torch.Tensor, sup_labels: to
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", default=None, help="also write the result here")
+    parser = bench_parser(__doc__)
     parser.add_argument("--sam2", default="tiny", help="SAM 2 weights (tiny | random | HF id | .pt)")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8], help="support slices per query")
     parser.add_argument("--slices", type=int, default=8, help="query slices timed per k")
     parser.add_argument("--side", type=int, default=512, help="slice side (px)")
     parser.add_argument("--batch", type=int, default=8, help="query slices per image-encoder pass (optimised)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0 = torch default; 1 on a shared, loaded machine)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_torch_threads(args.threads)
     if args.quick:
         args.ks, args.slices, args.side, args.batch = [1, 2], 2, 64, 2
     from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter

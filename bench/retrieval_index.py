@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -47,7 +46,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine  # noqa: E402
+from common import bench_parser, emit, machine  # noqa: E402
 from modes import load_average  # noqa: E402
 
 K = 10
@@ -128,10 +127,7 @@ def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
-    parser.add_argument("--device", default="cpu", help="cpu only (ragsam's indexes are faiss-cpu)")
-    parser.add_argument("--json", default=None, help="also write the result here")
+    parser = bench_parser(__doc__, "cpu", "cpu only (ragsam's indexes are faiss-cpu)", "faiss OpenMP threads (0 = default)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dims", type=int, nargs="+", default=[384, 768])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
@@ -140,7 +136,6 @@ def main(argv: list[str] | None = None) -> dict:
                         help="skip HNSW above this many vectors (1e6 takes tens of minutes on 2 cores)")
     parser.add_argument("--max-bytes", type=float, default=4e9,
                         help="skip (n, D) whose vectors exceed this many bytes (1e6 x 768 float32 = 3.1e9)")
-    parser.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0 = default)")
     args = parser.parse_args(argv)
     import faiss
 

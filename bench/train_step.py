@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, peak_memory_mb, reset_peak_memory, sync  # noqa: E402
+from common import apply_torch_threads, bench_parser, emit, machine, peak_memory_mb, reset_peak_memory, sync  # noqa: E402
 from modes import autocast, cpu_has_bf16, load_average, run_isolated, set_attention, speedup  # noqa: E402
 
 # (arch, image size, batch, timed steps); ViT-B at 512 batch 8 is the configuration.
@@ -99,22 +99,16 @@ def measure(arch: str, size: int, batch: int, steps: int, mode: str, device: str
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", default=None, help="also write the result here")
+    parser = bench_parser(__doc__)
     parser.add_argument("--config", action="append", default=None, metavar="ARCH:SIZE:BATCH:STEPS",
                         help="configuration(s) to run, e.g. sam_vit_b:256:8:3 (default: tiny and ViT-B at 512)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in the optimised mode")
     parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPUs with native bf16")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0 = torch default; 1 on a shared, loaded machine)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate the two modes this many times; report each mode's best round")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_torch_threads(args.threads)
     if args.worker:  # one mode of one configuration, in this process
         w = json.loads(args.worker)
         print(json.dumps(measure(**w, device=args.device, compile_model=args.compile, cpu_bf16=args.cpu_bf16)))

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, peak_memory_mb, sync  # noqa: E402
+from common import apply_torch_threads, bench_parser, emit, machine, peak_memory_mb, sync  # noqa: E402
 from modes import cpu_has_bf16, load_average, run_isolated, set_attention, speedup  # noqa: E402
 
 NUM_CLASSES = 13
@@ -160,10 +160,7 @@ def measure(mode: str, run_dir: str, image: str, out: str, device: str, batch: i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", default=None, help="also write the result here")
+    parser = bench_parser(__doc__)
     parser.add_argument("--arch", default="tiny", help="SAM architecture (tiny, sam_vit_b, ...)")
     parser.add_argument("--size", type=int, default=512, help="model input side S (px)")
     parser.add_argument("--slices", type=int, default=100, help="slices of the volume")
@@ -171,12 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=8, help="slices per forward pass (optimised mode)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in the proposed mode")
     parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU in the proposed mode")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0 = torch default; 1 on a shared, loaded machine)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_torch_threads(args.threads)
     if args.worker:
         print(json.dumps(measure(**json.loads(args.worker), device=args.device, batch=args.batch,
                                  compile_model=args.compile, cpu_bf16=args.cpu_bf16)))
