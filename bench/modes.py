@@ -26,37 +26,34 @@ import torch
 from torch import nn
 
 BENCH_DIR = Path(__file__).resolve().parent
-ATTENTION_IMPLS = ("eager", "sdpa")
+ATTENTION_IMPLS = ("eager", "sdpa", "fused")
 
 
 def set_attention(model: nn.Module, impl: str) -> int:
-    """Make every attention layer of ``model`` use ``impl`` (``"eager"`` or ``"sdpa"``).
+    """Make every attention layer of ``model`` use ``impl`` (``"eager"``, ``"sdpa"`` or ``"fused"``).
 
-    Covers both ways transformers dispatches attention: the SAM ViT picks an
-    attention *class* at construction (``SamVisionAttention`` vs
-    ``SamVisionSdpaAttention``, same parameters, so the class is swapped in
-    place), every other model (SAM decoder, DINOv2, SAM 2) looks up
-    ``config._attn_implementation`` on each call.
+    Covers both ways attention is dispatched: SAM ViT blocks get their classes
+    switched by :func:`ragsam.models.vit_attention.set_vit_attention` (``fused`` is
+    ragsam's default: padding-free window projections and the relative-position
+    bias folded into SDPA; ``eager`` / ``sdpa`` are the stock transformers
+    blocks), every other model (SAM decoder, DINOv2, SAM 2) looks up
+    ``config._attn_implementation`` on each call (``fused`` means ``sdpa`` there).
 
     Returns:
         The number of modules switched (0 means the model has no attention to switch).
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}")
-    from transformers.models.sam import modeling_sam
+    from ragsam.models.vit_attention import set_vit_attention
 
-    vision_classes = {"eager": modeling_sam.SamVisionAttention, "sdpa": modeling_sam.SamVisionSdpaAttention}
-    count = 0
+    count = set_vit_attention(model, impl)
     configs: dict[int, Any] = {}
     for module in model.modules():
-        if isinstance(module, modeling_sam.SamVisionAttention):
-            module.__class__ = vision_classes[impl]
-            count += 1
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "_attn_implementation"):
             configs[id(config)] = config
     for config in configs.values():
-        config._attn_implementation = impl
+        config._attn_implementation = "sdpa" if impl == "fused" else impl
         count += 1
     return count
 

@@ -30,12 +30,16 @@ def train_step(d: dict[str, Any]) -> list[str]:
            "| arch | S | batch | mode | attention | bf16 | compiled | step (s) | warm-up step (s) | images/s | peak MiB | load |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in d["results"]:
-        for mode in ("reference", "optimised"):
+        for mode in ("reference", "optimised", "optimised_bf16"):
+            if mode not in r:
+                continue
             x = r[mode]
             out.append(f"| {r['arch']} | {r['image_size']} | {r['batch']} | {mode} | {x['attention']} | {x['bf16']} | "
                        f"{x['compiled']} | {x['step_s_median']:.3f} | {x['warmup_s']:.2f} | {x['images_per_s']:.2f} | "
                        f"{x['peak_memory_mb']:.0f} | {_load(x['load_average'])} |")
         out.append(f"| | | | **speed-up** | | | | | | **{r['speedup']}x** | x{r['memory_ratio']} | |")
+        if "speedup_bf16" in r:
+            out.append(f"| | | | **speed-up, bf16** | | | | | | **{r['speedup_bf16']}x** | x{r['memory_ratio_bf16']} | |")
     return out
 
 

@@ -61,7 +61,7 @@ def test_train_step_quick(quick: dict) -> None:
     result = _result(quick, "train_step")
     (row,) = result["results"]
     ref, opt = row["reference"], row["optimised"]
-    assert (ref["attention"], opt["attention"]) == ("eager", "sdpa")
+    assert (ref["attention"], opt["attention"]) == ("eager", "fused")
     assert ref["bf16"] is False and opt["bf16"] is False  # CPU without --cpu-bf16
     for mode in (ref, opt):
         assert {"images_per_s", "step_s_median", "peak_memory_mb", "load_average"} <= set(mode)

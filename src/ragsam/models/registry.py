@@ -94,6 +94,10 @@ def sam_config(arch: SamArch, image_size: int | None = None, num_mask_tokens: in
         "global_attn_indexes": list(arch.global_attn), "window_size": arch.window, "image_size": size,
         "patch_size": PATCH_SIZE, "output_channels": arch.out_channels, "mlp_dim": arch.vit_mlp_dim,
         "num_pos_feats": arch.out_channels // 2,
+        # transformers' SamVisionConfig defaults to initializer_range=1e-10, which leaves a
+        # randomly initialised encoder dead (weights ~1e-10, output independent of the image).
+        # Pretrained weights overwrite every tensor; random models (tests, demo) need a live one.
+        "initializer_range": 0.02,
     }
     prompt = {"hidden_size": arch.out_channels, "image_size": size, "patch_size": PATCH_SIZE,
               "mask_input_channels": arch.mask_in_chans}

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformers import SamConfig, SamModel
 
 from ragsam.errors import InputError
+from ragsam.models.vit_attention import set_vit_attention
 
 # SAM's pixel statistics on the 0-255 scale (segment_anything/modeling/sam.py).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -46,6 +47,7 @@ class MultiOrganSam(nn.Module):
         self.vision_encoder = sam.vision_encoder
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
+        set_vit_attention(self.vision_encoder, "fused")  # same function, faster (vit_attention.py)
         self.image_size = int(config.vision_config.image_size)
         self.grid = self.image_size // int(config.vision_config.patch_size)
         self.num_classes = int(config.mask_decoder_config.num_multimask_outputs)
