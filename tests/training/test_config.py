@@ -53,3 +53,21 @@ def test_bad_values_are_refused(override, needle):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(InputError, match="samed"):
         load_train_config("no-such-preset")
+
+
+def test_bf16_cpu_and_auto_workers_round_trip(tmp_path):
+    default = TrainConfig()
+    assert (default.optim.bf16, default.optim.bf16_cpu, default.data.num_workers) == (True, False, -1)
+    cfg = load_train_config("samed", ["optim.bf16_cpu=true", "data.num_workers=3"])
+    assert (cfg.optim.bf16_cpu, cfg.data.num_workers) == (True, 3)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(cfg))
+    assert "bf16_cpu: true" in saved.read_text()
+    assert load_config(TrainConfig, saved) == cfg
+    # a config.yaml written before bf16_cpu existed still loads, with the CPU kept in fp32
+    saved.write_text(saved.read_text().replace("  bf16_cpu: true\n", ""))
+    assert load_config(TrainConfig, saved).optim.bf16_cpu is False
+    with pytest.raises(InputError, match="bf16_cpu"):
+        load_train_config(None, ["optim.bf16_cpu=maybe"])
+    with pytest.raises(InputError, match=r"data.num_workers=-2 must be >= 0, or -1 for auto"):
+        load_train_config(None, ["data.num_workers=-2"])

@@ -137,3 +137,41 @@ def test_label_ids_beyond_model_classes_and_unknown_arch(cache, tmp_path):
     with pytest.raises(InputError, match="neither a split"):
         train(_cfg(cache, "data.val=[nope]"), tmp_path / "c")
     assert not (tmp_path / "a" / "config.yaml").exists()
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    ta, tb = load_file(a / "last.safetensors"), load_file(b / "last.safetensors")
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_worker_processes_and_resume_across_them_leave_the_run_bit_identical(cache, tmp_path, one_thread):
+    b5 = "optim.batch_size=5"  # 12 training slices: batches of 5, 5, 2 per epoch
+    cfg = _cfg(cache, b5, "data.num_workers=0")
+    assert cfg.augment.enabled and cfg.augment.rot_flip_p > 0  # loading AND augmentation move to the workers
+    main = train(cfg, tmp_path / "main")
+    workers = train(_cfg(cache, b5, "data.num_workers=2"), tmp_path / "workers")
+    assert _same_weights(main, workers) and _rows(main / "log.csv") == _rows(workers / "log.csv")
+    # killed with 2 workers in mid-epoch (2 batches per step), resumed in the main process
+    part = train(_cfg(cache, b5, "data.num_workers=2"), tmp_path / "part", stop_after=4)
+    assert load_state(part / "checkpoints" / "state.pt")["stream"] == {"epoch": 2, "batch": 2, "world": 1}
+    train(_cfg(cache, b5, "data.num_workers=0"), part, resume=True)  # num_workers may change on resume
+    assert _same_weights(main, part)
+    unaugmented = train(_cfg(cache, b5, "augment.enabled=false"), tmp_path / "plain")
+    assert not _same_weights(main, unaugmented)  # the augmentation did shape these weights
+
+
+def test_bf16_cpu_autocasts_training_only_on_cpus_with_native_bf16(cache, tmp_path, one_thread, monkeypatch):
+    from ragsam.utils import precision
+
+    short = ("optim.max_iterations=2", "val.every=0")
+    fp32 = train(_cfg(cache, *short), tmp_path / "fp32")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert _same_weights(fp32, train(_cfg(cache, *short, "optim.bf16_cpu=true"), tmp_path / "no_native"))
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    run = train(_cfg(cache, *short, "optim.bf16_cpu=true"), tmp_path / "bf16")
+    assert not _same_weights(fp32, run)  # the forward ran in bf16
+    assert load_train_config(run / "config.yaml").optim.bf16_cpu is True
+    assert _same_weights(fp32, train(_cfg(cache, *short, "optim.bf16_cpu=true", "optim.bf16=false"),
+                                     tmp_path / "off"))  # optim.bf16=false: fp32 everywhere
+    with pytest.raises(InputError, match=r"different configuration \(optim.bf16_cpu\)"):
+        train(_cfg(cache, *short), run, resume=True)

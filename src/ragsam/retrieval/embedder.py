@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
 from ragsam.errors import InputError, MissingWeightsError
+from ragsam.utils.precision import autocast
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -154,10 +155,9 @@ class SliceEmbedder:
         n = len(images)
         out = np.zeros((n, self.dim), dtype=np.float32)
         step = batch_size or self.batch_size
-        on_cuda = self.device.type == "cuda"
         for start in range(0, n, step):
             x = self.preprocess(images[start:start + step])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            with autocast(self.device):  # bf16 on CUDA GPUs that support it, fp32 elsewhere
                 hidden = self.model(pixel_values=x).last_hidden_state
             vec = hidden[:, 0] if self.pooling == "cls" else hidden[:, 1:].mean(dim=1)
             out[start:start + len(x)] = F.normalize(vec.float(), dim=-1).cpu().numpy()

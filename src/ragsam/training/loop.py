@@ -6,6 +6,26 @@ seed and the iteration / stream position, and the checkpoint restores those
 plus the optimiser moments, so stopping after a checkpoint and resuming gives
 bit-identical weights to an uninterrupted run (same device, world size and CPU
 thread count - BLAS sums depend on how the work is split).
+
+Batches arrive loaded and augmented by the stream's DataLoader workers (pinned
+on CUDA, copied with ``non_blocking=True``); autocast follows
+:mod:`ragsam.utils.precision` (``optim.bf16``, ``optim.bf16_cpu``).
+
+Host reads of device values (each one waits for the GPU queue to drain):
+
+* every ``log.every`` iterations, at the last and at each validation: the three
+  loss sums, accumulated on the device in between (``sums.tolist()``);
+* at validation: predictions are copied to the host per batch
+  (:mod:`ragsam.training.validate`);
+* at checkpoints: the trainable tensors and optimiser moments;
+* multi-process only: the all-reduce of those logging values (at log time) and
+  the broadcast of the stop flag (at validations and the last iteration only).
+
+Nothing else reads the device in a step: the learning rate is a Python float,
+``clip_grad_norm_`` scales on the device (no ``error_if_nonfinite``), AdamW's
+step counts live on the host, and :class:`DiceCELoss` checks label ids only for
+CPU tensors (``one_hot`` with a given class count checks nothing on CUDA;
+``build_data`` has checked every label id of the cache).
 """
 
 from __future__ import annotations
@@ -20,7 +40,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ragsam.training.augment import augment_batch
 from ragsam.training.checkpoint import STATE_FILE, save_state
 from ragsam.training.config import TrainConfig
 from ragsam.training.distributed import DistInfo, all_mean, broadcast_flag
@@ -29,6 +48,7 @@ from ragsam.training.losses import DiceCELoss
 from ragsam.training.sampler import BatchStream
 from ragsam.training.schedule import WarmupPoly
 from ragsam.training.validate import ValResult, validate
+from ragsam.utils.precision import autocast
 
 
 @dataclass
@@ -83,7 +103,7 @@ def _checkpoint(ctx: LoopContext, st: LoopState) -> None:
 def _validate(ctx: LoopContext, st: LoopState) -> ValResult:
     cfg = ctx.cfg
     res = validate(ctx.module, ctx.val_dataset, ctx.val_cases, cfg.model.num_classes, cfg.val.batch_size,
-                   ctx.info, bf16=cfg.optim.bf16)
+                   ctx.info, bf16=cfg.optim.bf16, bf16_cpu=cfg.optim.bf16_cpu)
     score = -1.0 if math.isnan(res.mean_dice) else res.mean_dice
     st.history.append({"iteration": st.iteration, **res.to_json()})
     if score > st.best_score:
@@ -114,7 +134,6 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
     last = cfg.last_iteration
     loss_fn = DiceCELoss(o.dice_weight, o.ce_weight)
     trainable = [p for p in ctx.module.parameters() if p.requires_grad]
-    use_bf16 = o.bf16 and info.device.type == "cuda"
     batches = iter(ctx.stream)
     ctx.model.train()
     t0 = time.perf_counter()
@@ -127,14 +146,13 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
         for micro in range(o.grad_accum):
             batch = next(batches)
             epoch = batch.epoch
-            images, labels = augment_batch(batch.images, batch.labels, cfg.augment, cfg.seed, batch.epoch,
-                                           batch.positions)
-            images, labels = images.to(info.device), labels.to(info.device)
+            # augmented in the workers; pinned on CUDA, so the host queues the copy and goes on
+            images = batch.images.to(info.device, non_blocking=True)
+            labels = batch.labels.to(info.device, non_blocking=True)
             sync = (contextlib.nullcontext() if micro == o.grad_accum - 1 or not info.distributed
                     else ctx.model.no_sync())
-            autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
             with sync:
-                with autocast:
+                with autocast(info.device, o.bf16, cpu=o.bf16_cpu):
                     logits = ctx.model(images)
                 parts = loss_fn.parts(logits.float(), labels)
                 (parts.total / o.grad_accum).backward()
@@ -161,7 +179,10 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
             st.done = True  # early stop: same decision on every rank (counts were all-reduced)
         if st.iteration >= last:
             st.done = True
-        st.done = broadcast_flag(st.done, info) if info.distributed else st.done
+        if info.distributed and (val_due or st.iteration >= last):
+            # Only these can stop the run, with the same outcome on every rank (validation
+            # counts are all-reduced); broadcasting every step would sync the host each step.
+            st.done = broadcast_flag(st.done, info)
         if st.done or st.iteration % cfg.checkpoint_every == 0:
             _checkpoint(ctx, st)
         if stop_after is not None and st.iteration >= stop_after and not st.done:

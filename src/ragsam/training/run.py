@@ -32,7 +32,7 @@ from ragsam.training.data import build_data
 from ragsam.training.distributed import DistInfo, barrier, cleanup, setup
 from ragsam.training.logging_utils import NullLogger, RunLogger
 from ragsam.training.loop import LoopContext, LoopState, run_loop
-from ragsam.training.sampler import BatchStream
+from ragsam.training.sampler import BatchStream, resolve_num_workers
 from ragsam.training.schedule import WarmupPoly
 from ragsam.utils.atomic import write_json, write_text
 from ragsam.utils.seeding import seed_everything
@@ -137,8 +137,10 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
         schedule = WarmupPoly(o.lr, o.warmup, o.max_iterations, o.power)
         optimizer = torch.optim.AdamW(trainable, lr=schedule.lr_at(0), betas=tuple(o.betas),
                                       weight_decay=o.weight_decay)
+        on_cuda = info.device.type == "cuda"
         stream = BatchStream(data.dataset, data.train_indices, o.batch_size, cfg.seed, info.rank, info.world,
-                             cfg.data.num_workers)
+                             resolve_num_workers(cfg.data.num_workers, info.device), augment=cfg.augment,
+                             pin_memory=on_cuda)
         st = LoopState()
         if state is not None:
             src = run_dir / STATE_FILE
@@ -162,7 +164,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [info.device.index] if info.device.type == "cuda" else None
+            ids = [info.device.index] if on_cuda else None
             ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         logger = (RunLogger(run_dir, st.iteration, cfg.last_iteration, cfg.log.tensorboard, cfg.log.progress)
                   if info.is_main else NullLogger())
@@ -182,6 +184,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
             st = run_loop(ctx, st, stop_after=stop_after)
         finally:
             logger.close()
+            stream.close()
         if st.done:
             if info.is_main:
                 save_weights(run_dir / "last.safetensors", {"iteration": str(st.iteration), "selected": "last"})

@@ -11,7 +11,6 @@ Counts are summed over ranks, so a sharded validation gives the same number.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ragsam.training.distributed import DistInfo, all_reduce_sum
+from ragsam.utils.precision import autocast
 
 
 @dataclass
@@ -79,25 +79,28 @@ def scores_from_counts(case_ids: list[str], counts: torch.Tensor) -> ValResult:
 
 @torch.no_grad()
 def predict_indices(model: nn.Module, dataset: Dataset, indices: list[int], batch_size: int,
-                    device: torch.device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax predictions and labels for ``dataset[indices]``: two int64 (N, S, S) tensors (CPU)."""
-    loader = DataLoader(dataset, batch_sampler=[indices[i:i + batch_size] for i in range(0, len(indices), batch_size)])
+                    device: torch.device, bf16: bool, bf16_cpu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax predictions and labels for ``dataset[indices]``: two int64 (N, S, S) tensors (CPU).
+
+    ``bf16`` / ``bf16_cpu``: autocast as :func:`ragsam.utils.precision.autocast` decides.
+    """
+    loader = DataLoader(dataset, batch_sampler=[indices[i:i + batch_size] for i in range(0, len(indices), batch_size)],
+                        pin_memory=device.type == "cuda")
     preds, labels = [], []
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
     for item in loader:
-        with autocast:
-            logits = model(item["image"].float().to(device))
+        with autocast(device, bf16, cpu=bf16_cpu):
+            logits = model(item["image"].float().to(device, non_blocking=True))
         preds.append(logits.float().argmax(1).cpu())
         labels.append(item["label"].long())
     return torch.cat(preds), torch.cat(labels)
 
 
 def validate(model: nn.Module, dataset: Dataset, cases: dict[str, list[int]], num_classes: int,
-             batch_size: int, info: DistInfo, bf16: bool = True) -> ValResult:
+             batch_size: int, info: DistInfo, bf16: bool = True, bf16_cpu: bool = False) -> ValResult:
     """3D Dice of ``model`` on ``cases`` (``{case_id: dataset indices}``), sharded over ranks.
 
-    The model is put in eval mode for the duration and restored afterwards.
+    The model is put in eval mode for the duration and restored afterwards;
+    ``bf16`` / ``bf16_cpu`` as in :func:`predict_indices`.
     """
     was_training = model.training
     model.eval()
@@ -106,7 +109,7 @@ def validate(model: nn.Module, dataset: Dataset, cases: dict[str, list[int]], nu
     for ci, case in enumerate(case_ids):
         if ci % info.world != info.rank:
             continue
-        pred, gt = predict_indices(model, dataset, cases[case], batch_size, info.device, bf16)
+        pred, gt = predict_indices(model, dataset, cases[case], batch_size, info.device, bf16, bf16_cpu)
         counts[ci] = dice_counts(pred, gt, num_classes)
     counts = all_reduce_sum(counts, info)
     model.train(was_training)
