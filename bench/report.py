@@ -111,7 +111,20 @@ def rag_segment(d: dict[str, Any]) -> list[str]:
     return out
 
 
-RENDERERS = {"train_step": train_step, "volume_inference": volume_inference, "embed": embed,
+def throughput(d: dict[str, Any]) -> list[str]:
+    out = [f"Model throughput, {d['arch']} at {d['image_size']} px, {d['slices']} slices in memory ({_where(d)})", "",
+           "| mode | attention | LoRA | batch | bf16 | slices/s | speed-up | same labels | peak MiB | load |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for mode in ("reference", "optimised"):
+        r = d[mode]
+        sp = "1.00x" if mode == "reference" else f"{d['speedup']}x"
+        agree = "-" if mode == "reference" else f"{100 * d['agreement']:.2f}%"
+        out.append(f"| {mode} | {r['attention']} | {r['lora']} | {r['batch']} | {r['bf16']} | {r['slices_per_s']:.2f} | "
+                   f"{sp} | {agree} | {r['peak_memory_mb']:.0f} | {_load(r['load_average'])} |")
+    return out
+
+
+RENDERERS = {"train_step": train_step, "throughput": throughput, "volume_inference": volume_inference, "embed": embed,
              "retrieval_index": retrieval_index, "rag_segment": rag_segment}
 
 

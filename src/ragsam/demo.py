@@ -8,8 +8,8 @@ Stages, each through the public API of its module::
                                      SAM ViT-B when its weights are in the Hugging Face cache)
     predict test cases               ragsam.inference.predict
     build support bank (train cases) ragsam.retrieval.bank_build.build_bank
-    segment test cases with RAG      ragsam.retrieval.segment.segment_volume
-    hybrid (when segment supports it) segment_volume(run_dir=<fine-tuned run>)
+    segment test cases with RAG      ragsam.retrieval.segment.RagSegmenter
+    hybrid                            RagSegmenter.segment(run_dir=<fine-tuned run>)
     evaluate every method            ragsam.evaluation.evaluate.evaluate
     report.md + summary.json
 
@@ -35,7 +35,6 @@ not how accurate the method is.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import tempfile
@@ -336,28 +335,25 @@ def _fine_tune_and_predict(tmp: Path, plan: DemoBudget, weights: WeightsUsed, de
 
 def _retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, cases: dict, test_ids: list[str],
               stage: Callable, notes: list[str]) -> list[tuple[str, float]]:
-    """RAG (and, where ``segment_volume`` supports it, hybrid) segmentation of the test cases."""
-    from ragsam.retrieval.segment import segment_volume
+    """RAG and hybrid segmentation of the test cases (one :class:`RagSegmenter` per method)."""
+    from ragsam.retrieval.segment import RagSegmenter
 
     seg_device = "cpu" if device == "auto" else device
     if device == "auto":
         import torch
 
         seg_device = "cuda" if torch.cuda.is_available() else "cpu"
-    runs = [("rag", {})]
-    if "hybrid_weight" in inspect.signature(segment_volume).parameters:
-        runs.append(("hybrid", {"run_dir": tmp / "run"}))
-    else:
-        notes.append("hybrid: left out - this version of segment_volume cannot fuse a fine-tuned run")
+    runs: list[tuple[str, dict]] = [("rag", {}), ("hybrid", {"run_dir": tmp / "run"})]
     results = []
     for name, extra in runs:
         label = "retrieval + SAM 2 memory" if name == "rag" else "hybrid (fine-tuned + retrieval)"
         done = stage(name, f"segmenting {len(test_ids)} test case(s): {label}")
         t0 = time.perf_counter()
         try:
+            segmenter = RagSegmenter(tmp / "bank", weights.sam2_weights, device=seg_device)  # shared by the cases
             for cid in test_ids:
-                segment_volume(cases[cid]["image"], tmp / "predictions" / name / f"{cid}.nii.gz", tmp / "bank",
-                               sam2_weights=weights.sam2_weights, k=plan.k, device=seg_device, **extra)
+                segmenter.segment(cases[cid]["image"], tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,
+                                  **extra)
         except InputError as exc:
             if name != "hybrid":
                 raise

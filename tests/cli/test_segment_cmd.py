@@ -76,3 +76,20 @@ def test_segment_bad_inputs_are_one_line_exit_2(bank, ct3mm, tmp_path, capsys):
 def test_help_has_example(capsys):
     assert run_cli(["segment", "--help"]) == 0
     assert "Example: ragsam segment" in capsys.readouterr().out
+
+
+def test_segment_dataset_folder_writes_one_file_per_case(bank, ct3mm, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for name in ("p1", "p2"):
+        shutil.copy(ct3mm["image"], folder / f"{name}.nii.gz")
+    out = tmp_path / "labels"
+    assert run_cli(["segment", str(folder), "-o", str(out), "--index", str(bank), "--sam2", "tiny", "--k", "1",
+                    "--json"]) == 0
+    summaries = json.loads(capsys.readouterr().out)
+    assert [s["output"] for s in summaries] == [str(out / "p1.nii.gz"), str(out / "p2.nii.gz")]
+    assert summaries[1]["support_slices_encoded"] == 0  # the second case reuses the first one's supports
+    first, second = (sitk.GetArrayFromImage(sitk.ReadImage(s["output"])) for s in summaries)
+    assert np.array_equal(first, second)

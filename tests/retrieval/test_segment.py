@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -13,7 +15,7 @@ from ragsam.data.volume import read_image, read_labels
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.retrieval.bank import build_bank
 from ragsam.retrieval.embedder import build_embedder
-from ragsam.retrieval.segment import SupportCache, check_ct_like, segment_volume
+from ragsam.retrieval.segment import RagSegmenter, SupportCache, check_ct_like, segment_cases, segment_volume
 
 SIZE = 64  # slice size of the bank (the tiny SAM 2 resizes to its 128 px input)
 
@@ -83,6 +85,42 @@ def test_refusals(rag, tmp_path):
     with pytest.raises(InputError, match="do not look like CT in HU"):
         segment_volume(tmp_path / "unit.nii.gz", tmp_path / "u.nii.gz", rag["bank"], sam2_weights="tiny")
     assert not (tmp_path / "u.nii.gz").exists()
+
+
+def test_dataset_folder_shares_models_and_supports_across_cases(rag, tmp_path):
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for name in ("a", "b"):  # two cases: the same scan twice, so case b retrieves exactly case a's supports
+        shutil.copy(rag["image"], folder / f"{name}.nii.gz")
+    single = tmp_path / "single.nii.gz"
+    alone = segment_volume(rag["image"], single, rag["bank"], sam2_weights="tiny", k=2)
+    summaries = segment_cases(folder, tmp_path / "out", rag["bank"], sam2_weights="tiny", k=2)
+    assert [s.output for s in summaries] == [str(tmp_path / "out" / f"{c}.nii.gz") for c in ("a", "b")]
+    first, second = summaries
+    assert first.support_slices_encoded == alone.support_slices_encoded > 0
+    assert second.support_slices_encoded == 0  # every support of case b was encoded for case a
+    assert second.support_cache_hits == 30 * 2
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(single)))
+    for s in summaries:  # cached memories give exactly the labels of a fresh segmenter
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(s.output)), expected)
+    # every output is checked before any model loads: one existing file stops the whole run
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "b.nii.gz").write_bytes(b"old")
+    with pytest.raises(OutputExistsError):
+        segment_cases(folder, tmp_path / "again", rag["bank"], sam2_weights="tiny", k=2)
+    assert not (tmp_path / "again" / "a.nii.gz").exists()
+    with pytest.raises(InputError, match="not a folder"):
+        segment_cases(folder, single, rag["bank"], sam2_weights="tiny")
+
+
+def test_segmenter_keeps_per_call_counts(rag, tmp_path):
+    segmenter = RagSegmenter(rag["bank"], "tiny", cache_size=4)
+    one = segmenter.segment(rag["image"], tmp_path / "1.nii.gz", k=3)
+    two = segmenter.segment(rag["image"], tmp_path / "2.nii.gz", k=3)
+    assert one.support_slices_encoded + one.support_cache_hits == 30 * 3
+    assert two.support_slices_encoded + two.support_cache_hits == 30 * 3
+    assert segmenter.cache.encoded == one.support_slices_encoded + two.support_slices_encoded
+    assert len(segmenter.cache.items) == 4  # the LRU bound holds across volumes
 
 
 def test_ct_rule_hand_cases():

@@ -13,16 +13,19 @@ from ragsam.cli.app import app
 @app.command(
     "segment",
     help=(
-        "Segment a CT volume without training: retrieve the k most similar labelled slices "
+        "Segment CT volumes without training: retrieve the k most similar labelled slices "
         "from a support bank (DINOv2 + Faiss) for every slice and let SAM 2's memory attention "
-        "segment it from them, prompt-free (RAG-SAM). Writes a label volume on the input's grid.\n\n"
+        "segment it from them, prompt-free (RAG-SAM). Writes a label volume on each input's grid. "
+        "IN is one image, a DICOM series folder or a dataset folder; for several cases -o is a "
+        "folder (<case_id>.nii.gz each) and SAM 2 and the encoded supports are shared between cases.\n\n"
         "Example: ragsam segment ct.nii.gz -o ct_labels.nii.gz --index banks/btcv "
         "--sam2 facebook/sam2.1-hiera-tiny --k 4 --device cuda"
     ),
 )
 def segment_command(
-    input_path: Path = typer.Argument(..., metavar="IN", help="CT image file (NIfTI, NRRD, MHA) or DICOM folder."),
-    output: Path = typer.Option(..., "--output", "-o", help="Label file to write (.nii.gz)."),
+    input_path: Path = typer.Argument(..., metavar="IN", help="CT image file (NIfTI, NRRD, MHA), DICOM folder "
+                                                              "or dataset folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Label file to write (.nii.gz), or a folder."),
     index: Path = typer.Option(..., "--index", help="Support bank folder (`ragsam index build`)."),
     sam2: str = typer.Option("facebook/sam2.1-hiera-tiny", "--sam2",
                              help="SAM 2 weights: Hugging Face id or folder, official .pt, 'random' or 'tiny'."),
@@ -40,26 +43,29 @@ def segment_command(
     cache_size: int = typer.Option(256, "--cache-size", help="Encoded support slices kept in memory."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder has several."),
+    layout: str = typer.Option("auto", "--layout", help="Dataset layout of IN (auto detects it)."),
     summary_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
 ) -> None:
-    """Parse, call :func:`ragsam.retrieval.segment.segment_volume`, print a summary."""
+    """Parse, call :func:`ragsam.retrieval.segment.segment_cases`, print a summary per case."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ragsam.retrieval.segment import segment_volume
+    from ragsam.retrieval.segment import segment_cases
 
-    columns = (TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("segmenting {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, disable=summary_json) as bar:
-        task = bar.add_task("slices", total=None)
-        summary = segment_volume(input_path, output, index, sam2_weights=sam2, k=k, exclude_cases=exclude_case,
-                                 batch_size=batch_size, cache_size=cache_size, device=device, force=force,
-                                 series_uid=series, z_prior=z_prior, pointer_positions=pointers,
-                                 run_dir=run, hybrid_weight=hybrid_weight,
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+        task = bar.add_task("", total=None)
+        summaries = segment_cases(
+            input_path, output, index, sam2_weights=sam2, layout=layout, force=force, cache_size=cache_size,
+            device=device, pointer_positions=pointers, k=k, exclude_cases=exclude_case, batch_size=batch_size,
+            series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight,
+            progress=lambda cid, done, total: bar.update(task, description=cid, completed=done, total=total))
     if summary_json:
-        typer.echo(json.dumps(summary.to_json(), indent=2))
+        payload = [s.to_json() for s in summaries]
+        typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
         return
-    organs = ",".join(str(o) for o in summary.organs) or "none"
-    typer.echo(f"{summary.output}: {summary.slices} slices, k={summary.k}, organs {organs}; "
-               f"{summary.support_slices_encoded} support slices encoded ({summary.support_cache_hits} cache hits) "
-               f"in {summary.seconds:.1f} s with SAM 2 {summary.sam2.get('name')}")
+    for summary in summaries:
+        organs = ",".join(str(o) for o in summary.organs) or "none"
+        typer.echo(f"{summary.output}: {summary.slices} slices, k={summary.k}, organs {organs}; "
+                   f"{summary.support_slices_encoded} support slices encoded ({summary.support_cache_hits} cache hits) "
+                   f"in {summary.seconds:.1f} s with SAM 2 {summary.sam2.get('name')}")

@@ -243,7 +243,7 @@ class ExperimentRunner:
         return bank
 
     def _rag(self, variant: Variant, predictions: Path) -> int | None:
-        from ragsam.retrieval.segment import segment_volume
+        from ragsam.retrieval.segment import RagSegmenter
 
         base = next(v for v in self.plan.variants if v.name == variant.base)
         base_run = self.variant_dir(base) / "run"
@@ -251,9 +251,10 @@ class ExperimentRunner:
             raise InputError(base_run, f"variant {variant.name!r} needs {base.name!r} trained first")
         bank = self._bank()
         sam2 = "tiny" if self.settings.tiny else self.settings.sam2_weights
+        segmenter = RagSegmenter(bank, sam2, device=self.settings.device)  # models and supports shared by the cases
         for cid in self.test_cases():
-            segment_volume(self._image_of(cid), predictions / f"{cid}.nii.gz", bank, sam2, k=self.settings.k,
-                           run_dir=base_run, device=self.settings.device, force=True)
+            segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k,
+                              run_dir=base_run, force=True)
         return _trainable_parameters(base_run)
 
     def _baseline(self, variant: Variant, folder: Path, predictions: Path) -> None:

@@ -12,7 +12,8 @@ slices back on the input's grid -> write atomically. With a fine-tuned run
 
 Support memories are cached (least recently used first out): neighbouring query
 slices mostly retrieve the same support slices, whose image-encoder pass and
-memory encoding are then done once.
+memory encoding are then done once. :class:`RagSegmenter` keeps the models and
+that cache across volumes; :func:`segment_cases` uses one for a whole dataset.
 
 The input must look like CT in Hounsfield units: a volume with at least two
 slices whose values reach -200 HU or lower (air, lung or fat) and span at least
@@ -39,6 +40,7 @@ from ragsam.utils.atomic import check_writable
 MIN_HU = -200.0
 MIN_HU_SPAN = 300.0
 DEFAULT_Z_PRIOR = 0.5
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 @dataclass
@@ -115,6 +117,129 @@ def _embedder_for(bank: Any, embedder: Any, device: str) -> Any:
     return embedder
 
 
+def _check_call(hybrid_weight: float, batch_size: int, run_dir: str | os.PathLike | None) -> None:
+    """Cheap argument checks, done before any model is loaded."""
+    if not 0.0 <= hybrid_weight <= 1.0:
+        raise InputError(None, f"hybrid weight must be in [0, 1], got {hybrid_weight!r}")
+    if batch_size < 1:
+        raise InputError(None, f"batch_size must be >= 1, got {batch_size}")
+    if run_dir is not None:
+        from ragsam.inference.run_loader import read_run_config
+
+        read_run_config(run_dir)  # a bad run folder fails before any work
+
+
+class RagSegmenter:
+    """A support bank, its embedder, SAM 2 and the support-memory cache, loaded once for many volumes.
+
+    Encoded supports are keyed by ``(case_id, z)`` of the bank slice and do not
+    depend on the query, so the cache carries over from one volume to the next:
+    segmenting a test set encodes each retrieved support slice once (up to
+    ``cache_size`` kept in memory).
+
+    Args:
+        bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
+        sam2_weights: see :func:`ragsam.retrieval.sam2_model.build_sam2`.
+        embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
+            it must be the embedder the bank was built with.
+        cache_size: encoded support slices kept in memory.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
+    Raises:
+        InputError: bad bank, other embedder, bad weights, bad settings.
+    """
+
+    def __init__(self, bank_dir: str | os.PathLike, sam2_weights: str = "facebook/sam2.1-hiera-tiny",
+                 embedder: Any = None, cache_size: int = 256, device: str = "auto",
+                 pointer_positions: str = "sequential", use_empty_supports: bool = True) -> None:
+        from ragsam.retrieval.bank import SupportBank
+        from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
+        from ragsam.retrieval.sam2_model import build_sam2, resolve_device
+
+        if pointer_positions not in ("sequential", "shared"):
+            raise InputError(None, f"pointer positions must be 'sequential' or 'shared', got {pointer_positions!r}")
+        if cache_size < 1:
+            raise InputError(None, f"cache_size must be >= 1, got {cache_size}")
+        self.device = str(resolve_device(device))
+        self.bank_dir = str(bank_dir)
+        self.bank = SupportBank.load(bank_dir)
+        self.embedder = _embedder_for(self.bank, embedder, self.device)
+        self.model, self.info = build_sam2(sam2_weights, device=self.device)  # bad weights fail before slice work
+        self.seg = Sam2MemorySegmenter(self.model, pointer_positions=pointer_positions,  # type: ignore[arg-type]
+                                       use_empty_supports=use_empty_supports)
+        self.cache = SupportCache(cache_size)
+
+    def segment(
+        self,
+        input_path: str | os.PathLike,
+        output_path: str | os.PathLike,
+        k: int = 4,
+        exclude_cases: Iterable[str] = (),
+        batch_size: int = 8,
+        force: bool = False,
+        series_uid: str | None = None,
+        z_prior: float | None = DEFAULT_Z_PRIOR,
+        run_dir: str | os.PathLike | None = None,
+        hybrid_weight: float = 0.5,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SegmentSummary:
+        """Segment one volume and write its label map; arguments as :func:`segment_volume`."""
+        from ragsam.data.slices import SliceSettings, slices_to_volume, volume_to_slices
+        from ragsam.data.volume import read_image, write_labels
+
+        start = time.perf_counter()
+        _check_call(hybrid_weight, batch_size, run_dir)
+        output_path = Path(output_path)
+        check_writable(output_path, force)
+        bank = self.bank
+        if k < 1 or k > len(bank):
+            raise InputError(self.bank_dir, f"k={k} must be between 1 and the bank size ({len(bank)} slices)")
+        excluded = sorted({str(c) for c in exclude_cases})
+        unknown = sorted(set(excluded) - set(bank.case_ids.tolist()))
+        if unknown:
+            raise InputError(self.bank_dir, f"excluded cases {unknown[:3]} are not in the bank")
+        encoded_before, hits_before = self.cache.encoded, self.cache.hits
+
+        image = read_image(input_path, series_uid=series_uid)
+        check_ct_like(image.array, input_path)
+        settings = SliceSettings.from_json(bank.prepare_meta()["settings"])
+        stack = volume_to_slices(image, None, settings)
+        depth, size = stack.images.shape[0], stack.images.shape[-1]
+        vectors = self.embedder.embed(stack.images, batch_size=batch_size)
+        rel_z = np.arange(depth) / (depth - 1)
+        hits = bank.query(vectors, k, self.embedder.identity, exclude_cases=excluded, z_prior=z_prior or None,
+                          query_rel_z=rel_z if z_prior else None)
+        fused = grid_ft = None
+        if run_dir is not None:
+            from ragsam.retrieval.hybrid import fuse_slice, run_probabilities
+
+            fused, grid_ft = run_probabilities(str(run_dir), image, self.device, batch_size)
+            if fused.shape[0] != depth:
+                raise InputError(run_dir, f"the run slices the volume into {fused.shape[0]} slices, the bank {depth}")
+
+        labels = np.zeros((depth, size, size), dtype=np.uint8)
+        for first in range(0, depth, batch_size):
+            queries = self.seg.encode_images(torch.from_numpy(stack.images[first:first + batch_size]))
+            for offset, query in enumerate(queries):
+                z = first + offset
+                supports = _supports(self.seg, bank, self.cache, hits[z][::-1])  # best neighbour nearest the query
+                pred = self.seg.segment(query, supports, output_size=(size, size))
+                labels[z] = pred.labels.cpu().numpy().astype(np.uint8)
+                if fused is not None:
+                    fused[z] = fuse_slice(fused[z], pred.organ_ids, pred.probabilities.cpu(), hybrid_weight)
+                if progress is not None:
+                    progress(z + 1, depth)
+        volume = slices_to_volume(labels, stack.grid) if fused is None else slices_to_volume(fused, grid_ft)
+        write_labels(volume, image.geometry, output_path, force=force)
+        organs = sorted(int(o) for o in np.unique(volume) if o)
+        return SegmentSummary(str(input_path), str(output_path), self.bank_dir, depth, k, organs,
+                              self.cache.encoded - encoded_before, self.cache.hits - hits_before,
+                              round(time.perf_counter() - start, 3), self.info,
+                              str(self.embedder.identity.get("weights")), excluded,
+                              None if run_dir is None else str(run_dir),
+                              None if run_dir is None else hybrid_weight)
+
+
 def segment_volume(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -136,6 +261,9 @@ def segment_volume(
     progress: Callable[[int, int], None] | None = None,
 ) -> SegmentSummary:
     """Segment one CT volume with retrieval-augmented SAM 2 and write its label map.
+
+    For several volumes use :func:`segment_cases` (or one :class:`RagSegmenter`):
+    the models load once and encoded supports are shared between volumes.
 
     Args:
         input_path: CT image file or DICOM series folder (HU).
@@ -161,75 +289,58 @@ def segment_volume(
         InputError: bad input image, k out of range, other embedder, bad weights.
         OutputExistsError: the output exists and ``force`` is false (checked before any work).
     """
-    from ragsam.data.slices import SliceSettings, slices_to_volume, volume_to_slices
-    from ragsam.data.volume import read_image, write_labels
-    from ragsam.retrieval.bank import SupportBank
-    from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-    from ragsam.retrieval.sam2_model import build_sam2, resolve_device
+    _check_call(hybrid_weight, batch_size, run_dir)
+    check_writable(Path(output_path), force)
+    segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
+                             use_empty_supports)
+    return segmenter.segment(input_path, output_path, k, exclude_cases, batch_size, force, series_uid, z_prior,
+                             run_dir, hybrid_weight, progress)
 
-    start = time.perf_counter()
-    if not 0.0 <= hybrid_weight <= 1.0:
-        raise InputError(None, f"hybrid weight must be in [0, 1], got {hybrid_weight!r}")
-    if pointer_positions not in ("sequential", "shared"):
-        raise InputError(None, f"pointer positions must be 'sequential' or 'shared', got {pointer_positions!r}")
-    if batch_size < 1 or cache_size < 1:
-        raise InputError(None, f"batch_size and cache_size must be >= 1, got {batch_size} and {cache_size}")
-    device = str(resolve_device(device))
-    if run_dir is not None:
-        from ragsam.inference.run_loader import read_run_config
 
-        read_run_config(run_dir)  # a bad run folder fails before any work
-    output_path = Path(output_path)
-    check_writable(output_path, force)
-    bank = SupportBank.load(bank_dir)
-    if k < 1 or k > len(bank):
-        raise InputError(bank_dir, f"k={k} must be between 1 and the bank size ({len(bank)} slices)")
-    excluded = sorted({str(c) for c in exclude_cases})
-    unknown = sorted(set(excluded) - set(bank.case_ids.tolist()))
-    if unknown:
-        raise InputError(bank_dir, f"excluded cases {unknown[:3]} are not in the bank")
-    emb = _embedder_for(bank, embedder, device)
-    model, info = build_sam2(sam2_weights, device=device)  # bad weights fail before any slice work
+def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike, bank_dir: str | os.PathLike,
+                  sam2_weights: str = "facebook/sam2.1-hiera-tiny", layout: str = "auto",
+                  force: bool = False, embedder: Any = None, cache_size: int = 256, device: str = "auto",
+                  pointer_positions: str = "sequential", use_empty_supports: bool = True,
+                  progress: Callable[[str, int, int], None] | None = None, **per_volume: Any) -> list[SegmentSummary]:
+    """Segment every case of a file, DICOM folder or dataset folder with one :class:`RagSegmenter`.
 
-    image = read_image(input_path, series_uid=series_uid)
-    check_ct_like(image.array, input_path)
-    settings = SliceSettings.from_json(bank.prepare_meta()["settings"])
-    stack = volume_to_slices(image, None, settings)
-    depth, size = stack.images.shape[0], stack.images.shape[-1]
-    vectors = emb.embed(stack.images, batch_size=batch_size)
-    rel_z = np.arange(depth) / (depth - 1)
-    hits = bank.query(vectors, k, emb.identity, exclude_cases=excluded, z_prior=z_prior or None,
-                      query_rel_z=rel_z if z_prior else None)
-    fused = grid_ft = None
-    if run_dir is not None:
-        from ragsam.retrieval.hybrid import fuse_slice, run_probabilities
+    Args:
+        input_path: an image file, a DICOM series folder, or a dataset folder (any layout
+            :func:`ragsam.data.layouts.discover_cases` understands).
+        output_path: output folder (``<case_id>.nii.gz`` per case), or a file for a single case.
+        layout: dataset layout of ``input_path`` (``auto`` detects it).
+        progress: called as ``progress(case_id, done_slices, total_slices)``.
+        per_volume: ``k``, ``exclude_cases``, ``batch_size``, ``series_uid``, ``z_prior``,
+            ``run_dir``, ``hybrid_weight`` as in :func:`segment_volume`.
+        Others: as :func:`segment_volume`.
+    Returns:
+        One summary per case, in case-id order.
+    Raises:
+        InputError / OutputExistsError: as :func:`segment_volume`; every output is checked
+        before any model is loaded.
+    """
+    from ragsam.data.layouts import discover_cases
 
-        fused, grid_ft = run_probabilities(str(run_dir), image, device, batch_size)
-        if fused.shape[0] != depth:
-            raise InputError(run_dir, f"the run slices the volume into {fused.shape[0]} slices, the bank {depth}")
-
-    seg = Sam2MemorySegmenter(model, pointer_positions=pointer_positions,  # type: ignore[arg-type]
-                              use_empty_supports=use_empty_supports)
-    cache = SupportCache(cache_size)
-    labels = np.zeros((depth, size, size), dtype=np.uint8)
-    for first in range(0, depth, batch_size):
-        queries = seg.encode_images(torch.from_numpy(stack.images[first:first + batch_size]))
-        for offset, query in enumerate(queries):
-            z = first + offset
-            supports = _supports(seg, bank, cache, hits[z][::-1])  # best neighbour last: nearest the query
-            pred = seg.segment(query, supports, output_size=(size, size))
-            labels[z] = pred.labels.cpu().numpy().astype(np.uint8)
-            if fused is not None:
-                fused[z] = fuse_slice(fused[z], pred.organ_ids, pred.probabilities.cpu(), hybrid_weight)
-            if progress is not None:
-                progress(z + 1, depth)
-    volume = slices_to_volume(labels, stack.grid) if fused is None else slices_to_volume(fused, grid_ft)
-    write_labels(volume, image.geometry, output_path, force=force)
-    organs = sorted(int(o) for o in np.unique(volume) if o)
-    return SegmentSummary(str(input_path), str(output_path), str(bank_dir), depth, k, organs, cache.encoded,
-                          cache.hits, round(time.perf_counter() - start, 3), info,
-                          str(emb.identity.get("weights")), excluded,
-                          None if run_dir is None else str(run_dir), None if run_dir is None else hybrid_weight)
+    refs = discover_cases(input_path, layout=layout)
+    if not refs:
+        raise InputError(input_path, "no images found")
+    output = Path(output_path)
+    if len(refs) == 1 and output.name.lower().endswith(LABEL_SUFFIXES):
+        outputs = [output]
+    elif output.exists() and not output.is_dir():
+        raise InputError(output, "exists and is not a folder (several cases need an output folder)")
+    else:
+        outputs = [output / f"{ref.case_id}.nii.gz" for ref in refs]
+    _check_call(per_volume.get("hybrid_weight", 0.5), per_volume.get("batch_size", 8), per_volume.get("run_dir"))
+    for out in outputs:  # refuse before any work, so nothing is half-done
+        check_writable(out, force)
+    segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
+                             use_empty_supports)
+    summaries = []
+    for ref, out in zip(refs, outputs, strict=True):
+        report = None if progress is None else (lambda done, total, cid=ref.case_id: progress(cid, done, total))
+        summaries.append(segmenter.segment(ref.image, out, force=force, progress=report, **per_volume))
+    return summaries
 
 
 def _supports(seg: Any, bank: Any, cache: SupportCache, neighbours: Sequence[Any]) -> list[Any]:
