@@ -49,14 +49,21 @@ def volume_inference(d: dict[str, Any]) -> list[str]:
            f"CPU bf16 {d.get('cpu_bf16', False)} ({_where(d)})", "",
            "| mode | batch | seconds | slices/s | speed-up | same labels | peak MiB | load |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for mode in ("reference", "optimised", "proposed"):
+    for mode in ("reference", "optimised", "serial", "proposed"):
         if mode not in d:
             continue
         r = d[mode]
         sp = "1.00x" if mode == "reference" else f"{d['speedup'][mode]}x"
-        agree = "-" if mode == "reference" else f"{100 * d['agreement'][mode]:.3f}%"
+        agree = "-" if mode == "reference" else f"{100 * d['agreement'][mode]:.4f}%"
         out.append(f"| {mode} | {r['batch']} | {r['seconds']:.2f} | {r['slices_per_s']:.3f} | {sp} | {agree} | "
                    f"{r['peak_memory_mb']:.0f} | {_load(r['load_average'])} |")
+    stages = d.get("profile", {}).get("stages_s")
+    if stages:
+        names = list(stages)
+        out += ["", f"Busy seconds per stage of `predict` (separate profiled run, wall {d['profile']['wall_s']:.2f} s; "
+                    "stages overlap in threads):", "",
+                "| " + " | ".join(names) + " |", "| " + " | ".join("---" for _ in names) + " |",
+                "| " + " | ".join(f"{stages[n]:.2f}" for n in names) + " |"]
     return out
 
 

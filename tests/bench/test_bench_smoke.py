@@ -30,7 +30,7 @@ def _script(name: str):
     return module
 
 
-SCRIPTS = ("train_step", "volume_inference", "embed", "retrieval_index", "rag_segment")
+SCRIPTS = ("train_step", "throughput", "volume_inference", "embed", "retrieval_index", "rag_segment")
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +74,23 @@ def test_train_step_quick(quick: dict) -> None:
 def test_volume_inference_quick(quick: dict) -> None:
     result = _result(quick, "volume_inference")
     assert result["volume_zyx"] == [4, 64, 64]
-    for mode in ("reference", "optimised", "proposed"):
+    for mode in ("reference", "optimised"):
         assert result[mode]["slices"] == 4
         # seconds is rounded to the millisecond in the JSON: compare the implied time to within that rounding.
         assert abs(4 / result[mode]["slices_per_s"] - result[mode]["seconds"]) <= 1e-3
     assert result["reference"]["batch"] == 1
     # batched, merged, fused-attention inference writes the same labels as SAMed's loop
-    assert result["agreement"] == {"optimised": 1.0, "proposed": 1.0}
+    assert result["agreement"] == {"optimised": 1.0}
+
+
+def test_throughput_quick(quick: dict) -> None:
+    result = _result(quick, "throughput")
+    ref, opt = result["reference"], result["optimised"]
+    assert (ref["batch"], ref["attention"], ref["lora"]) == (1, "eager", "unmerged")
+    assert (opt["batch"], opt["attention"], opt["lora"]) == (2, "fused", "merged")
+    assert ref["bf16"] is False and opt["bf16"] is False  # CPU without --cpu-bf16
+    assert result["agreement"] == 1.0  # merged LoRA + fused attention label every pixel as the reference
+    assert result["speedup"] == pytest.approx(opt["slices_per_s"] / ref["slices_per_s"], abs=0.01)
 
 
 def test_embed_quick(quick: dict) -> None:

@@ -139,6 +139,47 @@ def test_grid_json_round_trip_and_shape_checks(phantom):
     assert stack.model_input().shape == (10, 3, 32, 32)
 
 
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_chunked_model_inputs_equal_the_per_slice_inputs(phantom, context):
+    stack = volume_to_slices(phantom[0], None, SliceSettings(size=16, context=context))
+    per_slice = np.stack([stack.model_input(z, channels=3) for z in range(10)])
+    assert per_slice.shape == (10, 2 * context + 1 if context else 3, 16, 16)
+    for start, stop in [(0, 10), (0, 3), (3, 6), (8, 12)]:  # chunks, and one running past the end
+        chunk = stack.model_inputs(start, stop, channels=3)
+        assert chunk.dtype == np.float32 and np.array_equal(chunk, per_slice[start:min(stop, 10)])
+    if context == 1:  # the clamped neighbours of the last slice, by hand
+        last = stack.model_inputs(9, 10)[0]
+        assert [np.array_equal(last[i], stack.images[z]) for i, z in enumerate((8, 9, 9))] == [True] * 3
+
+
+@pytest.mark.parametrize("code", ["LPS", "RAS", "PIR", "SLP"])
+@pytest.mark.parametrize(("size", "context"), [(48, 0), (32, 1), (77, 2)])
+def test_lazy_slices_equal_the_sliced_volume(phantom, code, size, context):
+    from ragsam.data.slices import lazy_slices
+
+    image = _reoriented(phantom[0], code)
+    settings = SliceSettings(size=size, context=context)
+    stack, lazy = volume_to_slices(image, None, settings), lazy_slices(image, settings)
+    assert lazy.grid == stack.grid and lazy.canon_hu.base is not None  # a view of the image, not a copy
+    whole = stack.model_inputs(0, 10)
+    for start, stop in [(0, 10), (0, 1), (2, 5), (9, 10), (7, 12)]:
+        assert np.array_equal(lazy.model_inputs(start, stop), whole[start:min(stop, 10)])
+
+
+def test_scores_to_labels_per_chunk_equals_the_whole_volume():
+    from ragsam.data.slices import scores_to_labels
+
+    scores = torch.rand(5, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    whole = scores_to_labels(scores, (9, 7), chunk=5)
+    assert whole.dtype == torch.uint8 and whole.shape == (5, 9, 7)
+    parts = torch.cat([scores_to_labels(scores[i:i + 2], (9, 7)) for i in range(0, 5, 2)])
+    assert torch.equal(parts, whole)
+    resized = torch.nn.functional.interpolate(scores, size=(9, 7), mode="bilinear", align_corners=False,
+                                              antialias=False)
+    assert torch.equal(whole.long(), resized.argmax(1))
+    assert scores_to_labels(scores[:0], (9, 7)).shape == (0, 9, 7)
+
+
 def test_labels_on_another_physical_grid_refused(phantom):
     image, labels = phantom
     g = labels.geometry

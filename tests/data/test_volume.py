@@ -204,6 +204,18 @@ def test_write_labels_round_trip_and_types(tmp_path: Path) -> None:
     assert not (tmp_path / "neg.nii.gz").exists()
 
 
+def test_write_labels_unwritable_output_is_an_input_error(tmp_path: Path) -> None:
+    geom = Geometry((4, 3, 2), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), FLIP_Y)
+    arr = np.ones((2, 3, 4), np.uint8)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match=r"not_a_folder/pred.nii.gz: cannot be written \("):
+        write_labels(arr, geom, blocker / "pred.nii.gz")  # its parent is a file
+    with pytest.raises(InputError, match=r"pred.unknownext: cannot be written \(.*"):
+        write_labels(arr, geom, tmp_path / "pred.unknownext")  # ITK has no writer for it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]  # no temporary file left
+
+
 def test_sitk_conversion_and_geometry_json() -> None:
     geom = Geometry((3, 2, 2), (1.0, 2.0, 3.0), (1.5, -2.5, 0.25), FLIP_Y)
     vol = Volume(np.arange(12, dtype=np.float32).reshape(2, 2, 3), geom, Path("x"))

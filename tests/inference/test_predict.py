@@ -110,11 +110,13 @@ def test_dicom_series_folder_is_segmented_on_its_own_grid(setup, ct_dicom, tmp_p
     assert np.allclose(written.geometry.origin, image.geometry.origin, atol=1e-3)
 
 
-def test_labels_path_equals_argmax_of_probabilities():
-    """The memory-light label path gives exactly the argmax of the stored softmax."""
-    import numpy as np
-    import torch
+def test_labels_path_equals_argmax_of_logits_and_of_untied_probabilities():
+    """The memory-light label path: argmax of the logits; the stored softmax's argmax where it is not tied.
 
+    Softmax is monotonic but rounds: a randomly initialised model has logits ~1e-5 apart,
+    and where two probabilities round to the same float ``argmax`` of the softmax takes
+    the first class while the logits still order them.
+    """
     from ragsam.inference.predict import predict_labels, predict_probabilities
     from ragsam.models import ModelConfig, PeftConfig, build_model
 
@@ -125,5 +127,131 @@ def test_labels_path_equals_argmax_of_probabilities():
     labels = predict_labels(model, images, batch_size=2)
     probs = predict_probabilities(model, images, batch_size=3)
     assert labels.dtype == torch.uint8 and labels.shape == (5, 64, 64)
-    assert torch.equal(labels.long(), probs.argmax(1).cpu())
+    with torch.no_grad():
+        assert torch.equal(labels.long(), model(torch.from_numpy(images)).argmax(1))
+    top2 = probs.topk(2, dim=1).values
+    untied = top2[:, 0] > top2[:, 1]
+    assert untied.float().mean() > 0.9
+    assert torch.equal(labels.long()[untied], probs.argmax(1)[untied])
     assert len(torch.unique(labels)) > 1
+
+
+def _per_slice(model, stack) -> np.ndarray:
+    """The simple path: one slice per forward pass, labels from the whole-volume resize."""
+    from ragsam.data.slices import slices_to_volume
+
+    depth, height, width = stack.grid.canonical_shape
+    with torch.no_grad():
+        logits = torch.cat([model(torch.from_numpy(stack.model_input(z, channels=3)[None])) for z in range(depth)])
+    if (height, width) == (stack.grid.size,) * 2:
+        return slices_to_volume(logits.argmax(1).to(torch.uint8).numpy(), stack.grid)
+    return slices_to_volume(torch.softmax(logits, dim=1), stack.grid)
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["threads", "inline"])
+@pytest.mark.parametrize("shape", [(7, 32, 32), (7, 36, 40)], ids=["model-size", "resized"])
+def test_pipelined_predict_equals_the_per_slice_path(setup, tmp_path, shape, overlap):
+    from ragsam.data.phantom import write_phantom_dataset
+    from ragsam.data.slices import SliceSettings, volume_to_slices
+    from ragsam.data.volume import read_image, read_labels
+
+    write_phantom_dataset(tmp_path / "src", n_cases=1, shape=shape, seed=11)
+    image_path = tmp_path / "src" / "img" / "img0001.nii.gz"
+    timings: dict[str, float] = {}
+    [res] = predict(setup["run"], image_path, tmp_path / "out.nii.gz", device="cpu", batch_size=3, timings=timings,
+                     overlap=overlap)
+    model, cfg = load_run(setup["run"])
+    image = read_image(image_path)
+    stack = volume_to_slices(image, None, SliceSettings(tuple(cfg.data.window), 32, 0))
+    expected = _per_slice(model, stack)
+    written = read_labels(res.path).array
+    assert written.shape == shape and np.array_equal(written, expected)
+    assert res.organs == sorted(int(v) for v in np.unique(expected) if v) and len(res.organs) >= 1
+    stages = {"load_run", "read", "slice", "inputs", "forward", "labels", "to_volume", "write", "wall"}
+    assert set(timings) == stages and min(timings.values()) > 0
+
+
+def test_split_forward_is_the_model_forward(setup):
+    from ragsam.inference.predict import split_forward
+
+    model, _ = load_run(setup["lora"], merge=True)
+    body, head = split_forward(model)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        low = body(x)
+        assert low.shape == (3, 14, 8, 8)  # K + 1 = 14 tokens at S / 4
+        assert torch.equal(head(low), model(x))  # bit for bit: predict's labels are the model's
+
+
+def test_failed_write_surfaces_and_leaves_no_file(setup, tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    calls = []
+
+    def failing_write(image, path, *args, **kwargs):
+        calls.append(path)
+        Path(path).write_bytes(b"\x1f\x8b half a file")  # what a crash mid-write leaves
+        raise RuntimeError("ITK ERROR: NiftiImageIO(0x1): No space left on device")
+
+    monkeypatch.setattr(sitk, "WriteImage", failing_write)
+    out = tmp_path / "preds"
+    with pytest.raises(InputError, match=r"0001.nii.gz: cannot be written \(.*No space left on device"):
+        predict(setup["run"], setup["src"], out, device="cpu")
+    assert len(calls) == 1  # the second case's labels were never queued for writing
+    assert list(out.iterdir()) == []  # no output, no temporary file
+
+
+def test_unreadable_case_read_ahead_surfaces_after_the_previous_case(setup, tmp_path):
+    import shutil
+
+    from ragsam.data.volume import read_labels
+
+    src = tmp_path / "src"
+    shutil.copytree(setup["src"], src)
+    bad = src / "img" / "img0002.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated download
+    out = tmp_path / "preds"
+    with pytest.raises(InputError, match="img0002.nii.gz: not a readable image"):
+        predict(setup["run"], src, out, device="cpu")
+    assert [p.name for p in out.iterdir()] == ["0001.nii.gz"]  # the case before it, complete
+    assert read_labels(out / "0001.nii.gz").geometry.size == (40, 36, 5)
+
+
+@pytest.mark.parametrize(("flag", "native", "expected"), [(True, True, {torch.bfloat16}),
+                                                         (False, True, {torch.float32}),
+                                                         (True, False, {torch.float32})])
+def test_cpu_bf16_flag_reaches_the_autocast(setup, tmp_path, monkeypatch, flag, native, expected):
+    import importlib
+
+    from ragsam.cli.main import run_cli
+    from ragsam.utils import precision
+
+    predict_module = importlib.import_module("ragsam.inference.predict")  # the package re-exports predict()
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    dtypes: set[torch.dtype] = set()
+
+    def load_run_spy(*args, **kwargs):
+        model, cfg = load_run(*args, **kwargs)
+        for module in model.modules():  # every linear layer reports the dtype it computed in
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype))
+        return model, cfg
+
+    monkeypatch.setattr(predict_module, "load_run", load_run_spy)
+    image = setup["src"] / "img" / "img0001.nii.gz"
+    argv = ["predict", str(setup["run"]), str(image), "-o", str(tmp_path / "o.nii.gz"), "--device", "cpu"]
+    assert run_cli(argv + (["--cpu-bf16"] if flag else [])) == 0
+    assert dtypes == expected
+
+
+def test_default_overlap_needs_a_free_core_or_a_gpu(monkeypatch):
+    import os
+
+    from ragsam.inference.predict import default_overlap
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for threads, expected in [(1, True), (2, False), (4, False)]:
+        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        assert default_overlap(torch.device("cpu")) is expected
+        assert default_overlap(torch.device("cuda")) is True  # the model runs on the GPU: the CPU is free

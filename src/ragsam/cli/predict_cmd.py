@@ -26,12 +26,17 @@ def predict_command(
     layout: str = typer.Option("auto", "--layout", help="Dataset layout of IN (auto, nnunet, msd, btcv, ...)."),
     series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder has several."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="bf16 autocast on CPUs with AVX512-BF16/AMX "
+                                  "(faster for ViT-B, slower for small models; labels may differ slightly)."),
+    overlap: bool | None = typer.Option(None, "--overlap/--no-overlap", show_default=False,
+                                        help="Read, assemble inputs, reduce labels and write in helper threads "
+                                        "beside the model (default: on a GPU, or when torch leaves a CPU core free)."),
 ) -> None:
     """Parse, call :func:`ragsam.inference.predict`, print one line per case."""
     from ragsam.inference import predict
 
     results = predict(run, input_path, output, force=force, batch_size=batch_size, device=device,
-                      layout=layout, series_uid=series)
+                      layout=layout, series_uid=series, cpu_bf16=cpu_bf16, overlap=overlap)
     for r in results:
         organs = ",".join(str(o) for o in r.organs) or "none"
         typer.echo(f"{r.case_id}: {r.path} ({r.slices} slices, organs {organs})")

@@ -1,12 +1,33 @@
 """``predict(run_dir, input, output)``: segment CT volumes with a trained run.
 
-Per case: read the image (NIfTI/NRRD/MHA file or DICOM series, in HU) ->
-:func:`~ragsam.data.slices.volume_to_slices` with the run's slice settings (HU
-window of its cache, ``model.image_size``, 2.5D context) -> batched inference
-(no grad, bf16 autocast on CUDA, LoRA merged) -> softmax probabilities ->
-:func:`~ragsam.data.slices.slices_to_volume` (bilinear to the canonical
-in-plane size, argmax, reoriented) -> :func:`~ragsam.data.volume.write_labels`
-on the input's own grid, atomically.
+Per case: read the image (NIfTI/NRRD/MHA file or DICOM series, in HU) -> the
+slices of :func:`~ragsam.data.slices.volume_to_slices` with the run's settings (HU
+window of its cache, ``model.image_size``, 2.5D context), prepared batch by batch
+(:func:`~ragsam.data.slices.lazy_slices`) -> batched inference
+(no grad, LoRA merged, bf16 autocast where :mod:`ragsam.utils.precision` says) ->
+labels per batch -> :func:`~ragsam.data.slices.slices_to_volume` (reoriented to the
+input's grid) -> :func:`~ragsam.data.volume.write_labels`, atomically.
+
+Labels: when the canonical in-plane size equals ``model.image_size`` each slice's
+label is the argmax of its logits (softmax is monotonic); otherwise the softmax is
+resized bilinearly to the canonical size and its argmax taken, one batch at a time
+(never the probabilities of the whole volume).
+
+The stages overlap in helper threads when a core is free for them (a GPU run, or
+torch using fewer threads than there are cores: :func:`default_overlap`); numpy and
+torch release the GIL, so the threads use that core:
+
+* a thread assembles the next batch of model inputs while the model runs;
+* a thread turns each batch's low-resolution logits into labels (upsampling,
+  resize, argmax) while the model runs the next batch;
+* for several cases, the next case is read and sliced, and the previous case's
+  labels are written, while the current case is segmented.
+
+Errors of any stage are raised in the caller (a failed write before the next case
+is queued), and outputs stay atomic: a failed case leaves no file behind. With
+``overlap=False`` the same stages run one after another in the caller's thread;
+on a machine whose cores are all busy that is the faster choice (measured in
+``bench/volume_inference.py --serial``).
 
 Outputs: ``<output>/<case_id>.nii.gz`` for each case; for a single input case an
 ``output`` ending in ``.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.mha`` names the file
@@ -16,21 +37,27 @@ replaced only with ``force``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.inference.run_loader import load_run
 from ragsam.training.distributed import pick_device
+from ragsam.utils.precision import autocast
 
 FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+IN_FLIGHT = 3  # batches of logits waiting for their labels (bounds memory; the labels thread is the faster)
 
 
 @dataclass
@@ -43,22 +70,103 @@ class Prediction:
     organs: list[int]
 
 
+class StageTimes:
+    """Busy seconds per pipeline stage, summed over the threads that ran it.
+
+    Stages overlap, so their sum exceeds the wall time by what the overlap saved.
+    With ``seconds=None`` nothing is recorded.
+    """
+
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds = seconds
+
+    def timed(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, adding its duration to ``stage``."""
+        if self.seconds is None:
+            return fn(*args)
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:  # dict += of distinct keys from few threads: the GIL makes each update atomic enough here
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+class InlineExecutor:
+    """A stand-in for a one-thread :class:`ThreadPoolExecutor` that runs each task at submit.
+
+    ``overlap=False`` uses it: the same code path, stage by stage in the caller's thread
+    (for machines whose cores are all busy, where helper threads only compete).
+    """
+
+    def __enter__(self) -> InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # delivered by .result(), as from a thread
+            future.set_exception(exc)
+        return future
+
+
+def _executor(overlap: bool, name: str) -> ThreadPoolExecutor | InlineExecutor:
+    return ThreadPoolExecutor(1, name) if overlap else InlineExecutor()
+
+
+def default_overlap(device: torch.device) -> bool:
+    """Whether helper threads can run beside the model: on a GPU, or when torch's intra-op
+    threads leave a CPU core free (e.g. ``torch.set_num_threads(1)`` on a 2-core machine)."""
+    if device.type != "cpu":
+        return True
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return torch.get_num_threads() < cores
+
+
+def split_forward(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """``(body, head)`` with ``head(body(x))`` computing ``model(x)``, operation for operation.
+
+    For a :class:`~ragsam.models.sam.MultiOrganSam` the body ends at the decoder's
+    low-resolution logits ``(B, K+1, S/4, S/4)`` and the head is the forward's bilinear
+    upsampling to ``(B, K+1, S, S)``, so the upsampling can run beside the next batch's
+    encoder. Any other model is all body (identity head).
+    """
+    from ragsam.models.sam import MultiOrganSam
+
+    if type(model).forward is not MultiOrganSam.forward:
+        return model, lambda logits: logits
+    size = (model.image_size, model.image_size)
+
+    def body(images: torch.Tensor) -> torch.Tensor:
+        return model.decode(model.encode(images))[0]
+
+    def head(low: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+
+    return body, head
+
+
 def _batched_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device | None,
-                    bf16: bool) -> Iterator[torch.Tensor]:
+                    bf16: bool, cpu_bf16: bool = False) -> Iterator[torch.Tensor]:
     """float32 logits ``(B, K+1, S, S)`` of successive batches of ``images`` (no grad)."""
     device = device or next(model.parameters()).device
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
     for start in range(0, images.shape[0], batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).float().to(device)
-        with autocast:
+        with autocast(device, bf16, cpu=cpu_bf16):
             logits = model(x)
         yield logits.float()
 
 
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, images: np.ndarray, batch_size: int = 8,
-                          device: torch.device | None = None, bf16: bool = True) -> torch.Tensor:
+                          device: torch.device | None = None, bf16: bool = True,
+                          cpu_bf16: bool = False) -> torch.Tensor:
     """Softmax probabilities of every slice.
 
     Args:
@@ -66,52 +174,98 @@ def predict_probabilities(model: nn.Module, images: np.ndarray, batch_size: int 
         images: float32 ``(Z, 3, S, S)`` model inputs.
         batch_size: slices per forward pass.
         device: where the model runs (default: the model's device).
-        bf16: bfloat16 autocast when running on CUDA.
+        bf16: bfloat16 autocast (on CUDA; see :func:`ragsam.utils.precision.uses_bf16`).
+        cpu_bf16: also on a CPU with native bf16.
     Returns:
         float32 ``(Z, K+1, S, S)`` probabilities, on ``device`` (kept there for the resize).
     """
     return torch.cat([torch.softmax(logits, dim=1) for logits in _batched_logits(model, images, batch_size,
-                                                                                  device, bf16)])
+                                                                                  device, bf16, cpu_bf16)])
 
 
 @torch.no_grad()
 def predict_labels(model: nn.Module, images: np.ndarray, batch_size: int = 8,
-                   device: torch.device | None = None, bf16: bool = True) -> torch.Tensor:
+                   device: torch.device | None = None, bf16: bool = True, cpu_bf16: bool = False) -> torch.Tensor:
     """Label of every pixel at model size, without keeping any probabilities.
 
     The argmax of the logits equals the argmax of the softmax, and ``max(dim=1).indices``
     is several times faster than ``argmax`` over the class axis on CPU.
 
     Args:
-        model, images, batch_size, device, bf16: as :func:`predict_probabilities`.
+        model, images, batch_size, device, bf16, cpu_bf16: as :func:`predict_probabilities`.
     Returns:
         uint8 ``(Z, S, S)`` labels on the CPU.
     """
     return torch.cat([logits.max(dim=1).indices.to(torch.uint8).cpu()
-                      for logits in _batched_logits(model, images, batch_size, device, bf16)])
+                      for logits in _batched_logits(model, images, batch_size, device, bf16, cpu_bf16)])
 
 
-def _segment_stack(model: nn.Module, stack, batch_size: int, device: torch.device, bf16: bool) -> np.ndarray:
+def segment_stack(model: nn.Module, stack, batch_size: int = 8, device: torch.device | None = None,
+                  bf16: bool = True, cpu_bf16: bool = False, stages: StageTimes | None = None,
+                  overlap: bool = True) -> np.ndarray:
     """Labels ``(z, y, x)`` on the original grid for one :class:`~ragsam.data.slices.SliceStack`.
 
-    Inputs are built a chunk at a time. When the canonical in-plane size equals the
-    model size the bilinear resize back is the identity, so each chunk is reduced to
-    its argmax at once; otherwise all probabilities are kept for the bilinear resize.
-    """
-    from ragsam.data.slices import slices_to_volume
+    Three stages overlap: input assembly (thread), ``body`` of :func:`split_forward` (this
+    thread), and ``head`` + labels (thread). Labels are those of running ``model`` on
+    each slice and reducing as described in the module docstring.
 
+    Args:
+        model: as :func:`predict_probabilities` (fewer than 256 classes).
+        stack: slices of one volume (``stack.grid.size`` = the model's input size): a
+            :class:`~ragsam.data.slices.SliceStack` or :class:`~ragsam.data.slices.LazySlices`.
+        batch_size, device, bf16, cpu_bf16: as :func:`predict_probabilities`.
+        stages: collects busy seconds of ``inputs`` (with the slices' windowing and resize
+            for lazy slices), ``forward``, ``labels``, ``to_volume``.
+        overlap: run input assembly and labels in helper threads (False: all in this thread).
+    Returns:
+        uint8 labels on ``stack.grid.geometry``.
+    """
+    from ragsam.data.slices import scores_to_labels, slices_to_volume
+
+    stages = stages or StageTimes()
+    device = device or next(model.parameters()).device
     depth, height, width = stack.grid.canonical_shape
     same_size = (height, width) == (stack.grid.size, stack.grid.size)
-    chunk = max(batch_size, 32)
-    parts = []
-    for start in range(0, depth, chunk):
-        images = np.stack([stack.model_input(z, channels=3) for z in range(start, min(start + chunk, depth))])
-        if same_size:
-            parts.append(predict_labels(model, images, batch_size, device, bf16))
-        else:
-            parts.append(predict_probabilities(model, images, batch_size, device, bf16))
-    pred = torch.cat(parts)
-    return slices_to_volume(pred.numpy() if same_size else pred, stack.grid)
+    canon = np.empty((depth, height, width), dtype=np.uint8)
+    body, head = split_forward(model)
+    # one slice at a time on CPU: its (K+1, S, S) logits stay in cache for the upsampling and argmax
+    step = 1 if device.type == "cpu" else batch_size
+
+    def inputs(start: int) -> torch.Tensor:
+        return torch.from_numpy(stack.model_inputs(start, start + batch_size, channels=3)).to(device)
+
+    @torch.inference_mode()
+    def labels(low: torch.Tensor, start: int) -> None:
+        for i in range(0, low.shape[0], step):
+            with autocast(device, bf16, cpu=cpu_bf16):  # thread-local: the same context as the forward
+                logits = head(low[i:i + step])
+            logits = logits.float()
+            if same_size:
+                lab = logits.max(dim=1).indices.to(torch.uint8)
+            else:
+                lab = scores_to_labels(torch.softmax(logits, dim=1), (height, width))
+            canon[start + i:start + i + lab.shape[0]] = lab.cpu().numpy()
+
+    with _executor(overlap, "ragsam-inputs") as feeder, _executor(overlap, "ragsam-labels") as reducer:
+        pending: deque[Future] = deque()
+        try:
+            batch = feeder.submit(stages.timed, "inputs", inputs, 0)
+            for start in range(0, depth, batch_size):
+                x = batch.result()
+                if start + batch_size < depth:
+                    batch = feeder.submit(stages.timed, "inputs", inputs, start + batch_size)
+                with torch.inference_mode(), autocast(device, bf16, cpu=cpu_bf16):
+                    low = stages.timed("forward", body, x)
+                pending.append(reducer.submit(stages.timed, "labels", labels, low, start))
+                while len(pending) > IN_FLIGHT or (pending and pending[0].done()):
+                    pending.popleft().result()  # raises a failed batch's error here
+            while pending:
+                pending.popleft().result()
+        except BaseException:
+            for future in (batch, *pending):
+                future.cancel()
+            raise
+    return stages.timed("to_volume", slices_to_volume, canon, stack.grid)
 
 
 def _outputs(case_ids: list[str], output: Path) -> list[Path]:
@@ -122,9 +276,15 @@ def _outputs(case_ids: list[str], output: Path) -> list[Path]:
     return [output / f"{cid}.nii.gz" for cid in case_ids]
 
 
+def _organs(labels: np.ndarray) -> list[int]:
+    """Sorted non-zero label ids present (a histogram: linear time, unlike ``np.unique``)."""
+    return [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v != 0]
+
+
 def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike,
             force: bool = False, batch_size: int = 8, device: str = "auto", layout: str = "auto",
-            series_uid: str | None = None) -> list[Prediction]:
+            series_uid: str | None = None, cpu_bf16: bool = False, overlap: bool | None = None,
+            timings: dict[str, float] | None = None) -> list[Prediction]:
     """Segment every case of ``input_path`` with the run in ``run_dir``.
 
     Args:
@@ -136,19 +296,31 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         batch_size: slices per forward pass. device: ``auto`` | ``cpu`` | ``cuda[:N]``.
         layout: dataset layout of ``input_path`` (``auto`` detects it).
         series_uid: DICOM series to read when a folder holds several.
+        cpu_bf16: bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX) when the
+            run's ``optim.bf16`` is on; pays for ViT-B, not for small models.
+        overlap: overlap the stages in helper threads (see the module docstring). They
+            need a free core (or a GPU); ``None`` decides by :func:`default_overlap`. On a
+            CPU whose cores are all busy (several predictions at once, a shared machine)
+            ``False`` avoids their contention.
+        timings: if given, filled with busy seconds per stage (``load_run``, ``read``, ``slice``,
+            ``inputs``, ``forward``, ``labels``, ``to_volume``, ``write``; stages overlap,
+            so they add up to more than the wall time) and ``wall``.
     Returns:
         One :class:`Prediction` per case, in case-id order.
     Raises:
-        InputError / OutputExistsError: bad run, unreadable input, existing outputs.
+        InputError / OutputExistsError: bad run, unreadable input, existing or unwritable outputs.
     """
     from ragsam.data.layouts import discover_cases
-    from ragsam.data.slices import SliceSettings, volume_to_slices
+    from ragsam.data.slices import SliceSettings, lazy_slices
     from ragsam.data.volume import read_image, write_labels
 
+    wall = time.perf_counter()
     if batch_size < 1:
         raise InputError(None, f"batch size must be >= 1, got {batch_size}")
     dev = pick_device(device)
-    model, cfg = load_run(run_dir, dev, merge=True)
+    overlap = default_overlap(dev) if overlap is None else overlap
+    stages = StageTimes(timings)
+    model, cfg = stages.timed("load_run", load_run, run_dir, dev, "model.safetensors", True)
     if cfg.data.window is None:
         raise InputError(Path(run_dir) / "config.yaml", "data.window is not set (was this run started by ragsam train?)")
     settings = SliceSettings(window=tuple(cfg.data.window), size=cfg.model.image_size, context=cfg.data.context)
@@ -159,12 +331,25 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     for out in outputs:  # refuse before any work, so nothing is half-done
         if out.exists() and not force:
             raise OutputExistsError(out)
+
+    def load(ref):
+        image = stages.timed("read", read_image, ref.image, series_uid)
+        return image, stages.timed("slice", lazy_slices, image, settings)  # slices are prepared per batch
+
     results = []
-    for ref, out in zip(refs, outputs, strict=True):
-        image = read_image(ref.image, series_uid=series_uid)
-        stack = volume_to_slices(image, None, settings)
-        labels = _segment_stack(model, stack, batch_size, dev, cfg.optim.bf16)
-        write_labels(labels, image.geometry, out, force=force)
-        found = sorted(int(v) for v in np.unique(labels) if v != 0)
-        results.append(Prediction(ref.case_id, out, int(labels.shape[0]), found))
+    with _executor(overlap, "ragsam-read") as reader, _executor(overlap, "ragsam-write") as writer:
+        loading = reader.submit(load, refs[0])
+        writing: Future | None = None
+        for i, (ref, out) in enumerate(zip(refs, outputs, strict=True)):
+            image, stack = loading.result()
+            if i + 1 < len(refs):  # read ahead while this case is segmented
+                loading = reader.submit(load, refs[i + 1])
+            labels = segment_stack(model, stack, batch_size, dev, cfg.optim.bf16, cpu_bf16, stages, overlap)
+            if writing is not None:
+                writing.result()  # the previous case's write error surfaces before more is queued
+            writing = writer.submit(stages.timed, "write", write_labels, labels, image.geometry, out, force)
+            results.append(Prediction(ref.case_id, out, int(labels.shape[0]), _organs(labels)))
+        writing.result()
+    if timings is not None:
+        timings["wall"] = time.perf_counter() - wall
     return results
