@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ragsam.errors import InputError, OutputExistsError
@@ -141,15 +140,7 @@ def split_forward(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tens
 
     if type(model).forward is not MultiOrganSam.forward:
         return model, lambda logits: logits
-    size = (model.image_size, model.image_size)
-
-    def body(images: torch.Tensor) -> torch.Tensor:
-        return model.decode(model.encode(images))[0]
-
-    def head(low: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
-
-    return body, head
+    return model.low_res_logits, model.upsample
 
 
 def _batched_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device | None,

@@ -114,11 +114,19 @@ class MultiOrganSam(nn.Module):
         masks = (hyper @ up.reshape(b, c, h * w)).reshape(b, -1, h, w)
         return masks, dec.iou_prediction_head(iou_out)
 
+    def low_res_logits(self, images: Tensor, point_coords: Tensor | None = None,
+                       point_labels: Tensor | None = None) -> Tensor:
+        """Decoder logits (B, K + 1, S/4, S/4) for images (B, 3, S, S) in [0, 1]."""
+        return self.decode(self.encode(images), point_coords, point_labels)[0]
+
+    def upsample(self, low_res: Tensor) -> Tensor:
+        """Bilinear (half-pixel) upsampling of logits (B, K + 1, S/4, S/4) to (B, K + 1, S, S)."""
+        return F.interpolate(low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+
     def forward(self, images: Tensor, point_coords: Tensor | None = None,
                 point_labels: Tensor | None = None) -> Tensor:
-        """Logits (B, K + 1, S, S) for images (B, 3, S, S) in [0, 1] (bilinear upsampling)."""
-        low, _ = self.decode(self.encode(images), point_coords, point_labels)
-        return F.interpolate(low, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        """Logits (B, K + 1, S, S) for images (B, 3, S, S) in [0, 1]: :meth:`upsample` of :meth:`low_res_logits`."""
+        return self.upsample(self.low_res_logits(images, point_coords, point_labels))
 
     @torch.no_grad()
     def predict_labels(self, images: Tensor) -> Tensor:
