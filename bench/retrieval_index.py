@@ -11,11 +11,16 @@ mixture.
   sort per query, no index), one query at a time.
 * ``flat`` / ``ivf`` / ``hnsw``: ragsam's Faiss indexes; latency of single
   queries (what segmenting one slice needs) and throughput of a batch of
-  queries; recall@10 against the exact neighbours.
+  queries; recall@10 against the exact neighbours. IVF's ``build_s`` includes
+  the build-time ``nprobe`` calibration (also given alone as ``calibrate_s``);
+  ``sweep`` gives its recall and latency at other ``nprobe`` values.
+
+``--spread`` sets how far points lie from their cluster direction (0.6: cosine
+~0.74 within a cluster; larger is harder for IVF, which then needs more lists).
 
 Example:
     python bench/retrieval_index.py --json bench/results/retrieval_index.json
-    python bench/retrieval_index.py --sizes 1000000 --dims 384 --kinds flat ivf
+    python bench/retrieval_index.py --threads 1 --sizes 1000000 --dims 384 768 --kinds flat ivf
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from modes import load_average  # noqa: E402
 
 K = 10
 KINDS = ("flat", "ivf", "hnsw")
+SWEEP_NPROBE = (1, 2, 4, 8, 16, 32, 64)
 
 
 def clustered_unit_vectors(n: int, dim: int, seed: int, centres: np.ndarray | None = None,
@@ -83,13 +89,39 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
                                                                                                    strict=True)]))
 
 
-def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, seed: int = 0) -> dict:
-    """All index kinds at one (n, D)."""
-    from ragsam.retrieval.faiss_index import build_index, search
+def single_queries(index, q: np.ndarray) -> tuple[list[float], np.ndarray]:
+    """Seconds of each one-query search and the rows found, ``(Q, K)``."""
+    from ragsam.retrieval.faiss_index import search
 
-    vectors, centres = clustered_unit_vectors(n, dim, seed)
-    q, _ = clustered_unit_vectors(queries, dim, seed + 1, centres)
-    row: dict = {"n": n, "dim": dim, "queries": queries, "load_average_start": load_average()}
+    times, found = [], np.empty((len(q), K), dtype=np.int64)
+    for i in range(len(q)):
+        start = time.perf_counter()
+        _, rows = search(index, q[i:i + 1], K)
+        times.append(time.perf_counter() - start)
+        found[i] = rows[0]
+    return times, found
+
+
+def nprobe_sweep(index, q: np.ndarray, truth: np.ndarray) -> list[dict]:
+    """Recall@10 and median single-query ms of an IVF index at :data:`SWEEP_NPROBE` (restores its nprobe)."""
+    chosen, out = index.nprobe, []
+    for nprobe in (p for p in SWEEP_NPROBE if p <= index.nlist):
+        index.nprobe = nprobe
+        times, found = single_queries(index, q)
+        out.append({"nprobe": nprobe, "query_ms_median": round(1e3 * statistics.median(times), 3),
+                    "recall_at_10": round(recall_at_k(found, truth), 4)})
+    index.nprobe = chosen
+    return out
+
+
+def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, seed: int = 0,
+               spread: float = 0.6, target_recall: float = 0.95) -> dict:
+    """All index kinds at one (n, D)."""
+    from ragsam.retrieval.faiss_index import build_index, calibrate_nprobe, search
+
+    vectors, centres = clustered_unit_vectors(n, dim, seed, spread=spread)
+    q, _ = clustered_unit_vectors(queries, dim, seed + 1, centres, spread=spread)
+    row: dict = {"n": n, "dim": dim, "queries": queries, "spread": spread, "load_average_start": load_average()}
     times = []
     truth = np.empty((queries, K), dtype=np.int64)
     for i in range(queries):
@@ -100,18 +132,20 @@ def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, 
         1e3 * statistics.median(times), 3), "recall_at_10": 1.0}
     for kind in kinds:
         if kind == "hnsw" and n > hnsw_max:
-            row[kind] = {"skipped": f"n > --hnsw-max {hnsw_max} (build too long for this machine)"}
+            row[kind] = {"skipped": f"n > --hnsw-max {hnsw_max} (HNSW took 186-287 s to build at 1e5 on one "
+                                    "core; the build grows faster than n)"}
             continue
+        load = load_average()
         start = time.perf_counter()
-        index, settings = build_index(vectors, kind, seed=seed)
+        index, settings = build_index(vectors, kind, seed=seed, target_recall=None)  # calibration timed apart
+        calibrate_s = None
+        if kind == "ivf":
+            calibrated = time.perf_counter()
+            nprobe, recall = calibrate_nprobe(index, vectors, target_recall, seed=seed)
+            calibrate_s = round(time.perf_counter() - calibrated, 3)
+            settings.update(nprobe=nprobe, calibration={"target_recall": target_recall, "recall_at_k": round(recall, 4)})
         build_s = time.perf_counter() - start
-        single = []
-        found = np.empty((queries, K), dtype=np.int64)
-        for i in range(queries):
-            start = time.perf_counter()
-            _, rows = search(index, q[i:i + 1], K)
-            single.append(time.perf_counter() - start)
-            found[i] = rows[0]
+        single, found = single_queries(index, q)
         start = time.perf_counter()
         search(index, q, K)
         batch_s = time.perf_counter() - start
@@ -120,7 +154,10 @@ def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, 
         row[kind] = {"settings": settings, "build_s": round(build_s, 3), "query_ms_median": round(query_ms, 3),
                      "batch_queries_per_s": round(queries / batch_s, 1),
                      "recall_at_10": round(recall_at_k(found, truth), 4),
-                     "speedup_vs_reference": round(ref_ms / query_ms, 2) if query_ms else None}
+                     "speedup_vs_reference": round(ref_ms / query_ms, 2) if query_ms else None,
+                     "load_average": load}
+        if kind == "ivf":
+            row[kind].update(calibrate_s=calibrate_s, sweep=nprobe_sweep(index, q, truth))
         del index
     row["load_average_end"] = load_average()
     return row
@@ -134,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--queries", type=int, default=200, help="held-out queries per size")
     parser.add_argument("--hnsw-max", type=int, default=100_000,
                         help="skip HNSW above this many vectors (1e6 takes tens of minutes on 2 cores)")
+    parser.add_argument("--spread", type=float, default=0.6, help="distance of points from their cluster direction")
+    parser.add_argument("--target-recall", type=float, default=0.95, help="recall@10 IVF's nprobe is calibrated to")
     parser.add_argument("--max-bytes", type=float, default=4e9,
                         help="skip (n, D) whose vectors exceed this many bytes (1e6 x 768 float32 = 3.1e9)")
     args = parser.parse_args(argv)
@@ -149,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
             if 4.0 * n * dim > args.max_bytes:
                 skipped.append({"n": n, "dim": dim, "why": f"{4 * n * dim / 1e9:.1f} GB > --max-bytes"})
                 continue
-            results.append(bench_size(n, dim, args.kinds, args.queries, args.hnsw_max))
+            results.append(bench_size(n, dim, args.kinds, args.queries, args.hnsw_max, spread=args.spread,
+                                      target_recall=args.target_recall))
     result = {"benchmark": "retrieval_index", "machine": machine(), "device": "cpu", "quick": args.quick,
               "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(), "k": K,
               "results": results, "skipped": skipped}

@@ -24,8 +24,9 @@ def build_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Bank folder to create."),
     embedder: str = typer.Option("facebook/dinov2-small", help="DINOv2 weights: Hugging Face id or folder, "
                                  "preset (dinov2-small), official .pth, 'random' or 'tiny'."),
-    kind: str = typer.Option("auto", help="Faiss index: auto (flat below 100k slices, hnsw below 1M, "
-                             "else ivf), flat, ivf or hnsw."),
+    kind: str = typer.Option("auto", help="Faiss index: auto (exact flat below 100k slices, else IVF with "
+                             "nprobe calibrated to recall@10 0.95, or flat when IVF would need more than a "
+                             "quarter of its lists), flat, ivf or hnsw."),
     pooling: str = typer.Option("cls", help="Slice descriptor: cls token or mean of patch tokens."),
     image_size: int = typer.Option(224, help="Embedder input side in pixels (multiple of 14)."),
     batch_size: int = typer.Option(32, help="Slices per embedder forward pass."),

@@ -3,24 +3,35 @@
 Kinds (``build_index(kind=...)``):
 
 * ``"flat"`` - ``IndexFlatIP``, exact. Memory ``4 n D`` bytes; a query scans
-  every vector. The right choice for any bank built from labelled CT
-  (BTCV's 30 cases are ~4 000 slices; even 1 000 labelled cases are ~1e5).
-* ``"ivf"`` - ``IndexIVFFlat`` with ``nlist = 4 sqrt(n)`` inverted lists
-  (capped at ``n / 39`` so k-means has the 39 training points per centroid
-  Faiss asks for), spherical k-means trained on the vectors themselves, and
-  ``nprobe`` lists scanned per query (default ``clamp(nlist / 16, 8, nlist)``).
-  Stores the full vectors, so scores are exact for what it finds.
+  every vector. The right choice for any bank built from labelled CT (BTCV's
+  30 cases are ~4 000 slices).
+* ``"ivf"`` - ``IndexIVFFlat`` with ``nlist = 4 sqrt(n)`` inverted lists (the
+  low end of Faiss' "4 to 16 sqrt(n)" guideline; capped at ``n / 39`` so k-means
+  has the 39 training points per centroid Faiss asks for). The centroids come
+  from spherical k-means (:data:`IVF_KMEANS_ITERATIONS` iterations) on a seeded
+  sample of :data:`IVF_TRAIN_POINTS_PER_LIST` ``x nlist`` vectors (Faiss asks
+  for 30 to 256 per list), not on all of them (160 000 points at 1e6). ``nprobe``
+  (lists scanned per query) is calibrated at build time to the smallest value
+  whose recall@10 on held-out bank vectors reaches ``target_recall``
+  (:func:`calibrate_nprobe`). Stores the full vectors, so the scores of what it
+  finds are exact. Measured on one core (bench/results/cpu/retrieval_index_1e6_s2.json,
+  1e6 clustered vectors): build 118 s (D = 384) / 227 s (D = 768), calibration
+  included; 0.19 / 0.34 ms per query at recall@10 0.995 / 0.999 (flat: 64 / 162 ms).
 * ``"hnsw"`` - ``IndexHNSWFlat`` (``M = 32`` links, ``efConstruction = 200``,
-  ``efSearch`` default 128), metric inner product. No training; memory
-  ``n (4 D + 8 M)`` bytes.
-* ``"auto"`` - ``flat`` below :data:`FLAT_MAX` (100 000) vectors, ``hnsw``
-  below :data:`HNSW_MAX` (1 000 000), ``ivf`` above.
+  ``efSearch`` default 128), metric inner product. No training, but slow to
+  build on CPU (1e5 x 768: 287 s on one core); memory ``n (4 D + 8 M)`` bytes.
+* ``"auto"`` - ``flat`` below :data:`FLAT_MAX` (100 000) vectors, ``ivf`` from
+  there on (it built 10-35x faster than ``hnsw`` and answered faster at equal
+  recall in bench/retrieval_index.py), unless the target recall needs more than
+  :data:`AUTO_MAX_PROBE_FRACTION` of the lists: then the vectors have no cluster
+  structure IVF can use and ``auto`` builds ``flat`` after all (exact, and about
+  as fast: at 1e6 x 384 vectors whose neighbours mostly lie outside their cluster,
+  bench ``--spread 2.0``, IVF needed ~2 500 of 4 000 lists for recall 0.95 and
+  took 55 ms per query against flat's 62 ms).
 
-Measured recall@10 against ``flat`` (tests/retrieval/test_faiss_index.py, n =
-2000, 100 queries): HNSW with the defaults 1.0 on random unit vectors (D = 64).
-IVF with the defaults (51 lists, nprobe 8) 1.0 on clustered vectors (what
-embeddings are) but 0.48 on structureless random vectors, where it needs
-``nprobe ~ nlist / 2`` (25 of 51: 0.935 at D = 32).
+Not used, measured at 1e6 x 768 on one core: an HNSW coarse quantizer
+(``IVF4000_HNSW32``) saved ~0.1 ms of the ~0.3 ms query and lost recall (0.98
+at quantizer efSearch 32); SQ8 storage would make the returned scores approximate.
 """
 
 from __future__ import annotations
@@ -36,18 +47,23 @@ from ragsam.utils.atomic import atomic_path
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 FLAT_MAX = 100_000
-HNSW_MAX = 1_000_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
 NORM_TOLERANCE = 1e-3
+IVF_TRAIN_POINTS_PER_LIST = 40
+IVF_KMEANS_ITERATIONS = 10
+TARGET_RECALL = 0.95
+CALIBRATION_QUERIES = 500
+CALIBRATION_K = 10
+AUTO_MAX_PROBE_FRACTION = 0.25
+SCORE_TIE_TOLERANCE = 1e-5
+_CHUNK = 65536
 
 
 def choose_kind(n: int) -> str:
     """The index kind ``"auto"`` picks for ``n`` vectors (see the module docstring)."""
-    if n < FLAT_MAX:
-        return "flat"
-    return "hnsw" if n < HNSW_MAX else "ivf"
+    return "flat" if n < FLAT_MAX else "ivf"
 
 
 def default_nlist(n: int) -> int:
@@ -56,12 +72,29 @@ def default_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists scanned per query: ``nlist / 16`` clamped to ``[8, nlist]``."""
+    """Lists scanned per query without calibration: ``nlist / 16`` clamped to ``[8, nlist]``."""
     return min(nlist, max(8, nlist // 16))
+
+
+def training_sample(x: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    """Rows to train ``nlist`` centroids on: all of ``x`` or a seeded sample of ``IVF_TRAIN_POINTS_PER_LIST x nlist``.
+
+    Args:
+        x: float32 ``(n, D)``.
+    Returns:
+        float32 ``(m, D)`` with ``m = min(n, IVF_TRAIN_POINTS_PER_LIST * nlist)``, rows in their original order.
+    """
+    size = IVF_TRAIN_POINTS_PER_LIST * nlist
+    if len(x) <= size:
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=size, replace=False))
+    return x[rows]
 
 
 def check_unit_vectors(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
     """Return ``vectors`` as C-contiguous float32 ``(n, D)``; refuse rows whose norm is not 1.
+
+    Norms are computed in chunks, so a 3 GB bank is not copied.
 
     Raises:
         InputError: wrong rank, NaN/inf, or a row norm outside ``1 +- NORM_TOLERANCE``.
@@ -69,29 +102,36 @@ def check_unit_vectors(vectors: np.ndarray, what: str = "vectors") -> np.ndarray
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise InputError(None, f"{what} must have shape (n, D); got {x.shape}")
-    if not np.isfinite(x).all():
-        raise InputError(None, f"{what} contain NaN or infinite values")
-    if len(x):
-        norms = np.linalg.norm(x, axis=1)
-        if np.abs(norms - 1).max() > NORM_TOLERANCE:
-            raise InputError(None, f"{what} are not L2-normalised (norms {norms.min():.4g} .. {norms.max():.4g}); "
-                                   "inner product equals cosine only for unit vectors")
+    low, high = np.inf, -np.inf
+    for start in range(0, len(x), _CHUNK):
+        part = x[start:start + _CHUNK]
+        if not np.isfinite(part).all():
+            raise InputError(None, f"{what} contain NaN or infinite values")
+        norms = np.sqrt(np.einsum("ij,ij->i", part, part))
+        low, high = min(low, float(norms.min())), max(high, float(norms.max()))
+    if len(x) and max(abs(low - 1), abs(high - 1)) > NORM_TOLERANCE:
+        raise InputError(None, f"{what} are not L2-normalised (norms {low:.4g} .. {high:.4g}); "
+                               "inner product equals cosine only for unit vectors")
     return x
 
 
 def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = None,
                 nprobe: int | None = None, hnsw_m: int = HNSW_M, ef_search: int | None = None,
-                seed: int = 0):
+                seed: int = 0, target_recall: float | None = TARGET_RECALL):
     """Build and fill an inner-product index.
 
     Args:
         vectors: float32 ``(n, D)`` unit vectors (row ``i`` gets id ``i``).
         kind: one of :data:`INDEX_KINDS`.
-        nlist, nprobe: IVF settings (defaults :func:`default_nlist`, :func:`default_nprobe`).
+        nlist: IVF lists (default :func:`default_nlist`).
+        nprobe: IVF lists scanned per query; ``None`` calibrates it to ``target_recall``
+            (or uses :func:`default_nprobe` when ``target_recall`` is ``None``).
         hnsw_m, ef_search: HNSW settings.
-        seed: k-means seed for IVF.
+        seed: seeds the IVF training sample, k-means and the calibration queries.
+        target_recall: recall@10 the calibrated ``nprobe`` must reach on held-out bank vectors.
     Returns:
-        ``(index, settings)``; ``settings`` is a JSON-able dict with the resolved kind and parameters.
+        ``(index, settings)``; ``settings`` is a JSON-able dict with the resolved kind and
+        parameters (for IVF also ``train_points``, ``kmeans_iterations`` and ``calibration``).
     """
     import faiss
 
@@ -100,6 +140,8 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
         raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
     if len(x) == 0:
         raise InputError(None, "cannot build an index of zero vectors")
+    if target_recall is not None and not 0.0 < target_recall <= 1.0:
+        raise InputError(None, f"target recall {target_recall} must be in (0, 1]")
     n, dim = x.shape
     resolved = choose_kind(n) if kind == "auto" else kind
     settings: dict = {"kind": resolved, "requested_kind": kind, "metric": "inner_product", "dim": dim, "count": n}
@@ -111,17 +153,106 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
             raise InputError(None, f"nlist {lists} must be between 1 and the number of vectors {n}")
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = training_sample(x, lists, seed)
         index.cp.spherical = True  # centroids on the unit sphere suit cosine data
         index.cp.seed = int(seed)
-        index.train(x)  # faiss' Python wrapper keeps a reference to the quantizer
-        settings.update(nlist=lists, seed=int(seed))
+        index.cp.niter = IVF_KMEANS_ITERATIONS
+        index.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST  # the sample is already this size
+        index.train(sample)  # faiss' Python wrapper keeps a reference to the quantizer
+        settings.update(nlist=lists, seed=int(seed), train_points=len(sample), kmeans_iterations=IVF_KMEANS_ITERATIONS)
+        del sample
     else:
         index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         settings.update(hnsw_m=int(hnsw_m), ef_construction=HNSW_EF_CONSTRUCTION)
     index.add(x)
+    if resolved == "ivf" and not nprobe and target_recall is not None:
+        limit = max(1, int(AUTO_MAX_PROBE_FRACTION * index.nlist)) if kind == "auto" else None
+        nprobe, recall = calibrate_nprobe(index, x, target_recall, seed=seed, max_nprobe=limit)
+        calibration = {"target_recall": float(target_recall), "recall_at_k": round(recall, 4), "nprobe": nprobe,
+                       "k": min(CALIBRATION_K, n - 1), "queries": min(CALIBRATION_QUERIES, n), "seed": int(seed)}
+        if recall < target_recall and limit is not None:  # no usable cluster structure: exact search instead
+            index = faiss.IndexFlatIP(dim)
+            index.add(x)
+            return index, {**{k: settings[k] for k in ("requested_kind", "metric", "dim", "count")}, "kind": "flat",
+                           "ivf_calibration": {**calibration, "nlist": settings["nlist"]}}
+        settings["calibration"] = calibration
     settings.update(set_search_params(index, nprobe=nprobe, ef_search=ef_search))
     return index, settings
+
+
+def held_out_recall(found: tuple[np.ndarray, np.ndarray], exact: tuple[np.ndarray, np.ndarray],
+                    rows: np.ndarray, k: int) -> float:
+    """Recall@k of a search for bank rows ``rows`` with each query's own row left out.
+
+    A found row counts when its score is at least the ``k``-th exact score (minus
+    :data:`SCORE_TIE_TOLERANCE`), so among tied duplicates (e.g. blank slices) any
+    one is correct.
+
+    Args:
+        found, exact: ``(scores (Q, k + 1), rows (Q, k + 1))`` from the index and from exact search.
+        rows: ``(Q,)`` bank row of each query.
+    Returns:
+        Mean over queries of (correct found rows, at most ``k``) / ``k``.
+    """
+    def without_self(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        keep = ids != rows[:, None]
+        keep[keep.sum(1) > k, -1] = False  # own row not returned (a tied duplicate was): drop the last
+        kept = np.where(ids >= 0, scores, -np.inf)[keep]  # id -1: fewer than k + 1 found
+        return kept.reshape(len(rows), k)
+
+    exact_scores, found_scores = without_self(*exact), without_self(*found)
+    kth = exact_scores[:, k - 1:k] - SCORE_TIE_TOLERANCE
+    return float(np.mean(np.minimum((found_scores >= kth).sum(1), k) / k))
+
+
+def calibrate_nprobe(index, vectors: np.ndarray, target_recall: float = TARGET_RECALL,
+                     queries: int = CALIBRATION_QUERIES, k: int = CALIBRATION_K, seed: int = 0,
+                     max_nprobe: int | None = None) -> tuple[int, float]:
+    """Smallest ``nprobe`` (up to 1/8 more above 8) whose held-out recall@``k`` reaches ``target_recall``.
+
+    ``queries`` bank vectors (seeded choice) search the filled IVF index with their own
+    row left out (:func:`held_out_recall`); exact neighbours come from ``faiss.knn``.
+    Recall cannot fall as ``nprobe`` grows (more lists, exact scores), so doubling
+    ``nprobe`` and then bisecting finds it in ``O(log nlist)`` searches; bisection
+    stops within 1/8 because searches with large ``nprobe`` cost nearly a full scan each.
+
+    Args:
+        index: a filled ``faiss.IndexIVF`` (its ``nprobe`` is left at the result).
+        vectors: float32 ``(n, D)``, the vectors the index holds, in id order.
+        max_nprobe: largest value tried (default ``nlist``).
+    Returns:
+        ``(nprobe, recall)``; the largest value tried and its recall if the target is
+        not reached (``(nlist, 1.0)`` if the index holds fewer than two vectors).
+    """
+    import faiss
+
+    n, nlist = int(index.ntotal), int(index.nlist)
+    k = min(int(k), n - 1)
+    if k < 1:
+        index.nprobe = nlist
+        return nlist, 1.0
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(int(queries), n), replace=False))
+    q = np.ascontiguousarray(vectors[rows])
+    exact = faiss.knn(q, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    measured: dict[int, float] = {}
+
+    def recall(p: int) -> float:
+        if p not in measured:
+            index.nprobe = p
+            measured[p] = held_out_recall(index.search(q, k + 1), exact, rows, k)
+        return measured[p]
+
+    limit = nlist if max_nprobe is None else max(1, min(int(max_nprobe), nlist))
+    low, high = 0, 1  # recall(low) < target (0: not tried); recall(high) >= target once found
+    while high < limit and recall(high) < target_recall:
+        low, high = high, min(2 * high, limit)
+    if recall(high) >= target_recall:
+        while high - low > max(1, high // 8):
+            mid = (low + high) // 2
+            low, high = (low, mid) if recall(mid) >= target_recall else (mid, high)
+    index.nprobe = high
+    return high, recall(high)
 
 
 def set_search_params(index, nprobe: int | None = None, ef_search: int | None = None) -> dict:
