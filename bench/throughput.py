@@ -33,13 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import apply_torch_threads, bench_parser, emit, machine, peak_memory_mb, reset_peak_memory, sync  # noqa: E402
-from modes import autocast, cpu_has_bf16, load_average, set_attention, speedup  # noqa: E402
+from modes import autocast, cpu_has_bf16, load_average, set_attention, speedup, trained_like_logits  # noqa: E402
 
 NUM_CLASSES = 13
 
 
 def build(arch: str, size: int, device: str) -> torch.nn.Module:
-    """A LoRA rank-4 multi-organ SAM with non-zero LoRA updates (so that merging matters), in eval mode."""
+    """A LoRA rank-4 multi-organ SAM with non-zero LoRA updates (so that merging matters) and O(1) logits."""
     from ragsam.models import ModelConfig, PeftConfig, build_model
 
     torch.manual_seed(0)
@@ -49,7 +49,7 @@ def build(arch: str, size: int, device: str) -> torch.nn.Module:
         for name, param in model.named_parameters():
             if "lora_b" in name:
                 param.normal_(0.0, 0.02)
-    return model.to(device).eval()
+    return trained_like_logits(model).to(device).eval()
 
 
 @torch.no_grad()

@@ -36,7 +36,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import apply_torch_threads, bench_parser, emit, machine, peak_memory_mb, reset_peak_memory, sync  # noqa: E402
-from modes import autocast, cpu_has_bf16, load_average, run_isolated, set_attention, speedup  # noqa: E402
+from modes import (  # noqa: E402
+    autocast,
+    cpu_has_bf16,
+    load_average,
+    run_isolated,
+    set_attention,
+    speedup,
+    trained_like_logits,
+)
 
 # (arch, image size, batch, timed steps); ViT-B at 512 batch 8 is the configuration.
 DEFAULT_CONFIGS = [("tiny", 128, 8, 10), ("sam_vit_b", 512, 8, 2)]
@@ -54,7 +62,7 @@ def measure(arch: str, size: int, batch: int, steps: int, mode: str, device: str
     reference = mode == "reference"
     cfg = ModelConfig(arch=arch, weights="random", num_classes=NUM_CLASSES, image_size=size,
                       peft=PeftConfig(method="lora", rank=4))
-    model = build_model(cfg).to(device).train()
+    model = trained_like_logits(build_model(cfg)).to(device).train()  # a loss that depends on the encoder
     impl = "eager" if reference else attention
     set_attention(model, impl)
     on_cuda = torch.device(device).type == "cuda"

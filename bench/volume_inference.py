@@ -45,13 +45,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import apply_torch_threads, bench_parser, emit, machine, peak_memory_mb, sync  # noqa: E402
-from modes import load_average, run_isolated, set_attention, speedup  # noqa: E402
+from modes import load_average, run_isolated, set_attention, speedup, trained_like_logits  # noqa: E402
 
 NUM_CLASSES = 13
 WINDOW = (-125.0, 275.0)
 MODES = ("reference", "optimised")  # plus "serial" with --serial
 GZIP_LEVELS = (1, 6, 9)
-LOGIT_SCALE = 1e4  # see make_inputs
 
 
 def make_inputs(workdir: Path, arch: str, image_size: int, slices: int, side: int, seed: int = 0) -> tuple[Path, Path]:
@@ -83,13 +82,9 @@ def make_inputs(workdir: Path, arch: str, image_size: int, slices: int, side: in
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-        # A random decoder's logits are ~1e-4 apart: their softmax is ~1/14 everywhere and rounds
-        # many top-2 pairs to the same float, where SAMed's argmax of the softmax takes the first
-        # class and any rounding difference flips labels. Scale the mask hypernetworks' output
-        # (trainable, saved with the run) so that logits are O(1), as in a trained model.
-        for mlp in model.mask_decoder.output_hypernetworks_mlps:
-            mlp.proj_out.weight.mul_(LOGIT_SCALE)
-            mlp.proj_out.bias.mul_(LOGIT_SCALE)
+        # SAMed's argmax of a near-uniform softmax takes the first of rounded-equal classes:
+        # give the random decoder a trained model's O(1) logits (saved with the run).
+        trained_like_logits(model)
     save_trainable(model, run_dir / "model.safetensors")
     return run_dir, image_path
 

@@ -67,7 +67,7 @@ def test_train_step_quick(quick: dict) -> None:
         assert {"images_per_s", "step_s_median", "peak_memory_mb", "load_average"} <= set(mode)
         assert mode["images_per_s"] == pytest.approx(row["batch"] / mode["step_s_median"], rel=1e-2)
     # same seed, data and steps: eager and fused attention train to the same losses
-    assert opt["loss_sum"] == pytest.approx(ref["loss_sum"], abs=1e-3)
+    assert opt["loss_sum"] == pytest.approx(ref["loss_sum"], abs=2e-4)  # JSON keeps 4 decimals
     assert row["speedup"] == pytest.approx(opt["images_per_s"] / ref["images_per_s"], abs=0.01)
 
 

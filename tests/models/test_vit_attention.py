@@ -119,3 +119,18 @@ def test_switching_keeps_parameters_and_names():
     assert list(model.state_dict()) == keys
     with pytest.raises(ValueError, match="fused"):
         set_vit_attention(model, "flash")
+
+
+def test_folded_path_under_bf16_autocast_matches_fp32_eager():
+    # The GPU path: folded SDPA under bf16 autocast (here on the CPU, no grad -> folded, not explicit).
+    model = _randomised(96, "lora").eval()
+    images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(5))
+    set_vit_attention(model, "eager")
+    with torch.no_grad():
+        reference = model.encode(images)
+    set_vit_attention(model, "fused")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low_precision = model.encode(images)
+    assert low_precision.dtype == torch.bfloat16  # the whole block ran in bf16 (no silent fp32 promotion)
+    error = (low_precision.float() - reference).abs().max() / reference.abs().max()
+    assert error < 3e-2

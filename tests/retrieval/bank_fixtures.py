@@ -58,3 +58,8 @@ def synthetic_cases(n_cases: int = 3, depth: int = 6, size: int = 32, seed: int 
         labels[:4, 20:28, 18:30] = 6
         out[f"case{i}"] = (images, labels)
     return out
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length, float32 (what the indexes store)."""
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bank_fixtures import unit_rows
 
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.retrieval.faiss_index import (
@@ -18,9 +19,7 @@ from ragsam.retrieval.faiss_index import (
     search,
 )
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+_unit = unit_rows
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from bank_fixtures import unit_rows
 
 import ragsam.retrieval.faiss_index as faiss_index
 from ragsam.errors import InputError
@@ -21,9 +22,7 @@ from ragsam.retrieval.faiss_index import (
     training_sample,
 )
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+_unit = unit_rows
 
 
 def _clustered(n: int, dim: int, clusters: int, spread: float, seed: int) -> np.ndarray:
@@ -54,10 +53,11 @@ def test_ivf_centroids_are_kmeans_of_the_sample_and_reproducible(tmp_path):
     # the same spherical k-means run by hand on the seeded 800-row sample gives the same centroids
     params = faiss.ClusteringParameters()
     params.spherical, params.seed, params.niter, params.max_points_per_centroid = True, 3, IVF_KMEANS_ITERATIONS, 40
-    clustering = faiss.Clustering(16, 20, params)
-    clustering.train(training_sample(x, 20, 3), faiss.IndexFlatIP(16))
-    np.testing.assert_array_equal(index.quantizer.reconstruct_n(0, 20),
-                                  faiss.vector_to_array(clustering.centroids).reshape(20, 16))
+    clustering, centroids = faiss.Clustering(16, 20, params), faiss.IndexFlatIP(16)
+    clustering.train(training_sample(x, 20, 3), centroids)  # leaves the centroids in `centroids`
+    # (read back through the index: once SimpleITK is loaded, SWIG hands faiss's std::vector<float>
+    # to SimpleITK's VectorFloat class and faiss.vector_to_array refuses it)
+    np.testing.assert_array_equal(index.quantizer.reconstruct_n(0, 20), centroids.reconstruct_n(0, 20))
 
     queries = _clustered(50, 16, 30, 0.4, seed=1)
     again, settings_again = build_index(x, "ivf", nlist=20, seed=3)
