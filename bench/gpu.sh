@@ -39,7 +39,10 @@ run() {  # run NAME LIMIT_S SCRIPT ARGS...: one benchmark under a hard time limi
     echo "{\"benchmark\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - start ))}" >> "$OUT/status.jsonl"
 }
 
-# Budget (seconds): 120 + 45 + 70 + 25 + 50 + 80 + 90 = 480 at most; most finish well inside their limits.
+# Budget (seconds): 30 + 120 + 45 + 70 + 25 + 50 + 80 + 60 = 480 at most; most finish well inside their limits.
+# First: do the optimised paths compute the same thing on this device (fused vs eager, bf16, fused
+# SDPA kernels only, host syncs of a training step)?
+run gpu_check 30 bench/gpu_check.py --device cuda --json "$OUT/gpu_check.json"
 # The configuration: ViT-B, LoRA rank 4, 512 px, batch 8; and the tiny architecture.
 run train_step 120 bench/train_step.py --device cuda --config sam_vit_b:512:8:20 --config tiny:128:8:50 \
     --json "$OUT/train_step.json"
@@ -57,6 +60,6 @@ run retrieval_1e6 80 bench/retrieval_index.py --sizes 1000000 --dims 384 --kinds
     --json "$OUT/retrieval_index_1e6.json"
 # torch.compile where it pays: only the optimised mode is compiled (compilation time is in warmup_s). Last, as
 # compilation time is the least predictable.
-run train_step_compile 90 bench/train_step.py --device cuda --compile --config sam_vit_b:512:8:20 \
+run train_step_compile 60 bench/train_step.py --device cuda --compile --config sam_vit_b:512:8:20 \
     --json "$OUT/train_step_compile.json"
 cat "$OUT/status.jsonl"

@@ -131,7 +131,17 @@ def throughput(d: dict[str, Any]) -> list[str]:
     return out
 
 
-RENDERERS = {"train_step": train_step, "throughput": throughput, "volume_inference": volume_inference, "embed": embed,
+def gpu_check(d: dict[str, Any]) -> list[str]:
+    out = [f"Device checks, {d['arch']} at {d['image_size']} px, batch {d['batch']} ({_where(d)}): "
+           f"**{'all passed' if d['ok'] else 'FAILED'}**", "", "| check | result | ok |", "| --- | --- | --- |"]
+    for name, c in d["checks"].items():
+        detail = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items()
+                           if k not in ("ok", "where"))
+        out.append(f"| {name} | {detail} | {c['ok']} |")
+    return out
+
+
+RENDERERS = {"gpu_check": gpu_check, "train_step": train_step, "throughput": throughput, "volume_inference": volume_inference, "embed": embed,
              "retrieval_index": retrieval_index, "rag_segment": rag_segment}
 
 

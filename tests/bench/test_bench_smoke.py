@@ -30,7 +30,7 @@ def _script(name: str):
     return module
 
 
-SCRIPTS = ("train_step", "throughput", "volume_inference", "embed", "retrieval_index", "rag_segment")
+SCRIPTS = ("gpu_check", "train_step", "throughput", "volume_inference", "embed", "retrieval_index", "rag_segment")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,14 @@ def _result(quick: dict[str, tuple[dict, Path]], name: str) -> dict:
     assert result["benchmark"] == name and result["quick"] is True
     assert {"date", "cpu_cores", "torch", "commit"} <= set(result["machine"])
     return result
+
+
+def test_gpu_check_quick(quick: dict) -> None:
+    result = _result(quick, "gpu_check")
+    checks = result["checks"]
+    assert result["ok"] is True and set(checks) == {"fused_vs_eager", "bf16", "fused_kernels"}  # no CUDA here
+    assert checks["fused_vs_eager"]["output"] < 1e-5 and checks["fused_vs_eager"]["lora_grad"] < 1e-5
+    assert 0 < checks["bf16"]["output"] < 3e-2  # bf16 really ran (not exactly fp32) and stayed close
 
 
 def test_train_step_quick(quick: dict) -> None:
