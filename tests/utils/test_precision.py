@@ -90,3 +90,24 @@ def test_linear_runs_in_bf16_only_under_cpu_bf16_autocast(native, is_native, opt
     if dtype == torch.float32:
         assert torch.equal(y, layer(x))  # same op outside autocast: exactly fp32
     assert torch.allclose(y.float(), expected, atol=3e-2)  # and still the layer's output
+
+
+def test_cpu_bf16_note_only_when_asked_on_a_cpu_without_native_bf16(native):
+    native(False)
+    assert "no native bf16" in precision.cpu_bf16_note("cpu", True, cpu=True)
+    assert precision.cpu_bf16_note("cpu", True, cpu=False) is None  # not asked
+    assert precision.cpu_bf16_note("cpu", False, cpu=True) is None  # bf16 switched off altogether
+    native(True)
+    assert precision.cpu_bf16_note("cpu", True, cpu=True) is None
+
+
+def test_predict_cli_says_when_cpu_bf16_cannot_run(native, tmp_path, capsys):
+    from ragsam.cli.main import run_cli
+
+    native(False)
+    # the note comes before any work; the missing run folder then fails as usual (exit 2)
+    assert run_cli(["predict", str(tmp_path / "no-run"), str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "o"),
+                    "--device", "cpu", "--cpu-bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ragsam: note: CPU bf16 was requested but this CPU has no native bf16")
+    assert err.count("ragsam: error:") == 1

@@ -43,6 +43,13 @@ def train_command(
         cfg = load_train_config(out / "config.yaml", items) if items else None
     else:
         cfg = load_train_config(config, items)
+    if cfg is not None and cfg.optim.bf16_cpu:
+        from ragsam.training.distributed import pick_device
+        from ragsam.utils.precision import cpu_bf16_note
+
+        note = cpu_bf16_note(pick_device(cfg.device), cfg.optim.bf16, cpu=True)
+        if note:
+            typer.echo(f"ragsam: note: {note}", err=True)
     run_dir = train(cfg, out, resume=resume, force=force)
     rank, _, _ = env_world()
     if rank == 0:

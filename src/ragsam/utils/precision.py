@@ -50,3 +50,11 @@ def autocast(device: torch.device | str, bf16: bool = True, cpu: bool = False) -
     if uses_bf16(device, bf16, cpu):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_bf16_note(device: torch.device | str, bf16: bool = True, cpu: bool = False) -> str | None:
+    """A one-line note when CPU bf16 was asked for but will not run (None when nothing to say)."""
+    device = torch.device(device)
+    if not (cpu and bf16) or device.type != "cpu" or cpu_has_native_bf16():
+        return None
+    return "CPU bf16 was requested but this CPU has no native bf16 (AVX512-BF16 or AMX): running in fp32"
