@@ -26,13 +26,20 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_torch_threads, bench_parser, emit, machine, peak_memory_mb, reset_peak_memory, sync  # noqa: E402
+from common import (  # noqa: E402
+    apply_torch_threads,
+    bench_parser,
+    emit,
+    machine,
+    peak_memory_mb,
+    reset_peak_memory,
+    time_call,
+)
 from modes import autocast, cpu_has_bf16, load_average, set_attention, speedup, trained_like_logits  # noqa: E402
 
 NUM_CLASSES = 13
@@ -56,29 +63,22 @@ def build(arch: str, size: int, device: str) -> torch.nn.Module:
 def run_mode(model: torch.nn.Module, images: torch.Tensor, batch: int, bf16: bool, device: str,
              repeats: int) -> tuple[dict, torch.Tensor]:
     """Label all ``images`` ``repeats`` times (after one warm-up pass); best pass's rate."""
-    def one_pass() -> torch.Tensor:
-        out = []
+    labels: list[torch.Tensor] = []  # of the latest pass
+
+    def one_pass() -> None:
+        labels.clear()
         for start in range(0, images.shape[0], batch):
             with autocast(device, bf16):
                 logits = model(images[start:start + batch])
-            out.append(logits.float().max(dim=1).indices.to(torch.uint8))
-        return torch.cat(out)
+            labels.append(logits.float().max(dim=1).indices.to(torch.uint8))
 
-    warm_start = time.perf_counter()
-    labels = one_pass()
-    sync(device)
-    warmup_s = time.perf_counter() - warm_start
+    warmup_s = time_call(one_pass, repeats=1, warmup=0, device=device)[0]
     reset_peak_memory(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        labels = one_pass()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    times = time_call(one_pass, repeats, warmup=0, device=device)
     best = min(times)
     return {"batch": batch, "bf16": bf16, "seconds_per_pass": [round(t, 4) for t in times],
             "warmup_s": round(warmup_s, 3), "slices_per_s": round(images.shape[0] / best, 3),
-            "peak_memory_mb": round(peak_memory_mb(device), 1), "load_average": load_average()}, labels
+            "peak_memory_mb": round(peak_memory_mb(device), 1), "load_average": load_average()}, torch.cat(labels)
 
 
 def main(argv: list[str] | None = None) -> dict:
