@@ -29,6 +29,7 @@ from typing import Any
 
 from ragsam.baselines.prompted import PromptSettings, resolve_normalization, segment_slices
 from ragsam.baselines.sources import BaselineCase, cached_cases, is_prepared_cache, raw_cases
+from ragsam.data.cases import IMAGE_SUFFIXES
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json
 
@@ -94,7 +95,7 @@ def _link(src: Path, folder: Path, name: str) -> None:
 
 def _gt_suffix(path: Path) -> str:
     name = path.name.lower()
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+    for suffix in IMAGE_SUFFIXES:
         if name.endswith(suffix):
             return suffix
     raise InputError(path, "ground truth must be a NIfTI, NRRD or MHA file")

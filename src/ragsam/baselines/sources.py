@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ragsam.data.cases import IMAGE_SUFFIXES
 from ragsam.data.slices import SliceGrid, SliceSettings, SliceStack
 from ragsam.errors import InputError
 
@@ -53,7 +54,7 @@ def is_prepared_cache(path: str | os.PathLike) -> bool:
 
 def _case_id_of_file(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+    for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem or name

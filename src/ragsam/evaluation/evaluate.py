@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ragsam.data.cases import IMAGE_SUFFIXES
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.evaluation.metrics import (
     ABSENT_RULES,
@@ -47,7 +48,7 @@ from ragsam.utils.atomic import atomic_dir
 if TYPE_CHECKING:
     from ragsam.data.label_maps import LabelMap
 
-SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+SUFFIXES = IMAGE_SUFFIXES
 _ROLE = r"(?:prediction|pred|segmentation|seg|gt|labels|label|mask|images|image|img)"
 _ROLE_SUFFIX = re.compile(rf"[_\-.]{_ROLE}$", re.IGNORECASE)
 _ROLE_PREFIX = re.compile(rf"^{_ROLE}(?:[_\-.]|(?=\d))", re.IGNORECASE)

@@ -53,9 +53,9 @@ from torch import nn
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.inference.run_loader import load_run
 from ragsam.training.distributed import pick_device
+from ragsam.utils.paths import case_output_paths
 from ragsam.utils.precision import autocast
 
-FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 IN_FLIGHT = 3  # batches of logits waiting for their labels (bounds memory; the labels thread is the faster)
 
 
@@ -259,14 +259,6 @@ def segment_stack(model: nn.Module, stack, batch_size: int = 8, device: torch.de
     return stages.timed("to_volume", slices_to_volume, canon, stack.grid)
 
 
-def _outputs(case_ids: list[str], output: Path) -> list[Path]:
-    if len(case_ids) == 1 and output.name.lower().endswith(FILE_SUFFIXES):
-        return [output]
-    if output.exists() and not output.is_dir():
-        raise InputError(output, "exists and is not a folder (several cases need an output folder)")
-    return [output / f"{cid}.nii.gz" for cid in case_ids]
-
-
 def _organs(labels: np.ndarray) -> list[int]:
     """Sorted non-zero label ids present (a histogram: linear time, unlike ``np.unique``)."""
     return [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v != 0]
@@ -318,7 +310,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     refs = discover_cases(input_path, layout=layout)
     if not refs:
         raise InputError(input_path, "no images found")
-    outputs = _outputs([r.case_id for r in refs], Path(output_path))
+    outputs = case_output_paths([r.case_id for r in refs], output_path)
     for out in outputs:  # refuse before any work, so nothing is half-done
         if out.exists() and not force:
             raise OutputExistsError(out)

@@ -36,11 +36,11 @@ import torch
 
 from ragsam.errors import InputError
 from ragsam.utils.atomic import check_writable
+from ragsam.utils.paths import case_output_paths
 
 MIN_HU = -200.0
 MIN_HU_SPAN = 300.0
 DEFAULT_Z_PRIOR = 0.5
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 @dataclass
@@ -324,13 +324,7 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
     refs = discover_cases(input_path, layout=layout)
     if not refs:
         raise InputError(input_path, "no images found")
-    output = Path(output_path)
-    if len(refs) == 1 and output.name.lower().endswith(LABEL_SUFFIXES):
-        outputs = [output]
-    elif output.exists() and not output.is_dir():
-        raise InputError(output, "exists and is not a folder (several cases need an output folder)")
-    else:
-        outputs = [output / f"{ref.case_id}.nii.gz" for ref in refs]
+    outputs = case_output_paths([ref.case_id for ref in refs], output_path)
     _check_call(per_volume.get("hybrid_weight", 0.5), per_volume.get("batch_size", 8), per_volume.get("run_dir"))
     for out in outputs:  # refuse before any work, so nothing is half-done
         check_writable(out, force)
