@@ -1,8 +1,10 @@
 """Shared test fixtures.
 
-Tests that need the real CT in ``../shared/data`` use the ``shared_data``
-fixture. It FAILS (never skips) when the folder is missing, so CI cannot go
-green without them. ``RAGSAM_SHARED_DATA`` may point elsewhere.
+Tests that need real CT use the ``shared_data`` fixture: the two abdominal CT
+cases copied into ``tests/assets/real-ct`` (Apache-2.0, TotalSegmentator's test
+references; see the README there), so the suite runs from a fresh clone alone.
+The fixture FAILS (never skips) when the folder is missing.
+``RAGSAM_SHARED_DATA`` may point elsewhere.
 """
 
 from __future__ import annotations
@@ -27,15 +29,15 @@ def _one_torch_thread():
 
 def _shared_data_dir() -> Path:
     env = os.environ.get("RAGSAM_SHARED_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return Path(env) if env else REPO_ROOT / "tests" / "assets" / "real-ct"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (abdomen-ct-3mm/, abdomen-ct-dicom/, labels-btcv.json)."""
+    """``tests/assets/real-ct`` (abdomen-ct-3mm/, abdomen-ct-dicom/, labels-btcv.json)."""
     path = _shared_data_dir()
     if not (path / "abdomen-ct-3mm" / "ct.nii.gz").is_file():
-        pytest.fail(f"shared CT data not found at {path}; these tests must not be skipped")
+        pytest.fail(f"real CT test data not found at {path}; these tests must not be skipped")
     return path
 
 

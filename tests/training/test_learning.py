@@ -1,6 +1,6 @@
 """LEARNING CHECK: the tiny SAM, trained from scratch on the real 3 mm CT, segments held-out slices.
 
-Data: /work/shared/data/abdomen-ct-3mm (one case, 30 axial slices of 3 mm, TotalSegmentator labels
+Data: tests/assets/real-ct/abdomen-ct-3mm (one case, 30 axial slices of 3 mm, TotalSegmentator labels
 mapped to BTCV ids), prepared at 64 x 64 px. Hold-out: every 4th slice (z % 4 == 2: z = 2, 6, ..., 26;
 7 slices) never trained on; validation is the 3D Dice of those 7 slices stacked. Being 3 mm from
 trained neighbours this measures interpolation within one patient, not generalisation to new
