@@ -9,7 +9,7 @@ import torch
 
 from ragsam.errors import InputError
 from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-from ragsam.retrieval.sam2_model import OBJECT_SCORE_BIAS, build_sam2, resolve_device, tiny_sam2_config
+from ragsam.retrieval.sam2_model import OBJECT_SCORE_BIAS, build_sam2, tiny_sam2_config
 
 S = 128
 
@@ -94,4 +94,3 @@ def test_refusals(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="CUDA is not available"):
         build_sam2("tiny", device="cuda")
-    assert resolve_device("auto") == torch.device("cpu")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
 from ragsam.errors import InputError, MissingWeightsError
+from ragsam.utils.device import resolve_device
 from ragsam.utils.precision import autocast
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,8 +89,7 @@ class SliceEmbedder:
         patch = int(model.config.patch_size)
         if image_size <= 0 or image_size % patch:
             raise InputError(None, f"image size {image_size} is not a positive multiple of the patch size {patch}")
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.weights = weights
         self.pooling = pooling

@@ -154,7 +154,8 @@ class RagSegmenter:
                  pointer_positions: str = "sequential", use_empty_supports: bool = True) -> None:
         from ragsam.retrieval.bank import SupportBank
         from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-        from ragsam.retrieval.sam2_model import build_sam2, resolve_device
+        from ragsam.retrieval.sam2_model import build_sam2
+        from ragsam.utils.device import resolve_device
 
         if pointer_positions not in ("sequential", "shared"):
             raise InputError(None, f"pointer positions must be 'sequential' or 'shared', got {pointer_positions!r}")
