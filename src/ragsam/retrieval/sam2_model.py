@@ -35,7 +35,7 @@ from transformers import Sam2VideoConfig, Sam2VideoModel
 from ragsam.errors import InputError, MissingWeightsError
 from ragsam.retrieval.sam2_convert import convert_official_state_dict, is_official_layout, official_config
 from ragsam.utils.device import resolve_device
-from ragsam.utils.state_dict import load_exactly
+from ragsam.utils.state_dict import check_loading_info, load_exactly
 
 SAM2_SPECIAL = ("random", "tiny")
 OBJECT_SCORE_BIAS = 2.0
@@ -146,10 +146,7 @@ def _from_pretrained(weights: str, folder: Path | None) -> Sam2VideoModel:
             raise InputError(folder, f"cannot load SAM 2 weights ({str(exc).splitlines()[0][:200]})") from None
         raise MissingWeightsError(f"{weights}: not a local file or folder, and the Hugging Face Hub download "
                                   f"failed ({str(exc).splitlines()[0][:160]})") from None
-    missing = [k for k in loading.get("missing_keys", []) if "position_ids" not in k]
-    if missing or loading.get("mismatched_keys"):
-        bad = missing or [str(m) for m in loading["mismatched_keys"]]
-        raise InputError(weights, f"{len(bad)} SAM 2 weights missing or mis-shaped in the checkpoint: {bad[:4]}")
+    check_loading_info(loading, weights, "SAM 2 weights", allow_missing=("*position_ids",))
     return model
 
 
