@@ -30,7 +30,7 @@ from ragsam.errors import InputError
 def tiny() -> SamModel:
     torch.manual_seed(0)
     model, report = load_prompt_sam("tiny", "random", seed=0)
-    assert report["image_size"] == 128
+    assert report.image_size == 128
     return model
 
 

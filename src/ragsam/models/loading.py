@@ -23,6 +23,7 @@ import re
 from torch import Tensor
 
 from ragsam.errors import InputError
+from ragsam.models.load_report import LoadReport
 from ragsam.models.registry import ARCHITECTURES
 from ragsam.models.resize import resize_position_tensors
 from ragsam.models.sam import MultiOrganSam
@@ -34,10 +35,11 @@ _TOKEN_ROWS = ("mask_decoder.mask_tokens.weight", "mask_decoder.iou_prediction_h
                "mask_decoder.iou_prediction_head.proj_out.bias")
 
 
-def _adapt_mask_tokens(state: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, list[str]]:
-    """Fit the checkpoint's mask tokens to the model's K + 1 (see module docstring). In place."""
+def _adapt_mask_tokens(state: dict[str, Tensor], target: dict[str, Tensor], report: LoadReport) -> None:
+    """Fit the checkpoint's mask tokens to the model's K + 1 (see module docstring). In place;
+    records the new, dropped and reused tokens in ``report``."""
     if "mask_decoder.mask_tokens.weight" not in state:  # reported as a missing key by the caller
-        return {"new": [], "dropped": [], "reused_tokens": []}
+        return
     pretrained = int(state["mask_decoder.mask_tokens.weight"].shape[0])
     wanted = int(target["mask_decoder.mask_tokens.weight"].shape[0])
     shared = min(pretrained, wanted)
@@ -56,7 +58,7 @@ def _adapt_mask_tokens(state: dict[str, Tensor], target: dict[str, Tensor]) -> d
     for key in [k for k in state if (m := _HYPER.match(k)) and int(m.group(1)) >= wanted]:
         dropped.append(key)
         del state[key]
-    return {"new": new, "dropped": dropped, "reused_tokens": [f"0..{shared - 1}"]}
+    report.new, report.dropped, report.reused_tokens = new, dropped, [f"0..{shared - 1}"]
 
 
 def check_arch(state: dict[str, Tensor], arch: str, source: str) -> None:
@@ -68,7 +70,7 @@ def check_arch(state: dict[str, Tensor], arch: str, source: str) -> None:
         raise InputError(source, f"checkpoint does not fit architecture {arch!r}: it looks like {looks}")
 
 
-def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor] | None = None) -> dict:
+def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor] | None = None) -> LoadReport:
     """Load ``weights`` (see :func:`ragsam.models.weights.read_state_dict`) into ``model``.
 
     Args:
@@ -76,8 +78,8 @@ def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor]
         weights: the source (named in messages).
         state: its transformers-layout state dict, if already read (consumed).
     Returns:
-        The load report: ``source``, ``arch``, ``resized`` keys, ``new`` and
-        ``dropped`` decoder entries, ``reused_tokens``.
+        The :class:`LoadReport`: ``resized`` keys, ``new`` and ``dropped`` decoder entries,
+        ``reused_tokens``.
     Raises:
         InputError: another architecture, missing / unexpected keys, shape mismatch.
     """
@@ -86,8 +88,8 @@ def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor]
     check_arch(state, model.arch, weights)
     target = model.state_dict()
     shapes = {k: v.shape for k, v in target.items()}
-    report: dict = {"source": weights, "arch": model.arch}
-    report["resized"] = resize_position_tensors(state, shapes)
-    report.update(_adapt_mask_tokens(state, target))
+    report = LoadReport(source=weights, arch=model.arch, image_size=model.image_size)
+    report.resized = resize_position_tensors(state, shapes)
+    _adapt_mask_tokens(state, target, report)
     load_exactly(model, state, weights, repr(model.arch))
     return report

@@ -185,7 +185,7 @@ class RagSegmenter:
         progress: Callable[[int, int], None] | None = None,
     ) -> SegmentSummary:
         """Segment one volume and write its label map; arguments as :func:`segment_volume`."""
-        from ragsam.data.slices import SliceSettings, slices_to_volume, volume_to_slices
+        from ragsam.data.slices import slices_to_volume, volume_to_slices
         from ragsam.data.volume import read_image, write_labels
 
         start = time.perf_counter()
@@ -203,7 +203,7 @@ class RagSegmenter:
 
         image = read_image(input_path, series_uid=series_uid)
         check_ct_like(image.array, input_path)
-        settings = SliceSettings.from_json(bank.prepare_meta()["settings"])
+        settings = bank.prepare_meta().slice_settings
         stack = volume_to_slices(image, None, settings)
         depth, size = stack.images.shape[0], stack.images.shape[-1]
         vectors = self.embedder.embed(stack.images, batch_size=batch_size)

@@ -18,13 +18,12 @@ the folder's own ``config.yaml``.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from ragsam.config import dump_config, load_config, to_dict
+from ragsam.config import dump_config, to_dict
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.training.checkpoint import STATE_FILE, load_state, load_trainable_tensors, set_rng_state
 from ragsam.training.config import TrainConfig, validate
@@ -32,12 +31,13 @@ from ragsam.training.data import build_data
 from ragsam.training.distributed import DistInfo, barrier, cleanup, setup
 from ragsam.training.logging_utils import NullLogger, RunLogger
 from ragsam.training.loop import LoopContext, LoopState, run_loop
+from ragsam.training.run_info import CONFIG_FILE, VAL_FILE, RunInfo
 from ragsam.training.sampler import BatchStream, resolve_num_workers
 from ragsam.training.schedule import WarmupPoly
 from ragsam.utils.atomic import write_json, write_text
 from ragsam.utils.seeding import seed_everything
 
-RUN_FILES = ("config.yaml", "model.safetensors", "last.safetensors", "log.csv", "val.json")
+RUN_FILES = (CONFIG_FILE, "model.safetensors", "last.safetensors", "log.csv", VAL_FILE)
 RUN_DIRS = ("checkpoints", "debug")
 # Keys that may differ between a run's config.yaml and the config given with --resume.
 RESUME_FREE = ("data.prepared", "data.num_workers", "log.", "device", "val.batch_size")
@@ -70,7 +70,7 @@ def _prepare_folder(run_dir: Path, resume: bool, force: bool, info: DistInfo) ->
 
 
 def _resume_config(run_dir: Path, given: TrainConfig | None) -> TrainConfig:
-    saved = load_config(TrainConfig, run_dir / "config.yaml")
+    saved = RunInfo.read_config(run_dir)
     if given is None:
         return saved
     a, b = _flat(to_dict(saved)), _flat(to_dict(given))
@@ -175,8 +175,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
             save_trainable(model, path, {**meta_base, **extra})
 
         def write_val(s: LoopState) -> None:
-            write_json(run_dir / "val.json", {"best": {"iteration": s.best_iteration, "mean_dice": s.best_score},
-                                              "history": s.history}, force=True)
+            RunInfo(best_iteration=s.best_iteration, best_dice=s.best_score, history=s.history).write_val(run_dir)
 
         ctx = LoopContext(cfg, run_dir, info, ddp, model, optimizer, schedule, stream, data.dataset,
                           data.val_cases, logger, save_weights, write_val)
@@ -199,9 +198,3 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
         return run_dir
     finally:
         cleanup(info)
-
-
-def read_val(run_dir: str | Path) -> dict:
-    """``val.json`` of a run (empty dict when there is none)."""
-    path = Path(run_dir) / "val.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
