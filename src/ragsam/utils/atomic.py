@@ -57,9 +57,13 @@ def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
+        # Again after writing: some writers (safetensors' save_file) replace the file
+        # with a new 0600 one instead of writing into it.
+        os.chmod(tmp, mode)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
