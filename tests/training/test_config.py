@@ -8,7 +8,13 @@ import pytest
 
 from ragsam.config import dump_config, load_config
 from ragsam.errors import InputError
-from ragsam.training.config import PRESET_DIR, TrainConfig, load_train_config, resolve_grad_accum
+from ragsam.training.config import (
+    TrainConfig,
+    load_train_config,
+    preset_names,
+    resolve_grad_accum,
+    resolve_preset,
+)
 
 
 def test_defaults_are_the_papers_recipe():
@@ -37,7 +43,8 @@ def test_preset_specifics():
     assert load_train_config("full").model.peft.method == "none"
     tiny = load_train_config("tiny", ["optim.lr=0.01", "data.val=[test]"])
     assert (tiny.model.arch, tiny.optim.lr, tiny.data.val) == ("tiny", 0.01, ["test"])
-    assert (PRESET_DIR / "samed.yaml").is_file()
+    assert preset_names() == ["full", "medsa", "samed", "samed_s", "tiny"]
+    assert resolve_preset("samed").is_file() and resolve_preset("samed").parent.name == "presets"
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -104,8 +104,10 @@ def test_existing_folder_needs_force_or_resume(cache, tmp_path):
         train(_cfg(cache, "optim.max_iterations=1"), run)
     train(_cfg(cache, "optim.max_iterations=1"), run, force=True)
     assert (run / "model.safetensors").is_file() and (run / "notes.txt").read_text() == "keep me"
-    with pytest.raises(InputError, match="not a ragsam run folder"):
+    with pytest.raises(InputError, match="no config.yaml .* give its --config"):
         train(None, tmp_path / "elsewhere", resume=True)
+    with pytest.raises(InputError, match="not a ragsam run folder"):
+        train(_cfg(cache), tmp_path, resume=True)  # holds other things, no config.yaml
     with pytest.raises(InputError, match="different configuration"):
         train(_cfg(cache, "optim.max_iterations=1", "optim.lr=0.5"), run, resume=True)
 

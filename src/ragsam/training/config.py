@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from ragsam.config import load_config
@@ -17,7 +18,6 @@ from ragsam.errors import InputError
 from ragsam.models.config import HEAD_INITS, NORMALIZATIONS, ModelConfig
 from ragsam.training.augment import AugmentConfig
 
-PRESET_DIR = Path(__file__).resolve().parents[3] / "configs"
 LOSS_RESOLUTIONS = ("low", "full")
 
 
@@ -156,16 +156,27 @@ class TrainConfig:
         return self.optim.max_iterations if stop is None else min(stop, self.optim.max_iterations)
 
 
+def preset_names() -> list[str]:
+    """Names of the packaged training presets (``ragsam/resources/presets/*.yaml``)."""
+    folder = resources.files("ragsam").joinpath("resources", "presets")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def resolve_preset(name_or_path: str | os.PathLike) -> Path:
-    """A YAML path, or a preset name from ``configs/`` (``samed``, ``tiny``, ...)."""
+    """A YAML path, or the name of a packaged preset (``samed``, ``tiny``, ...; :func:`preset_names`).
+
+    Presets live inside the package (``ragsam/resources/presets``), so they work from an
+    installed wheel. A path that exists but is not a file is refused here, naming it.
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.exists() and not path.is_file():
+            raise InputError(path, "is a folder, not a YAML configuration file")
         return path
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
-    raise InputError(path, f"no such configuration file or preset (presets: {', '.join(known) or 'none'})")
+    if str(name_or_path) in preset_names():
+        # Packaged data is a real file for a normal (non-zipped) install.
+        return Path(str(resources.files("ragsam").joinpath("resources", "presets", f"{name_or_path}.yaml")))
+    raise InputError(path, f"no such configuration file or preset (presets: {', '.join(preset_names()) or 'none'})")
 
 
 def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
