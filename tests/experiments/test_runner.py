@@ -105,3 +105,32 @@ def test_plan_with_every_kind_of_variant(tmp_path, shared_data):
         pred = read_labels(out / "variants" / name / "predictions" / f"{test_case}.nii.gz")
         assert pred.geometry.size == geometry.size
         assert set(int(v) for v in pred.array.ravel()[::97]) <= set(range(9))
+
+
+def test_tiny_plan_without_data_runs_on_a_phantom(tmp_path, monkeypatch, capsys):
+    """``experiment --tiny`` needs no dataset: it writes a phantom into OUT/data (never ../shared).
+
+    The plan's own running is covered above; here the runner is stubbed to record what it got.
+    """
+    from ragsam.cli.main import run_cli
+    from ragsam.data.layouts import discover_cases
+    from ragsam.experiments import runner
+
+    seen = {}
+
+    def fake_run(self, force=False):
+        seen["data"] = self.settings.data
+        (self.out / "table.md").write_text("table")
+        return {}
+
+    monkeypatch.setattr(runner.ExperimentRunner, "run", fake_run)
+    monkeypatch.chdir(tmp_path)  # nothing in the working folder to find
+    out = tmp_path / "out"
+    code = run_cli(["experiment", "paper-flare-rank", "--tiny", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert seen["data"] == str(out / "data")
+    assert [c.case_id for c in discover_cases(out / "data")] == ["0001", "0002", "0003", "0004"]
+    # Without --tiny a dataset stays required.
+    capsys.readouterr()
+    assert run_cli(["experiment", "paper-flare-rank", "--out", str(tmp_path / "o2")]) == 2
+    assert "--data is required" in capsys.readouterr().err

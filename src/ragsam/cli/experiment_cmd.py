@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -10,19 +9,11 @@ import typer
 from ragsam.cli.app import app
 
 
-def _default_tiny_data() -> Path | None:
-    env = os.environ.get("RAGSAM_SHARED_DATA")
-    for candidate in ([Path(env)] if env else []) + [Path("../shared/data"), Path("shared/data")]:
-        if (candidate / "abdomen-ct-3mm").is_dir():
-            return candidate
-    return None
-
-
 @app.command("experiment")
 def experiment_cmd(
     plan: str = typer.Argument(..., help="paper-btcv | paper-flare-decoder | paper-flare-rank | paper-flare-rag, "
                                          "or a plan YAML file."),
-    data: Path | None = typer.Option(None, "--data", help="Dataset folder (BTCV/FLARE22/nnU-Net/...)."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder (BTCV/FLARE22/nnU-Net/...). With --tiny, default: a small phantom dataset written into OUT/data."),
     out: Path = typer.Option(Path("experiments"), "--out", "-o", help="Work folder (resumable)."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random models, short training: the protocol on a CPU."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is finished, run nothing."),
@@ -49,10 +40,8 @@ def experiment_cmd(
     from ragsam.experiments.runner import ExperimentSettings, run_experiment
 
     console = Console()
-    if data is None and not dry_run:
-        data = _default_tiny_data() if tiny else None
-        if data is None:
-            raise InputError(None, "--data is required (with --tiny it defaults to ../shared/data when present)")
+    if data is None and not dry_run and not tiny:
+        raise InputError(None, "--data is required (with --tiny it defaults to a phantom dataset)")
     settings = ExperimentSettings(data=str(data or ""), tiny=tiny, sam_weights=sam, medsam_weights=medsam,
                                   sam2_weights=sam2, embedder=embedder, size=size, iterations=iterations,
                                   k=k, device=device, seed=seed)

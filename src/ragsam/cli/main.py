@@ -26,6 +26,7 @@ from ragsam.cli import (  # noqa: F401
     experiment_cmd,
     hub_cmd,
     index_cmd,
+    index_edit_cmd,
     model_cmd,
     predict_cmd,
     prepare_cmd,

@@ -34,10 +34,10 @@ def predict_command(
 ) -> None:
     """Parse, call :func:`ragsam.inference.predict`, print one line per case."""
     from ragsam.inference import predict
-    from ragsam.training.distributed import pick_device
+    from ragsam.utils.device import resolve_device
     from ragsam.utils.precision import cpu_bf16_note
 
-    note = cpu_bf16_note(pick_device(device), cpu=cpu_bf16) if cpu_bf16 else None
+    note = cpu_bf16_note(resolve_device(device), cpu=cpu_bf16) if cpu_bf16 else None
     if note:
         typer.echo(f"ragsam: note: {note}", err=True)
     results = predict(run, input_path, output, force=force, batch_size=batch_size, device=device,

@@ -46,10 +46,10 @@ def train_command(
     else:
         cfg = load_train_config(config, items)
     if cfg is not None and cfg.optim.bf16_cpu:
-        from ragsam.training.distributed import pick_device
+        from ragsam.utils.device import resolve_device
         from ragsam.utils.precision import cpu_bf16_note
 
-        note = cpu_bf16_note(pick_device(cfg.device), cfg.optim.bf16, cpu=True)
+        note = cpu_bf16_note(resolve_device(cfg.device), cfg.optim.bf16, cpu=True)
         if note:
             typer.echo(f"ragsam: note: {note}", err=True)
     run_dir = train(cfg, out, resume=resume, force=force)

@@ -266,8 +266,9 @@ def make_splits(case_ids: list[str], split: str, seed: int, datasets: tuple[str,
 
     * ``auto``: the paper's split of the first of ``datasets`` (layout, label-map name)
       that is ``btcv`` or ``flare22``, else (or with a single case) ``none``;
-    * ``btcv`` / ``flare22``: the paper's split (:func:`ragsam.data.splits.paper_split`;
-      with another number of cases its test fraction is kept);
+    * ``btcv`` (community 24/6, test 0035-0040), ``btcv-even`` (24/6 evenly spaced) or
+      ``flare22`` (30/20 evenly spaced): :func:`ragsam.data.splits.paper_split`; with
+      another number of cases the test fraction is kept;
     * ``kfold:K``: ``train`` lists every case, ``folds`` holds K ``{"train", "val"}`` folds
       of a seeded shuffle, and a case's manifest split is ``fold<i>``, the fold validating it;
     * ``none``: every case is ``train``.
@@ -293,7 +294,7 @@ def make_splits(case_ids: list[str], split: str, seed: int, datasets: tuple[str,
         folds = kfold(ids, k, seed)
         names = {c: f"fold{i}" for i, fold in enumerate(folds) for c in fold["val"]}
         return {"train": ids, "test": [], "folds": folds}, names
-    raise InputError(None, f"unknown split {split!r} (choose auto, btcv, flare22, kfold:K or none)")
+    raise InputError(None, f"unknown split {split!r} (choose auto, btcv, btcv-even, flare22, kfold:K or none)")
 
 
 def prepare_dataset(
@@ -316,7 +317,7 @@ def prepare_dataset(
         settings: HU window, slice size (context is stored as the default for readers).
         layout: ``auto`` or a layout name understood by ``discover_cases``.
         label_map: ``btcv``, ``flare22``, another built-in or a JSON file.
-        split: ``auto``, ``btcv``, ``flare22``, ``kfold:K`` or ``none`` (see :func:`make_splits`).
+        split: ``auto``, ``btcv``, ``btcv-even``, ``flare22``, ``kfold:K`` or ``none`` (see :func:`make_splits`).
         seed: seed of k-fold shuffles.
         force: rebuild every case, and allow writing into a non-empty folder that is not a cache.
         series_uid: DICOM series to read when a folder holds several.

@@ -80,7 +80,7 @@ class VariantResult:
 def plan_label_map(plan: Plan, settings: ExperimentSettings) -> str:
     """The label scheme the plan trains and scores in (``paper-8:flare22`` ...).
 
-    With ``tiny`` the shared CT carries BTCV ids, so the subset is taken of BTCV.
+    With ``tiny`` the data (the phantom or the test CT) carries BTCV ids, so the subset is taken of BTCV.
     """
     base = "btcv" if settings.tiny else plan.dataset
     if plan.organs == "paper-8":
@@ -299,7 +299,7 @@ class ExperimentRunner:
 
         table = build_table(self.plan, {n: r.dice for n, r in results.items()},
                             {n: r.trainable_parameters for n, r in results.items()})
-        note = ("\n> Tiny randomly initialised models on the shared CT: these numbers show the protocol "
+        note = ("\n> Tiny randomly initialised models on small data: these numbers show the protocol "
                 "working, not the method's accuracy.\n" if self.settings.tiny else "")
         write_text(self.out / "table.md", table_markdown(table) + note, force=True)
         write_text(self.out / "table.csv", table_csv(table), force=True)
@@ -320,12 +320,34 @@ class ExperimentRunner:
             plot_variant_slices(*panels, title=f"{self.plan.name}: {cid}", path=figures / f"{cid}.png")
 
 
+# The quick demo's phantoms: 4 BTCV-labelled cases (3 train / 1 test), 16 x 64 x 64 voxels.
+TINY_PHANTOM = {"n_cases": 4, "shape": (16, 64, 64), "spacing_mm": (8.0, 6.0, 6.0)}
+
+
+def tiny_phantom_data(out: Path, seed: int = 0) -> Path:
+    """``<out>/data``: the phantom dataset a ``tiny`` plan runs on without ``--data`` (written once).
+
+    A tiny plan needs no real data: it only shows the protocol working, and so runs anywhere,
+    from an installed wheel too.
+    """
+    from ragsam.data.phantom import write_phantom_dataset
+
+    folder = out / "data"
+    if not folder.is_dir():
+        write_phantom_dataset(folder, layout="btcv", seed=seed, **TINY_PHANTOM)
+    return folder
+
+
 def run_experiment(plan_name: str, settings: ExperimentSettings, out: str | os.PathLike, dry_run: bool = False,
                    force: bool = False, log: Log = print) -> dict[str, VariantResult] | list[str]:
     """Run a built-in or YAML plan (see :class:`ExperimentRunner`); ``dry_run`` returns the plan lines."""
     plan = load_plan(plan_name)
     if dry_run:
         return describe_plan(plan, Path(out))
+    if not settings.data:
+        if not settings.tiny:
+            raise InputError(None, "a dataset is required (--data); only --tiny defaults to a phantom")
+        settings.data = str(tiny_phantom_data(Path(out)))
     if not Path(settings.data).exists():
         raise InputError(settings.data, "dataset does not exist")
     return ExperimentRunner(plan, settings, Path(out), log).run(force=force)

@@ -52,7 +52,7 @@ from torch import nn
 
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.inference.run_loader import load_run
-from ragsam.training.distributed import pick_device
+from ragsam.utils.device import resolve_device
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.precision import autocast
 
@@ -300,7 +300,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     wall = time.perf_counter()
     if batch_size < 1:
         raise InputError(None, f"batch size must be >= 1, got {batch_size}")
-    dev = pick_device(device)
+    dev = resolve_device(device)
     overlap = default_overlap(dev) if overlap is None else overlap
     stages = StageTimes(timings)
     model, cfg = stages.timed("load_run", load_run, run_dir, dev, "model.safetensors", True)

@@ -24,7 +24,6 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
@@ -32,6 +31,7 @@ from ragsam.errors import InputError
 from ragsam.peft.adapter import add_block_adapters
 from ragsam.peft.lora import merge_lora, wrap_linear
 from ragsam.utils.safetensors_io import save_safetensors
+from ragsam.utils.state_dict import load_exactly
 
 if TYPE_CHECKING:  # imported lazily: ragsam.models imports this module
     from ragsam.models.config import PeftConfig
@@ -155,28 +155,13 @@ def load_trainable(model: nn.Module, path: str | PathLike) -> dict[str, str]:
     Raises:
         InputError: unreadable file, missing / unexpected keys, wrong shapes.
     """
-    expected = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(path, f"not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} trainable tensors missing ({', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors ({', '.join(unexpected[:3])})")
-        raise InputError(path, "does not match the model's trainable parameters: " + "; ".join(parts))
-    wrong = [f"{k} {tuple(tensors[k].shape)} vs {tuple(p.shape)}" for k, p in expected.items()
-             if tuple(tensors[k].shape) != tuple(p.shape)]
-    if wrong:
-        raise InputError(path, f"wrong tensor shapes: {', '.join(wrong[:3])}")
-    with torch.no_grad():
-        for k, p in expected.items():
-            p.copy_(tensors[k].to(p.dtype))
+    load_exactly(model, tensors, str(path), weights_name="trainable tensors", trainable_only=True)
     return dict(metadata)
 
 

@@ -30,7 +30,7 @@ import torch
 from ragsam.config import dump_config, load_config, to_dict
 from ragsam.errors import InputError
 from ragsam.training.checkpoint import STATE_FILE, load_state, load_trainable_tensors, set_rng_state
-from ragsam.training.config import TrainConfig, validate
+from ragsam.training.config import TrainConfig, resolve_grad_accum, validate
 from ragsam.training.data import build_data
 from ragsam.training.distributed import DistInfo, barrier, cleanup, setup
 from ragsam.training.logging_utils import NullLogger, RunLogger
@@ -137,6 +137,7 @@ def _train_in(cfg: TrainConfig, folder: RunFolder, info: DistInfo, stop_after: i
 
     run_dir = folder.work
     validate(cfg)
+    cfg.optim.grad_accum = resolve_grad_accum(cfg.optim, info.world)  # saved resolved in config.yaml
     data = build_data(cfg)
     state = load_state(run_dir / STATE_FILE) if folder.resume else None
     if state is None and info.is_main:
