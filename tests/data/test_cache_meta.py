@@ -15,10 +15,9 @@ CURRENT = {
     "format": "ragsam-slice-cache", "version": 1, "complete": True, "ragsam": "0.1.0",
     "source": "/data/btcv", "layout": "btcv", "label_map": {"name": "btcv", "labels": {"0": "background", "1": "spleen"}},
     "settings": {"window": [-125.0, 275.0], "size": 64, "context": 0}, "series_uid": None, "split": "btcv",
-    "seed": 0,
+    "seed": 0, "skipped_unlabelled": ["0009"],
     "cases": {"0001": {"key": "k1", "image": "/data/img0001.nii.gz", "labels": "/data/label0001.nii.gz",
                        "files": [{"role": "image", "path": "/data/img0001.nii.gz"}], "slices": 12}},
-    "skipped_unlabelled": ["0009"],
 }
 
 

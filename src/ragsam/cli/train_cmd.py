@@ -38,9 +38,11 @@ def train_command(
     if prepared is not None:
         items.append(f"data.prepared={prepared}")
     cfg = None
-    if resume and config is None and (out / "config.yaml").is_file():
-        # Resume: the run's own configuration, plus overrides (only harmless keys may change).
-        cfg = load_train_config(out / "config.yaml", items) if items else None
+    if resume and config is None:
+        # Resume: the run's own configuration, plus overrides (only harmless keys may change);
+        # a run stopped before writing config.yaml needs its --config again.
+        saved = out / "config.yaml"
+        cfg = load_train_config(saved, items) if items and saved.is_file() else None
     else:
         cfg = load_train_config(config, items)
     if cfg is not None and cfg.optim.bf16_cpu:

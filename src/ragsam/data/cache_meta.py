@@ -15,8 +15,8 @@ On disk (keys in this order)::
     label_map           the label map (LabelMap.to_json)
     settings            the slice settings (SliceSettings.to_json: window HU, size px, context)
     series_uid, split, seed
-    cases               {case_id: {key, image, labels, files, slices}} (image/labels/slices once complete)
     skipped_unlabelled  case ids without labels (once complete)
+    cases               {case_id: {key, image, labels, files, slices}} (image/labels/slices once complete)
 """
 
 from __future__ import annotations
@@ -109,10 +109,10 @@ class CacheMeta:
             "format": CACHE_FORMAT, "version": self.format_version, "complete": self.complete,
             "ragsam": self.ragsam, "source": self.source, "layout": self.layout, "label_map": self.label_map,
             "settings": self.settings, "series_uid": self.series_uid, "split": self.split, "seed": self.seed,
-            "cases": {cid: c.to_json() for cid, c in self.cases.items()},
         }
         if self.skipped_unlabelled is not None:
             out["skipped_unlabelled"] = self.skipped_unlabelled
+        out["cases"] = {cid: c.to_json() for cid, c in self.cases.items()}
         return out
 
     @classmethod

@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ragsam.errors import InputError
 from ragsam.peft.adapter import add_block_adapters
 from ragsam.peft.lora import merge_lora, wrap_linear
-from ragsam.utils.atomic import atomic_path
+from ragsam.utils.safetensors_io import save_safetensors
 from ragsam.utils.state_dict import load_exactly
 
 if TYPE_CHECKING:  # imported lazily: ragsam.models imports this module
@@ -142,12 +141,9 @@ def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def save_trainable(model: nn.Module, path: str | PathLike, metadata: dict[str, str] | None = None,
                    force: bool = True) -> Path:
-    """Write the trainable tensors to ``path`` (safetensors, atomic). Returns the path."""
+    """Write the trainable tensors to ``path`` (safetensors, atomic, byte-reproducible). Returns the path."""
     tensors = {k: v.contiguous().clone() for k, v in trainable_state_dict(model).items()}
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    with atomic_path(path, force=force) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
+    return save_safetensors(tensors, path, metadata, force=force)
 
 
 def load_trainable(model: nn.Module, path: str | PathLike) -> dict[str, str]:

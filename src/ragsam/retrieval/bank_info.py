@@ -15,6 +15,8 @@ nothing else parses the file. On disk (keys in this order)::
     labelled_cases           the cases whose slices can serve as supports
     settings                 labelled_only, split, batch_size, pooling, image_size, index settings
     created                  UTC time of the build (ISO 8601)
+    addition_counter         number of the last addition (ragsam.retrieval.bank_edit; once slices were added)
+    additions                [{id, source, source_slices, organs, added_by, added}] (once slices were added)
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class BankInfo:
     labelled_cases: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    addition_counter: int | None = None
+    additions: list[dict[str, Any]] | None = None
     format_version: int = BANK_VERSION
 
     @property
@@ -67,6 +71,8 @@ class BankInfo:
             "kind": self.kind, "dim": self.dim, "count": self.count, "cases": self.cases,
             "case_depths": self.case_depths, "labelled_cases": self.labelled_cases, "settings": self.settings,
             "created": self.created,
+            **({} if self.addition_counter is None else {"addition_counter": self.addition_counter}),
+            **({} if self.additions is None else {"additions": self.additions}),
         }
 
     @classmethod
@@ -88,6 +94,8 @@ class BankInfo:
                        case_depths={str(k): int(v) for k, v in (d.get("case_depths") or {}).items()},
                        labelled_cases=[str(c) for c in d.get("labelled_cases") or []],
                        settings=dict(d.get("settings") or {}), created=str(d.get("created", "")),
+                       addition_counter=None if d.get("addition_counter") is None else int(d["addition_counter"]),
+                       additions=None if d.get("additions") is None else [dict(a) for a in d["additions"]],
                        format_version=version)
         except (AttributeError, TypeError, ValueError) as exc:
             raise InputError(path, f"malformed bank description ({exc}); {REBUILD}") from None

@@ -79,8 +79,10 @@ def save_state(path: Path, *, iteration: int, model: nn.Module, optimizer: torch
         "model": trainable_tensors(model), "optimizer": optimizer.state_dict(), "schedule": dict(schedule),
         "stream": dict(stream), "rng": rng_state(), "best": dict(best), "history": list(history),
     }
-    with atomic_path(path, force=True) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path, force=True) as tmp, tmp.open("wb") as fh:
+        # Through a file object the zip's inner folder is "archive", not the temporary file's
+        # random name, so identical states give identical bytes.
+        torch.save(payload, fh)
     return path
 
 

@@ -44,7 +44,7 @@ from ragsam.training.checkpoint import STATE_FILE, save_state
 from ragsam.training.config import TrainConfig
 from ragsam.training.distributed import DistInfo, all_mean, broadcast_flag
 from ragsam.training.logging_utils import NullLogger, fmt
-from ragsam.training.losses import DiceCELoss
+from ragsam.training.losses import DiceCELoss, training_loss
 from ragsam.training.sampler import BatchStream
 from ragsam.training.schedule import WarmupPoly
 from ragsam.training.validate import ValResult, validate
@@ -133,6 +133,7 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
     o = cfg.optim
     last = cfg.last_iteration
     loss_fn = DiceCELoss(o.dice_weight, o.ce_weight)
+    low_res = o.loss_resolution == "low"  # SAMed: S/4 logits against the nearest-downsampled label
     trainable = [p for p in ctx.module.parameters() if p.requires_grad]
     batches = iter(ctx.stream)
     ctx.model.train()
@@ -152,9 +153,8 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
             sync = (contextlib.nullcontext() if micro == o.grad_accum - 1 or not info.distributed
                     else ctx.model.no_sync())
             with sync:
-                with autocast(info.device, o.bf16, cpu=o.bf16_cpu):
-                    logits = ctx.model(images)
-                parts = loss_fn.parts(logits.float(), labels)
+                parts = training_loss(ctx.model, images, labels, loss_fn, low_res,
+                                      autocast(info.device, o.bf16, cpu=o.bf16_cpu))
                 (parts.total / o.grad_accum).backward()
             sums += torch.stack((parts.total, parts.dice, parts.ce)).detach() / o.grad_accum
         if o.grad_clip:
