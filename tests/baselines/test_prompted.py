@@ -22,8 +22,8 @@ from ragsam.baselines.prompted import (
     to_model_coords,
 )
 from ragsam.baselines.prompts import Prompt
-from ragsam.baselines.sam_model import load_prompt_sam
 from ragsam.errors import InputError
+from ragsam.models.promptable_sam import load_prompt_sam
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import SamModel
 
-from ragsam.baselines.sam_model import load_prompt_sam
 from ragsam.errors import InputError
 from ragsam.models.load_report import LoadReport
+from ragsam.models.promptable_sam import load_prompt_sam
 from ragsam.models.registry import get_arch, sam_config
 
 
