@@ -24,7 +24,6 @@ from ragsam.cli import (  # noqa: F401
     demo_cmd,
     evaluate_cmd,
     experiment_cmd,
-    hub_cmd,
     index_cmd,
     index_edit_cmd,
     model_cmd,
