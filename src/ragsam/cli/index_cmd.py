@@ -7,15 +7,7 @@ from pathlib import Path
 import typer
 
 from ragsam.cli.app import index_app
-
-
-def _parse_organs(text: str) -> tuple[int, ...]:
-    from ragsam.errors import InputError
-
-    try:
-        return tuple(int(t) for t in text.replace(";", ",").split(",") if t.strip())
-    except ValueError:
-        raise InputError(None, f"--require-organs must be comma-separated label ids, got {text!r}") from None
+from ragsam.cli.options import parse_label_ids
 
 
 @index_app.command("build")
@@ -98,7 +90,7 @@ def query_cmd(
     embedder = support.embedder(device=device)
     vector = embedder.embed(np.asarray(slices[z:z + 1], dtype=np.float32))
     hits = support.query(vector, k, embedder.identity, exclude_cases=[case] if exclude_own_case else [],
-                         require_organs=_parse_organs(require_organs), z_prior=z_prior, query_rel_z=rel_z)[0]
+                         require_organs=parse_label_ids(require_organs, "--require-organs"), z_prior=z_prior, query_rel_z=rel_z)[0]
     names = _organ_names(support.prepared_dir)
     table = Table(title=f"{k} nearest support slices to {source} z={z} (rel_z {rel_z:.3f})")
     for column in ("rank", "case", "z", "rel_z", "similarity", "score", "organs"):
