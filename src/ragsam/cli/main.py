@@ -30,6 +30,7 @@ from ragsam.cli import (  # noqa: F401
     model_cmd,
     predict_cmd,
     prepare_cmd,
+    pretrain_cmd,
     segment_cmd,
     train_cmd,
     weights_cmd,
