@@ -81,6 +81,20 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def weights_key(spec: str) -> Any:
+    """What identifies weights named by ``spec``: a local file or folder by its files' names,
+    sizes and modification times (cheap; hashing gigabytes on every rerun is not), else the
+    hub id or builder name itself."""
+    path = Path(spec)
+    if path.is_file():
+        st = path.stat()
+        return [spec, st.st_size, st.st_mtime_ns]
+    if path.is_dir():
+        return [spec, *([str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
+                        for p in sorted(path.rglob("*")) if p.is_file())]
+    return spec
+
+
 def _read_sidecar(output: Path) -> dict[str, Any] | None:
     try:
         side = json.loads(sidecar_path(output).read_text(encoding="utf-8"))
