@@ -56,6 +56,7 @@ from ragsam.errors import InputError
 from ragsam.inference.case_runner import CaseRecorder, file_digest, model_key, plan_cases
 from ragsam.inference.run_loader import load_run
 from ragsam.utils.device import resolve_device
+from ragsam.utils.fault_points import pause_at
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.precision import autocast
 
@@ -335,6 +336,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         recorder.begin(job)
         stages.timed("write", write_labels, labels, geometry, job.output, True)
         recorder.finish(job, {"slices": result.slices, "organs": result.organs}, result)
+        pause_at("predict:case-written")
 
     def settle(pending):  # a case's write error is reported before more is queued
         job, future = pending
