@@ -50,7 +50,6 @@ class CaseJob:
     Attributes:
         key: hex SHA-1 of the input files' content and the model key.
         files: input file records (path, size, mtime_ns, sha1) for the sidecar.
-        redo: the output exists and is ragsam's (it will be replaced).
     """
 
     case_id: str
@@ -58,7 +57,6 @@ class CaseJob:
     output: Path
     key: str
     files: list[dict[str, Any]] = field(default_factory=list)
-    redo: bool = False
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -160,7 +158,7 @@ def plan_cases(refs: Sequence[Any], outputs: Sequence[Path], key: str, force: bo
         if finished and not force:
             done.append((job, side.get("result") or {}))
         else:
-            todo.append(dataclasses.replace(job, redo=True))
+            todo.append(job)  # ragsam's own output for this case, from other inputs or model
     return CasePlan(todo, done, [ref.case_id for ref in refs])
 
 
