@@ -17,7 +17,9 @@ from ragsam.cli.app import app
         "from a support bank (DINOv2 + Faiss) for every slice and let SAM 2's memory attention "
         "segment it from them, prompt-free (RAG-SAM). Writes a label volume on each input's grid. "
         "IN is one image, a DICOM series folder or a dataset folder; for several cases -o is a "
-        "folder (<case_id>.nii.gz each) and SAM 2 and the encoded supports are shared between cases.\n\n"
+        "folder (<case_id>.nii.gz each) and SAM 2 and the encoded supports are shared between cases. "
+        "A folder runs past a failed case (each failure is one line, exit 2) and a rerun skips the "
+        "cases already done with the same inputs, bank and settings.\n\n"
         "Example: ragsam segment ct.nii.gz -o ct_labels.nii.gz --index banks/btcv "
         "--sam2 facebook/sam2.1-hiera-tiny --k 4 --device cuda"
     ),
