@@ -160,8 +160,9 @@ def test_3_upload_segment_correct_add_and_resegment(page, server, world, tmp_pat
     page.click("#tool-off")
     _shot(page, "3-corrected")
     page.click("#add")
-    page.wait_for_function("document.querySelector('#message').textContent.startsWith('added slices')",
+    page.wait_for_function("/^(added slices|ragsam: error)/.test(document.querySelector('#message').textContent)",
                            timeout=120_000)
+    assert page.inner_text("#message").startswith("added slices"), page.inner_text("#message")
     [addition] = list_additions(world["bank"])
     corrected = page.evaluate("window.ragsam.state.current.scan.corrected")
     assert addition.source_slices == corrected and len(corrected) == 1
