@@ -16,17 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from app_fixtures import RunningServer, build_world, free_port
+from app_fixtures import RunningServer, free_port
 from PIL import Image
 
 CHROMIUM = os.environ.get("RAGSAM_CHROMIUM", "/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "app"
 LIVER = (0x91, 0x1E, 0xB4)  # label 6 in the reports' palette
 
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("appworld"))
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +125,8 @@ def test_2_a_bad_upload_gets_the_command_line_message(page, world, tmp_path):
 def test_3_upload_segment_correct_add_and_resegment(page, server, world, tmp_path):
     from ragsam.retrieval.bank_edit import list_additions
 
+    page.fill("#opacity", "0.35")  # the tiny random SAM 2 labels every pixel: keep the CT visible
+    page.dispatch_event("#opacity", "input")
     scan_file = tmp_path / "new-scan.nii.gz"
     shutil.copy(world["first_image"], scan_file)  # case 1 is not in the bank
     page.set_input_files("#file", str(scan_file))
@@ -171,7 +169,7 @@ def test_3_upload_segment_correct_add_and_resegment(page, server, world, tmp_pat
     assert (edited == 6).sum() > (first == 6).sum()
 
     # a later query retrieves it: the supports of the slice on screen now include the added slice
-    page.evaluate("window.ragsam.showSupports()")
+    page.evaluate("window.ragsam.showSupports()")  # as a move of the crosshair does
     page.wait_for_selector(f"#supports .support[data-case='{addition.id}']", timeout=60_000)
     support = page.locator(f"#supports .support[data-case='{addition.id}']")
     assert int(page.get_attribute("#supports", "data-z")) == z

@@ -7,14 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from app_fixtures import RunningServer, build_world, free_port
+from app_fixtures import RunningServer, free_port
 
 from ragsam.errors import InputError
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("serverworld"))
 
 
 def _start(world, host="127.0.0.1", **kwargs):

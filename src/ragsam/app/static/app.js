@@ -109,6 +109,7 @@ async function showCase() {
   state.nvA.resizeListener();
   state.nvB.resizeListener();
   await showMetrics(entry, method);
+  scheduleSupports(0);
   document.body.dataset.loaded = `case:${entry.id}:${method}`;
 }
 
@@ -176,6 +177,7 @@ async function openScan(id) {
   $("#download").download = `${scan.name.replace(/\.(nii\.gz|nii|zip)$/, "")}_labels.nii.gz`;
   showCorrected(scan);
   await showMetrics(null, null);
+  scheduleSupports(0);
   document.body.dataset.loaded = `scan:${scan.id}:${scan.runs}`;
 }
 
