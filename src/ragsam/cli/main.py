@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 # Importing the modules registers their commands on the app.
 from ragsam.cli import (  # noqa: F401
+    app_cmd,
     baseline_cmd,
     demo_cmd,
     evaluate_cmd,

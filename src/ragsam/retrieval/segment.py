@@ -172,6 +172,20 @@ class RagSegmenter:
                                        use_empty_supports=use_empty_supports)
         self.cache = SupportCache(cache_size)
 
+    def reload_bank(self) -> None:
+        """Re-read the bank folder after slices were added or removed (``retrieval.bank_edit``).
+
+        Cached support memories stay valid: they are keyed by ``(case_id, z)`` and an
+        addition's id is never reused.
+        """
+        from ragsam.retrieval.bank import SupportBank
+
+        self.bank = SupportBank.load(self.bank_dir)
+
+    def encode_supports(self, neighbours: Sequence[Any]) -> list[Any]:
+        """Support memories of ``neighbours`` (bank rows), encoded now and kept in the cache."""
+        return _supports(self.seg, self.bank, self.cache, neighbours)
+
     def segment(
         self,
         input_path: str | os.PathLike,
