@@ -52,7 +52,7 @@ def test_hf_save_pretrained_folder_round_trip(tiny5, tmp_path):
     out = save_hf_folder(tiny5, tmp_path / "hf")
     assert SamModel.from_pretrained(str(out)).config.mask_decoder_config.num_multimask_outputs == 5
     again = build_sam_model("tiny", str(out), num_classes=5, image_size=64).eval()
-    assert again.load_report["resized"] == [] and again.load_report["new"] == []
+    assert again.load_report.resized == [] and again.load_report.new == []
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(again(images), tiny5(images))

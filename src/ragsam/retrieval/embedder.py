@@ -12,7 +12,7 @@ Weights (``build_embedder(weights=...)``):
 * a Hugging Face id (``facebook/dinov2-small`` 384-d, ``facebook/dinov2-base``
   768-d, ``-large`` 1024-d, ``-giant`` 1536-d) or a ``save_pretrained`` folder;
 * an official Meta ``.pth`` (``dinov2_vits14_pretrain.pth`` ...), converted by
-  :mod:`ragsam.retrieval.dinov2_weights`;
+  :mod:`ragsam.models.convert_dinov2`;
 * ``"random"``: the dinov2-small architecture, randomly initialised (seeded);
 * ``"tiny"``: a 2-layer, 32-wide DINOv2 for tests and demos (seeded).
 """
@@ -186,7 +186,7 @@ def _load_hf(weights: str) -> Dinov2Model:
 
 
 def _load_official(path: Path) -> Dinov2Model:
-    from ragsam.retrieval.dinov2_weights import load_official_checkpoint
+    from ragsam.models.convert_dinov2 import load_official_checkpoint
 
     config, state = load_official_checkpoint(path)
     model = Dinov2Model(config)

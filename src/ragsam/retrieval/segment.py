@@ -139,7 +139,7 @@ class RagSegmenter:
 
     Args:
         bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
-        sam2_weights: see :func:`ragsam.retrieval.sam2_model.build_sam2`.
+        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
         embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
             it must be the embedder the bank was built with.
         cache_size: encoded support slices kept in memory.
@@ -152,9 +152,9 @@ class RagSegmenter:
     def __init__(self, bank_dir: str | os.PathLike, sam2_weights: str = "facebook/sam2.1-hiera-tiny",
                  embedder: Any = None, cache_size: int = 256, device: str = "auto",
                  pointer_positions: str = "sequential", use_empty_supports: bool = True) -> None:
+        from ragsam.models.sam2 import build_sam2
         from ragsam.retrieval.bank import SupportBank
         from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-        from ragsam.retrieval.sam2_model import build_sam2
         from ragsam.utils.device import resolve_device
 
         if pointer_positions not in ("sequential", "shared"):
@@ -194,7 +194,7 @@ class RagSegmenter:
                 propagation from the user's own slices), and these slices keep their labels.
                 Ignored with a fine-tuned run (hybrid): only the supports change there.
         """
-        from ragsam.data.slices import SliceSettings, slices_to_volume, volume_to_slices
+        from ragsam.data.slices import slices_to_volume, volume_to_slices
         from ragsam.data.volume import read_image, write_labels
 
         start = time.perf_counter()
@@ -212,7 +212,7 @@ class RagSegmenter:
 
         image = read_image(input_path, series_uid=series_uid)
         check_ct_like(image.array, input_path)
-        settings = SliceSettings.from_json(bank.prepare_meta()["settings"])
+        settings = bank.prepare_meta().slice_settings
         stack = volume_to_slices(image, None, settings)
         depth, size = stack.images.shape[0], stack.images.shape[-1]
         vectors = self.embedder.embed(stack.images, batch_size=batch_size)
@@ -282,7 +282,7 @@ def segment_volume(
         input_path: CT image file or DICOM series folder (HU).
         output_path: label file to write (``.nii.gz`` recommended), on the input's grid.
         bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
-        sam2_weights: see :func:`ragsam.retrieval.sam2_model.build_sam2`.
+        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
         k: support slices per query slice (each adds a memory of (image_size/16)^2 tokens).
         embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
             it must be the embedder the bank was built with.
