@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ragsam.errors import InputError
+from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
 
@@ -61,6 +62,7 @@ class SegmentSummary:
     exclude_cases: list[str] = field(default_factory=list)
     run: str | None = None
     hybrid_weight: float | None = None
+    skipped: bool = False  # already written by an earlier run with the same inputs and settings
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -353,15 +355,25 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
         raise InputError(input_path, "no images found")
     outputs = case_output_paths([ref.case_id for ref in refs], output_path)
     _check_call(per_volume.get("hybrid_weight", 0.5), per_volume.get("batch_size", 8), per_volume.get("run_dir"))
-    for out in outputs:  # refuse before any work, so nothing is half-done
-        check_writable(out, force)
+    key = model_key(command="segment", bank=[file_digest(p) for p in sorted(Path(bank_dir).glob("*")) if p.is_file()],
+                    sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
+                    run=None if per_volume.get("run_dir") is None else
+                    [file_digest(Path(per_volume["run_dir"]) / n) for n in ("model.safetensors", "config.yaml")],
+                    **{k: v for k, v in per_volume.items() if k not in ("run_dir", "batch_size")})
+    plan = plan_cases(refs, outputs, key, force)  # refuses outputs that are not ragsam's before any model loads
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports)
-    summaries = []
-    for ref, out in zip(refs, outputs, strict=True):
-        report = None if progress is None else (lambda done, total, cid=ref.case_id: progress(cid, done, total))
-        summaries.append(segmenter.segment(ref.image, out, force=force, progress=report, **per_volume))
-    return summaries
+                             use_empty_supports) if plan.todo else None
+
+    def work(job: Any) -> tuple[SegmentSummary, dict[str, Any]]:
+        assert segmenter is not None
+        report = None if progress is None else (lambda done, total, cid=job.case_id: progress(cid, done, total))
+        summary = segmenter.segment(job.ref.image, job.output, force=True, progress=report, **per_volume)
+        return summary, summary.to_json()
+
+    def from_json(job: Any, recorded: dict[str, Any]) -> SegmentSummary:
+        return SegmentSummary(**{**recorded, "skipped": True})
+
+    return run_cases(plan, work, from_json)
 
 
 def _own_memories(seg: Any, images: np.ndarray, own: Mapping[int, np.ndarray],
