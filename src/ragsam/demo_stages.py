@@ -54,7 +54,7 @@ def fine_tune_and_predict(tmp: Path, plan: DemoBudget, weights: WeightsUsed, dev
     finish = stage("predict", f"predicting {len(test_ids)} test case(s) with the fine-tuned model")
     t0 = time.perf_counter()
     for cid in test_ids:
-        predict(tmp / "run", cases[cid]["image"], tmp / "predictions" / "finetuned" / f"{cid}.nii.gz",
+        predict(tmp / "run", str(cases[cid].image), tmp / "predictions" / "finetuned" / f"{cid}.nii.gz",
                 device=device)
     finish()
     return [("finetuned", time.perf_counter() - t0)]
@@ -64,12 +64,9 @@ def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, cas
               stage: Callable, notes: list[str]) -> list[tuple[str, float]]:
     """RAG and hybrid segmentation of the test cases (one :class:`RagSegmenter` per method)."""
     from ragsam.retrieval.segment import RagSegmenter
+    from ragsam.utils.device import resolve_device
 
-    seg_device = "cpu" if device == "auto" else device
-    if device == "auto":
-        import torch
-
-        seg_device = "cuda" if torch.cuda.is_available() else "cpu"
+    seg_device = str(resolve_device(device))
     runs: list[tuple[str, dict]] = [("rag", {}), ("hybrid", {"run_dir": tmp / "run"})]
     results = []
     for name, extra in runs:
@@ -79,7 +76,7 @@ def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, cas
         try:
             segmenter = RagSegmenter(tmp / "bank", weights.sam2_weights, device=seg_device)  # shared by the cases
             for cid in test_ids:
-                segmenter.segment(cases[cid]["image"], tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,
+                segmenter.segment(str(cases[cid].image), tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,
                                   **extra)
         except InputError as exc:
             if name != "hybrid":

@@ -23,9 +23,10 @@ def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_micro_run_writes_three_loadable_models_with_a_manifest(micro: Path) -> None:
+    from ragsam.retrieval.sam2_model import build_sam2
+
     from ragsam.models.build import build_sam_model
     from ragsam.retrieval.embedder import build_embedder
-    from ragsam.retrieval.sam2_model import build_sam2
 
     models = tiny_models(micro)  # checksums verified
     manifest = models.manifest

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ragsam.errors import InputError
+from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
 
@@ -61,6 +62,7 @@ class SegmentSummary:
     exclude_cases: list[str] = field(default_factory=list)
     run: str | None = None
     hybrid_weight: float | None = None
+    skipped: bool = False  # already written by an earlier run with the same inputs and settings
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,7 +141,7 @@ class RagSegmenter:
 
     Args:
         bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
-        sam2_weights: see :func:`ragsam.retrieval.sam2_model.build_sam2`.
+        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
         embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
             it must be the embedder the bank was built with.
         cache_size: encoded support slices kept in memory.
@@ -152,9 +154,10 @@ class RagSegmenter:
     def __init__(self, bank_dir: str | os.PathLike, sam2_weights: str = "facebook/sam2.1-hiera-tiny",
                  embedder: Any = None, cache_size: int = 256, device: str = "auto",
                  pointer_positions: str = "sequential", use_empty_supports: bool = True) -> None:
+        from ragsam.models.sam2 import build_sam2
         from ragsam.retrieval.bank import SupportBank
         from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-        from ragsam.retrieval.sam2_model import build_sam2, resolve_device
+        from ragsam.utils.device import resolve_device
 
         if pointer_positions not in ("sequential", "shared"):
             raise InputError(None, f"pointer positions must be 'sequential' or 'shared', got {pointer_positions!r}")
@@ -169,6 +172,20 @@ class RagSegmenter:
                                        use_empty_supports=use_empty_supports)
         self.cache = SupportCache(cache_size)
 
+    def reload_bank(self) -> None:
+        """Re-read the bank folder after slices were added or removed (``retrieval.bank_edit``).
+
+        Cached support memories stay valid: they are keyed by ``(case_id, z)`` and an
+        addition's id is never reused.
+        """
+        from ragsam.retrieval.bank import SupportBank
+
+        self.bank = SupportBank.load(self.bank_dir)
+
+    def encode_supports(self, neighbours: Sequence[Any]) -> list[Any]:
+        """Support memories of ``neighbours`` (bank rows), encoded now and kept in the cache."""
+        return _supports(self.seg, self.bank, self.cache, neighbours)
+
     def segment(
         self,
         input_path: str | os.PathLike,
@@ -182,9 +199,18 @@ class RagSegmenter:
         run_dir: str | os.PathLike | None = None,
         hybrid_weight: float = 0.5,
         progress: Callable[[int, int], None] | None = None,
+        own_supports: Mapping[int, np.ndarray] | None = None,
     ) -> SegmentSummary:
-        """Segment one volume and write its label map; arguments as :func:`segment_volume`."""
-        from ragsam.data.slices import SliceSettings, slices_to_volume, volume_to_slices
+        """Segment one volume and write its label map; arguments as :func:`segment_volume`.
+
+        Args:
+            own_supports: labelled slices of this very volume (canonical z -> uint8 ``(S, S)``
+                labels on the bank's slice grid, e.g. a user's corrections). The nearest one
+                joins every query slice's supports as the frame closest to the query (SAM 2
+                propagation from the user's own slices), and these slices keep their labels.
+                Ignored with a fine-tuned run (hybrid): only the supports change there.
+        """
+        from ragsam.data.slices import slices_to_volume, volume_to_slices
         from ragsam.data.volume import read_image, write_labels
 
         start = time.perf_counter()
@@ -202,7 +228,7 @@ class RagSegmenter:
 
         image = read_image(input_path, series_uid=series_uid)
         check_ct_like(image.array, input_path)
-        settings = SliceSettings.from_json(bank.prepare_meta()["settings"])
+        settings = bank.prepare_meta().slice_settings
         stack = volume_to_slices(image, None, settings)
         depth, size = stack.images.shape[0], stack.images.shape[-1]
         vectors = self.embedder.embed(stack.images, batch_size=batch_size)
@@ -217,14 +243,17 @@ class RagSegmenter:
             if fused.shape[0] != depth:
                 raise InputError(run_dir, f"the run slices the volume into {fused.shape[0]} slices, the bank {depth}")
 
+        own = _own_memories(self.seg, stack.images, own_supports or {}, input_path)
         labels = np.zeros((depth, size, size), dtype=np.uint8)
         for first in range(0, depth, batch_size):
             queries = self.seg.encode_images(torch.from_numpy(stack.images[first:first + batch_size]))
             for offset, query in enumerate(queries):
                 z = first + offset
                 supports = _supports(self.seg, bank, self.cache, hits[z][::-1])  # best neighbour nearest the query
+                if own:
+                    supports.append(own[min(own, key=lambda s, z=z: (abs(s - z), s))][0])
                 pred = self.seg.segment(query, supports, output_size=(size, size))
-                labels[z] = pred.labels.cpu().numpy().astype(np.uint8)
+                labels[z] = own[z][1] if z in own else pred.labels.cpu().numpy().astype(np.uint8)
                 if fused is not None:
                     fused[z] = fuse_slice(fused[z], pred.organ_ids, pred.probabilities.cpu(), hybrid_weight)
                 if progress is not None:
@@ -269,7 +298,7 @@ def segment_volume(
         input_path: CT image file or DICOM series folder (HU).
         output_path: label file to write (``.nii.gz`` recommended), on the input's grid.
         bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
-        sam2_weights: see :func:`ragsam.retrieval.sam2_model.build_sam2`.
+        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
         k: support slices per query slice (each adds a memory of (image_size/16)^2 tokens).
         embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
             it must be the embedder the bank was built with.
@@ -326,15 +355,38 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
         raise InputError(input_path, "no images found")
     outputs = case_output_paths([ref.case_id for ref in refs], output_path)
     _check_call(per_volume.get("hybrid_weight", 0.5), per_volume.get("batch_size", 8), per_volume.get("run_dir"))
-    for out in outputs:  # refuse before any work, so nothing is half-done
-        check_writable(out, force)
+    key = model_key(command="segment", bank=[file_digest(p) for p in sorted(Path(bank_dir).glob("*")) if p.is_file()],
+                    sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
+                    run=None if per_volume.get("run_dir") is None else
+                    [file_digest(Path(per_volume["run_dir"]) / n) for n in ("model.safetensors", "config.yaml")],
+                    **{k: v for k, v in per_volume.items() if k not in ("run_dir", "batch_size")})
+    plan = plan_cases(refs, outputs, key, force)  # refuses outputs that are not ragsam's before any model loads
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports)
-    summaries = []
-    for ref, out in zip(refs, outputs, strict=True):
-        report = None if progress is None else (lambda done, total, cid=ref.case_id: progress(cid, done, total))
-        summaries.append(segmenter.segment(ref.image, out, force=force, progress=report, **per_volume))
-    return summaries
+                             use_empty_supports) if plan.todo else None
+
+    def work(job: Any) -> tuple[SegmentSummary, dict[str, Any]]:
+        assert segmenter is not None
+        report = None if progress is None else (lambda done, total, cid=job.case_id: progress(cid, done, total))
+        summary = segmenter.segment(job.ref.image, job.output, force=True, progress=report, **per_volume)
+        return summary, summary.to_json()
+
+    def from_json(job: Any, recorded: dict[str, Any]) -> SegmentSummary:
+        return SegmentSummary(**{**recorded, "skipped": True})
+
+    return run_cases(plan, work, from_json)
+
+
+def _own_memories(seg: Any, images: np.ndarray, own: Mapping[int, np.ndarray],
+                  path: str | os.PathLike) -> dict[int, tuple[Any, np.ndarray]]:
+    """Encoded supports of a volume's own labelled slices: z -> (memory, uint8 labels (S, S))."""
+    out = {}
+    for z, lab in sorted(own.items()):
+        lab = np.asarray(lab, dtype=np.uint8)
+        if not 0 <= int(z) < len(images) or lab.shape != images.shape[1:]:
+            raise InputError(path, f"own support slice z={z} {lab.shape} does not fit the {len(images)} slices "
+                                   f"of shape {images.shape[1:]}")
+        out[int(z)] = (seg.encode_support(images[int(z)], lab, key=("own", int(z))), lab)
+    return out
 
 
 def _supports(seg: Any, bank: Any, cache: SupportCache, neighbours: Sequence[Any]) -> list[Any]:
