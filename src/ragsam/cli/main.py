@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 # Importing the modules registers their commands on the app.
 from ragsam.cli import (  # noqa: F401
+    app_cmd,
     baseline_cmd,
     demo_cmd,
     evaluate_cmd,
@@ -32,12 +33,13 @@ from ragsam.cli import (  # noqa: F401
     model_cmd,
     predict_cmd,
     prepare_cmd,
+    pretrain_cmd,
     segment_cmd,
     train_cmd,
     weights_cmd,
 )
 from ragsam.cli.app import app
-from ragsam.errors import RagsamError
+from ragsam.errors import CasesFailedError, RagsamError
 
 #: OS errors about a path the user chose: reported as bad input (exit 2), naming the path.
 _USER_OS_ERRORS = {errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
@@ -60,6 +62,10 @@ def run_cli(argv: list[str] | None = None) -> int:
     except _ABORT:
         print("ragsam: aborted", file=sys.stderr)
         return 130
+    except CasesFailedError as exc:  # a folder of cases: one line per failed case
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return exc.exit_code
     except RagsamError as exc:
         print(f"ragsam: error: {exc}", file=sys.stderr)
         return 2

@@ -21,13 +21,12 @@ second ``train`` out of it.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from ragsam.config import dump_config, load_config, to_dict
+from ragsam.config import dump_config, to_dict
 from ragsam.errors import InputError
 from ragsam.training.checkpoint import STATE_FILE, load_state, load_trainable_tensors, set_rng_state
 from ragsam.training.config import TrainConfig, resolve_grad_accum, validate
@@ -36,6 +35,7 @@ from ragsam.training.distributed import DistInfo, barrier, cleanup, setup
 from ragsam.training.logging_utils import NullLogger, RunLogger
 from ragsam.training.loop import LoopContext, LoopState, run_loop
 from ragsam.training.run_folder import RunFolder, clear_run_files, plan_folder, publish
+from ragsam.training.run_info import RunInfo
 from ragsam.training.sampler import BatchStream, resolve_num_workers
 from ragsam.training.schedule import WarmupPoly
 from ragsam.utils.atomic import write_json, write_text
@@ -57,7 +57,7 @@ def _flat(d: dict, prefix: str = "") -> dict[str, object]:
 
 
 def _resume_config(run_dir: Path, given: TrainConfig | None) -> TrainConfig:
-    saved = load_config(TrainConfig, run_dir / "config.yaml")
+    saved = RunInfo.read_config(run_dir)
     if given is None:
         return saved
     a, b = _flat(to_dict(saved)), _flat(to_dict(given))
@@ -126,7 +126,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
 
 def _saved_device(run_dir: Path) -> str:
     try:
-        return load_config(TrainConfig, run_dir / "config.yaml").device
+        return RunInfo.read_config(run_dir).device
     except Exception:  # noqa: BLE001 - reported properly once the folder is planned
         return "auto"
 
@@ -189,8 +189,7 @@ def _train_in(cfg: TrainConfig, folder: RunFolder, info: DistInfo, stop_after: i
         save_trainable(model, path, {**meta_base, **extra})
 
     def write_val(s: LoopState) -> None:
-        write_json(run_dir / "val.json", {"best": {"iteration": s.best_iteration, "mean_dice": s.best_score},
-                                          "history": s.history}, force=True)
+        RunInfo(best_iteration=s.best_iteration, best_dice=s.best_score, history=s.history).write_val(run_dir)
 
     ctx = LoopContext(cfg, run_dir, info, ddp, model, optimizer, schedule, stream, data.dataset,
                       data.val_cases, logger, save_weights, write_val)
@@ -212,9 +211,3 @@ def _train_in(cfg: TrainConfig, folder: RunFolder, info: DistInfo, stop_after: i
     barrier(info)
     if st.done and info.is_main:
         publish(folder)
-
-
-def read_val(run_dir: str | Path) -> dict:
-    """``val.json`` of a run (empty dict when there is none)."""
-    path = Path(run_dir) / "val.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -29,9 +29,11 @@ from pathlib import Path
 
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.training.checkpoint import STATE_FILE
+from ragsam.training.run_info import CONFIG_FILE, VAL_FILE
 from ragsam.utils.atomic import remove_stale_temporaries, replace_dir
+from ragsam.utils.folders import copy_entries
 
-RUN_FILES = ("config.yaml", "model.safetensors", "last.safetensors", "log.csv", "val.json")
+RUN_FILES = (CONFIG_FILE, "model.safetensors", "last.safetensors", "log.csv", VAL_FILE)
 RUN_DIRS = ("checkpoints", "debug")
 
 
@@ -126,11 +128,5 @@ def publish(folder: RunFolder) -> None:
     """
     if not folder.replaces:
         return
-    for p in _entries(folder.final):
-        if _is_run_entry(p):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.copytree(p, folder.work / p.name, symlinks=True)
-        else:
-            shutil.copy2(p, folder.work / p.name, follow_symlinks=False)
+    copy_entries(folder.final, folder.work, lambda p: not _is_run_entry(p))
     replace_dir(folder.work, folder.final)
