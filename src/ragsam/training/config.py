@@ -251,5 +251,7 @@ def resolve_grad_accum(optim: OptimConfig, processes: int, source: str = "<confi
 def load_train_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults <- YAML file or preset name <- ``key=value`` overrides, validated."""
     resolved = None if path is None else resolve_preset(path)
+    if resolved is not None and overrides:  # the file alone first, so an error names what is at fault
+        validate(load_config(TrainConfig, resolved), str(resolved))
     cfg = load_config(TrainConfig, resolved, overrides)
-    return validate(cfg, str(resolved) if resolved else "<command line>")
+    return validate(cfg, "<command line>" if overrides or resolved is None else str(resolved))
