@@ -40,8 +40,9 @@ def test_sam_loads_strictly_with_the_training_loader() -> None:
 
 
 def test_sam2_and_embedder_load_strictly() -> None:
-    from ragsam.retrieval.embedder import build_embedder
     from ragsam.retrieval.sam2_model import build_sam2
+
+    from ragsam.retrieval.embedder import build_embedder
 
     models = tiny_models()
     sam2, info = build_sam2(str(models.sam2), device="cpu")
