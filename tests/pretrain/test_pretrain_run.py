@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ragsam.hub.tiny_models import tiny_models
 
 from ragsam.cli.main import run_cli
 from ragsam.errors import InputError
+from ragsam.hub.tiny_models import tiny_models
 from ragsam.pretrain import PRESETS, get_settings
 
 
