@@ -6,6 +6,8 @@ function) so that ``ragsam --help`` stays fast.
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 app = typer.Typer(
@@ -25,3 +27,14 @@ index_app = typer.Typer(help="Build and query the retrieval support bank.", no_a
 weights_app = typer.Typer(help="List, fetch, convert and verify pretrained weights.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.add_typer(weights_app, name="weights")
+
+
+@app.callback()
+def _global_options(
+    threads: str | None = typer.Option(
+        None, "--threads", help="CPU threads for torch: a number or 'auto' (the cores this process may use; "
+        "1 for tiny models). Same as RAGSAM_THREADS.", metavar="N"),
+) -> None:
+    """Options before the subcommand apply to every command (e.g. ``ragsam --threads 1 predict ...``)."""
+    if threads is not None:
+        os.environ["RAGSAM_THREADS"] = threads  # read by ragsam.utils.threads, checked where applied

@@ -35,6 +35,7 @@ from ragsam.cli import (  # noqa: F401
 )
 from ragsam.cli.app import app
 from ragsam.errors import RagsamError
+from ragsam.utils.threads import prefer_passive_wait
 
 _EXIT = (click.exceptions.Exit, typer.Exit)
 _USAGE = (click.exceptions.UsageError, _TyperUsageError)
@@ -43,6 +44,7 @@ _ABORT = (click.exceptions.Abort, typer.Abort)
 
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` and return the exit code (never raises)."""
+    prefer_passive_wait()  # before any command imports torch
     try:
         app(args=argv, prog_name="ragsam", standalone_mode=False)
         return 0

@@ -55,6 +55,7 @@ from ragsam.inference.run_loader import load_run
 from ragsam.training.distributed import pick_device
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.precision import autocast
+from ragsam.utils.threads import apply_threads
 
 IN_FLIGHT = 3  # batches of logits waiting for their labels (bounds memory; the labels thread is the faster)
 
@@ -304,6 +305,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     overlap = default_overlap(dev) if overlap is None else overlap
     stages = StageTimes(timings)
     model, cfg = stages.timed("load_run", load_run, run_dir, dev, "model.safetensors", True)
+    apply_threads(model)
     if cfg.data.window is None:
         raise InputError(Path(run_dir) / "config.yaml", "data.window is not set (was this run started by ragsam train?)")
     settings = SliceSettings(window=tuple(cfg.data.window), size=cfg.model.image_size, context=cfg.data.context)

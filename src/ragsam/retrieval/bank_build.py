@@ -32,6 +32,7 @@ import numpy as np
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json, write_text
 from ragsam.utils.paths import resolve_inside
+from ragsam.utils.threads import apply_threads
 
 BANK_FORMAT = "ragsam-support-bank"
 BANK_VERSION = 1
@@ -159,6 +160,7 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if embedder is None:
         embedder = build_embedder(embedder_weights, pooling=pooling, image_size=image_size, device=device,
                                   batch_size=batch_size)
+    apply_threads(getattr(embedder, "model", None))
 
     arrays = {c: case_arrays(prepared, c, with_labels=(prepared / "cases" / c / "label.npy").is_file())
               for c in chosen}

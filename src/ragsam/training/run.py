@@ -36,6 +36,7 @@ from ragsam.training.sampler import BatchStream, resolve_num_workers
 from ragsam.training.schedule import WarmupPoly
 from ragsam.utils.atomic import write_json, write_text
 from ragsam.utils.seeding import seed_everything
+from ragsam.utils.threads import apply_threads
 
 RUN_FILES = ("config.yaml", "model.safetensors", "last.safetensors", "log.csv", "val.json")
 RUN_DIRS = ("checkpoints", "debug")
@@ -130,6 +131,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
         state = load_state(run_dir / STATE_FILE) if resume else None
         seed_everything(cfg.seed)
         model = build_model(cfg.model).to(info.device)
+        apply_threads(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise InputError(None, "the model has no trainable parameters (check model.peft)")
