@@ -27,6 +27,7 @@ def _one_torch_thread():
     before, env = torch.get_num_threads(), os.environ.get("RAGSAM_THREADS")
     torch.set_num_threads(1)
     os.environ["RAGSAM_THREADS"] = "1"
+    os.environ.setdefault("RAGSAM_JOBS", "1")  # --jobs tests ask for processes explicitly
     yield
     torch.set_num_threads(before)
     if env is None:

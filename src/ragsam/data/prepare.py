@@ -53,6 +53,7 @@ from ragsam.data.slice_dataset import CACHE_FORMAT, CACHE_VERSION, MANIFEST_COLU
 from ragsam.data.slices import SliceGrid, SliceSettings, volume_to_slices
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, write_json, write_text
+from ragsam.utils.jobs import map_cases, resolve_jobs
 
 CASE_FILES = ("image.npy", "label.npy", "grid.json")
 
@@ -175,6 +176,16 @@ def _check_output(out_dir: Path, force: bool) -> dict[str, Any] | None:
     return meta
 
 
+def _build_case(task: tuple[Any, str | None, Any, SliceSettings, Path]) -> str:
+    """Read, convert, slice and write one case (a worker of ``--jobs``); returns its id."""
+    from ragsam.data.cases import load_case
+
+    ref, series_uid, lmap, settings, case_dir = task
+    case = load_case(ref, series_uid=series_uid)
+    _write_case(case_dir, volume_to_slices(case.image, convert_labels(case.labels, lmap), settings))
+    return case_dir.name
+
+
 def _write_case(case_dir: Path, stack: Any) -> None:
     with atomic_dir(case_dir, force=True) as tmp:
         np.save(tmp / "image.npy", stack.images.astype(np.float16))
@@ -271,6 +282,7 @@ def prepare_dataset(
     force: bool = False,
     series_uid: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    jobs: int | None = None,
 ) -> PrepareSummary:
     """Build or update the slice cache of a dataset (see the module docstring).
 
@@ -285,13 +297,14 @@ def prepare_dataset(
         force: rebuild every case, and allow writing into a non-empty folder that is not a cache.
         series_uid: DICOM series to read when a folder holds several.
         progress: called as ``progress(case_id, n_built, n_to_build)`` after each built case.
+        jobs: worker processes, one case each at a time (default: the cores available;
+            :mod:`ragsam.utils.jobs`); the cache is the same for any number.
     Returns:
         :class:`PrepareSummary`.
     Raises:
         InputError: unreadable inputs, label ids outside the label map, no labelled case,
             or a non-empty non-cache output folder without ``force``.
     """
-    from ragsam.data.cases import load_case
     from ragsam.data.label_maps import load_label_map
     from ragsam.data.layouts import discover_cases
     from ragsam.data.splits import save_splits
@@ -338,16 +351,16 @@ def prepare_dataset(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "prepare.json", meta)  # incomplete: only the reusable cases are trusted
 
-    built = []
-    for cid, p in sorted(plan.items()):
-        if p["reuse"]:
-            continue
-        case = load_case(p["ref"], series_uid=series_uid)
-        labels = convert_labels(case.labels, lmap)
-        _write_case(out / "cases" / cid, volume_to_slices(case.image, labels, settings))
+    built: list[str] = []
+    to_build = [(p["ref"], series_uid, lmap, settings, out / "cases" / cid)
+                for cid, p in sorted(plan.items()) if not p["reuse"]]
+
+    def done(cid: str) -> None:
         built.append(cid)
         if progress is not None:
-            progress(cid, len(built), sum(not q["reuse"] for q in plan.values()))
+            progress(cid, len(built), len(to_build))
+
+    map_cases(_build_case, to_build, resolve_jobs(jobs, len(to_build)), on_result=done)
 
     removed = []
     cases_dir = out / "cases"
