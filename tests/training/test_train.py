@@ -104,8 +104,10 @@ def test_existing_folder_needs_force_or_resume(cache, tmp_path):
         train(_cfg(cache, "optim.max_iterations=1"), run)
     train(_cfg(cache, "optim.max_iterations=1"), run, force=True)
     assert (run / "model.safetensors").is_file() and (run / "notes.txt").read_text() == "keep me"
-    with pytest.raises(InputError, match="not a ragsam run folder"):
+    with pytest.raises(InputError, match="no config.yaml .* give its --config"):
         train(None, tmp_path / "elsewhere", resume=True)
+    with pytest.raises(InputError, match="not a ragsam run folder"):
+        train(_cfg(cache), tmp_path, resume=True)  # holds other things, no config.yaml
     with pytest.raises(InputError, match="different configuration"):
         train(_cfg(cache, "optim.max_iterations=1", "optim.lr=0.5"), run, resume=True)
 
@@ -175,3 +177,63 @@ def test_bf16_cpu_autocasts_training_only_on_cpus_with_native_bf16(cache, tmp_pa
                                      tmp_path / "off"))  # optim.bf16=false: fp32 everywhere
     with pytest.raises(InputError, match=r"different configuration \(optim.bf16_cpu\)"):
         train(_cfg(cache, *short), run, resume=True)
+
+
+def test_samed_recipe_options_train_and_save_the_derived_accumulation(cache, tmp_path, one_thread):
+    # SAMed's loss at S/4 against nearest labels, the raw [0, 1] slice, and a global batch of
+    # 6 from micro-batches of 3 in one process: 2 micro-batches per step, written to config.yaml.
+    cfg = _cfg(cache, "optim.grad_accum=1", "optim.global_batch=6", "optim.loss_resolution=low",
+               "model.normalize=none", "optim.max_iterations=4", "val.every=0")
+    run = train(cfg, tmp_path / "samed")
+    saved = load_train_config(run / "config.yaml")
+    assert (saved.optim.grad_accum, saved.optim.global_batch, saved.optim.loss_resolution) == (2, 6, "low")
+    rows = _rows(run / "log.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert all(0.0 < float(r["loss"]) < 5.0 for r in rows)
+    # Continuing on 2 processes would mean 1 micro-batch per step: the saved accumulation disagrees.
+    from ragsam.training.config import resolve_grad_accum
+
+    with pytest.raises(InputError, match="disagrees"):
+        resolve_grad_accum(saved.optim, 2)
+
+
+def test_non_finite_loss_stops_training_with_one_clear_error(cache, tmp_path):
+    """A learning rate that blows the weights up stops the run at the first non-finite step.
+
+    Before, such a run finished "run finished" with NaN tensors saved.
+    """
+    from ragsam.training.loop import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"training stopped at iteration \d+: the (loss|gradient norm) "
+                                             "is not finite") as err:
+        train(_cfg(cache, "optim.lr=1e30", "optim.warmup=0", "val.every=0", "data.val=[]"), tmp_path / "run")
+    assert isinstance(err.value, InputError)  # exit code 2 on the command line
+    state = tmp_path / "run" / "checkpoints" / "state.pt"
+    if state.exists():  # any checkpoint written holds finite weights only
+        tensors = load_state(state)["trainable"]
+        assert all(torch.isfinite(t).all() for t in tensors.values())
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.lr=.inf", "optim.lr=inf must be a finite number"),
+    ("optim.lr=.nan", "optim.lr=nan must be a finite number"),
+    ("optim.dice_weight=.nan", "optim.dice_weight=nan"),
+    ("optim.ce_weight=-1", "optim.ce_weight=-1.0 must be finite numbers >= 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must be a finite number >= 0"),
+    ("optim.betas=[2,3]", "optim.betas=[2.0, 3.0] must lie in [0, 1)"),
+    ("optim.grad_clip=.inf", "optim.grad_clip=inf"),
+    ("optim.max_iterations=true", "optim.max_iterations: True is not a valid int"),
+    ("optim.lr=false", "optim.lr: False is not a valid float"),
+])
+def test_nonsense_optimiser_values_are_refused_at_config_time(override, needle):
+    with pytest.raises(InputError) as err:
+        load_train_config("tiny", [override])
+    assert needle in str(err.value)
+
+
+def test_yaml_config_with_an_integer_key_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  5: 1\n")
+    with pytest.raises(InputError, match=r"configuration key optim\.5 is not a name"):
+        load_train_config(path)

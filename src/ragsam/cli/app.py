@@ -29,12 +29,25 @@ app.add_typer(index_app, name="index")
 app.add_typer(weights_app, name="weights")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ragsam import __version__
+
+        typer.echo(f"ragsam {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _global_options(
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
     threads: str | None = typer.Option(
         None, "--threads", help="CPU threads for torch: a number or 'auto' (the cores this process may use; "
         "1 for tiny models). Same as RAGSAM_THREADS.", metavar="N"),
 ) -> None:
-    """Options before the subcommand apply to every command (e.g. ``ragsam --threads 1 predict ...``)."""
+    """Segment Anything for abdominal CT (see ``ragsam COMMAND --help``).
+
+    Options before the subcommand apply to every command (e.g. ``ragsam --threads 1 predict ...``).
+    """
     if threads is not None:
         os.environ["RAGSAM_THREADS"] = threads  # read by ragsam.utils.threads, checked where applied

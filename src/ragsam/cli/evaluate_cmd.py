@@ -41,6 +41,7 @@ def evaluate_cmd(
 
     from ragsam.evaluation.evaluate import evaluate
     from ragsam.evaluation.report import print_table
+    from ragsam.utils import ranks
 
     organ_list: str | list[str] | None = organs
     if organs is not None and ("," in organs or organs.strip().isdigit()):
@@ -48,6 +49,8 @@ def evaluate_cmd(
     result = evaluate(pred, gt, label_map=labels, out_dir=out, nsd_tolerance_mm=nsd_tolerance,
                       absent=absent, organs=organ_list, overlays=overlays, force=force, images=images,
                       hd95_units="voxels" if hd95_voxels else "mm", jobs=jobs)  # type: ignore[arg-type]
+    if not ranks.current().is_main:  # torchrun: rank 0 reports
+        return
     console = Console()
     print_table(result, console)
     if result.out_dir is not None:

@@ -30,7 +30,7 @@ def prepare_command(
     size: int = typer.Option(512, "--size", help="Slice size S (slices are resized to S x S pixels)."),
     window: str = typer.Option("-125,275", "--window", help="HU window LOW,HIGH scaled to [0, 1] (write --window=-125,275)."),
     context: int = typer.Option(0, "--context", help="Default 2.5D context for readers (neighbour slices each side)."),
-    split: str = typer.Option("auto", "--split", help="auto, btcv, flare22, kfold:K or none."),
+    split: str = typer.Option("auto", "--split", help="auto, btcv (community 24/6: test 0035-0040), btcv-even, flare22 (30/20), kfold:K or none."),
     seed: int = typer.Option(0, "--seed", help="Seed of the k-fold shuffle."),
     series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder holds several."),
     force: bool = typer.Option(False, "--force", help="Rebuild every case; allow a non-empty folder that is not a cache."),
@@ -47,8 +47,8 @@ def prepare_command(
     from rich.console import Console
     from rich.table import Table
 
+    from ragsam.data.cache_meta import CacheMeta
     from ragsam.data.prepare import prepare_dataset
-    from ragsam.data.slice_dataset import read_prepare_json
     from ragsam.data.slices import SliceSettings
 
     low, high = _numbers(window, 2, "--window")
@@ -60,7 +60,7 @@ def prepare_command(
 
     summary = prepare_dataset(source, out, settings, layout=layout, label_map=labels, split=split, seed=seed,
                               force=force, series_uid=series, progress=progress, jobs=jobs)
-    names = {int(k): v for k, v in read_prepare_json(summary.out_dir)["label_map"]["labels"].items()}
+    names = CacheMeta.read(summary.out_dir).label_names
     console.print(f"[bold]{summary.out_dir}[/bold]: {len(summary.cases)} cases, {summary.slices} slices "
                   f"(built {len(summary.built)}, reused {len(summary.reused)}, removed {len(summary.removed)}) "
                   f"in {summary.seconds:.1f} s", soft_wrap=True)

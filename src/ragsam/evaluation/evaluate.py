@@ -43,6 +43,7 @@ from ragsam.evaluation.metrics import (
     spacing_zyx,
 )
 from ragsam.evaluation.report import AggregateTable, aggregate, write_report
+from ragsam.utils import ranks
 from ragsam.utils.atomic import atomic_dir
 from ragsam.utils.jobs import map_cases, resolve_jobs
 
@@ -363,21 +364,59 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, label_map: Any = "b
     }
     result = EvaluationResult([], cases, organ_ids, [names[i] for i in organ_ids], settings)
 
-    n_jobs = resolve_jobs(jobs, len(cases))
-
-    def run(overlay_dir: Path | None) -> None:
+    def score(selected: list[CasePaths], overlay_dir: Path | None) -> list[tuple[list[MetricRow], str | None]]:
         tasks = [_CaseTask(case, file_map, conversion, organ_ids, names, tolerances, absent, hd95_units,
-                           lmap.labels, overlay_dir) for case in cases]
-        for case, (rows, overlay) in zip(cases, map_cases(_score_case, tasks, n_jobs), strict=True):
+                           lmap.labels, overlay_dir) for case in selected]
+        return map_cases(_score_case, tasks, resolve_jobs(jobs, len(tasks)))
+
+    def collect(scored: list[tuple[list[MetricRow], str | None]]) -> None:
+        for case, (rows, overlay) in zip(cases, scored, strict=True):
             result.rows += rows
             if overlay is not None:
                 result.overlays[case.case_id] = overlay
 
+    if ranks.current().world > 1:  # torchrun: cases sharded by rank, rank 0 writes the folder
+        return _evaluate_sharded(result, score, collect, out_dir, overlays, force)
     if out_dir is None:
-        run(None)
+        collect(score(cases, None))
         return result
     with atomic_dir(out_dir, force=force) as tmp:
-        run(tmp / "overlays" if overlays else None)
+        collect(score(cases, tmp / "overlays" if overlays else None))
         write_report(result, tmp)
+    result.out_dir = Path(out_dir)
+    return result
+
+
+def _evaluate_sharded(result: EvaluationResult, score: Any, collect: Any, out_dir: str | os.PathLike | None,
+                      overlays: bool, force: bool) -> EvaluationResult:
+    """:func:`evaluate` under torchrun: every rank scores its shard (overlays into a staging
+    folder beside ``out_dir``), all ranks receive every row, rank 0 writes ``out_dir``."""
+    import shutil
+
+    staging = None
+    if out_dir is not None and overlays:
+        staging = Path(out_dir).parent / f".{Path(out_dir).name}.overlays.tmp"
+
+        def fresh_staging() -> None:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+            staging.mkdir(parents=True)
+
+        ranks.on_main(fresh_staging)
+    try:
+        collect(ranks.gather_results(lambda selected: score(selected, staging), result.cases))
+    except Exception:
+        if staging is not None and ranks.current().is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir is None:
+        return result
+
+    def write() -> None:
+        with atomic_dir(out_dir, force=force) as tmp:
+            if staging is not None:
+                shutil.move(str(staging), str(tmp / "overlays"))
+            write_report(result, tmp)
+
+    ranks.on_main(write)
     result.out_dir = Path(out_dir)
     return result

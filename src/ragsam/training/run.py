@@ -10,36 +10,39 @@ Run folder::
     val.json               every validation (per case and organ) and the best one
     events.out.tfevents.*  TensorBoard scalars (when tensorboard is installed)
 
-A fresh run refuses a non-empty folder unless ``force`` (which removes the run
-files listed above, nothing else); ``resume`` continues from ``state.pt`` with
-the folder's own ``config.yaml``.
+A fresh run refuses a non-empty folder unless ``force``; ``resume`` continues from
+``state.pt`` with the folder's own ``config.yaml`` (or starts again from iteration 0 when
+the run was stopped before its first checkpoint). Where a run writes, and how ``--force``
+replaces a previous run only once the new one has finished, is
+:mod:`ragsam.training.run_folder`; the folder's lock (:mod:`ragsam.utils.locking`) keeps a
+second ``train`` out of it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from ragsam.config import dump_config, load_config, to_dict
-from ragsam.errors import InputError, OutputExistsError
+from ragsam.config import dump_config, to_dict
+from ragsam.errors import InputError
 from ragsam.training.checkpoint import STATE_FILE, load_state, load_trainable_tensors, set_rng_state
-from ragsam.training.config import TrainConfig, validate
+from ragsam.training.config import TrainConfig, resolve_grad_accum, validate
 from ragsam.training.data import build_data
 from ragsam.training.distributed import DistInfo, barrier, cleanup, setup
 from ragsam.training.logging_utils import NullLogger, RunLogger
 from ragsam.training.loop import LoopContext, LoopState, run_loop
+from ragsam.training.run_folder import RunFolder, clear_run_files, plan_folder, publish
+from ragsam.training.run_info import RunInfo
 from ragsam.training.sampler import BatchStream, resolve_num_workers
 from ragsam.training.schedule import WarmupPoly
 from ragsam.utils.atomic import write_json, write_text
+from ragsam.utils.locking import folder_lock
 from ragsam.utils.seeding import seed_everything
 from ragsam.utils.threads import apply_threads
 
-RUN_FILES = ("config.yaml", "model.safetensors", "last.safetensors", "log.csv", "val.json")
-RUN_DIRS = ("checkpoints", "debug")
 # Keys that may differ between a run's config.yaml and the config given with --resume.
 RESUME_FREE = ("data.prepared", "data.num_workers", "log.", "device", "val.batch_size")
 
@@ -54,24 +57,8 @@ def _flat(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _prepare_folder(run_dir: Path, resume: bool, force: bool, info: DistInfo) -> None:
-    if resume:
-        return
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if not force:
-            raise OutputExistsError(run_dir)
-        if info.is_main:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-            for name in RUN_DIRS:
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-            for ev in run_dir.glob("events.out.tfevents.*"):
-                ev.unlink()
-    barrier(info)
-
-
 def _resume_config(run_dir: Path, given: TrainConfig | None) -> TrainConfig:
-    saved = load_config(TrainConfig, run_dir / "config.yaml")
+    saved = RunInfo.read_config(run_dir)
     if given is None:
         return saved
     a, b = _flat(to_dict(saved)), _flat(to_dict(given))
@@ -103,107 +90,126 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
     Args:
         cfg: the configuration (``None`` with ``resume``: the run's own ``config.yaml``).
         out: run folder.
-        resume: continue from ``<out>/checkpoints/state.pt`` exactly where it stopped.
-        force: start afresh in a non-empty folder (removes the previous run's files).
+        resume: continue from ``<out>/checkpoints/state.pt`` exactly where it stopped (from
+            iteration 0 when the run has no checkpoint yet).
+        force: start afresh over a previous run, which is replaced once the new one finishes.
         stop_after: testing hook simulating a kill after this iteration (no final outputs).
     Returns:
         The run folder.
     Raises:
-        InputError / OutputExistsError: see :func:`ragsam.training.data.build_data` and above.
+        InputError / OutputExistsError: see :func:`ragsam.training.data.build_data` and
+            :func:`ragsam.training.run_folder.plan_folder`.
+        FolderLockedError: another process is writing ``out``.
     """
-    from ragsam.models import build_model, save_trainable
-
     run_dir = Path(out)
-    if cfg is None and not resume:
-        raise InputError(None, "a configuration is needed to start a new run")
     if resume and force:
         raise InputError(run_dir, "--resume and --force contradict each other; choose one")
-    if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise InputError(run_dir, "not a ragsam run folder (no config.yaml) - cannot --resume")
-        cfg = _resume_config(run_dir, cfg)
-    assert cfg is not None
-    info = setup(cfg.device)
+    if cfg is None and not resume:
+        raise InputError(None, "a configuration is needed to start a new run")
+    info = setup(cfg.device if cfg is not None else _saved_device(run_dir))
     try:
-        _prepare_folder(run_dir, resume, force, info)
-        validate(cfg)
-        data = build_data(cfg)
-        state = load_state(run_dir / STATE_FILE) if resume else None
-        seed_everything(cfg.seed)
-        model = build_model(cfg.model).to(info.device)
-        apply_threads(model)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise InputError(None, "the model has no trainable parameters (check model.peft)")
-        o = cfg.optim
-        schedule = WarmupPoly(o.lr, o.warmup, o.max_iterations, o.power)
-        optimizer = torch.optim.AdamW(trainable, lr=schedule.lr_at(0), betas=tuple(o.betas),
-                                      weight_decay=o.weight_decay)
-        on_cuda = info.device.type == "cuda"
-        stream = BatchStream(data.dataset, data.train_indices, o.batch_size, cfg.seed, info.rank, info.world,
-                             resolve_num_workers(cfg.data.num_workers, info.device), augment=cfg.augment,
-                             pin_memory=on_cuda)
-        st = LoopState()
-        if state is not None:
-            src = run_dir / STATE_FILE
-            load_trainable_tensors(model, state["model"], src)
+        with folder_lock(run_dir, enabled=info.is_main):
+            folder = plan_folder(run_dir, resume, force, have_config=cfg is not None, cleanup=info.is_main)
+            barrier(info)  # every rank has looked at the folder before rank 0 writes to it
+            if folder.saved_config:
+                cfg = _resume_config(run_dir, cfg)
+            assert cfg is not None
             try:
-                optimizer.load_state_dict(state["optimizer"])
-                stream.load_state_dict(state["stream"])
-            except (ValueError, KeyError, RuntimeError) as exc:
-                raise InputError(src, f"checkpoint does not fit this run ({exc})") from None
-            if state["schedule"] != schedule.state_dict():
-                raise InputError(src, f"schedule changed since the checkpoint ({state['schedule']})")
-            set_rng_state(state["rng"])
-            best = state["best"]
-            st = LoopState(int(state["iteration"]), float(best["score"]), int(best["iteration"]),
-                           int(best["since_best"]), list(state["history"]), bool(state["done"]))
-        elif info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(run_dir / "config.yaml", dump_config(cfg), force=True)
-        barrier(info)
-        ddp = model
-        if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [info.device.index] if on_cuda else None
-            ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-        logger = (RunLogger(run_dir, st.iteration, cfg.last_iteration, cfg.log.tensorboard, cfg.log.progress)
-                  if info.is_main else NullLogger())
-        meta_base = {"format": "ragsam-run", "arch": cfg.model.arch, "num_classes": str(cfg.model.num_classes),
-                     "image_size": str(cfg.model.image_size)}
-
-        def save_weights(path: Path, extra: dict[str, str]) -> None:
-            save_trainable(model, path, {**meta_base, **extra})
-
-        def write_val(s: LoopState) -> None:
-            write_json(run_dir / "val.json", {"best": {"iteration": s.best_iteration, "mean_dice": s.best_score},
-                                              "history": s.history}, force=True)
-
-        ctx = LoopContext(cfg, run_dir, info, ddp, model, optimizer, schedule, stream, data.dataset,
-                          data.val_cases, logger, save_weights, write_val)
-        try:
-            st = run_loop(ctx, st, stop_after=stop_after)
-        finally:
-            logger.close()
-            stream.close()
-        if st.done:
-            if info.is_main:
-                save_weights(run_dir / "last.safetensors", {"iteration": str(st.iteration), "selected": "last"})
-                if not data.val_cases or not (run_dir / "model.safetensors").is_file():
-                    save_weights(run_dir / "model.safetensors", {"iteration": str(st.iteration), "selected": "last"})
-                write_val(st)
-            if cfg.log.rank_hashes:
-                write_json(run_dir / "debug" / f"rank{info.rank}.json",
-                           {"rank": info.rank, "world": info.world, "iteration": st.iteration,
-                            "sha256": _weights_hash(model)}, force=True)
-        barrier(info)
+                _train_in(cfg, folder, info, stop_after)
+            except BaseException:
+                if folder.replaces and info.is_main:
+                    shutil.rmtree(folder.work, ignore_errors=True)  # a refused forced run leaves nothing
+                raise
         return run_dir
     finally:
         cleanup(info)
 
 
-def read_val(run_dir: str | Path) -> dict:
-    """``val.json`` of a run (empty dict when there is none)."""
-    path = Path(run_dir) / "val.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def _saved_device(run_dir: Path) -> str:
+    try:
+        return RunInfo.read_config(run_dir).device
+    except Exception:  # noqa: BLE001 - reported properly once the folder is planned
+        return "auto"
+
+
+def _train_in(cfg: TrainConfig, folder: RunFolder, info: DistInfo, stop_after: int | None) -> None:
+    """Build data, model and optimiser, run the loop in ``folder.work``, publish a forced run."""
+    from ragsam.models import build_model, save_trainable
+
+    run_dir = folder.work
+    validate(cfg)
+    cfg.optim.grad_accum = resolve_grad_accum(cfg.optim, info.world)  # saved resolved in config.yaml
+    data = build_data(cfg)
+    state = load_state(run_dir / STATE_FILE) if folder.resume else None
+    if state is None and info.is_main:
+        # Iteration 0: whatever a stopped attempt logged is redone; config.yaml comes first.
+        clear_run_files(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", dump_config(cfg), force=True)
+    barrier(info)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model).to(info.device)
+    apply_threads(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise InputError(None, "the model has no trainable parameters (check model.peft)")
+    o = cfg.optim
+    schedule = WarmupPoly(o.lr, o.warmup, o.max_iterations, o.power)
+    optimizer = torch.optim.AdamW(trainable, lr=schedule.lr_at(0), betas=tuple(o.betas),
+                                  weight_decay=o.weight_decay)
+    on_cuda = info.device.type == "cuda"
+    stream = BatchStream(data.dataset, data.train_indices, o.batch_size, cfg.seed, info.rank, info.world,
+                         resolve_num_workers(cfg.data.num_workers, info.device), augment=cfg.augment,
+                         pin_memory=on_cuda)
+    st = LoopState()
+    if state is not None:
+        src = run_dir / STATE_FILE
+        load_trainable_tensors(model, state["model"], src)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            stream.load_state_dict(state["stream"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise InputError(src, f"checkpoint does not fit this run ({exc})") from None
+        if state["schedule"] != schedule.state_dict():
+            raise InputError(src, f"schedule changed since the checkpoint ({state['schedule']})")
+        set_rng_state(state["rng"])
+        best = state["best"]
+        st = LoopState(int(state["iteration"]), float(best["score"]), int(best["iteration"]),
+                       int(best["since_best"]), list(state["history"]), bool(state["done"]))
+    ddp = model
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [info.device.index] if on_cuda else None
+        ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    logger = (RunLogger(run_dir, st.iteration, cfg.last_iteration, cfg.log.tensorboard, cfg.log.progress)
+              if info.is_main else NullLogger())
+    meta_base = {"format": "ragsam-run", "arch": cfg.model.arch, "num_classes": str(cfg.model.num_classes),
+                 "image_size": str(cfg.model.image_size)}
+
+    def save_weights(path: Path, extra: dict[str, str]) -> None:
+        save_trainable(model, path, {**meta_base, **extra})
+
+    def write_val(s: LoopState) -> None:
+        RunInfo(best_iteration=s.best_iteration, best_dice=s.best_score, history=s.history).write_val(run_dir)
+
+    ctx = LoopContext(cfg, run_dir, info, ddp, model, optimizer, schedule, stream, data.dataset,
+                      data.val_cases, logger, save_weights, write_val)
+    try:
+        st = run_loop(ctx, st, stop_after=stop_after)
+    finally:
+        logger.close()
+        stream.close()
+    if st.done:
+        if info.is_main:
+            save_weights(run_dir / "last.safetensors", {"iteration": str(st.iteration), "selected": "last"})
+            if not data.val_cases or not (run_dir / "model.safetensors").is_file():
+                save_weights(run_dir / "model.safetensors", {"iteration": str(st.iteration), "selected": "last"})
+            write_val(st)
+        if cfg.log.rank_hashes:
+            write_json(run_dir / "debug" / f"rank{info.rank}.json",
+                       {"rank": info.rank, "world": info.world, "iteration": st.iteration,
+                        "sha256": _weights_hash(model)}, force=True)
+    barrier(info)
+    if st.done and info.is_main:
+        publish(folder)
