@@ -23,6 +23,8 @@ def prepare_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the k-fold shuffle."),
     series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder holds several."),
     force: bool = typer.Option(False, "--force", help="Rebuild every case; allow a non-empty folder that is not a cache."),
+    jobs: int | None = typer.Option(
+        None, "--jobs", "-j", help="Worker processes, one case each (default: the cores available)."),
 ) -> None:
     """Turn CT volumes and labels into a cache of canonical axial slices for training and retrieval.
 
@@ -46,7 +48,7 @@ def prepare_command(
         console.print(f"  built {case_id} ({done}/{total})", highlight=False)
 
     summary = prepare_dataset(source, out, settings, layout=layout, label_map=labels, split=split, seed=seed,
-                              force=force, series_uid=series, progress=progress)
+                              force=force, series_uid=series, progress=progress, jobs=jobs)
     names = CacheMeta.read(summary.out_dir).label_names
     console.print(f"[bold]{summary.out_dir}[/bold]: {len(summary.cases)} cases, {summary.slices} slices "
                   f"(built {len(summary.built)}, reused {len(summary.reused)}, removed {len(summary.removed)}) "

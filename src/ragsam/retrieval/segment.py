@@ -38,6 +38,7 @@ from ragsam.errors import InputError
 from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
+from ragsam.utils.threads import apply_threads
 
 MIN_HU = -200.0
 MIN_HU_SPAN = 300.0
@@ -206,6 +207,7 @@ class RagSegmenter:
         self.bank = SupportBank.load(bank_dir)
         self.embedder = _embedder_for(self.bank, embedder, self.device)
         self.model, self.info = build_sam2(sam2_weights, device=self.device)  # bad weights fail before slice work
+        apply_threads(self.model, getattr(self.embedder, "model", None))
         self.seg = Sam2MemorySegmenter(self.model, pointer_positions=pointer_positions,  # type: ignore[arg-type]
                                        use_empty_supports=use_empty_supports)
         self.cache = SupportCache(cache_size)

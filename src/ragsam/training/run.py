@@ -41,6 +41,7 @@ from ragsam.training.schedule import WarmupPoly
 from ragsam.utils.atomic import write_json, write_text
 from ragsam.utils.locking import folder_lock
 from ragsam.utils.seeding import seed_everything
+from ragsam.utils.threads import apply_threads
 
 # Keys that may differ between a run's config.yaml and the config given with --resume.
 RESUME_FREE = ("data.prepared", "data.num_workers", "log.", "device", "val.batch_size")
@@ -164,6 +165,7 @@ def _train_in(cfg: TrainConfig, folder: RunFolder, info: DistInfo, stop_after: i
     barrier(info)
     seed_everything(cfg.seed)
     model = build_model(cfg.model).to(info.device)
+    apply_threads(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise InputError(None, "the model has no trainable parameters (check model.peft)")
