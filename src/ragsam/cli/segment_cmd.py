@@ -60,6 +60,10 @@ def segment_command(
             device=device, pointer_positions=pointers, k=k, exclude_cases=exclude_case, batch_size=batch_size,
             series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight,
             progress=lambda cid, done, total: bar.update(task, description=cid, completed=done, total=total))
+    from ragsam.utils import ranks
+
+    if not ranks.current().is_main:  # torchrun: every rank holds every summary; rank 0 prints
+        return
     if summary_json:
         payload = [s.to_json() for s in summaries]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ragsam.errors import InputError
+from ragsam.utils import ranks
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.threads import apply_threads
@@ -345,11 +346,16 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
         check_writable(out, force)
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
                              use_empty_supports)
-    summaries = []
-    for ref, out in zip(refs, outputs, strict=True):
-        report = None if progress is None else (lambda done, total, cid=ref.case_id: progress(cid, done, total))
-        summaries.append(segmenter.segment(ref.image, out, force=force, progress=report, **per_volume))
-    return summaries
+
+    def run(pairs: list) -> list[SegmentSummary]:
+        summaries = []
+        for ref, out in pairs:
+            report = None if progress is None else (lambda done, total, cid=ref.case_id: progress(cid, done, total))
+            summaries.append(segmenter.segment(ref.image, out, force=force, progress=report, **per_volume))
+        return summaries
+
+    # torchrun: each rank segments its shard of the cases; every rank returns all summaries
+    return ranks.gather_results(run, list(zip(refs, outputs, strict=True)))
 
 
 def _own_memories(seg: Any, images: np.ndarray, own: Mapping[int, np.ndarray],
