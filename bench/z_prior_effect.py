@@ -42,10 +42,11 @@ def mean_abs_dz(bank, embedder, images: np.ndarray, k: int, weight: float) -> fl
 
 
 def run(args) -> dict:
+    from ragsam.data.cache_meta import CacheMeta
     from ragsam.data.cases import CaseRef, load_case
     from ragsam.data.label_maps import load_label_map
     from ragsam.data.prepare import prepare_dataset
-    from ragsam.data.slice_dataset import SliceDataset, read_prepare_json
+    from ragsam.data.slice_dataset import SliceDataset
     from ragsam.data.slices import SliceSettings
     from ragsam.data.volume import write_labels
     from ragsam.evaluation.evaluate import evaluate
@@ -57,7 +58,7 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         prepare_dataset(REAL_CT, work / "prepared", SliceSettings(size=args.size), label_map="btcv", split="none")
-        cases = sorted(read_prepare_json(work / "prepared")["cases"])
+        cases = sorted(CacheMeta.read(work / "prepared").cases)
         meta = SliceDataset(work / "prepared")
         lmap = load_label_map("btcv")
         for query in cases:
@@ -68,12 +69,12 @@ def run(args) -> dict:
             embedder = bank.embedder(device=args.device)
             images = np.asarray(meta.arrays(query)[0], dtype=np.float32)
             segmenter = RagSegmenter(bank_dir, args.sam2, device=args.device)
-            case = read_prepare_json(work / "prepared")["cases"][query]
-            gt = load_case(CaseRef(query, Path(case["image"]), Path(case["labels"]))).labels
+            case = CacheMeta.read(work / "prepared").cases[query]
+            gt = load_case(CaseRef(query, Path(str(case.image)), Path(str(case.labels)))).labels
             write_labels(gt.array, gt.geometry, work / f"gt-{query}.nii.gz", force=True)
             for weight in (0.0, 0.5):
                 out = work / f"{query}-{weight}.nii.gz"
-                segmenter.segment(case["image"], out, k=args.k, z_prior=weight or None, force=True)
+                segmenter.segment(str(case.image), out, k=args.k, z_prior=weight or None, force=True)
                 result = evaluate(out, work / f"gt-{query}.nii.gz", label_map=lmap, overlays=False)
                 table = result.table()
                 dice = {n: round(float(v), 4) for n, v in zip(table.organ_names, table.mean["dice"], strict=True)

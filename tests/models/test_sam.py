@@ -79,7 +79,8 @@ def _encoder_input(model, images):
 @pytest.mark.parametrize("normalize", ["none", "sam"])
 def test_encoder_receives_the_slice_or_sams_normalisation(normalize):
     from ragsam.models import build_model
-    from ragsam.models.config import ModelConfig, PeftConfig
+    from ragsam.models.config import ModelConfig
+    from ragsam.peft.config import PeftConfig
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="tiny", num_classes=2, image_size=64, normalize=normalize,

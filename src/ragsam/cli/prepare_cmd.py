@@ -7,18 +7,7 @@ from pathlib import Path
 import typer
 
 from ragsam.cli.app import app
-from ragsam.errors import InputError
-
-
-def _numbers(text: str, count: int, what: str, kind: type = float) -> tuple:
-    """Parse ``"a,b,c"`` into ``count`` numbers of ``kind`` or raise a one-line InputError."""
-    try:
-        values = tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        raise InputError(None, f"{what} must be {count} comma-separated {kind.__name__}s, got {text!r}")
-    return values
+from ragsam.cli.options import parse_numbers, parse_window
 
 
 @app.command("prepare")
@@ -51,7 +40,7 @@ def prepare_command(
     from ragsam.data.prepare import prepare_dataset
     from ragsam.data.slices import SliceSettings
 
-    low, high = _numbers(window, 2, "--window")
+    low, high = parse_window(window)
     settings = SliceSettings(window=(low, high), size=size, context=context)
     console = Console()
 
@@ -95,7 +84,7 @@ def phantom_command(
     """
     from ragsam.data.phantom import write_phantom_dataset
 
-    zyx = _numbers(shape, 3, "--shape", int)
-    mm = _numbers(spacing, 3, "--spacing")
+    zyx = parse_numbers(shape, 3, "--shape", int)
+    mm = parse_numbers(spacing, 3, "--spacing")
     path = write_phantom_dataset(out, n_cases=cases, layout=layout, seed=seed, shape=zyx, spacing_mm=mm, force=force)
     typer.echo(f"wrote {cases} phantom cases ({layout} layout, {'x'.join(map(str, zyx))} voxels) to {path}")

@@ -55,6 +55,7 @@ from ragsam.data.slice_dataset import MANIFEST_COLUMNS
 from ragsam.data.slices import SliceGrid, SliceSettings, volume_to_slices
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, remove_stale_temporaries, write_json, write_text
+from ragsam.utils.fault_points import pause_at
 from ragsam.utils.folders import copy_entries, link_tree
 from ragsam.utils.jobs import map_cases, resolve_jobs
 from ragsam.utils.locking import folder_lock
@@ -204,6 +205,7 @@ def _build_cases(out: Path, tmp: Path, plan: dict[str, dict[str, Any]], old_case
 
     def done(cid: str) -> None:
         built.append(cid)
+        pause_at("prepare:case-built")
         if progress is not None:
             progress(cid, len(built), len(to_build))
 

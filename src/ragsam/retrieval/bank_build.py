@@ -33,6 +33,7 @@ from ragsam.data.cache_meta import CacheMeta
 from ragsam.errors import InputError
 from ragsam.retrieval.bank_info import BankInfo
 from ragsam.utils.atomic import atomic_dir, check_writable, remove_stale_temporaries, write_json, write_text
+from ragsam.utils.fault_points import pause_at
 from ragsam.utils.locking import folder_lock
 from ragsam.utils.paths import resolve_inside
 from ragsam.utils.threads import apply_threads
@@ -208,6 +209,7 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
             write_text(tmp / "metadata.csv", text.getvalue())
             write_json(tmp / "embedder.json", identity)
             info.write(tmp)
+            pause_at("index-build:before-publish")
         return BankSummary(path=out, count=len(rows), cases=len(chosen), dim=embedder.dim,
                            kind=index_settings["kind"], embedder=identity["weights"],
                            seconds=time.perf_counter() - start)

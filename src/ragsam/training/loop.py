@@ -52,6 +52,7 @@ from ragsam.training.losses import DiceCELoss, training_loss
 from ragsam.training.sampler import BatchStream
 from ragsam.training.schedule import WarmupPoly
 from ragsam.training.validate import ValResult, validate
+from ragsam.utils.fault_points import pause_at
 from ragsam.utils.precision import autocast
 
 
@@ -216,6 +217,7 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
             st.done = broadcast_flag(st.done, info)
         if st.done or st.iteration % cfg.checkpoint_every == 0:
             _checkpoint(ctx, st)
+        pause_at(f"train:iteration-{st.iteration}")
         if stop_after is not None and st.iteration >= stop_after and not st.done:
             return st
     return st

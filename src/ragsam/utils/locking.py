@@ -9,8 +9,9 @@ started the same command twice usually wants to know).
 The lock file is ``<parent>/.<name>.lock``, beside the folder rather than inside it, so
 that it survives the folder being swapped for a new one (``atomic_dir``) and a refused
 command into a new folder leaves no folder behind. The kernel drops the lock when the
-process exits or is killed (``kill -9`` included); the holder removes the file on a
-normal exit, and a file left by a killed process is simply locked again by the next run.
+process exits or is killed (``kill -9`` included); the holder removes the file (and the
+parent folders it had to create, if they stayed empty) on a normal exit, and a file left
+by a killed process is simply locked again by the next run.
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ def lock_path(folder: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, enabled: bool = True, wait: bool = False) -> Iterator[Path]:
     """Hold the exclusive write lock of ``folder`` (which need not exist yet).
 
     Args:
         folder: the output folder to update.
         enabled: ``False`` makes this a no-op (e.g. non-zero ranks of a multi-process run,
             whose rank 0 holds the lock for all of them).
+        wait: block until the holder is done instead of refusing (short edits that queue
+            behind each other, such as additions to a support bank).
     Yields:
         The lock file's path.
     Raises:
@@ -56,11 +59,12 @@ def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Pat
     if not enabled:
         yield path
         return
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
@@ -80,3 +84,8 @@ def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Pat
         with contextlib.suppress(OSError):
             path.unlink()  # while still holding it, so nobody locks a file that is going away
         os.close(fd)
+        for folder in created:  # parents made for the lock file, left empty by a refused command
+            try:
+                folder.rmdir()
+            except OSError:
+                break
