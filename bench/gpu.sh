@@ -39,7 +39,7 @@ run() {  # run NAME LIMIT_S SCRIPT ARGS...: one benchmark under a hard time limi
     echo "{\"benchmark\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - start ))}" >> "$OUT/status.jsonl"
 }
 
-# Budget (seconds): 30 + 120 + 45 + 70 + 25 + 50 + 80 + 60 = 480 at most; most finish well inside their limits.
+# Budget (seconds): 30 + 120 + 45 + 70 + 25 + 50 + 80 + 90 + 60 = 570 at most; most finish well inside their limits.
 # First: do the optimised paths compute the same thing on this device (fused vs eager, bf16, fused
 # SDPA kernels only, host syncs of a training step)?
 run gpu_check 30 bench/gpu_check.py --device cuda --json "$OUT/gpu_check.json"
@@ -58,6 +58,12 @@ run rag_segment 50 bench/rag_segment.py --device cuda --sam2 random --slices 8 -
 # Faiss on the device's 16 CPU cores (faiss-cpu wheel from .whl/): 1e6 vectors, D = 384.
 run retrieval_1e6 80 bench/retrieval_index.py --sizes 1000000 --dims 384 --kinds flat ivf --queries 100 --threads 16 \
     --json "$OUT/retrieval_index_1e6.json"
+# Sharded inference (issue 13): predict over 8 ViT-B cases with 1..N processes, one per GPU (N = the GPUs here;
+# with one GPU, 2 processes share it). Outputs are compared with the 1-process run.
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+procs=1; n=2; while [ "$n" -le "$(( gpus > 2 ? gpus : 2 ))" ]; do procs="$procs,$n"; n=$(( n * 2 )); done
+run sharded 90 bench/sharded.py --device cuda --procs "$procs" --arch sam_vit_b --model-size 512 --side 512 \
+    --cases 8 --slices 20 --json "$OUT/sharded.json"
 # torch.compile where it pays: only the optimised mode is compiled (compilation time is in warmup_s). Last, as
 # compilation time is the least predictable.
 run train_step_compile 60 bench/train_step.py --device cuda --compile --config sam_vit_b:512:8:20 \

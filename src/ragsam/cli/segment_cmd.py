@@ -72,6 +72,10 @@ def segment_command(
 
 
 def _print(summaries: list, summary_json: bool) -> None:
+    from ragsam.utils import ranks
+
+    if not ranks.current().is_main:  # torchrun: every rank holds every summary; rank 0 prints
+        return
     if summary_json:
         payload = [s.to_json() for s in summaries]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
