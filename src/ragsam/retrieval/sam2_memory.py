@@ -41,9 +41,10 @@ for uint8 frames and does not apply).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+import functools
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -56,6 +57,25 @@ from ragsam.errors import InputError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PointerPositions = Literal["sequential", "shared"]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _inference_unless_differentiable(fn: _F) -> _F:
+    """Run ``fn`` under ``torch.inference_mode`` unless its segmenter is ``differentiable``.
+
+    Inference (``ragsam segment``) keeps the fast no-autograd path and cacheable tensors;
+    episodic training (:mod:`ragsam.training.rag_model`) sets ``differentiable`` so the same
+    code builds a graph through the image encoder, memory encoder, memory attention and decoder.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(self: Sam2MemorySegmenter, *args: Any, **kwargs: Any) -> Any:
+        if self.differentiable:
+            return fn(self, *args, **kwargs)
+        with torch.inference_mode():
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -157,6 +177,10 @@ class Sam2MemorySegmenter:
         use_empty_supports: condition an organ also on supports that do not contain it
             (their "absent" memory), as a video would; ``False`` uses only supports showing it.
 
+    Attributes:
+        differentiable: ``False`` (default): every method runs in ``torch.inference_mode``.
+            ``True`` (episodic training): the same computations keep autograd graphs.
+
     Example:
         >>> seg = Sam2MemorySegmenter(model)
         >>> mems = [seg.encode_support(img, lab) for img, lab in zip(sup_images, sup_labels)]
@@ -170,17 +194,18 @@ class Sam2MemorySegmenter:
         self.model = model
         self.pointer_positions = pointer_positions
         self.use_empty_supports = use_empty_supports
+        self.differentiable = False
         self.image_size = int(model.config.image_size)
         self.device = next(model.parameters()).device
 
     # ----------------------------------------------------------------- encoders
-    @torch.inference_mode()
+    @_inference_unless_differentiable
     def encode_images(self, images: Tensor | np.ndarray) -> list[FrameFeatures]:
         """Image-encoder features of ``(B, S, S)`` slices in [0, 1] (one batched pass)."""
         pixels = preprocess_slices(torch.as_tensor(images).to(self.device), self.image_size)
         return self.encode_pixels(pixels)
 
-    @torch.inference_mode()
+    @_inference_unless_differentiable
     def encode_pixels(self, pixels: Tensor) -> list[FrameFeatures]:
         """Image-encoder features of already normalised ``(B, 3, I, I)`` model inputs."""
         out = self.model.get_image_features(pixels.to(self.device), return_dict=True)
@@ -193,7 +218,7 @@ class Sam2MemorySegmenter:
         top = frame.feats[-1].permute(1, 2, 0).reshape(1, self.model.hidden_dim, *sizes[-1])
         return high, top
 
-    @torch.inference_mode()
+    @_inference_unless_differentiable
     def encode_support(self, image: Tensor | np.ndarray | FrameFeatures, labels: Tensor | np.ndarray,
                        organs: Iterable[int] | None = None, key: Hashable | None = None) -> SupportMemory:
         """Encode one support slice: image features, then one memory per organ on it.
@@ -253,7 +278,7 @@ class Sam2MemorySegmenter:
             n_ptr = int(ptr.shape[0])
         return torch.cat(memories, dim=0), torch.cat(positions, dim=0), n_ptr
 
-    @torch.inference_mode()
+    @_inference_unless_differentiable
     def segment(self, query: FrameFeatures | Tensor | np.ndarray, supports: Sequence[SupportMemory],
                 organs: Iterable[int] | None = None, output_size: tuple[int, int] | None = None) -> Sam2Prediction:
         """Segment one query slice from encoded supports.

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ragsam.errors import InputError
+from ragsam.retrieval.support_retrieval import retrieve_supports, support_memories
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
 
@@ -205,10 +206,7 @@ class RagSegmenter:
         settings = SliceSettings.from_json(bank.prepare_meta()["settings"])
         stack = volume_to_slices(image, None, settings)
         depth, size = stack.images.shape[0], stack.images.shape[-1]
-        vectors = self.embedder.embed(stack.images, batch_size=batch_size)
-        rel_z = np.arange(depth) / (depth - 1)
-        hits = bank.query(vectors, k, self.embedder.identity, exclude_cases=excluded, z_prior=z_prior or None,
-                          query_rel_z=rel_z if z_prior else None)
+        hits = retrieve_supports(bank, self.embedder, stack.images, k, excluded, z_prior, batch_size)
         fused = grid_ft = None
         if run_dir is not None:
             from ragsam.retrieval.hybrid import fuse_slice, run_probabilities
@@ -222,7 +220,7 @@ class RagSegmenter:
             queries = self.seg.encode_images(torch.from_numpy(stack.images[first:first + batch_size]))
             for offset, query in enumerate(queries):
                 z = first + offset
-                supports = _supports(self.seg, bank, self.cache, hits[z][::-1])  # best neighbour nearest the query
+                supports = support_memories(self.seg, bank, self.cache, hits[z])  # best nearest the query
                 pred = self.seg.segment(query, supports, output_size=(size, size))
                 labels[z] = pred.labels.cpu().numpy().astype(np.uint8)
                 if fused is not None:
@@ -336,18 +334,3 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
         summaries.append(segmenter.segment(ref.image, out, force=force, progress=report, **per_volume))
     return summaries
 
-
-def _supports(seg: Any, bank: Any, cache: SupportCache, neighbours: Sequence[Any]) -> list[Any]:
-    """Encoded supports for ``neighbours`` (in order), encoding the uncached ones in one batch."""
-    keys = [(nb.case_id, nb.z) for nb in neighbours]
-    found = {key: cache.get(key) for key in dict.fromkeys(keys)}
-    missing = [nb for nb in neighbours if found[(nb.case_id, nb.z)] is None]
-    missing = list({(nb.case_id, nb.z): nb for nb in missing}.values())
-    if missing:
-        images, labels = bank.support_slices(missing)
-        frames = seg.encode_images(torch.from_numpy(images))
-        for nb, frame, lab in zip(missing, frames, labels, strict=True):
-            memory = seg.encode_support(frame, lab, key=(nb.case_id, nb.z))
-            cache.put((nb.case_id, nb.z), memory)
-            found[(nb.case_id, nb.z)] = memory
-    return [found[key] for key in keys]

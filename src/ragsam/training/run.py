@@ -21,17 +21,18 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ragsam.config import dump_config, load_config, to_dict
 from ragsam.errors import InputError, OutputExistsError
-from ragsam.training.checkpoint import STATE_FILE, load_state, load_trainable_tensors, set_rng_state
+from ragsam.training.checkpoint import STATE_FILE, load_state
 from ragsam.training.config import TrainConfig, validate
 from ragsam.training.data import build_data
 from ragsam.training.distributed import DistInfo, barrier, cleanup, setup
 from ragsam.training.logging_utils import NullLogger, RunLogger
-from ragsam.training.loop import LoopContext, LoopState, run_loop
+from ragsam.training.loop import LoopContext, LoopState, restore_loop_state, run_loop
 from ragsam.training.sampler import BatchStream, resolve_num_workers
 from ragsam.training.schedule import WarmupPoly
 from ragsam.utils.atomic import write_json, write_text
@@ -53,7 +54,8 @@ def _flat(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _prepare_folder(run_dir: Path, resume: bool, force: bool, info: DistInfo) -> None:
+def prepare_run_folder(run_dir: Path, resume: bool, force: bool, info: DistInfo) -> None:
+    """A fresh run needs an empty folder (or ``force``, which removes only the run files)."""
     if resume:
         return
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -69,14 +71,18 @@ def _prepare_folder(run_dir: Path, resume: bool, force: bool, info: DistInfo) ->
     barrier(info)
 
 
-def _resume_config(run_dir: Path, given: TrainConfig | None) -> TrainConfig:
-    saved = load_config(TrainConfig, run_dir / "config.yaml")
+def resume_config(run_dir: Path, given: Any, cls: type = TrainConfig,
+                  filled: tuple[str, ...] = ("data.window", "data.size")) -> Any:
+    """The run's saved configuration; ``given`` (if any) may differ only in harmless keys.
+
+    ``filled``: keys the run fills in at start (unset in a fresh configuration).
+    """
+    saved = load_config(cls, run_dir / "config.yaml")
     if given is None:
         return saved
     a, b = _flat(to_dict(saved)), _flat(to_dict(given))
-    # window/size are filled in from the cache at start; a fresh config has them unset.
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE)
-            and not (k in ("data.window", "data.size") and b.get(k) is None)]
+            and not (k in filled and b.get(k) is None)]
     if diff:
         raise InputError(run_dir / "config.yaml", f"--resume with a different configuration ({', '.join(diff[:6])}); "
                          "resume with the run's own config (omit --config/overrides) or start a new run")
@@ -86,7 +92,7 @@ def _resume_config(run_dir: Path, given: TrainConfig | None) -> TrainConfig:
     return saved
 
 
-def _weights_hash(module: torch.nn.Module) -> str:
+def weights_hash(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, p in sorted(module.named_parameters()):
         if p.requires_grad:
@@ -120,11 +126,11 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise InputError(run_dir, "not a ragsam run folder (no config.yaml) - cannot --resume")
-        cfg = _resume_config(run_dir, cfg)
+        cfg = resume_config(run_dir, cfg)
     assert cfg is not None
     info = setup(cfg.device)
     try:
-        _prepare_folder(run_dir, resume, force, info)
+        prepare_run_folder(run_dir, resume, force, info)
         validate(cfg)
         data = build_data(cfg)
         state = load_state(run_dir / STATE_FILE) if resume else None
@@ -143,19 +149,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
                              pin_memory=on_cuda)
         st = LoopState()
         if state is not None:
-            src = run_dir / STATE_FILE
-            load_trainable_tensors(model, state["model"], src)
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-                stream.load_state_dict(state["stream"])
-            except (ValueError, KeyError, RuntimeError) as exc:
-                raise InputError(src, f"checkpoint does not fit this run ({exc})") from None
-            if state["schedule"] != schedule.state_dict():
-                raise InputError(src, f"schedule changed since the checkpoint ({state['schedule']})")
-            set_rng_state(state["rng"])
-            best = state["best"]
-            st = LoopState(int(state["iteration"]), float(best["score"]), int(best["iteration"]),
-                           int(best["since_best"]), list(state["history"]), bool(state["done"]))
+            st = restore_loop_state(state, run_dir / STATE_FILE, model, optimizer, stream, schedule)
         elif info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text(run_dir / "config.yaml", dump_config(cfg), force=True)
@@ -194,7 +188,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
             if cfg.log.rank_hashes:
                 write_json(run_dir / "debug" / f"rank{info.rank}.json",
                            {"rank": info.rank, "world": info.world, "iteration": st.iteration,
-                            "sha256": _weights_hash(model)}, force=True)
+                            "sha256": weights_hash(model)}, force=True)
         barrier(info)
         return run_dir
     finally:
