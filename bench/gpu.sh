@@ -39,7 +39,7 @@ run() {  # run NAME LIMIT_S SCRIPT ARGS...: one benchmark under a hard time limi
     echo "{\"benchmark\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - start ))}" >> "$OUT/status.jsonl"
 }
 
-# Budget (seconds): 30 + 120 + 45 + 70 + 25 + 50 + 80 + 60 = 480 at most; most finish well inside their limits.
+# Budget (seconds): 30 + 120 + 45 + 70 + 25 + 50 + 60 + 80 + 60 = 540 at most; most finish well inside their limits.
 # First: do the optimised paths compute the same thing on this device (fused vs eager, bf16, fused
 # SDPA kernels only, host syncs of a training step)?
 run gpu_check 30 bench/gpu_check.py --device cuda --json "$OUT/gpu_check.json"
@@ -55,6 +55,9 @@ run volume_inference 70 bench/volume_inference.py --device cuda --arch sam_vit_b
 run embed 25 bench/embed.py --device cuda --slices 512 --batch 64 --json "$OUT/embed.json"
 # SAM 2.1 Hiera-tiny architecture at 1024 px (random weights: timing only).
 run rag_segment 50 bench/rag_segment.py --device cuda --sam2 random --slices 8 --json "$OUT/rag_segment.json"
+# Episodic SAM 2 fine-tuning (train-rag): SAM 2.1 Hiera-tiny architecture at 1024 px, LoRA preset, k = 1, 2, 4.
+run rag_train_step 60 bench/rag_train_step.py --device cuda --sam2 random --side 512 --batch 2 --repeats 3 \
+    --json "$OUT/rag_train_step.json"
 # Faiss on the device's 16 CPU cores (faiss-cpu wheel from .whl/): 1e6 vectors, D = 384.
 run retrieval_1e6 80 bench/retrieval_index.py --sizes 1000000 --dims 384 --kinds flat ivf --queries 100 --threads 16 \
     --json "$OUT/retrieval_index_1e6.json"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,24 +68,32 @@ class SegmentSummary:
 
 
 class SupportCache:
-    """LRU cache of encoded support slices keyed by ``(case_id, z)``."""
+    """LRU cache of encoded support slices keyed by ``(case_id, z)`` of one model.
 
-    def __init__(self, max_items: int) -> None:
+    ``model_key`` names the SAM 2 that encoded them (its weights source, plus the
+    ``train-rag`` run and its weights' hash): it is part of every stored key, so
+    memories of one model are never served to another.
+    """
+
+    def __init__(self, max_items: int, model_key: Hashable = None) -> None:
         self.max_items = max(1, int(max_items))
-        self.items: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self.model_key = model_key
+        self.items: OrderedDict[tuple[Hashable, str, int], Any] = OrderedDict()
         self.hits = 0
         self.encoded = 0
 
     def get(self, key: tuple[str, int]) -> Any | None:
-        if key in self.items:
-            self.items.move_to_end(key)
+        full = (self.model_key, *key)
+        if full in self.items:
+            self.items.move_to_end(full)
             self.hits += 1
-            return self.items[key]
+            return self.items[full]
         return None
 
     def put(self, key: tuple[str, int], value: Any) -> None:
-        self.items[key] = value
-        self.items.move_to_end(key)
+        full = (self.model_key, *key)
+        self.items[full] = value
+        self.items.move_to_end(full)
         self.encoded += 1
         while len(self.items) > self.max_items:
             self.items.popitem(last=False)
@@ -146,13 +154,16 @@ class RagSegmenter:
         cache_size: encoded support slices kept in memory.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
+        sam2_run: a ``ragsam train-rag`` run folder: its fine-tuned SAM 2 replaces ``sam2_weights``
+            (and its ``pointer_positions`` / ``use_empty_supports``, those it was trained with, apply).
     Raises:
         InputError: bad bank, other embedder, bad weights, bad settings.
     """
 
     def __init__(self, bank_dir: str | os.PathLike, sam2_weights: str = "facebook/sam2.1-hiera-tiny",
                  embedder: Any = None, cache_size: int = 256, device: str = "auto",
-                 pointer_positions: str = "sequential", use_empty_supports: bool = True) -> None:
+                 pointer_positions: str = "sequential", use_empty_supports: bool = True,
+                 sam2_run: str | os.PathLike | None = None) -> None:
         from ragsam.retrieval.bank import SupportBank
         from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
         from ragsam.retrieval.sam2_model import build_sam2, resolve_device
@@ -165,10 +176,17 @@ class RagSegmenter:
         self.bank_dir = str(bank_dir)
         self.bank = SupportBank.load(bank_dir)
         self.embedder = _embedder_for(self.bank, embedder, self.device)
-        self.model, self.info = build_sam2(sam2_weights, device=self.device)  # bad weights fail before slice work
+        if sam2_run is not None:
+            from ragsam.training.rag_model import load_sam2_run
+
+            self.model, self.info = load_sam2_run(sam2_run, device=self.device)
+            pointer_positions = self.info["pointer_positions"]
+            use_empty_supports = self.info["use_empty_supports"]
+        else:
+            self.model, self.info = build_sam2(sam2_weights, device=self.device)  # bad weights fail before slices
         self.seg = Sam2MemorySegmenter(self.model, pointer_positions=pointer_positions,  # type: ignore[arg-type]
                                        use_empty_supports=use_empty_supports)
-        self.cache = SupportCache(cache_size)
+        self.cache = SupportCache(cache_size, (self.info["source"], self.info.get("run"), self.info.get("run_weights")))
 
     def segment(
         self,
@@ -257,6 +275,7 @@ def segment_volume(
     run_dir: str | os.PathLike | None = None,
     hybrid_weight: float = 0.5,
     progress: Callable[[int, int], None] | None = None,
+    sam2_run: str | os.PathLike | None = None,
 ) -> SegmentSummary:
     """Segment one CT volume with retrieval-augmented SAM 2 and write its label map.
 
@@ -279,6 +298,7 @@ def segment_volume(
         series_uid: DICOM series to read when a folder holds several.
         z_prior: weight of the relative-z penalty in retrieval (``None`` / 0: off).
         pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
+        sam2_run: a ``ragsam train-rag`` run whose fine-tuned SAM 2 is used (see :class:`RagSegmenter`).
         run_dir: a fine-tuned run (``ragsam train``): fuse its class probabilities with the
             retrieval probabilities (see :mod:`ragsam.retrieval.hybrid`); ``None``: retrieval only.
         hybrid_weight: ``w`` of the retrieval term in the hybrid fusion.
@@ -290,7 +310,7 @@ def segment_volume(
     _check_call(hybrid_weight, batch_size, run_dir)
     check_writable(Path(output_path), force)
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports)
+                             use_empty_supports, sam2_run)
     return segmenter.segment(input_path, output_path, k, exclude_cases, batch_size, force, series_uid, z_prior,
                              run_dir, hybrid_weight, progress)
 
@@ -299,7 +319,8 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
                   sam2_weights: str = "facebook/sam2.1-hiera-tiny", layout: str = "auto",
                   force: bool = False, embedder: Any = None, cache_size: int = 256, device: str = "auto",
                   pointer_positions: str = "sequential", use_empty_supports: bool = True,
-                  progress: Callable[[str, int, int], None] | None = None, **per_volume: Any) -> list[SegmentSummary]:
+                  progress: Callable[[str, int, int], None] | None = None, sam2_run: str | os.PathLike | None = None,
+                  **per_volume: Any) -> list[SegmentSummary]:
     """Segment every case of a file, DICOM folder or dataset folder with one :class:`RagSegmenter`.
 
     Args:
@@ -327,7 +348,7 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
     for out in outputs:  # refuse before any work, so nothing is half-done
         check_writable(out, force)
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports)
+                             use_empty_supports, sam2_run)
     summaries = []
     for ref, out in zip(refs, outputs, strict=True):
         report = None if progress is None else (lambda done, total, cid=ref.case_id: progress(cid, done, total))
