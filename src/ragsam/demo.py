@@ -337,12 +337,9 @@ def _retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, ca
               stage: Callable, notes: list[str]) -> list[tuple[str, float]]:
     """RAG and hybrid segmentation of the test cases (one :class:`RagSegmenter` per method)."""
     from ragsam.retrieval.segment import RagSegmenter
+    from ragsam.utils.device import resolve_device
 
-    seg_device = "cpu" if device == "auto" else device
-    if device == "auto":
-        import torch
-
-        seg_device = "cuda" if torch.cuda.is_available() else "cpu"
+    seg_device = str(resolve_device(device))
     runs: list[tuple[str, dict]] = [("rag", {}), ("hybrid", {"run_dir": tmp / "run"})]
     results = []
     for name, extra in runs:

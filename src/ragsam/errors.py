@@ -41,3 +41,29 @@ class OutputExistsError(RagsamError):
 
 class MissingWeightsError(RagsamError):
     """Pretrained weights are not available locally and cannot be downloaded."""
+
+
+class CasesFailedError(RagsamError):
+    """Some cases of a folder failed; the others were written (or skipped as already done).
+
+    Attributes:
+        failures: ``(case_id, exception)`` per failed case, in case order.
+        results: what the finished cases returned (skipped ones included).
+        exit_code: 2 when every failure is a :class:`RagsamError` (user-fixable), else 1.
+    """
+
+    def __init__(self, failures: list[tuple[str, BaseException]], results: list, total: int) -> None:
+        self.failures = failures
+        self.results = results
+        self.exit_code = 2 if all(isinstance(e, RagsamError) for _, e in failures) else 1
+        super().__init__(f"{len(failures)} of {total} cases failed")
+
+    def lines(self) -> list[str]:
+        """One line per failed case, as the command line prints them."""
+        out = []
+        for case_id, exc in self.failures:
+            if isinstance(exc, RagsamError):
+                out.append(f"ragsam: error: {exc}")
+            else:
+                out.append(f"ragsam: internal error: case {case_id}: {type(exc).__name__}: {exc}")
+        return out

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import SamModel
 
-from ragsam.baselines.sam_model import load_prompt_sam, resolve_device
+from ragsam.baselines.sam_model import load_prompt_sam
 from ragsam.errors import InputError
 from ragsam.models.registry import get_arch, sam_config
 
@@ -53,13 +53,3 @@ def test_checkpoints_that_do_not_fit_are_refused(tmp_path: Path) -> None:
         load_prompt_sam("tiny", str(tmp_path / "multi"))
     with pytest.raises(InputError, match="unknown architecture 'vit_q'"):
         load_prompt_sam("vit_q", "random")
-
-
-def test_devices() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(InputError, match="unknown device 'banana'"):
-        resolve_device("banana")
-    if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA is not available"):
-            resolve_device("cuda")

@@ -114,8 +114,7 @@ def test_label_ids_outside_the_map_refused(dataset, tmp_path):
     write_labels(bad, labels.geometry, dataset / "label" / "label0003.nii.gz", force=True)
     with pytest.raises(InputError, match=r"label0003\.nii\.gz.*\[.*14\]"):
         _prepare(dataset, tmp_path / "prepared")
-    with pytest.raises(InputError, match="incomplete"):  # nothing half-written is readable
-        SliceDataset(tmp_path / "prepared")
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]  # a refused new cache leaves nothing (no prepare.json)
 
 
 def test_subset_label_map_converts_and_kfold_split(dataset, tmp_path):
@@ -156,12 +155,12 @@ def test_shared_3mm_case_folder(ct3mm, tmp_path):
     assert summary.organ_slices[6] == sum(6 in r.organs for r in records) > 0  # liver
 
 
-def test_interrupted_update_never_reuses_half_updated_cases(dataset, tmp_path):
+def test_refused_update_leaves_the_previous_cache_as_it_was(dataset, tmp_path):
     import shutil
 
     out = tmp_path / "prepared"
     _prepare(dataset, out)
-    before = np.load(out / "cases" / "0002" / "label.npy")
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     label2, label3 = dataset / "label" / "label0002.nii.gz", dataset / "label" / "label0003.nii.gz"
     shutil.copy(label2, tmp_path / "keep2.nii.gz")
     shutil.copy(label3, tmp_path / "keep3.nii.gz")
@@ -172,14 +171,19 @@ def test_interrupted_update_never_reuses_half_updated_cases(dataset, tmp_path):
     write_labels(bad, other.geometry, label3, force=True)
     with pytest.raises(InputError, match="200"):  # 0002 is rebuilt, then 0003 stops the run
         _prepare(dataset, out)
-    assert not np.array_equal(np.load(out / "cases" / "0002" / "label.npy"), before)
-    meta = json.loads((out / "prepare.json").read_text())
-    assert meta["complete"] is False and sorted(meta["cases"]) == ["0001", "0004"]
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before  # complete, and still the old content: train can use it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep2.nii.gz", "keep3.nii.gz", "prepared", "src"]
+    assert len(SliceDataset(out)) > 0
     shutil.copy(tmp_path / "keep2.nii.gz", label2)  # back to the inputs of the complete cache
     shutil.copy(tmp_path / "keep3.nii.gz", label3)
     rerun = _prepare(dataset, out)
-    assert rerun.built == ["0002", "0003"] and rerun.reused == ["0001", "0004"]
-    assert np.array_equal(np.load(out / "cases" / "0002" / "label.npy"), before)
+    assert rerun.built == [] and rerun.reused == ["0001", "0002", "0003", "0004"]
+    write_labels(other.array, other.geometry, label2, force=True)  # a good change is picked up
+    assert _prepare(dataset, out).built == ["0002"]
+    assert np.array_equal(np.load(out / "cases" / "0002" / "label.npy"),
+                          volume_to_slices(read_image(dataset / "img" / "img0002.nii.gz"),
+                                           read_labels(label2), SETTINGS).labels)
 
 
 def test_detached_header_data_file_is_part_of_the_fingerprint(tmp_path):
@@ -201,3 +205,15 @@ def test_detached_header_data_file_is_part_of_the_fingerprint(tmp_path):
     sitk.WriteImage(to_sitk(type(labels)(changed, labels.geometry, labels.path)), str(src / "case1_label.mhd"))
     assert _prepare(src, out, layout="pairs", split="none").built == ["case1"]
     assert 6 not in np.load(out / "cases" / "case1" / "label.npy")
+
+
+def test_second_writer_refused_and_dead_attempts_cleared(dataset, tmp_path):
+    from ragsam.utils.locking import FolderLockedError, folder_lock
+
+    out = tmp_path / "prepared"
+    with folder_lock(out), pytest.raises(FolderLockedError, match="in use by another ragsam process"):
+        _prepare(dataset, out)
+    assert not out.exists()
+    (tmp_path / ".prepared.x1y2.tmp" / "cases").mkdir(parents=True)  # what a kill -9 leaves
+    _prepare(dataset, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "src"]

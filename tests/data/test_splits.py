@@ -13,11 +13,49 @@ from ragsam.errors import InputError, OutputExistsError
 BTCV_IDS = [f"{i:04d}" for i in [*range(1, 11), *range(21, 41)]]  # the 30 BTCV training scans
 
 
-def test_btcv_paper_split_24_6() -> None:
+def test_btcv_community_split_24_6() -> None:
     split = paper_split(reversed(BTCV_IDS), "BTCV")
+    assert split["test"] == ["0035", "0036", "0037", "0038", "0039", "0040"]
+    assert split["train"] == [f"{i:04d}" for i in [*range(1, 11), *range(21, 35)]]
+    assert split == paper_split(BTCV_IDS, "btcv", strict=True)
+    named = paper_split([f"img{c}" for c in BTCV_IDS], "btcv", strict=True)
+    assert named["test"] == [f"img{i:04d}" for i in range(35, 41)]
+
+
+def test_btcv_community_split_partial_and_strict() -> None:
+    # Some of 0035-0040 present: those are the test cases.
+    assert paper_split(["0001", "0002", "0036"], "btcv") == {"train": ["0001", "0002"], "test": ["0036"]}
+    # None present: the evenly spaced rule with the 6/30 fraction (here 1 of 3, position 1).
+    assert paper_split(["0001", "0002", "0003"], "btcv") == {"train": ["0001", "0003"], "test": ["0002"]}
+    with pytest.raises(InputError, match="needs the 30 labelled cases"):
+        paper_split(BTCV_IDS[:29], "btcv", strict=True)
+    with pytest.raises(InputError, match="nothing is left to train on"):
+        paper_split(["0035", "0036"], "btcv")
+
+
+def test_btcv_even_split_24_6() -> None:
+    split = paper_split(reversed(BTCV_IDS), "btcv-even")
     assert split["test"] == ["0003", "0008", "0023", "0028", "0033", "0038"]
     assert len(split["train"]) == 24 and set(split["train"]) | set(split["test"]) == set(BTCV_IDS)
-    assert split == paper_split(BTCV_IDS, "btcv", strict=True)
+    assert split == paper_split(BTCV_IDS, "btcv-even", strict=True)
+
+
+def test_btcv_split_of_a_fake_btcv_folder_puts_0035_to_0040_in_test(tmp_path: Path) -> None:
+    from ragsam.data.layouts import discover_cases
+    from ragsam.data.prepare import make_splits
+
+    base = tmp_path / "RawData" / "Training"
+    (base / "img").mkdir(parents=True)
+    (base / "label").mkdir()
+    for cid in BTCV_IDS:
+        (base / "img" / f"img{cid}.nii.gz").write_bytes(b"")
+        (base / "label" / f"label{cid}.nii.gz").write_bytes(b"")
+    ids = [c.case_id for c in discover_cases(tmp_path, "auto")]
+    assert len(ids) == 30
+    splits, names = make_splits(ids, "auto", seed=0, datasets=("btcv",))
+    assert splits["test"] == ["0035", "0036", "0037", "0038", "0039", "0040"]
+    assert len(splits["train"]) == 24 and names["0035"] == "test" and names["0034"] == "train"
+    assert make_splits(ids, "btcv-even", seed=0)[0]["test"][0] == "0003"
 
 
 def test_flare22_paper_split_30_20() -> None:
@@ -31,11 +69,11 @@ def test_flare22_paper_split_30_20() -> None:
 def test_fewer_cases_fallback_and_strict() -> None:
     ids = [f"c{i:02d}" for i in range(10)]
     # round(10 * 6 / 30) = 2 test cases at positions floor(2.5), floor(7.5).
-    assert paper_split(ids, "btcv")["test"] == ["c02", "c07"]
+    assert paper_split(ids, "btcv-even")["test"] == ["c02", "c07"]
     # round(3 * 20 / 50) = 1 test case at position floor(1.5).
     assert paper_split(ids[:3], "flare22") == {"train": ["c00", "c02"], "test": ["c01"]}
     with pytest.raises(InputError, match="needs 30 labelled cases, got 10"):
-        paper_split(ids, "btcv", strict=True)
+        paper_split(ids, "btcv-even", strict=True)
     with pytest.raises(InputError, match="at least 2 labelled cases, got 1"):
         paper_split(ids[:1], "btcv")
     with pytest.raises(InputError, match="no paper split for dataset 'amos'"):
@@ -59,7 +97,7 @@ def test_kfold_partitions_and_is_seeded() -> None:
 
 
 def test_save_load_round_trip_and_validation(tmp_path: Path) -> None:
-    splits = {**paper_split(BTCV_IDS, "btcv"), "folds": kfold(BTCV_IDS, 5)}
+    splits = {**paper_split(BTCV_IDS, "btcv-even"), "folds": kfold(BTCV_IDS, 5)}
     path = save_splits(tmp_path / "splits.json", splits)
     assert load_splits(path, case_ids=BTCV_IDS) == splits
     with pytest.raises(OutputExistsError):

@@ -34,8 +34,15 @@ def test_plan_writes_table_beside_the_paper_and_figures(rank_plan):
     assert (out / "figures" / "dice_vs_x.png").stat().st_size > 1000
     test_case = json.loads((out / "prepared" / "splits.json").read_text())["test"][0]
     assert (out / "figures" / f"{test_case}.png").is_file()
+    from ragsam.training import load_train_config
+
     for name in ("rank-1", "rank-4", "rank-16"):
+        # the tiny run keeps the samed preset's recipe on the tiny model
+        cfg = load_train_config(out / "variants" / name / "run" / "config.yaml")
+        assert (cfg.model.arch, cfg.model.normalize, cfg.optim.loss_resolution) == ("tiny", "none", "low")
+        assert cfg.model.peft.train_prompt_encoder and cfg.model.peft.rank == int(name.split("-")[1])
         done = json.loads((out / "variants" / name / "done.json").read_text())
+        assert done["trainable_mib"] == pytest.approx(done["trainable_parameters"] * 4 / 2**20)
         assert set(done["dice"]) >= {"liver", "spleen"}
         assert (out / "variants" / name / "evaluation" / "metrics.csv").is_file()
 
@@ -73,7 +80,10 @@ def test_dry_run_lists_done_and_todo(rank_plan, capsys):
     text = capsys.readouterr().out
     assert text.count("[done]") == 3
     assert run_cli(["experiment", "paper-btcv", "--dry-run", "--out", str(out / "none")]) == 0
-    assert capsys.readouterr().out.count("[todo]") == 8
+    text = capsys.readouterr().out
+    assert text.count("[todo]") == 9
+    assert "train --config samed_s (sam_vit_b 512 px" in text and "train --config medsa (sam_vit_h 1024 px" in text
+    assert "z-prior 0)" in text and "[ours, not in the paper]" in text
 
 
 def test_plan_with_every_kind_of_variant(tmp_path, shared_data):
@@ -105,3 +115,32 @@ def test_plan_with_every_kind_of_variant(tmp_path, shared_data):
         pred = read_labels(out / "variants" / name / "predictions" / f"{test_case}.nii.gz")
         assert pred.geometry.size == geometry.size
         assert set(int(v) for v in pred.array.ravel()[::97]) <= set(range(9))
+
+
+def test_tiny_plan_without_data_runs_on_a_phantom(tmp_path, monkeypatch, capsys):
+    """``experiment --tiny`` needs no dataset: it writes a phantom into OUT/data (never ../shared).
+
+    The plan's own running is covered above; here the runner is stubbed to record what it got.
+    """
+    from ragsam.cli.main import run_cli
+    from ragsam.data.layouts import discover_cases
+    from ragsam.experiments import runner
+
+    seen = {}
+
+    def fake_run(self, force=False):
+        seen["data"] = self.settings.data
+        (self.out / "table.md").write_text("table")
+        return {}
+
+    monkeypatch.setattr(runner.ExperimentRunner, "run", fake_run)
+    monkeypatch.chdir(tmp_path)  # nothing in the working folder to find
+    out = tmp_path / "out"
+    code = run_cli(["experiment", "paper-flare-rank", "--tiny", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert seen["data"] == str(out / "data")
+    assert [c.case_id for c in discover_cases(out / "data")] == ["0001", "0002", "0003", "0004"]
+    # Without --tiny a dataset stays required.
+    capsys.readouterr()
+    assert run_cli(["experiment", "paper-flare-rank", "--out", str(tmp_path / "o2")]) == 2
+    assert "--data is required" in capsys.readouterr().err

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ragsam.errors import InputError, OutputExistsError
+from ragsam.errors import CasesFailedError, InputError, OutputExistsError
 from ragsam.inference import load_run, predict
 from ragsam.training import load_train_config, train
 
@@ -79,10 +80,15 @@ def test_dataset_folder_outputs_and_force(setup, tmp_path):
     results = predict(setup["run"], setup["src"], out, device="cpu")
     assert [r.path.name for r in results] == ["0001.nii.gz", "0002.nii.gz"]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(OutputExistsError):
-        predict(setup["run"], setup["src"], out, device="cpu")
+    again = predict(setup["run"], setup["src"], out, device="cpu")  # finished, same inputs and run: skipped
+    assert [(r.case_id, r.skipped, r.slices, r.organs) for r in again] == [
+        (r.case_id, True, r.slices, r.organs) for r in results]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    (out / "0002.nii.gz").write_bytes(before["0001.nii.gz"])  # not what ragsam wrote for 0002
+    with pytest.raises(OutputExistsError, match="0002.nii.gz"):
+        predict(setup["run"], setup["src"], out, device="cpu")
     predict(setup["run"], setup["src"], out, device="cpu", force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     single = predict(setup["run"], setup["src"] / "img" / "img0002.nii.gz", tmp_path / "one.nii.gz", device="cpu")
     assert single[0].path == tmp_path / "one.nii.gz"
     assert (tmp_path / "one.nii.gz").read_bytes() == before["0002.nii.gz"]
@@ -195,10 +201,13 @@ def test_failed_write_surfaces_and_leaves_no_file(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sitk, "WriteImage", failing_write)
     out = tmp_path / "preds"
-    with pytest.raises(InputError, match=r"0001.nii.gz: cannot be written \(.*No space left on device"):
+    with pytest.raises(CasesFailedError) as exc:
         predict(setup["run"], setup["src"], out, device="cpu")
-    assert len(calls) == 1  # the second case's labels were never queued for writing
-    assert list(out.iterdir()) == []  # no output, no temporary file
+    assert [cid for cid, _ in exc.value.failures] == ["0001", "0002"] and exc.value.exit_code == 2
+    assert re.match(r"ragsam: error: .*0001.nii.gz: cannot be written \(.*No space left on device",
+                    exc.value.lines()[0])
+    assert len(calls) == 2  # each case tried its own write
+    assert list(out.iterdir()) == []  # no output, no temporary file, no sidecar
 
 
 def test_unreadable_case_read_ahead_surfaces_after_the_previous_case(setup, tmp_path):
@@ -209,12 +218,19 @@ def test_unreadable_case_read_ahead_surfaces_after_the_previous_case(setup, tmp_
     src = tmp_path / "src"
     shutil.copytree(setup["src"], src)
     bad = src / "img" / "img0002.nii.gz"
-    bad.write_bytes(bad.read_bytes()[:200])  # truncated download
+    good = bad.read_bytes()
+    bad.write_bytes(good[:200])  # truncated download
     out = tmp_path / "preds"
-    with pytest.raises(InputError, match="img0002.nii.gz: not a readable image"):
+    with pytest.raises(CasesFailedError) as exc:
         predict(setup["run"], src, out, device="cpu")
-    assert [p.name for p in out.iterdir()] == ["0001.nii.gz"]  # the case before it, complete
+    [(case_id, error)] = exc.value.failures
+    assert case_id == "0002" and isinstance(error, InputError) and "img0002.nii.gz: not a readable image" in str(error)
+    assert [r.case_id for r in exc.value.results] == ["0001"]
+    assert sorted(p.name for p in out.iterdir()) == [".0001.nii.gz.ragsam.json", "0001.nii.gz"]
     assert read_labels(out / "0001.nii.gz").geometry.size == (40, 36, 5)
+    bad.write_bytes(good)  # the user fixes the file and reruns: only 0002 runs
+    again = predict(setup["run"], src, out, device="cpu")
+    assert [(r.case_id, r.skipped) for r in again] == [("0001", True), ("0002", False)]
 
 
 @pytest.mark.parametrize(("flag", "native", "expected"), [(True, True, {torch.bfloat16}),

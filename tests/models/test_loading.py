@@ -94,3 +94,33 @@ def test_corrupt_missing_and_foreign_files(tmp_path):
     with pytest.raises(InputError, match=r"unknown weights format '.npz'"):
         (tmp_path / "w.npz").write_bytes(b"x")
         build_sam_model("tiny", str(tmp_path / "w.npz"), num_classes=3)
+
+
+def test_fresh_heads_start_from_pytorch_default_init_and_keep_the_rest(official_sam, meta_checkpoint):
+    torch.manual_seed(0)
+    model = build_sam_model("tiny", str(meta_checkpoint), num_classes=5, image_size=128, head_init="fresh")
+    dec, ref = model.mask_decoder, official_sam.mask_decoder
+    # SAMed's load_from skips mask_tokens / output_hypernetworks_mlps / iou_prediction_head ...
+    assert not torch.equal(dec.mask_tokens.weight[:4], ref.mask_tokens.weight)
+    assert not torch.equal(dec.iou_prediction_head.proj_in.weight, ref.iou_prediction_head.layers[0].weight)
+    # ... and loads everything else, the IoU token included.
+    assert torch.equal(dec.iou_token.weight, ref.iou_token.weight)
+    assert torch.equal(dec.upscale_conv1.weight, ref.output_upscaling[0].weight)
+    # nn.Embedding's default N(0, 1); nn.Linear's Kaiming-uniform (a = sqrt 5): |w|, |b| <= 1 / sqrt(fan_in),
+    # i.e. a standard deviation of 1 / sqrt(3 fan_in) - not transformers' N(0, 0.02).
+    assert 0.85 < dec.mask_tokens.weight.std().item() < 1.15
+    linears = [m for m in [*dec.output_hypernetworks_mlps.modules(), *dec.iou_prediction_head.modules()]
+               if isinstance(m, torch.nn.Linear)]
+    for lin in linears:
+        bound = lin.in_features ** -0.5
+        assert lin.weight.abs().max().item() <= bound and lin.bias.abs().max().item() <= bound
+    big = max(linears, key=lambda m: m.weight.numel())
+    assert big.weight.std().item() == pytest.approx(big.in_features ** -0.5 / 3 ** 0.5, rel=0.15)
+    report = model.load_report
+    assert report["reused_tokens"] == [] and "all 6 mask tokens" in report["new"][0]
+    assert any(k.startswith("mask_decoder.mask_tokens.") for k in report["dropped"])
+
+
+def test_unknown_head_init_is_refused(meta_checkpoint):
+    with pytest.raises(InputError, match="head_init 'samed' is not one of pretrained, fresh"):
+        build_sam_model("tiny", str(meta_checkpoint), num_classes=2, image_size=128, head_init="samed")

@@ -59,3 +59,50 @@ def test_hf_save_pretrained_folder_round_trip(tiny5, tmp_path):
     with pytest.raises(OutputExistsError):
         save_hf_folder(tiny5, out)
     save_hf_folder(tiny5, out, force=True)
+
+
+def _encoder_input(model, images):
+    seen = {}
+
+    def grab(_module, args, kwargs):
+        seen["x"] = (kwargs.get("pixel_values") if "pixel_values" in kwargs else args[0]).detach().clone()
+
+    handle = model.vision_encoder.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+@pytest.mark.parametrize("normalize", ["none", "sam"])
+def test_encoder_receives_the_slice_or_sams_normalisation(normalize):
+    from ragsam.models import build_model
+    from ragsam.models.config import ModelConfig, PeftConfig
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="tiny", num_classes=2, image_size=64, normalize=normalize,
+                                    peft=PeftConfig(method="none"))).eval()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    fed = _encoder_input(model, images)
+    if normalize == "none":  # SAMed: pixel mean 0, std 1 - the [0, 1] slice itself
+        assert torch.equal(fed, images)
+    else:
+        mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+        std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+        torch.testing.assert_close(fed, (images * 255 - mean) / std)
+
+
+def test_forward_without_upsampling_is_the_decoders_quarter_resolution(tiny5):
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        low = tiny5(images, upsample=False)
+        assert low.shape == (2, 6, 16, 16)
+        assert torch.equal(low, tiny5.low_res_logits(images))
+        assert torch.equal(tiny5(images), tiny5.upsample(low))
+
+
+def test_unknown_normalisation_is_refused():
+    with pytest.raises(InputError, match="normalize 'imagenet' is not one of sam, none"):
+        build_sam_model("tiny", "random", num_classes=2, image_size=64, normalize="imagenet")

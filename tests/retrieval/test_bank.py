@@ -192,3 +192,15 @@ def test_split_selection(built, tmp_path):
     assert set(bank.case_ids) == {"case0", "case1"}
     with pytest.raises(InputError, match="no case has split 'val'"):
         build_bank(built["prepared"], tmp_path / "val", split="val", **EMBEDDER)
+
+
+def test_second_writer_refused_and_dead_build_cleared(built, tmp_path):
+    from ragsam.utils.locking import FolderLockedError, folder_lock
+
+    out = tmp_path / "bank"
+    with folder_lock(out), pytest.raises(FolderLockedError, match="in use by another ragsam process"):
+        build_bank(built["prepared"], out, **EMBEDDER)
+    (tmp_path / ".bank.k9k9.tmp").mkdir()  # what a build killed before its swap leaves
+    build_bank(built["prepared"], out, **EMBEDDER)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
+    assert (out / "metadata.csv").read_bytes() == (built["bank"] / "metadata.csv").read_bytes()

@@ -9,7 +9,7 @@ import torch
 
 from ragsam.errors import InputError
 from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-from ragsam.retrieval.sam2_model import OBJECT_SCORE_BIAS, build_sam2, resolve_device, tiny_sam2_config
+from ragsam.retrieval.sam2_model import OBJECT_SCORE_BIAS, build_sam2, tiny_sam2_config
 
 S = 128
 
@@ -50,6 +50,22 @@ def test_tiny_is_seeded_and_round_trips_through_save_pretrained(tmp_path):
     loaded, info2 = build_sam2(str(tmp_path / "sam2-tiny"))
     assert info2["kind"] == "hf" and info2["image_size"] == S
     assert torch.equal(_segment(loaded), _segment(model))
+
+
+def test_hf_folder_with_unexpected_or_missing_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, _ = build_sam2("tiny", seed=5)
+    model.save_pretrained(tmp_path / "extra")
+    file = tmp_path / "extra" / "model.safetensors"
+    tensors = load_file(str(file))
+    save_file({**tensors, "extra.weight": torch.zeros(2)}, str(file), metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"extra: 1 unexpected keys in the checkpoint: extra.weight"):
+        build_sam2(str(tmp_path / "extra"))
+    del tensors["no_object_pointer"]
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"extra: 1 SAM 2 weights missing from the checkpoint: no_object_pointer"):
+        build_sam2(str(tmp_path / "extra"))
 
 
 def test_random_is_the_hiera_tiny_configuration():
@@ -94,4 +110,3 @@ def test_refusals(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="CUDA is not available"):
         build_sam2("tiny", device="cuda")
-    assert resolve_device("auto") == torch.device("cpu")

@@ -143,3 +143,23 @@ def test_support_cache_is_lru():
     cache.put(("a", 2), 3)  # evicts a1
     assert cache.get(("a", 1)) is None and cache.get(("a", 2)) == 3
     assert (cache.hits, cache.encoded) == (2, 3)
+
+
+def test_own_supports_keep_their_labels_and_change_the_neighbours(rag):
+    segmenter = RagSegmenter(rag["bank"], sam2_weights="tiny")
+    image = read_image(rag["image"])
+    plain = rag["root"] / "own" / "plain.nii.gz"
+    segmenter.segment(rag["image"], plain, k=2)
+    own_label = np.zeros((SIZE, SIZE), np.uint8)
+    own_label[10:40, 12:50] = 6  # a large "liver" the user painted on canonical slice 15
+    with_own = rag["root"] / "own" / "with_own.nii.gz"
+    segmenter.segment(rag["image"], with_own, k=2, own_supports={15: own_label})
+    grid = volume_to_slices(image, None, SliceSettings(size=SIZE)).grid
+    from ragsam.data.slices import to_canonical
+
+    before = to_canonical(sitk.GetArrayFromImage(sitk.ReadImage(str(plain))), grid.axes, grid.flips)
+    after = to_canonical(sitk.GetArrayFromImage(sitk.ReadImage(str(with_own))), grid.axes, grid.flips)
+    assert ((after[15] == 6).mean() > 0.25) and (before[15] == 6).mean() < (after[15] == 6).mean()
+    assert not np.array_equal(before[14], after[14]) and not np.array_equal(before[16], after[16])
+    with pytest.raises(InputError, match="own support slice z=99"):
+        segmenter.segment(rag["image"], with_own, k=2, force=True, own_supports={99: own_label})

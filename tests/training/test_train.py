@@ -104,8 +104,10 @@ def test_existing_folder_needs_force_or_resume(cache, tmp_path):
         train(_cfg(cache, "optim.max_iterations=1"), run)
     train(_cfg(cache, "optim.max_iterations=1"), run, force=True)
     assert (run / "model.safetensors").is_file() and (run / "notes.txt").read_text() == "keep me"
-    with pytest.raises(InputError, match="not a ragsam run folder"):
+    with pytest.raises(InputError, match="no config.yaml .* give its --config"):
         train(None, tmp_path / "elsewhere", resume=True)
+    with pytest.raises(InputError, match="not a ragsam run folder"):
+        train(_cfg(cache), tmp_path, resume=True)  # holds other things, no config.yaml
     with pytest.raises(InputError, match="different configuration"):
         train(_cfg(cache, "optim.max_iterations=1", "optim.lr=0.5"), run, resume=True)
 
@@ -175,3 +177,21 @@ def test_bf16_cpu_autocasts_training_only_on_cpus_with_native_bf16(cache, tmp_pa
                                      tmp_path / "off"))  # optim.bf16=false: fp32 everywhere
     with pytest.raises(InputError, match=r"different configuration \(optim.bf16_cpu\)"):
         train(_cfg(cache, *short), run, resume=True)
+
+
+def test_samed_recipe_options_train_and_save_the_derived_accumulation(cache, tmp_path, one_thread):
+    # SAMed's loss at S/4 against nearest labels, the raw [0, 1] slice, and a global batch of
+    # 6 from micro-batches of 3 in one process: 2 micro-batches per step, written to config.yaml.
+    cfg = _cfg(cache, "optim.grad_accum=1", "optim.global_batch=6", "optim.loss_resolution=low",
+               "model.normalize=none", "optim.max_iterations=4", "val.every=0")
+    run = train(cfg, tmp_path / "samed")
+    saved = load_train_config(run / "config.yaml")
+    assert (saved.optim.grad_accum, saved.optim.global_batch, saved.optim.loss_resolution) == (2, 6, "low")
+    rows = _rows(run / "log.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert all(0.0 < float(r["loss"]) < 5.0 for r in rows)
+    # Continuing on 2 processes would mean 1 micro-batch per step: the saved accumulation disagrees.
+    from ragsam.training.config import resolve_grad_accum
+
+    with pytest.raises(InputError, match="disagrees"):
+        resolve_grad_accum(saved.optim, 2)

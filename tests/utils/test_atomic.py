@@ -73,3 +73,19 @@ def test_outputs_get_umask_permissions_not_private_temp_ones(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_atomic_path_mode_follows_umask_even_if_the_writer_replaces_the_file(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "w.bin"
+    old = os.umask(0o022)
+    try:
+        with atomic_path(target) as tmp:
+            tmp.unlink()  # a writer that creates a fresh file (as safetensors' save_file does)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644

@@ -229,12 +229,13 @@ def run_baseline(
     from transformers import __version__ as transformers_version
 
     from ragsam import __version__ as ragsam_version
-    from ragsam.baselines.sam_model import load_prompt_sam, resolve_device
+    from ragsam.baselines.sam_model import load_prompt_sam
     from ragsam.data.label_maps import load_label_map
     from ragsam.data.slices import SliceSettings, slices_to_volume
     from ragsam.data.volume import write_labels
     from ragsam.evaluation.evaluate import evaluate
     from ragsam.evaluation.report import write_report
+    from ragsam.utils.device import resolve_device
 
     start = time.perf_counter()
     settings = PromptSettings(kind=prompt, box_iou=box_iou, seed=seed)  # validates first

@@ -71,23 +71,3 @@ def load_prompt_sam(arch: str, weights: str, image_size: int | None = None, seed
     load_exactly(model, state, weights, f"{arch!r} with SAM's {SAM_MASK_TOKENS}-token head")
     set_vit_attention(model.vision_encoder, "fused")  # same function as the stock blocks, faster
     return model.eval(), report
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> the first CUDA GPU if there is one, else Apple MPS, else CPU; others as given.
-
-    Raises:
-        InputError: an unknown device string, or a CUDA device on a machine without CUDA.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(None, f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, f"device {device!r} requested but CUDA is not available here")
-    return dev

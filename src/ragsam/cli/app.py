@@ -25,3 +25,19 @@ index_app = typer.Typer(help="Build and query the retrieval support bank.", no_a
 weights_app = typer.Typer(help="List, fetch, convert and verify pretrained weights.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.add_typer(weights_app, name="weights")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ragsam import __version__
+
+        typer.echo(f"ragsam {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Segment Anything for abdominal CT (see ``ragsam COMMAND --help``)."""

@@ -26,6 +26,7 @@ from ragsam.cli import (  # noqa: F401
     experiment_cmd,
     hub_cmd,
     index_cmd,
+    index_edit_cmd,
     model_cmd,
     predict_cmd,
     prepare_cmd,
@@ -35,7 +36,7 @@ from ragsam.cli import (  # noqa: F401
     weights_cmd,
 )
 from ragsam.cli.app import app
-from ragsam.errors import RagsamError
+from ragsam.errors import CasesFailedError, RagsamError
 
 _EXIT = (click.exceptions.Exit, typer.Exit)
 _USAGE = (click.exceptions.UsageError, _TyperUsageError)
@@ -55,6 +56,10 @@ def run_cli(argv: list[str] | None = None) -> int:
     except _ABORT:
         print("ragsam: aborted", file=sys.stderr)
         return 130
+    except CasesFailedError as exc:  # a folder of cases: one line per failed case
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return exc.exit_code
     except RagsamError as exc:
         print(f"ragsam: error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,9 @@ from ragsam.cli.app import app
     "predict",
     help=(
         "Segment CT scans with a trained run: an image file, a DICOM series folder or a dataset "
-        "folder of cases. Writes <case_id>.nii.gz label volumes on each input's own grid.\n\n"
+        "folder of cases. Writes <case_id>.nii.gz label volumes on each input's own grid. A folder "
+        "runs past a failed case (each failure is one line, exit 2) and a rerun skips the cases "
+        "already done with the same inputs and run.\n\n"
         "Example: ragsam predict runs/samed data/BTCV/img -o predictions/ --batch-size 8"
     ),
 )
@@ -25,7 +27,7 @@ def predict_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     layout: str = typer.Option("auto", "--layout", help="Dataset layout of IN (auto, nnunet, msd, btcv, ...)."),
     series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder has several."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs and redo finished cases."),
     cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="bf16 autocast on CPUs with AVX512-BF16/AMX "
                                   "(faster for ViT-B, slower for small models; labels may differ slightly)."),
     overlap: bool | None = typer.Option(None, "--overlap/--no-overlap", show_default=False,
@@ -33,15 +35,25 @@ def predict_command(
                                         "beside the model (default: on a GPU, or when torch leaves a CPU core free)."),
 ) -> None:
     """Parse, call :func:`ragsam.inference.predict`, print one line per case."""
+    from ragsam.errors import CasesFailedError
     from ragsam.inference import predict
-    from ragsam.training.distributed import pick_device
+    from ragsam.utils.device import resolve_device
     from ragsam.utils.precision import cpu_bf16_note
 
-    note = cpu_bf16_note(pick_device(device), cpu=cpu_bf16) if cpu_bf16 else None
+    note = cpu_bf16_note(resolve_device(device), cpu=cpu_bf16) if cpu_bf16 else None
     if note:
         typer.echo(f"ragsam: note: {note}", err=True)
-    results = predict(run, input_path, output, force=force, batch_size=batch_size, device=device,
-                      layout=layout, series_uid=series, cpu_bf16=cpu_bf16, overlap=overlap)
+    try:
+        results = predict(run, input_path, output, force=force, batch_size=batch_size, device=device,
+                          layout=layout, series_uid=series, cpu_bf16=cpu_bf16, overlap=overlap)
+    except CasesFailedError as exc:  # the cases that did finish are reported, then one line per failure
+        _print(exc.results)
+        raise
+    _print(results)
+
+
+def _print(results: list) -> None:
     for r in results:
         organs = ",".join(str(o) for o in r.organs) or "none"
-        typer.echo(f"{r.case_id}: {r.path} ({r.slices} slices, organs {organs})")
+        done = "already done, skipped" if r.skipped else f"{r.slices} slices, organs {organs}"
+        typer.echo(f"{r.case_id}: {r.path} ({done})")

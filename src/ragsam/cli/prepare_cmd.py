@@ -30,7 +30,7 @@ def prepare_command(
     size: int = typer.Option(512, "--size", help="Slice size S (slices are resized to S x S pixels)."),
     window: str = typer.Option("-125,275", "--window", help="HU window LOW,HIGH scaled to [0, 1] (write --window=-125,275)."),
     context: int = typer.Option(0, "--context", help="Default 2.5D context for readers (neighbour slices each side)."),
-    split: str = typer.Option("auto", "--split", help="auto, btcv, flare22, kfold:K or none."),
+    split: str = typer.Option("auto", "--split", help="auto, btcv (community 24/6: test 0035-0040), btcv-even, flare22 (30/20), kfold:K or none."),
     seed: int = typer.Option(0, "--seed", help="Seed of the k-fold shuffle."),
     series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder holds several."),
     force: bool = typer.Option(False, "--force", help="Rebuild every case; allow a non-empty folder that is not a cache."),

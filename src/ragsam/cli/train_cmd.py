@@ -38,16 +38,18 @@ def train_command(
     if prepared is not None:
         items.append(f"data.prepared={prepared}")
     cfg = None
-    if resume and config is None and (out / "config.yaml").is_file():
-        # Resume: the run's own configuration, plus overrides (only harmless keys may change).
-        cfg = load_train_config(out / "config.yaml", items) if items else None
+    if resume and config is None:
+        # Resume: the run's own configuration, plus overrides (only harmless keys may change);
+        # a run stopped before writing config.yaml needs its --config again.
+        saved = out / "config.yaml"
+        cfg = load_train_config(saved, items) if items and saved.is_file() else None
     else:
         cfg = load_train_config(config, items)
     if cfg is not None and cfg.optim.bf16_cpu:
-        from ragsam.training.distributed import pick_device
+        from ragsam.utils.device import resolve_device
         from ragsam.utils.precision import cpu_bf16_note
 
-        note = cpu_bf16_note(pick_device(cfg.device), cfg.optim.bf16, cpu=True)
+        note = cpu_bf16_note(resolve_device(cfg.device), cfg.optim.bf16, cpu=True)
         if note:
             typer.echo(f"ragsam: note: {note}", err=True)
     run_dir = train(cfg, out, resume=resume, force=force)

@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ragsam.errors import InputError
+from ragsam.utils.native_output import captured_native_output
 
 #: Two slices closer than this (mm) along the slice normal are the same position.
 SAME_POSITION_MM = 1e-3
@@ -49,11 +50,12 @@ class SeriesInfo:
 
 @contextlib.contextmanager
 def _quiet_itk() -> Iterator[None]:
-    """Silence ITK's stderr warnings (we raise our own, clearer errors instead)."""
+    """Silence ITK's and GDCM's warnings (we raise our own, clearer errors instead)."""
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        yield
+        with captured_native_output():
+            yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 

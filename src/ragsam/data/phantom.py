@@ -70,17 +70,40 @@ _SPINE: tuple[_Organ, ...] = (
 _AIR_HU, _FAT_HU, _TISSUE_HU = -1000.0, -100.0, 40.0
 
 
-def _jitter(organ: _Organ, rng: np.random.Generator) -> _Organ:
-    """A seeded per-case variation of an organ's position, size and height range."""
-    dx, dy = rng.normal(0.0, 0.025, size=2)
-    sx, sy = rng.uniform(0.88, 1.12, size=2)
+@dataclass(frozen=True)
+class PhantomStyle:
+    """How one phantom departs from the default anatomy and contrast.
+
+    The defaults reproduce :func:`make_phantom`'s cases exactly; the pre-training corpus
+    (:mod:`ragsam.data.phantom_corpus`) draws other values per case.
+
+    Attributes:
+        organ_scale: multiplies every organ's radii (1.0 = default sizes).
+        position_jitter: standard deviation of each organ's centre shift, in half fields of view.
+        hu_offset: HU added to every organ (enhancement phase, scanner calibration).
+        contrast: organ HU = hu + (contrast - 1) * (hu - 40), i.e. contrast against soft tissue.
+        body_scale: multiplies the body ellipse's axes (patient size within the field of view).
+    """
+
+    organ_scale: float = 1.0
+    position_jitter: float = 0.025
+    hu_offset: float = 0.0
+    contrast: float = 1.0
+    body_scale: float = 1.0
+
+
+def _jitter(organ: _Organ, rng: np.random.Generator, style: PhantomStyle) -> _Organ:
+    """A seeded per-case variation of an organ's position, size, height range and HU."""
+    dx, dy = rng.normal(0.0, style.position_jitter, size=2)
+    sx, sy = rng.uniform(0.88, 1.12, size=2) * style.organ_scale
     dz = rng.normal(0.0, 0.03)
+    hu = organ.hu + rng.normal(0.0, 5.0)
     return replace(
         organ,
         center=(organ.center[0] + dx, organ.center[1] + dy),
         radii=(organ.radii[0] * sx, organ.radii[1] * sy),
         z_range=(organ.z_range[0] + dz, organ.z_range[1] + dz),
-        hu=organ.hu + rng.normal(0.0, 5.0),
+        hu=hu + style.hu_offset + (style.contrast - 1.0) * (hu - _TISSUE_HU),
     )
 
 
@@ -103,6 +126,7 @@ def make_phantom(
     spacing_mm: tuple[float, float, float] = (5.0, 4.0, 4.0),
     seed: int = 0,
     noise_hu: float = 8.0,
+    style: PhantomStyle | None = None,
 ) -> tuple[Volume, Volume]:
     """Make one synthetic abdominal CT case.
 
@@ -111,6 +135,7 @@ def make_phantom(
         spacing_mm: ``(z, y, x)`` voxel spacing in mm (same order as ``shape``).
         seed: case seed; the same seed gives the same case, bit for bit.
         noise_hu: standard deviation of the Gaussian noise (HU).
+        style: anatomy / contrast variation (default :class:`PhantomStyle`, the demo's phantoms).
     Returns:
         ``(image, labels)``: image int16 HU ``(z, y, x)``, labels uint8 BTCV ids, both on
         the same LPS grid (identity direction, centred on the world origin).
@@ -120,6 +145,7 @@ def make_phantom(
     if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
         raise InputError(None, f"phantom spacing must be three positive values in mm, got {tuple(spacing_mm)!r}")
     nz, ny, nx = (int(s) for s in shape)
+    style = style or PhantomStyle()
     rng = np.random.default_rng(seed)
     x = (np.arange(nx) + 0.5) / nx * 2.0 - 1.0
     y = (np.arange(ny) + 0.5) / ny * 2.0 - 1.0
@@ -128,11 +154,12 @@ def make_phantom(
     image = np.full((nz, ny, nx), _AIR_HU, dtype=np.float32)
     labels = np.zeros((nz, ny, nx), dtype=np.uint8)
     bx, by = 0.9 * rng.uniform(0.95, 1.05), 0.7 * rng.uniform(0.95, 1.05)
+    bx, by = min(bx * style.body_scale, 0.98), min(by * style.body_scale, 0.92)
     body = ((x[None, :] / bx) ** 2 + ((y[:, None] - 0.05) / by) ** 2) <= 1.0
     inner = ((x[None, :] / (bx - 0.07)) ** 2 + ((y[:, None] - 0.05) / (by - 0.06)) ** 2) <= 1.0
     image[:, body] = _FAT_HU
     image[:, inner] = _TISSUE_HU
-    for organ in _SPINE + tuple(_jitter(o, rng) for o in _ANATOMY):
+    for organ in _SPINE + tuple(_jitter(o, rng, style) for o in _ANATOMY):
         mask = _organ_mask(organ, x, y, w) & inner[None]
         image[mask] = organ.hu
         labels[mask] = organ.label
@@ -171,11 +198,14 @@ def write_phantom_case(
     seed: int = 0,
     layout: str = "btcv",
     force: bool = False,
+    noise_hu: float = 8.0,
+    style: PhantomStyle | None = None,
 ) -> tuple[Path, Path]:
     """Write one phantom case (int16 NIfTI image + uint8 NIfTI labels) in a dataset layout.
 
     ``btcv`` writes ``img/img<id>.nii.gz`` + ``label/label<id>.nii.gz``; ``nnunet`` writes
     ``imagesTr/<id>_0000.nii.gz`` + ``labelsTr/<id>.nii.gz``. Each file is written atomically.
+    ``noise_hu`` and ``style`` are passed to :func:`make_phantom`.
 
     Returns:
         ``(image_path, label_path)``.
@@ -184,7 +214,7 @@ def write_phantom_case(
     """
     import SimpleITK as sitk
 
-    image, labels = make_phantom(shape, spacing_mm, seed)
+    image, labels = make_phantom(shape, spacing_mm, seed, noise_hu, style)
     image_path, label_path = _case_paths(Path(out_dir), case_id, layout)
     sitk_image = sitk.GetImageFromArray(image.array)
     image.geometry.apply_to(sitk_image)

@@ -21,11 +21,13 @@ DICOM series, cache version). Hashing whole files is robust to copies and
 are unchanged keeps its recorded hash (the stat-cache idea of git). Unchanged
 cases are reused, cases gone from the source are removed.
 
-Crash safety: each case folder is written to a temporary sibling and renamed;
-before anything is built, ``prepare.json`` is rewritten as *incomplete* listing
-only the cases that will be reused, so an interrupted run can never reuse a
-half-updated case; ``splits.json``, ``label_map.json``, ``manifest.csv`` and
-finally ``prepare.json`` (complete) are written last, each atomically.
+Crash safety: the new version of the cache is built in a temporary sibling
+(``atomic_dir``): unchanged cases are hard-linked from the old cache (no copy), changed
+ones are built, files that are not ours are copied, and the two folders are exchanged
+in one step once everything is written. A refused input or a kill at any moment
+therefore leaves the previous cache exactly as it was (and a new cache folder absent);
+the next run removes the dead attempt's temporary folder. The cache's folder lock
+(:mod:`ragsam.utils.locking`) keeps a second ``prepare`` out while one is writing.
 
 Unlabelled cases (e.g. nnU-Net ``imagesTs``) are skipped and reported: the cache
 feeds training and the retrieval support bank, which both need labels.
@@ -38,7 +40,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -52,7 +53,9 @@ from ragsam import __version__
 from ragsam.data.slice_dataset import CACHE_FORMAT, CACHE_VERSION, MANIFEST_COLUMNS
 from ragsam.data.slices import SliceGrid, SliceSettings, volume_to_slices
 from ragsam.errors import InputError
-from ragsam.utils.atomic import atomic_dir, write_json, write_text
+from ragsam.utils.atomic import atomic_dir, remove_stale_temporaries, write_json, write_text
+from ragsam.utils.folders import copy_entries, link_tree
+from ragsam.utils.locking import folder_lock
 
 CASE_FILES = ("image.npy", "label.npy", "grid.json")
 
@@ -182,6 +185,39 @@ def _write_case(case_dir: Path, stack: Any) -> None:
         (tmp / "grid.json").write_text(json.dumps(stack.grid.to_json(), indent=2) + "\n", encoding="utf-8")
 
 
+def _build_cases(out: Path, tmp: Path, plan: dict[str, dict[str, Any]], old_cases: dict[str, Any], lmap: Any,
+                 settings: SliceSettings, series_uid: str | None,
+                 progress: Callable[[str, int, int], None] | None) -> tuple[list[str], list[str]]:
+    """Fill ``tmp`` (the cache's next version) from ``out`` (its current one) and the plan.
+
+    Reused cases are hard-linked, changed ones built from their inputs; entries of ``out``
+    that ragsam did not write are copied. Returns ``(built, removed)`` case ids.
+    """
+    from ragsam.data.cases import load_case
+
+    ours = {"prepare.json", "label_map.json", "splits.json", "manifest.csv", "cases"}
+    copy_entries(out, tmp, lambda p: p.name not in ours)
+    (tmp / "cases").mkdir()
+    old_dirs = [p for p in sorted((out / "cases").iterdir())] if (out / "cases").is_dir() else []
+    mine = {p.name for p in old_dirs if p.is_dir() and (p.name in old_cases or (p / "grid.json").is_file())}
+    removed = sorted(mine - set(plan))
+    copy_entries(out / "cases", tmp / "cases",
+                 lambda p: p.name not in mine and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    total = sum(not q["reuse"] for q in plan.values())
+    built: list[str] = []
+    for cid, p in sorted(plan.items()):
+        if p["reuse"]:
+            link_tree(out / "cases" / cid, tmp / "cases" / cid)
+            continue
+        case = load_case(p["ref"], series_uid=series_uid)
+        labels = convert_labels(case.labels, lmap)
+        _write_case(tmp / "cases" / cid, volume_to_slices(case.image, labels, settings))
+        built.append(cid)
+        if progress is not None:
+            progress(cid, len(built), total)
+    return built, removed
+
+
 def _case_rows(case_dir: Path, case_id: str, split: str) -> list[list[Any]]:
     """Manifest rows of one cached case (organs present per slice, from label.npy)."""
     labels = np.load(case_dir / "label.npy", mmap_mode="r")
@@ -230,8 +266,9 @@ def make_splits(case_ids: list[str], split: str, seed: int, datasets: tuple[str,
 
     * ``auto``: the paper's split of the first of ``datasets`` (layout, label-map name)
       that is ``btcv`` or ``flare22``, else (or with a single case) ``none``;
-    * ``btcv`` / ``flare22``: the paper's split (:func:`ragsam.data.splits.paper_split`;
-      with another number of cases its test fraction is kept);
+    * ``btcv`` (community 24/6, test 0035-0040), ``btcv-even`` (24/6 evenly spaced) or
+      ``flare22`` (30/20 evenly spaced): :func:`ragsam.data.splits.paper_split`; with
+      another number of cases the test fraction is kept;
     * ``kfold:K``: ``train`` lists every case, ``folds`` holds K ``{"train", "val"}`` folds
       of a seeded shuffle, and a case's manifest split is ``fold<i>``, the fold validating it;
     * ``none``: every case is ``train``.
@@ -257,7 +294,7 @@ def make_splits(case_ids: list[str], split: str, seed: int, datasets: tuple[str,
         folds = kfold(ids, k, seed)
         names = {c: f"fold{i}" for i, fold in enumerate(folds) for c in fold["val"]}
         return {"train": ids, "test": [], "folds": folds}, names
-    raise InputError(None, f"unknown split {split!r} (choose auto, btcv, flare22, kfold:K or none)")
+    raise InputError(None, f"unknown split {split!r} (choose auto, btcv, btcv-even, flare22, kfold:K or none)")
 
 
 def prepare_dataset(
@@ -280,7 +317,7 @@ def prepare_dataset(
         settings: HU window, slice size (context is stored as the default for readers).
         layout: ``auto`` or a layout name understood by ``discover_cases``.
         label_map: ``btcv``, ``flare22``, another built-in or a JSON file.
-        split: ``auto``, ``btcv``, ``flare22``, ``kfold:K`` or ``none`` (see :func:`make_splits`).
+        split: ``auto``, ``btcv``, ``btcv-even``, ``flare22``, ``kfold:K`` or ``none`` (see :func:`make_splits`).
         seed: seed of k-fold shuffles.
         force: rebuild every case, and allow writing into a non-empty folder that is not a cache.
         series_uid: DICOM series to read when a folder holds several.
@@ -290,15 +327,26 @@ def prepare_dataset(
     Raises:
         InputError: unreadable inputs, label ids outside the label map, no labelled case,
             or a non-empty non-cache output folder without ``force``.
+        FolderLockedError: another process is writing ``out_dir``.
     """
-    from ragsam.data.cases import load_case
+    out = Path(out_dir)
+    if out.is_symlink():
+        out = out.resolve()  # the new version replaces the folder the link points to
+    with folder_lock(out):
+        remove_stale_temporaries(out)  # left by a killed run
+        return _prepare_locked(source, out, settings or SliceSettings(), layout, label_map, split, seed, force,
+                               series_uid, progress)
+
+
+def _prepare_locked(source: str | os.PathLike, out: Path, settings: SliceSettings, layout: str, label_map: str,
+                    split: str, seed: int, force: bool, series_uid: str | None,
+                    progress: Callable[[str, int, int], None] | None) -> PrepareSummary:
+    """:func:`prepare_dataset` while holding the cache's lock."""
     from ragsam.data.label_maps import load_label_map
     from ragsam.data.layouts import discover_cases
     from ragsam.data.splits import save_splits
 
     start = time.perf_counter()
-    settings = settings or SliceSettings()
-    out = Path(out_dir)
     src_root, out_root = Path(source).resolve(), out.resolve()
     if src_root.is_dir() and (out_root == src_root or src_root in out_root.parents):
         raise InputError(out, f"the cache must not be inside the dataset folder {src_root} "
@@ -333,51 +381,27 @@ def prepare_dataset(
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "complete": False, "ragsam": __version__,
         "source": str(Path(source).resolve()), "layout": layout, "label_map": label_map_json,
         "settings": settings.to_json(), "series_uid": series_uid, "split": split, "seed": seed,
-        "cases": {cid: {"key": p["key"], "files": p["files"]} for cid, p in plan.items() if p["reuse"]},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "prepare.json", meta)  # incomplete: only the reusable cases are trusted
-
-    built = []
-    for cid, p in sorted(plan.items()):
-        if p["reuse"]:
-            continue
-        case = load_case(p["ref"], series_uid=series_uid)
-        labels = convert_labels(case.labels, lmap)
-        _write_case(out / "cases" / cid, volume_to_slices(case.image, labels, settings))
-        built.append(cid)
-        if progress is not None:
-            progress(cid, len(built), sum(not q["reuse"] for q in plan.values()))
-
-    removed = []
-    cases_dir = out / "cases"
-    for entry in sorted(cases_dir.iterdir()):
-        if entry.name.startswith(".") and entry.name.endswith(".tmp"):  # left by an interrupted run
-            shutil.rmtree(entry, ignore_errors=True)
-        elif (entry.is_dir() and entry.name not in plan
-              and (entry.name in old_cases or (entry / "grid.json").is_file())):  # only folders we wrote
-            shutil.rmtree(entry)
-            removed.append(entry.name)
-
-    ids = sorted(plan)
-    rows = [row for cid in ids for row in _case_rows(cases_dir / cid, cid, split_of.get(cid, ""))]
-    organ_slices: dict[int, int] = {}
-    for row in rows:
-        for organ in filter(None, row[3].split(";")):
-            organ_slices[int(organ)] = organ_slices.get(int(organ), 0) + 1
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows(rows)
-
-    save_splits(out / "splits.json", splits, force=True)
-    write_json(out / "label_map.json", label_map_json)
-    write_text(out / "manifest.csv", buffer.getvalue())
-    per_case = Counter(row[0] for row in rows)
-    meta.update(complete=True, skipped_unlabelled=skipped,
-                cases={cid: {"key": p["key"], **p["inputs"], "files": p["files"], "slices": per_case[cid]}
-                       for cid, p in sorted(plan.items())})
-    write_json(out / "prepare.json", meta)
+    with atomic_dir(out, force=True) as tmp:
+        built, removed = _build_cases(out, tmp, plan, old_cases, lmap, settings, series_uid, progress)
+        ids = sorted(plan)
+        rows = [row for cid in ids for row in _case_rows(tmp / "cases" / cid, cid, split_of.get(cid, ""))]
+        organ_slices: dict[int, int] = {}
+        for row in rows:
+            for organ in filter(None, row[3].split(";")):
+                organ_slices[int(organ)] = organ_slices.get(int(organ), 0) + 1
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(rows)
+        save_splits(tmp / "splits.json", splits, force=True)
+        write_json(tmp / "label_map.json", label_map_json)
+        write_text(tmp / "manifest.csv", buffer.getvalue())
+        per_case = Counter(row[0] for row in rows)
+        meta.update(complete=True, skipped_unlabelled=skipped,
+                    cases={cid: {"key": p["key"], **p["inputs"], "files": p["files"], "slices": per_case[cid]}
+                           for cid, p in sorted(plan.items())})
+        write_json(tmp / "prepare.json", meta)
     return PrepareSummary(out_dir=out, cases=ids, built=built, reused=sorted(c for c in plan if plan[c]["reuse"]),
                           removed=removed, skipped_unlabelled=skipped, slices=len(rows),
                           organ_slices=dict(sorted(organ_slices.items())), splits=splits,

@@ -1,21 +1,31 @@
-"""Train/test splits: the paper's presets, k-fold cross-validation, JSON files.
+"""Train/test splits: the paper's datasets, k-fold cross-validation, JSON files.
 
-The paper (Section 4) splits BTCV's 30 labelled scans into 24 training / 6 test
+The paper (Section 4.1) splits BTCV's 30 labelled scans into 24 training / 6 test
 scans and FLARE22's 50 labelled cases into 30 training / 20 test cases, without
-listing the case ids. We therefore fix a documented, deterministic rule:
+listing the case ids. Named rules (``prepare --split NAME``):
+
+* ``btcv`` - the split the community uses for BTCV 24/6: MONAI's and UNETR's
+  ``dataset_0.json`` (also Swin-UNETR's, and the file Med-SA's README tells its
+  users to download) trains on 0001-0010 and 0021-0034 and validates on
+  **0035-0040** (:data:`BTCV_COMMUNITY_TEST`). Cases are matched by the number in
+  their id (``0035``, ``img0035`` and ``label0035`` are case 35). Numbers on
+  another split are not comparable with the published ones.
+* ``btcv-even`` and ``flare22`` - a documented, deterministic rule (FLARE22 has no
+  community 30/20 split of its 50 labelled cases)::
 
     sort the case ids; the test cases are the ids at positions
     ``floor((k + 0.5) * N / n_test)`` for ``k = 0 .. n_test - 1``
 
-i.e. evenly spread over the sorted ids. BTCV's 30 training scans (ids 0001-0010 and
-0021-0040) give test cases 0003, 0008, 0023, 0028, 0033, 0038 (positions 2, 7, 12, 17,
-22, 27); FLARE22_Tr_0001..0050 give test positions 1, 3, 6, 8, ... 46, 48. The rule needs no random generator, so it gives
-the same split on every numpy version and can be checked by hand.
+  i.e. evenly spread over the sorted ids. BTCV's 30 scans give 0003, 0008, 0023,
+  0028, 0033, 0038 (positions 2, 7, 12, 17, 22, 27); FLARE22_Tr_0001..0050 give
+  test positions 1, 3, 6, 8, ... 46, 48. No random generator: the same split on
+  every numpy version, checkable by hand.
 
-With a different number of cases than the preset expects, ``strict=True`` refuses;
-the default keeps the preset's test fraction: ``n_test = round(N * n_test_preset /
-N_preset)``, at least 1, leaving at least 1 training case (documented fallback for
-partial downloads and smoke tests).
+With a different number of cases than the rule expects, ``strict=True`` refuses;
+the default keeps the rule's test fraction: ``btcv`` tests on the 0035-0040 cases
+present, or, when none is present (a partial download, the shared CT), falls back
+to the evenly spaced rule with ``n_test = round(N * 6 / 30)``, at least 1, leaving
+at least 1 training case (documented fallback for partial downloads and smoke tests).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +43,40 @@ import numpy as np
 from ragsam.errors import InputError
 from ragsam.utils.atomic import write_json
 
-#: dataset -> (number of labelled cases, number of test cases) stated in the paper.
-PAPER_SPLITS: dict[str, tuple[int, int]] = {"btcv": (30, 6), "flare22": (50, 20)}
+#: split rule -> (number of labelled cases, number of test cases) stated in the paper.
+PAPER_SPLITS: dict[str, tuple[int, int]] = {"btcv": (30, 6), "btcv-even": (30, 6), "flare22": (50, 20)}
+#: MONAI / UNETR ``dataset_0.json``: the 24 training and 6 validation scans of BTCV, by case number.
+BTCV_COMMUNITY_TRAIN: tuple[int, ...] = (*range(1, 11), *range(21, 35))
+BTCV_COMMUNITY_TEST: tuple[int, ...] = tuple(range(35, 41))
+_CASE_NUMBER = re.compile(r"(\d+)\D*$")
+
+
+def case_number(case_id: str) -> int | None:
+    """The number a BTCV case id ends with (``img0035`` -> 35, ``0035.nii`` -> 35); None without digits."""
+    match = _CASE_NUMBER.search(case_id)
+    return None if match is None else int(match.group(1))
+
+
+def btcv_community_split(case_ids: Iterable[str], strict: bool = False) -> dict[str, list[str]]:
+    """BTCV's community 24/6 split (test = cases 35-40; see the module docstring).
+
+    Raises:
+        InputError: duplicate ids; with ``strict``, any id set other than cases 1-10 and 21-40.
+    """
+    ids = _sorted_unique(case_ids)
+    numbers = {c: case_number(c) for c in ids}
+    if strict:
+        expected = set(BTCV_COMMUNITY_TRAIN) | set(BTCV_COMMUNITY_TEST)
+        found = sorted(n for n in numbers.values() if n is not None)
+        if len(ids) != 30 or set(found) != expected or len(found) != 30:
+            raise InputError(None, f"the community btcv split needs the 30 labelled cases 0001-0010 and "
+                                   f"0021-0040, got {len(ids)} case(s)")
+    test = [c for c in ids if numbers[c] in BTCV_COMMUNITY_TEST]
+    if not test:
+        return paper_split(ids, "btcv-even")
+    if len(test) == len(ids):
+        raise InputError(None, "every case is a btcv test case (0035-0040): nothing is left to train on")
+    return {"train": [c for c in ids if c not in test], "test": test}
 
 
 def _sorted_unique(case_ids: Iterable[str], where: str | None = None) -> list[str]:
@@ -59,12 +102,12 @@ def evenly_spaced_test(case_ids: Sequence[str], n_test: int) -> dict[str, list[s
 
 
 def paper_split(case_ids: Iterable[str], dataset: str, strict: bool = False) -> dict[str, list[str]]:
-    """The paper's split for ``dataset`` (``"btcv"``: 24/6, ``"flare22"``: 30/20).
+    """A named split: ``"btcv"`` (community 24/6), ``"btcv-even"`` (24/6 evenly spaced), ``"flare22"`` (30/20).
 
     Args:
         case_ids: the labelled case ids.
-        dataset: ``"btcv"`` or ``"flare22"`` (case-insensitive).
-        strict: refuse when the number of cases differs from the paper's.
+        dataset: the rule's name (case-insensitive; see the module docstring).
+        strict: refuse when the cases differ from the paper's.
     Returns:
         ``{"train": [...], "test": [...]}``.
     Raises:
@@ -74,6 +117,8 @@ def paper_split(case_ids: Iterable[str], dataset: str, strict: bool = False) -> 
     key = dataset.strip().lower()
     if key not in PAPER_SPLITS:
         raise InputError(None, f"no paper split for dataset {dataset!r}; known: {', '.join(PAPER_SPLITS)}")
+    if key == "btcv":
+        return btcv_community_split(case_ids, strict)
     ids = _sorted_unique(case_ids)
     total, n_test = PAPER_SPLITS[key]
     n = len(ids)

@@ -14,11 +14,8 @@ not hold the same voxels are refused with a message saying how they differ.
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +24,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ragsam.data.dicom import read_dicom_series
+from ragsam.data.file_checks import MAX_VOXELS, check_finite, check_image_file
 from ragsam.data.geometry import Geometry
 from ragsam.data.label_maps import label_dtype
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_path
+from ragsam.utils.native_output import captured_native_output
 
 __all__ = [
     "Geometry",
@@ -84,73 +83,20 @@ def _short_reason(exc: BaseException) -> str:
     return line.rstrip(":. ") or type(exc).__name__
 
 
-def _nifti_data_end(header: bytes) -> int | None:
-    """Bytes a NIfTI-1/2 file needs (vox_offset + voxel data), or ``None`` if not NIfTI."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            dims = struct.unpack(endian + "8q", header[16:80])
-            offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    ndim = max(0, min(int(dims[0]), 7))
-    count = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + ndim]], dtype=np.int64))
-    return max(offset, 348) + count * max(int(bitpix), 8) // 8
-
-
-def _check_nifti_stream(path: Path) -> None:
-    """Refuse a corrupt gzip stream or a NIfTI file shorter than its header promises.
-
-    ITK silently zero-fills a truncated NIfTI, so a cut-off download would become a
-    CT full of 0 HU. The gzip trailer's uncompressed size settles the common case
-    in O(1); only when it disagrees is the stream decompressed once more.
-    """
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return
-    try:
-        if name.endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                header = fh.read(540)
-            needed = _nifti_data_end(header)
-            with open(path, "rb") as raw:
-                raw.seek(-4, os.SEEK_END)
-                isize = struct.unpack("<I", raw.read(4))[0]
-            if needed is not None and isize == needed % (1 << 32):
-                return  # gzip trailer: the stream holds exactly the promised bytes (fast path)
-            # Otherwise (truncated, or a valid multi-member gzip) decompress once to be sure.
-            with gzip.open(path, "rb") as fh:
-                total = 0
-                while chunk := fh.read(1 << 22):
-                    total += len(chunk)
-        else:
-            with open(path, "rb") as fh:
-                header = fh.read(540)
-            total = path.stat().st_size
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(path, f"not a readable image (corrupt or truncated gzip stream: {exc})") from None
-    needed = _nifti_data_end(header)
-    if needed is None:
-        raise InputError(path, "not a readable image (no NIfTI header)")
-    if total < needed:
-        raise InputError(path, f"not a readable image (truncated NIfTI: {total} of {needed} bytes)")
-
-
 def _read_file(path: Path) -> sitk.Image:
     """Read one image file as a scalar 3-D SimpleITK image, or raise :class:`InputError`."""
-    _check_nifti_stream(path)
+    check_image_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with captured_native_output():  # MetaIO prints its parse errors itself
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(path, f"not a readable image ({_short_reason(exc)})") from None
+    voxels = float(np.prod(reader.GetSize(), dtype=np.float64))
+    if voxels > MAX_VOXELS:
+        raise InputError(path, f"header promises {voxels:.3g} voxels "
+                               f"({'x'.join(map(str, reader.GetSize()))}); refusing more than {MAX_VOXELS}")
     dim = reader.GetDimension()
     size = reader.GetSize()
     if reader.GetNumberOfComponents() != 1:
@@ -162,7 +108,8 @@ def _read_file(path: Path) -> sitk.Image:
         hint = "; pass the DICOM series folder" if path.suffix.lower() == ".dcm" else ""
         raise InputError(path, f"is a {dim}-D image of size {'x'.join(map(str, size))}; expected a 3-D volume{hint}")
     try:
-        image = reader.Execute()
+        with captured_native_output():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(path, f"not a readable image ({_short_reason(exc)})") from None
     if image.GetDimension() != 3:
@@ -197,7 +144,15 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     """
     image, p = _read_any(path, series_uid)
     array = np.array(sitk.GetArrayViewFromImage(image), dtype=np.float32, copy=True)  # one copy
-    return Volume(array=array, geometry=Geometry.from_sitk(image), path=p)
+    check_finite(array, p)
+    return Volume(array=array, geometry=_geometry(image, p), path=p)
+
+
+def _geometry(image: sitk.Image, path: Path) -> Geometry:
+    try:
+        return Geometry.from_sitk(image)
+    except ValueError as exc:  # zero spacing from a format without a raw-file check
+        raise InputError(path, str(exc)) from None
 
 
 def check_label_values(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
@@ -213,7 +168,7 @@ def check_label_values(array: np.ndarray, path: str | os.PathLike) -> np.ndarray
     if array.dtype.kind == "f":
         bad = ~np.isfinite(array)
         if bad.any():
-            raise InputError(path, f"labels contain non-finite values, e.g. {array[bad].flat[0]!r}")
+            raise InputError(path, f"labels contain non-finite values, e.g. {float(array[bad].flat[0])!r}")
         frac = array != np.round(array)
         if frac.any():
             raise InputError(path, f"labels must be integers; found non-integer value {float(array[frac].flat[0])!r}")
@@ -244,7 +199,7 @@ def read_labels(path: str | os.PathLike, reference: Volume | None = None) -> Vol
     """
     image, p = _read_any(path, None)
     array = check_label_values(sitk.GetArrayFromImage(image), p)
-    volume = Volume(array=array, geometry=Geometry.from_sitk(image), path=p)
+    volume = Volume(array=array, geometry=_geometry(image, p), path=p)
     if reference is None:
         return volume
     return pair_to_reference(volume, reference)

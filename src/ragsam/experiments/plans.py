@@ -3,9 +3,17 @@
 A plan is a list of variants evaluated on the same test cases and shown in
 one table beside the paper's published row for each variant. Variants are:
 
-* ``finetune``: ``ragsam train`` with configuration overrides, then ``ragsam predict``;
+* ``finetune``: ``ragsam train`` with a training preset (``samed``, ``samed_s``,
+  ``medsa``: the paper's recipes) and configuration overrides, then ``ragsam predict``;
 * ``baseline``: ``ragsam baseline`` (prompted SAM or MedSAM);
-* ``rag``: a fine-tuned variant's model fused with retrieval (``ragsam segment --run``).
+* ``rag``: a fine-tuned variant's model fused with retrieval (``ragsam segment --run``);
+* ``retrieval``: retrieval alone (``ragsam segment``): SAM 2 training-free, or, with a
+  ``preset`` (``rag_lora`` ...), episodically fine-tuned first (``ragsam train-rag``, then
+  ``ragsam segment --sam2-run``).
+
+A variant without ``paper_row`` is ours (the paper has no such row): the base model
+of a rag row, for instance. Every built-in variant and the source of every setting is
+listed in ``docs/paper-fidelity.md`` (tests/experiments check the two agree).
 
 Plans can also come from a YAML file with the same fields (``ragsam experiment my.yaml``).
 """
@@ -27,13 +35,15 @@ class Variant:
 
     Attributes:
         name: row label and folder name.
-        kind: ``finetune`` | ``baseline`` | ``rag``.
+        kind: ``finetune`` | ``baseline`` | ``rag`` | ``retrieval``.
         overrides: ``key=value`` training-config overrides (finetune) .
         paper_row: the row of the paper's table this variant reproduces.
         prompt: ``point1`` | ``point3`` | ``box`` (baseline).
         weights: ``sam`` or ``medsam``: which pretrained weights a baseline uses.
         base: for ``rag``, the finetune variant whose model is fused with retrieval.
         x: a number to plot this variant against (the LoRA rank of Table 3).
+        preset: training preset of a finetune variant (``None``: the run's ``base_config``);
+            of a retrieval variant, the ``train-rag`` preset (``None``: training-free SAM 2).
     """
 
     name: str
@@ -44,11 +54,23 @@ class Variant:
     weights: str = "sam"
     base: str | None = None
     x: float | None = None
+    preset: str | None = None
+
+    @property
+    def ours(self) -> bool:
+        """True for a row the paper does not have."""
+        return self.paper_row is None
 
 
 @dataclass
 class Plan:
-    """A whole experiment: dataset, organs, variants and the paper table to compare with."""
+    """A whole experiment: dataset, organs, variants and the paper table to compare with.
+
+    Attributes:
+        absent: Dice rule for organs absent from the ground truth and/or the prediction
+            (:mod:`ragsam.evaluation.metrics`): ``"samed"`` (SAMed's test code, which the
+            paper's SAMed numbers come from) or ``"strict"`` (ours).
+    """
 
     name: str
     title: str
@@ -57,58 +79,66 @@ class Plan:
     paper_table: str | None = None
     x_label: str | None = None
     variants: list[Variant] = field(default_factory=list)
+    absent: str = "strict"
 
 
-_SAMED = ["model.peft.method=lora", "model.peft.rank=4", "model.peft.decoder=full"]
+def _baselines() -> list[Variant]:
+    """Table 1's prompted SAM / MedSAM rows (``ragsam baseline``)."""
+    rows = []
+    for weights, label in (("sam", "SAM"), ("medsam", "MedSAM")):
+        for prompt, what in (("point1", "1 point"), ("point3", "3 points"), ("box", "BBox 0.5")):
+            rows.append(Variant(f"{label} {what}", kind="baseline", prompt=prompt, weights=weights,
+                                paper_row=f"{label} {what}"))
+    return rows
+
 
 BUILTIN_PLANS: dict[str, Plan] = {
     "paper-btcv": Plan(
-        name="paper-btcv", title="Table 1: BTCV, SAMed and Med-SA against prompted SAM/MedSAM",
-        dataset="btcv", organs="btcv-table1", paper_table="paper-btcv",
+        name="paper-btcv", title="Table 1: BTCV, SAMed (SAMed_s + RAG) and Med-SA against prompted SAM/MedSAM",
+        dataset="btcv", organs="btcv-table1", paper_table="paper-btcv", absent="samed",
         variants=[
-            Variant("SAMed", overrides=_SAMED, paper_row="SAMed"),
-            Variant("Med-SA", overrides=["model.peft.method=adapter", "model.peft.decoder=full"],
-                    paper_row="Med-SA"),
-            Variant("SAM 1 point", kind="baseline", prompt="point1", weights="sam", paper_row="SAM 1 point"),
-            Variant("SAM 3 points", kind="baseline", prompt="point3", weights="sam", paper_row="SAM 3 points"),
-            Variant("SAM BBox 0.5", kind="baseline", prompt="box", weights="sam", paper_row="SAM BBox 0.5"),
-            Variant("MedSAM 1 point", kind="baseline", prompt="point1", weights="medsam",
-                    paper_row="MedSAM 1 point"),
-            Variant("MedSAM 3 points", kind="baseline", prompt="point3", weights="medsam",
-                    paper_row="MedSAM 3 points"),
-            Variant("MedSAM BBox 0.5", kind="baseline", prompt="box", weights="medsam",
-                    paper_row="MedSAM BBox 0.5"),
+            # Section 4.2: "LoRA rank 4 ... the LoRA fine-tuning mode for the mask decoder, combined with RAG".
+            Variant("SAMed_s without RAG", preset="samed_s"),
+            Variant("SAMed", kind="rag", base="SAMed_s without RAG", paper_row="SAMed"),
+            Variant("Med-SA", preset="medsa", paper_row="Med-SA"),
+            *_baselines(),
         ],
     ),
     "paper-flare-decoder": Plan(
         name="paper-flare-decoder", title="Table 2: FLARE22, mask decoder fully fine-tuned vs LoRA",
-        dataset="flare22", organs="paper-8", paper_table="paper-flare-decoder",
+        dataset="flare22", organs="paper-8", paper_table="paper-flare-decoder", absent="samed",
         variants=[
-            Variant("SAMed", overrides=_SAMED, paper_row="SAMed"),
-            Variant("SAMed_s", overrides=["model.peft.method=lora", "model.peft.rank=4",
-                                          "model.peft.decoder=lora"], paper_row="SAMed_s"),
+            Variant("SAMed", preset="samed", paper_row="SAMed"),
+            Variant("SAMed_s", preset="samed_s", paper_row="SAMed_s"),
         ],
     ),
     "paper-flare-rank": Plan(
         name="paper-flare-rank", title="Table 3: FLARE22, LoRA rank", dataset="flare22", organs="paper-8",
-        paper_table="paper-flare-rank", x_label="LoRA rank",
-        variants=[
-            Variant(f"rank {r}", overrides=["model.peft.method=lora", f"model.peft.rank={r}",
-                                            "model.peft.decoder=full"], paper_row=f"rank {r}", x=float(r))
-            for r in (1, 4, 16)
-        ],
+        paper_table="paper-flare-rank", x_label="LoRA rank", absent="samed",
+        variants=[Variant(f"rank {r}", preset="samed", overrides=[f"model.peft.rank={r}"], paper_row=f"rank {r}",
+                          x=float(r)) for r in (1, 4, 16)],
     ),
     "paper-flare-rag": Plan(
         name="paper-flare-rag", title="Table 4: FLARE22, SAMed with and without retrieval",
-        dataset="flare22", organs="paper-8", paper_table="paper-flare-rag",
+        dataset="flare22", organs="paper-8", paper_table="paper-flare-rag", absent="samed",
         variants=[
-            Variant("without RAG", overrides=_SAMED, paper_row="without RAG"),
+            Variant("without RAG", preset="samed", paper_row="without RAG"),
             Variant("with RAG", kind="rag", base="without RAG", paper_row="with RAG"),
+        ],
+    ),
+    "rag-finetune": Plan(
+        name="rag-finetune", title="Ours, beside Table 4: training-free vs episodically fine-tuned retrieval (FLARE22)",
+        dataset="flare22", organs="paper-8", paper_table="paper-flare-rag", absent="samed",
+        variants=[
+            Variant("without RAG", preset="samed", paper_row="without RAG"),
+            Variant("with RAG", kind="rag", base="without RAG", paper_row="with RAG"),
+            Variant("RAG, training-free SAM 2", kind="retrieval"),
+            Variant("RAG, fine-tuned SAM 2", kind="retrieval", preset="rag_lora"),
         ],
     ),
 }
 
-_KINDS = ("finetune", "baseline", "rag")
+_KINDS = ("finetune", "baseline", "rag", "retrieval")
 
 
 def load_plan(name_or_path: str) -> Plan:
@@ -145,6 +175,8 @@ def validate_plan(plan: Plan, source: str) -> None:
     if duplicates:
         raise InputError(source, f"duplicate variant names {duplicates}")
     finetunes = {v.name for v in plan.variants if v.kind == "finetune"}
+    if plan.absent not in ("strict", "samed"):
+        raise InputError(source, f"absent rule {plan.absent!r} is not strict or samed")
     for v in plan.variants:
         if v.kind not in _KINDS:
             raise InputError(source, f"variant {v.name!r}: kind {v.kind!r} is not one of {_KINDS}")

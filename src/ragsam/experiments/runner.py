@@ -11,13 +11,15 @@ Work folder layout::
         run/                    training run (finetune) - resumed when interrupted
         predictions/<case>.nii.gz
         evaluation/             metrics.csv, metrics.json, report.md, overlays/
-        done.json               per-organ mean Dice + trainable parameters; present = finished
+        done.json               per-organ mean Dice, trainable parameters and their MiB; present = finished
       table.md, table.csv       ours beside the paper's published values
       figures/                  variants side by side on a central slice; Dice vs rank
 
 ``tiny`` swaps every model for its tiny randomly initialised version (SAM
 ``tiny``, SAM 2 ``tiny``, DINOv2 ``tiny``) and shortens training, so a whole plan
-runs on a CPU in minutes; the numbers then show the protocol working, not the method.
+runs on a CPU in minutes; the variant's preset still decides the recipe (PEFT
+method, normalisation, loss resolution and weights, augmentation: :data:`RECIPE_KEYS`).
+The numbers then show the protocol working, not the method.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from ragsam.utils.atomic import write_json, write_text
 
 Log = Callable[[str], None]
 
+#: What a finetune variant takes from its preset in a ``tiny`` run (the rest is the tiny preset's).
+RECIPE_KEYS = ("model.peft", "model.normalize", "model.head_init", "optim.loss_resolution",
+               "optim.dice_weight", "optim.ce_weight", "augment.enabled")
+
 
 @dataclass
 class ExperimentSettings:
@@ -43,11 +49,15 @@ class ExperimentSettings:
     Attributes:
         data: dataset folder (any layout ``ragsam prepare`` reads).
         tiny: tiny random models and short training (CPU smoke run of the protocol).
-        sam_weights / medsam_weights / sam2_weights / embedder: weights for each role.
-        base_config: training preset the finetune variants start from.
+        sam_weights / medsam_weights / sam2_weights / embedder: weights for each role;
+            ``sam_h_weights`` for finetune presets on ViT-H (Med-SA).
+        base_config: training preset of finetune variants that name none.
         size: slice size (None: 512, or 64 with ``tiny``).
         iterations: override of ``optim.max_iterations`` (None: the preset's).
         k: retrieved supports per slice for rag variants.
+        z_prior: weight of the relative-z retrieval prior (0: DINOv2 + Faiss only, the paper).
+        hybrid_weight: ``w`` of the retrieval term when a rag variant fuses it with its
+            fine-tuned base (:mod:`ragsam.retrieval.hybrid`; the paper gives no rule).
         device: ``auto`` | ``cpu`` | ``cuda``.
         seed: seeds prompts and training.
     """
@@ -58,10 +68,13 @@ class ExperimentSettings:
     medsam_weights: str = "flaviagiammarino/medsam-vit-base"
     sam2_weights: str = "facebook/sam2.1-hiera-tiny"
     embedder: str = "facebook/dinov2-small"
+    sam_h_weights: str = "facebook/sam-vit-huge"
     base_config: str = "samed"
     size: int | None = None
     iterations: int | None = None
     k: int = 4
+    z_prior: float = 0.0
+    hybrid_weight: float = 0.5
     device: str = "auto"
     seed: int = 0
     extra_overrides: list[str] = field(default_factory=list)
@@ -69,18 +82,22 @@ class ExperimentSettings:
 
 @dataclass
 class VariantResult:
-    """A finished variant: per-organ mean Dice (organ name -> [0, 1]) and trainable parameters."""
+    """A finished variant: per-organ mean Dice (organ name -> [0, 1]) and its trainable weights.
+
+    ``trainable_mib``: bytes of the saved trainable tensors / 2^20 (the paper's "model size").
+    """
 
     name: str
     dice: dict[str, float]
     trainable_parameters: int | None
     predictions: str
+    trainable_mib: float | None = None
 
 
 def plan_label_map(plan: Plan, settings: ExperimentSettings) -> str:
     """The label scheme the plan trains and scores in (``paper-8:flare22`` ...).
 
-    With ``tiny`` the shared CT carries BTCV ids, so the subset is taken of BTCV.
+    With ``tiny`` the data (the phantom or the test CT) carries BTCV ids, so the subset is taken of BTCV.
     """
     base = "btcv" if settings.tiny else plan.dataset
     if plan.organs == "paper-8":
@@ -88,15 +105,40 @@ def plan_label_map(plan: Plan, settings: ExperimentSettings) -> str:
     return plan.organs
 
 
-def describe_plan(plan: Plan, out: Path) -> list[str]:
+def preset_summary(preset: str, overrides: list[str] | None = None) -> str:
+    """The recipe of a training preset in one line (for ``--dry-run``)."""
+    from ragsam.peft.apply import describe
+    from ragsam.training.config import load_train_config
+
+    cfg = load_train_config(preset, list(overrides or []))
+    m, o = cfg.model, cfg.optim
+    batch = f"global batch {o.global_batch}" if o.global_batch else f"batch {o.batch_size} x {o.grad_accum}"
+    return (f"{m.arch} {m.image_size} px, {describe(m.peft)}, prompt encoder "
+            f"{'trained' if m.peft.train_prompt_encoder else 'frozen'}, normalize {m.normalize}, heads "
+            f"{m.head_init}, loss {o.dice_weight:g} Dice + {o.ce_weight:g} CE at {o.loss_resolution} resolution, "
+            f"lr {o.lr:g} (warm-up {o.warmup}, power {o.power:g}), wd {o.weight_decay:g}, {batch}, "
+            f"{cfg.last_iteration} of {o.max_iterations} iterations, {'bf16' if o.bf16 else 'fp32'}, "
+            f"augmentation {'on' if cfg.augment.enabled else 'off'}")
+
+
+def describe_plan(plan: Plan, out: Path, settings: ExperimentSettings | None = None) -> list[str]:
     """One line per variant: kind, what it runs and whether it is finished (for ``--dry-run``)."""
-    lines = [f"{plan.name}: {plan.title} (dataset {plan.dataset}, organs {plan.organs})"]
+    settings = settings or ExperimentSettings(data="")
+    lines = [f"{plan.name}: {plan.title} (dataset {plan.dataset}, organs {plan.organs}, "
+             f"absent-organ rule {plan.absent})"]
     for v in plan.variants:
         done = (out / "variants" / variant_folder_name(v.name) / "done.json").is_file()
-        what = {"finetune": "train + predict " + " ".join(v.overrides),
+        preset = (v.preset or settings.base_config) if v.kind == "finetune" else ""
+        command = " ".join(["train --config", preset, *v.overrides])
+        what = {"finetune": f"{command} ({preset_summary(preset, v.overrides)})" if v.kind == "finetune" else "",
                 "baseline": f"prompted {v.weights.upper()} ({v.prompt})",
-                "rag": f"retrieval fused with '{v.base}'"}[v.kind]
-        lines.append(f"  [{'done' if done else 'todo'}] {v.name}: {what}")
+                "rag": f"retrieval (DINOv2 + Faiss, k={settings.k}, z-prior {settings.z_prior:g}) fused with "
+                       f"'{v.base}' (hybrid weight {settings.hybrid_weight:g})",
+                "retrieval": f"retrieval alone (k={settings.k}), SAM 2 "
+                             + (f"fine-tuned on episodes (train-rag --config {v.preset})" if v.preset
+                                else "training-free")}[v.kind]
+        row = f"paper row '{v.paper_row}'" if v.paper_row else "ours, not in the paper"
+        lines.append(f"  [{'done' if done else 'todo'}] {v.name}: {what.strip()} [{row}]")
     return lines
 
 
@@ -111,16 +153,43 @@ def _check_plan_file(out: Path, plan: Plan, settings: ExperimentSettings, force:
     write_json(path, record, force=True)
 
 
+def _override_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def recipe_overrides(preset: str) -> list[str]:
+    """``key=value`` overrides carrying a preset's :data:`RECIPE_KEYS` onto another preset."""
+    from ragsam.config import to_dict
+    from ragsam.training.config import load_train_config
+
+    flat: dict[str, object] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(to_dict(load_train_config(preset)), "")
+    return [f"{k}={_override_text(v)}" for k, v in flat.items() if k.startswith(RECIPE_KEYS)]
+
+
 def _finetune_overrides(variant: Variant, settings: ExperimentSettings, prepared: Path,
                         num_organs: int) -> tuple[str, list[str]]:
-    preset = "tiny" if settings.tiny else settings.base_config
+    from ragsam.training.config import load_train_config
+
+    preset = variant.preset or settings.base_config
     overrides = [f"data.prepared={prepared}", "data.train=[train]", "data.val=[]",
                  f"model.num_classes={num_organs}", f"seed={settings.seed}", f"device={settings.device}",
-                 "log.progress=false", *variant.overrides]
+                 "log.progress=false"]
     if settings.tiny:
-        overrides += ["val.every=0", "checkpoint_every=10"]
+        overrides += [*recipe_overrides(preset), "val.every=0", "checkpoint_every=10"]
+        preset = "tiny"
     else:
-        overrides += [f"model.weights={settings.sam_weights}"]
+        big = load_train_config(preset).model.arch == "sam_vit_h"
+        overrides += [f"model.weights={settings.sam_h_weights if big else settings.sam_weights}"]
+    overrides += variant.overrides
     if settings.size is not None:
         overrides += [f"model.image_size={settings.size}"]
     if settings.iterations is not None:
@@ -128,14 +197,28 @@ def _finetune_overrides(variant: Variant, settings: ExperimentSettings, prepared
     return preset, overrides + list(settings.extra_overrides)
 
 
-def _trainable_parameters(run_dir: Path) -> int | None:
+_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def trainable_size(run_dir: Path) -> tuple[int | None, float | None]:
+    """(trainable parameter count, MiB of their saved tensors) of a run's ``model.safetensors``.
+
+    The paper's Table 2 "model size" (18.81M / 6.33M) is this size, not a count:
+    SAMed saves its trainable tensors in fp32, 4 bytes each.
+    """
     from safetensors import safe_open
 
     path = run_dir / "model.safetensors"
     if not path.is_file():
-        return None
+        return None, None
+    count = nbytes = 0
     with safe_open(str(path), framework="pt") as handle:
-        return int(sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys()))  # noqa: SIM118
+        for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            tensor = handle.get_slice(key)
+            n = math.prod(tensor.get_shape())
+            count += n
+            nbytes += n * _BYTES[tensor.get_dtype()]
+    return int(count), nbytes / 2**20
 
 
 class ExperimentRunner:
@@ -201,19 +284,21 @@ class ExperimentRunner:
             return VariantResult(**json.loads(done.read_text()))
         predictions = folder / "predictions"
         predictions.mkdir(parents=True, exist_ok=True)
-        params = None
+        params, mib = None, None
         if variant.kind == "finetune":
-            params = self._finetune(variant, folder, predictions)
+            params, mib = self._finetune(variant, folder, predictions)
         elif variant.kind == "rag":
-            params = self._rag(variant, predictions)
+            params, mib = self._rag(variant, predictions)
+        elif variant.kind == "retrieval":
+            params, mib = self._retrieval(variant, folder, predictions)
         else:
             self._baseline(variant, folder, predictions)
         dice = self._evaluate(predictions, folder / "evaluation")
-        result = VariantResult(variant.name, dice, params, str(predictions))
+        result = VariantResult(variant.name, dice, params, str(predictions), mib)
         write_json(done, asdict(result), force=True)
         return result
 
-    def _finetune(self, variant: Variant, folder: Path, predictions: Path) -> int | None:
+    def _finetune(self, variant: Variant, folder: Path, predictions: Path) -> tuple[int | None, float | None]:
         from ragsam.data.label_maps import load_label_map
         from ragsam.inference.predict import predict
         from ragsam.training.config import load_train_config
@@ -231,7 +316,7 @@ class ExperimentRunner:
         for cid in self.test_cases():
             predict(run_dir, self._image_of(cid), predictions / f"{cid}.nii.gz", force=True,
                     device=self.settings.device)
-        return _trainable_parameters(run_dir)
+        return trainable_size(run_dir)
 
     def _bank(self) -> Path:
         from ragsam.retrieval.bank_build import build_bank
@@ -242,7 +327,7 @@ class ExperimentRunner:
             build_bank(self.prepared, bank, embedder_weights=embedder, split="train", force=True)
         return bank
 
-    def _rag(self, variant: Variant, predictions: Path) -> int | None:
+    def _rag(self, variant: Variant, predictions: Path) -> tuple[int | None, float | None]:
         from ragsam.retrieval.segment import RagSegmenter
 
         base = next(v for v in self.plan.variants if v.name == variant.base)
@@ -254,8 +339,47 @@ class ExperimentRunner:
         segmenter = RagSegmenter(bank, sam2, device=self.settings.device)  # models and supports shared by the cases
         for cid in self.test_cases():
             segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k,
-                              run_dir=base_run, force=True)
-        return _trainable_parameters(base_run)
+                              run_dir=base_run, force=True, z_prior=self.settings.z_prior or None,
+                              hybrid_weight=self.settings.hybrid_weight)
+        return trainable_size(base_run)
+
+    def _retrieval(self, variant: Variant, folder: Path, predictions: Path) -> tuple[int | None, float | None]:
+        """Retrieval alone; with a ``train-rag`` preset, SAM 2 is first fine-tuned on the bank's episodes."""
+        from ragsam.retrieval.segment import RagSegmenter
+
+        bank = self._bank()
+        run_dir = None
+        if variant.preset is not None:
+            run_dir = self._train_sam2(variant, folder / "run", bank)
+        sam2 = "tiny" if self.settings.tiny else self.settings.sam2_weights
+        segmenter = RagSegmenter(bank, sam2, device=self.settings.device, sam2_run=run_dir)
+        for cid in self.test_cases():
+            segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k, force=True,
+                              z_prior=self.settings.z_prior or None)
+        return (None, None) if run_dir is None else trainable_size(run_dir)
+
+    def _train_sam2(self, variant: Variant, run_dir: Path, bank: Path) -> Path:
+        """``ragsam train-rag`` with the variant's preset on the bank (train cases), resumed when interrupted."""
+        from ragsam.data.label_maps import load_label_map
+        from ragsam.training.rag_config import load_rag_config
+        from ragsam.training.rag_run import train_rag
+
+        if (run_dir / "model.safetensors").is_file() and (run_dir / "val.json").is_file():
+            return run_dir
+        s = self.settings
+        overrides = [f"data.bank={bank}", "data.train=[train]", "data.val=[]", f"data.k={s.k}",
+                     f"data.z_prior={s.z_prior or 'null'}", f"seed={s.seed}", f"device={s.device}",
+                     f"model.num_classes={load_label_map(self.label_map).num_classes - 1}", "log.progress=false",
+                     f"model.weights={'tiny' if s.tiny else s.sam2_weights}", *variant.overrides]
+        if s.tiny:
+            overrides += ["optim.max_iterations=20", "optim.warmup=2", "optim.lr=0.002", "checkpoint_every=10"]
+        if s.iterations is not None:
+            overrides += [f"optim.max_iterations={s.iterations}", "optim.stop_iteration=null"]
+        resume = (run_dir / "checkpoints" / "state.pt").is_file()
+        self.log(f"{variant.name}: {'resuming' if resume else 'training'} SAM 2 on retrieval episodes in {run_dir}")
+        train_rag(None if resume else load_rag_config(variant.preset, overrides), run_dir, resume=resume,
+                  force=not resume and run_dir.exists())
+        return run_dir
 
     def _baseline(self, variant: Variant, folder: Path, predictions: Path) -> None:
         from ragsam.baselines.run import run_baseline
@@ -275,7 +399,7 @@ class ExperimentRunner:
         from ragsam.evaluation.evaluate import evaluate
 
         result = evaluate(predictions, self.out / "gt", label_map=self.prepared / "label_map.json",
-                          out_dir=out, force=True, images=None)
+                          out_dir=out, force=True, images=None, absent=self.plan.absent)
         table = result.table()
         return {name: float(value) for name, value in zip(table.organ_names, table.mean["dice"], strict=True)}
 
@@ -288,7 +412,7 @@ class ExperimentRunner:
             for variant in self.plan.variants:
                 (self.variant_dir(variant) / "done.json").unlink(missing_ok=True)
         self.prepare()
-        order = sorted(self.plan.variants, key=lambda v: {"finetune": 0, "rag": 1, "baseline": 2}[v.kind])
+        order = sorted(self.plan.variants, key=lambda v: {"finetune": 0, "rag": 1, "retrieval": 2, "baseline": 3}[v.kind])
         results = {v.name: self.run_variant(v) for v in order}
         self.write_outputs(results)
         return results
@@ -298,8 +422,9 @@ class ExperimentRunner:
         from ragsam.experiments.tables import build_table, table_csv, table_markdown
 
         table = build_table(self.plan, {n: r.dice for n, r in results.items()},
-                            {n: r.trainable_parameters for n, r in results.items()})
-        note = ("\n> Tiny randomly initialised models on the shared CT: these numbers show the protocol "
+                            {n: r.trainable_parameters for n, r in results.items()},
+                            {n: r.trainable_mib for n, r in results.items()})
+        note = ("\n> Tiny randomly initialised models on small data: these numbers show the protocol "
                 "working, not the method's accuracy.\n" if self.settings.tiny else "")
         write_text(self.out / "table.md", table_markdown(table) + note, force=True)
         write_text(self.out / "table.csv", table_csv(table), force=True)
@@ -320,12 +445,34 @@ class ExperimentRunner:
             plot_variant_slices(*panels, title=f"{self.plan.name}: {cid}", path=figures / f"{cid}.png")
 
 
+# The quick demo's phantoms: 4 BTCV-labelled cases (3 train / 1 test), 16 x 64 x 64 voxels.
+TINY_PHANTOM = {"n_cases": 4, "shape": (16, 64, 64), "spacing_mm": (8.0, 6.0, 6.0)}
+
+
+def tiny_phantom_data(out: Path, seed: int = 0) -> Path:
+    """``<out>/data``: the phantom dataset a ``tiny`` plan runs on without ``--data`` (written once).
+
+    A tiny plan needs no real data: it only shows the protocol working, and so runs anywhere,
+    from an installed wheel too.
+    """
+    from ragsam.data.phantom import write_phantom_dataset
+
+    folder = out / "data"
+    if not folder.is_dir():
+        write_phantom_dataset(folder, layout="btcv", seed=seed, **TINY_PHANTOM)
+    return folder
+
+
 def run_experiment(plan_name: str, settings: ExperimentSettings, out: str | os.PathLike, dry_run: bool = False,
                    force: bool = False, log: Log = print) -> dict[str, VariantResult] | list[str]:
     """Run a built-in or YAML plan (see :class:`ExperimentRunner`); ``dry_run`` returns the plan lines."""
     plan = load_plan(plan_name)
     if dry_run:
-        return describe_plan(plan, Path(out))
+        return describe_plan(plan, Path(out), settings)
+    if not settings.data:
+        if not settings.tiny:
+            raise InputError(None, "a dataset is required (--data); only --tiny defaults to a phantom")
+        settings.data = str(tiny_phantom_data(Path(out)))
     if not Path(settings.data).exists():
         raise InputError(settings.data, "dataset does not exist")
     return ExperimentRunner(plan, settings, Path(out), log).run(force=force)

@@ -31,8 +31,10 @@ on a machine whose cores are all busy that is the faster choice (measured in
 
 Outputs: ``<output>/<case_id>.nii.gz`` for each case; for a single input case an
 ``output`` ending in ``.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.mha`` names the file
-itself. Every output is checked before any work starts: an existing file is
-replaced only with ``force``.
+itself. A folder of cases runs past a failed case and resumes where an earlier run
+stopped (finished cases with unchanged inputs and model are skipped): see
+:mod:`ragsam.inference.case_runner`. An existing file that ragsam did not write for
+that case is replaced only with ``force`` (checked before any work starts).
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ragsam.errors import InputError, OutputExistsError
+from ragsam.errors import InputError
+from ragsam.inference.case_runner import CaseRecorder, file_digest, model_key, plan_cases
 from ragsam.inference.run_loader import load_run
-from ragsam.training.distributed import pick_device
+from ragsam.utils.device import resolve_device
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.precision import autocast
 
@@ -61,12 +64,16 @@ IN_FLIGHT = 3  # batches of logits waiting for their labels (bounds memory; the 
 
 @dataclass
 class Prediction:
-    """One written segmentation: case id, output file, slices, organ ids found."""
+    """One written segmentation: case id, output file, slices, organ ids found.
+
+    ``skipped``: the output was already there from an earlier run with the same inputs and model.
+    """
 
     case_id: str
     path: Path
     slices: int
     organs: list[int]
+    skipped: bool = False
 
 
 class StageTimes:
@@ -275,7 +282,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         input_path: an image file, a DICOM series folder, or a dataset folder
             (any layout :func:`ragsam.data.layouts.discover_cases` understands).
         output_path: output folder (or file, for one case).
-        force: replace existing outputs.
+        force: replace existing outputs (also those of finished cases, which are otherwise skipped).
         batch_size: slices per forward pass. device: ``auto`` | ``cpu`` | ``cuda[:N]``.
         layout: dataset layout of ``input_path`` (``auto`` detects it).
         series_uid: DICOM series to read when a folder holds several.
@@ -291,7 +298,8 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     Returns:
         One :class:`Prediction` per case, in case-id order.
     Raises:
-        InputError / OutputExistsError: bad run, unreadable input, existing or unwritable outputs.
+        InputError / OutputExistsError: bad run, no cases, outputs that are not ragsam's.
+        CasesFailedError: after every case ran, when some failed (each one named).
     """
     from ragsam.data.layouts import discover_cases
     from ragsam.data.slices import SliceSettings, lazy_slices
@@ -300,7 +308,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     wall = time.perf_counter()
     if batch_size < 1:
         raise InputError(None, f"batch size must be >= 1, got {batch_size}")
-    dev = pick_device(device)
+    dev = resolve_device(device)
     overlap = default_overlap(dev) if overlap is None else overlap
     stages = StageTimes(timings)
     model, cfg = stages.timed("load_run", load_run, run_dir, dev, "model.safetensors", True)
@@ -311,28 +319,57 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     if not refs:
         raise InputError(input_path, "no images found")
     outputs = case_output_paths([r.case_id for r in refs], output_path)
-    for out in outputs:  # refuse before any work, so nothing is half-done
-        if out.exists() and not force:
-            raise OutputExistsError(out)
+    key = model_key(command="predict", model=file_digest(Path(run_dir) / "model.safetensors"),
+                    config=file_digest(Path(run_dir) / "config.yaml"), bf16=bool(cfg.optim.bf16 and cpu_bf16))
+    plan = plan_cases(refs, outputs, key, force)  # refuses foreign outputs before any work
+    recorder = CaseRecorder(plan.case_ids)
+    for job, recorded in plan.done:
+        recorder.skip(job, Prediction(job.case_id, job.output, int(recorded.get("slices", 0)),
+                                      list(recorded.get("organs", [])), skipped=True))
 
-    def load(ref):
-        image = stages.timed("read", read_image, ref.image, series_uid)
+    def load(job):
+        image = stages.timed("read", read_image, job.ref.image, series_uid)
         return image, stages.timed("slice", lazy_slices, image, settings)  # slices are prepared per batch
 
-    results = []
+    def write(job, labels, geometry, result):
+        recorder.begin(job)
+        stages.timed("write", write_labels, labels, geometry, job.output, True)
+        recorder.finish(job, {"slices": result.slices, "organs": result.organs}, result)
+
+    def settle(pending):  # a case's write error is reported before more is queued
+        job, future = pending
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - reported per case at the end
+            recorder.fail(job, exc)
+
+    todo = plan.todo
     with _executor(overlap, "ragsam-read") as reader, _executor(overlap, "ragsam-write") as writer:
-        loading = reader.submit(load, refs[0])
-        writing: Future | None = None
-        for i, (ref, out) in enumerate(zip(refs, outputs, strict=True)):
-            image, stack = loading.result()
-            if i + 1 < len(refs):  # read ahead while this case is segmented
-                loading = reader.submit(load, refs[i + 1])
-            labels = segment_stack(model, stack, batch_size, dev, cfg.optim.bf16, cpu_bf16, stages, overlap)
+        loading = reader.submit(load, todo[0]) if todo else None
+        writing: tuple | None = None
+        for i, job in enumerate(todo):
+            labels = None
+            try:
+                image, stack = loading.result()
+            except Exception as exc:  # noqa: BLE001
+                recorder.fail(job, exc)
+                image = None
+            if i + 1 < len(todo):  # read ahead while this case is segmented
+                loading = reader.submit(load, todo[i + 1])
+            if image is not None:
+                try:
+                    labels = segment_stack(model, stack, batch_size, dev, cfg.optim.bf16, cpu_bf16, stages, overlap)
+                except Exception as exc:  # noqa: BLE001
+                    recorder.fail(job, exc)
             if writing is not None:
-                writing.result()  # the previous case's write error surfaces before more is queued
-            writing = writer.submit(stages.timed, "write", write_labels, labels, image.geometry, out, force)
-            results.append(Prediction(ref.case_id, out, int(labels.shape[0]), _organs(labels)))
-        writing.result()
+                settle(writing)
+                writing = None
+            if labels is not None:
+                result = Prediction(job.case_id, job.output, int(labels.shape[0]), _organs(labels))
+                writing = (job, writer.submit(write, job, labels, image.geometry, result))
+        if writing is not None:
+            settle(writing)
+    results = recorder.close()
     if timings is not None:
         timings["wall"] = time.perf_counter() - wall
     return results

@@ -19,7 +19,7 @@ from ragsam.config import load_config
 from ragsam.errors import InputError
 from ragsam.training.checkpoint import rng_state, set_rng_state
 from ragsam.training.config import TrainConfig
-from ragsam.training.distributed import pick_device
+from ragsam.utils.device import resolve_device
 from ragsam.utils.seeding import seed_everything
 
 WEIGHT_FILES = ("model.safetensors", "last.safetensors")
@@ -59,7 +59,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", wei
     path = Path(run_dir) / weights
     if not path.is_file():
         raise InputError(path, "missing: the run has not finished (continue it with `ragsam train --resume`)")
-    dev = device if isinstance(device, torch.device) else pick_device(str(device))
+    dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     saved = rng_state()
     try:
         seed_everything(cfg.seed)  # same frozen random base as in training (weights: random)

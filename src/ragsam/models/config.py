@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 PEFT_METHODS = ("lora", "adapter", "none")
 LORA_TARGETS = ("q", "k", "v", "proj", "mlp")
 DECODER_MODES = ("full", "lora", "frozen")
+NORMALIZATIONS = ("sam", "none")
+HEAD_INITS = ("pretrained", "fresh")
 
 
 @dataclass
@@ -70,6 +72,17 @@ class ModelConfig:
         image_size: input side S in pixels (multiple of the 16 px patch);
             SAM was pretrained at 1024, SAMed uses 512.
         peft: the fine-tuning method.
+        normalize: what the image encoder receives from a slice ``x`` in [0, 1]:
+            ``"sam"`` SAM's ImageNet statistics, ``(255 x - mean) / std``; ``"none"``
+            the slice itself (SAMed builds SAM with pixel mean 0 and std 1).
+        head_init: start of the K + 1 mask tokens, their hypernetwork MLPs and the
+            IoU head: ``"pretrained"`` copies SAM's tokens 0-3 into tokens 0-3 (new
+            tokens >= 4 keep the random init); ``"fresh"`` (SAMed's ``load_from``)
+            drops all of SAM's tokens, hypernetworks and IoU head and starts them
+            from PyTorch's default initialisation.
+
+    The defaults are ragsam's own choices (and what runs saved before these
+    options existed were trained with); the paper presets set SAMed's values.
     """
 
     arch: str = "sam_vit_b"
@@ -77,3 +90,5 @@ class ModelConfig:
     num_classes: int = 13
     image_size: int = 512
     peft: PeftConfig = field(default_factory=PeftConfig)
+    normalize: str = "sam"
+    head_init: str = "pretrained"

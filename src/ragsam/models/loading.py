@@ -11,6 +11,14 @@ K-organ model has K + 1 mask tokens where SAM has 4. The rule is
   load report as ``new``; pretrained tokens ``i >= K + 1`` are listed as
   ``dropped``.
 
+With ``head_init="fresh"`` (SAMed's ``load_from``, which skips every checkpoint
+key containing ``mask_tokens``, ``output_hypernetworks_mlps`` or
+``iou_prediction_head``) none of those come from the checkpoint: the model's
+mask tokens, hypernetwork MLPs and IoU head are re-initialised with PyTorch's
+default rule (``nn.Embedding``: N(0, 1); ``nn.Linear``: Kaiming-uniform weights
+and uniform biases, each module's ``reset_parameters``), as SAM's own modules
+start, and reported as ``new``. The IoU token is SAM's either way.
+
 Position embeddings are resized to the model's input size
 (:mod:`ragsam.models.resize`). Anything else that does not fit is an
 :class:`~ragsam.errors.InputError` naming the checkpoint and the keys.
@@ -20,9 +28,10 @@ from __future__ import annotations
 
 import re
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ragsam.errors import InputError
+from ragsam.models.config import HEAD_INITS
 from ragsam.models.registry import ARCHITECTURES
 from ragsam.models.resize import resize_position_tensors
 from ragsam.models.sam import MultiOrganSam
@@ -59,6 +68,27 @@ def _adapt_mask_tokens(state: dict[str, Tensor], target: dict[str, Tensor]) -> d
     return {"new": new, "dropped": dropped, "reused_tokens": [f"0..{shared - 1}"]}
 
 
+_FRESH_PREFIXES = ("mask_decoder.mask_tokens.", "mask_decoder.output_hypernetworks_mlps.",
+                   "mask_decoder.iou_prediction_head.")
+
+
+def _fresh_heads(model: MultiOrganSam, state: dict[str, Tensor]) -> dict[str, list[str]]:
+    """SAMed's start: mask tokens, hypernetworks and IoU head from PyTorch's default init. In place."""
+    dec = model.mask_decoder
+    for module in [dec.mask_tokens, *dec.output_hypernetworks_mlps.modules(), *dec.iou_prediction_head.modules()]:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.reset_parameters()
+    target = model.state_dict()
+    dropped = [k for k in state if k.startswith(_FRESH_PREFIXES)]
+    for key in dropped:
+        del state[key]
+    for key, value in target.items():
+        if key.startswith(_FRESH_PREFIXES):
+            state[key] = value.detach().clone()
+    return {"new": [f"all {dec.num_mask_tokens} mask tokens, hypernetwork MLPs and the IoU head "
+                    "(PyTorch default init, SAMed)"], "dropped": dropped, "reused_tokens": []}
+
+
 def check_arch(state: dict[str, Tensor], arch: str, source: str) -> None:
     """Refuse a checkpoint whose ViT does not have ``arch``'s width and depth (says what it looks like)."""
     name, width, depth = checkpoint_arch(state)
@@ -68,13 +98,16 @@ def check_arch(state: dict[str, Tensor], arch: str, source: str) -> None:
         raise InputError(source, f"checkpoint does not fit architecture {arch!r}: it looks like {looks}")
 
 
-def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor] | None = None) -> dict:
+def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor] | None = None,
+                    head_init: str = "pretrained") -> dict:
     """Load ``weights`` (see :func:`ragsam.models.weights.read_state_dict`) into ``model``.
 
     Args:
         model: the freshly built model (its initialisation is kept for new tokens).
         weights: the source (named in messages).
         state: its transformers-layout state dict, if already read (consumed).
+        head_init: ``"pretrained"`` (reuse SAM's tokens 0-3) or ``"fresh"`` (SAMed; see
+            the module docstring).
     Returns:
         The load report: ``source``, ``arch``, ``resized`` keys, ``new`` and
         ``dropped`` decoder entries, ``reused_tokens``.
@@ -88,6 +121,11 @@ def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor]
     shapes = {k: v.shape for k, v in target.items()}
     report: dict = {"source": weights, "arch": model.arch}
     report["resized"] = resize_position_tensors(state, shapes)
-    report.update(_adapt_mask_tokens(state, target))
+    if head_init == "fresh":
+        report.update(_fresh_heads(model, state))
+    elif head_init == "pretrained":
+        report.update(_adapt_mask_tokens(state, target))
+    else:
+        raise InputError(None, f"model.head_init {head_init!r} is not one of {', '.join(HEAD_INITS)}")
     load_exactly(model, state, weights, repr(model.arch))
     return report

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformers import SamConfig, SamModel
 
 from ragsam.errors import InputError
+from ragsam.models.config import NORMALIZATIONS
 from ragsam.models.vit_attention import set_vit_attention
 
 # SAM's pixel statistics on the 0-255 scale (segment_anything/modeling/sam.py).
@@ -31,14 +32,19 @@ class MultiOrganSam(nn.Module):
             ``num_multimask_outputs = K`` so that there are K + 1 mask tokens
             (token 0 = background, token k = organ k).
         arch: registry name (kept for reports and run folders).
+        normalization: ``"sam"`` (SAM's pixel statistics) or ``"none"`` (the [0, 1]
+            slice as it is, SAMed's pixel mean 0 / std 1); see :meth:`normalize`.
 
     Attributes:
         num_classes: K. image_size: S (px). grid: S / 16 (image-embedding side).
         load_report: filled by the weight loader (what was loaded, resized, new).
     """
 
-    def __init__(self, config: SamConfig, arch: str = "custom") -> None:
+    def __init__(self, config: SamConfig, arch: str = "custom", normalization: str = "sam") -> None:
         super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise InputError(None, f"model.normalize {normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
+        self.normalization = normalization
         sam = SamModel(config)
         self.sam_config = sam.config
         self.arch = arch
@@ -57,10 +63,16 @@ class MultiOrganSam(nn.Module):
 
     # -- encoder ---------------------------------------------------------------
     def normalize(self, images: Tensor) -> Tensor:
-        """(B, 3, S, S) in [0, 1] -> SAM-normalised pixels (x * 255 - mean) / std."""
+        """(B, 3, S, S) in [0, 1] -> the encoder's input.
+
+        ``"sam"``: ``(x * 255 - mean) / std`` with SAM's ImageNet statistics;
+        ``"none"``: ``x`` unchanged (SAMed's pixel mean 0 / std 1).
+        """
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (self.image_size,) * 2:
             raise InputError(None, f"images must have shape (B, 3, {self.image_size}, {self.image_size}), "
                                    f"got {tuple(images.shape)}")
+        if self.normalization == "none":
+            return images
         return (images * 255.0 - self.pixel_mean) / self.pixel_std
 
     def encode(self, images: Tensor) -> Tensor:
@@ -124,9 +136,15 @@ class MultiOrganSam(nn.Module):
         return F.interpolate(low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
 
     def forward(self, images: Tensor, point_coords: Tensor | None = None,
-                point_labels: Tensor | None = None) -> Tensor:
-        """Logits (B, K + 1, S, S) for images (B, 3, S, S) in [0, 1]: :meth:`upsample` of :meth:`low_res_logits`."""
-        return self.upsample(self.low_res_logits(images, point_coords, point_labels))
+                point_labels: Tensor | None = None, *, upsample: bool = True) -> Tensor:
+        """Logits (B, K + 1, S, S) for images (B, 3, S, S) in [0, 1]: :meth:`upsample` of :meth:`low_res_logits`.
+
+        ``upsample=False`` returns the decoder's (B, K + 1, S/4, S/4) logits instead
+        (SAMed's training loss is taken there); passing it through ``forward`` keeps a
+        DistributedDataParallel wrapper's gradient hooks in the path.
+        """
+        low = self.low_res_logits(images, point_coords, point_labels)
+        return self.upsample(low) if upsample else low
 
     @torch.no_grad()
     def predict_labels(self, images: Tensor) -> Tensor:

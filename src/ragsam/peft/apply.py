@@ -24,15 +24,14 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ragsam.errors import InputError
 from ragsam.peft.adapter import add_block_adapters
 from ragsam.peft.lora import merge_lora, wrap_linear
-from ragsam.utils.atomic import atomic_path
+from ragsam.utils.safetensors_io import save_safetensors
+from ragsam.utils.state_dict import load_exactly
 
 if TYPE_CHECKING:  # imported lazily: ragsam.models imports this module
     from ragsam.models.config import PeftConfig
@@ -142,12 +141,9 @@ def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def save_trainable(model: nn.Module, path: str | PathLike, metadata: dict[str, str] | None = None,
                    force: bool = True) -> Path:
-    """Write the trainable tensors to ``path`` (safetensors, atomic). Returns the path."""
+    """Write the trainable tensors to ``path`` (safetensors, atomic, byte-reproducible). Returns the path."""
     tensors = {k: v.contiguous().clone() for k, v in trainable_state_dict(model).items()}
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    with atomic_path(path, force=force) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
+    return save_safetensors(tensors, path, metadata, force=force)
 
 
 def load_trainable(model: nn.Module, path: str | PathLike) -> dict[str, str]:
@@ -159,28 +155,13 @@ def load_trainable(model: nn.Module, path: str | PathLike) -> dict[str, str]:
     Raises:
         InputError: unreadable file, missing / unexpected keys, wrong shapes.
     """
-    expected = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(path, f"not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} trainable tensors missing ({', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors ({', '.join(unexpected[:3])})")
-        raise InputError(path, "does not match the model's trainable parameters: " + "; ".join(parts))
-    wrong = [f"{k} {tuple(tensors[k].shape)} vs {tuple(p.shape)}" for k, p in expected.items()
-             if tuple(tensors[k].shape) != tuple(p.shape)]
-    if wrong:
-        raise InputError(path, f"wrong tensor shapes: {', '.join(wrong[:3])}")
-    with torch.no_grad():
-        for k, p in expected.items():
-            p.copy_(tensors[k].to(p.dtype))
+    load_exactly(model, tensors, str(path), weights_name="trainable tensors", trainable_only=True)
     return dict(metadata)
 
 

@@ -50,6 +50,8 @@ from ragsam.retrieval.faiss_index import (
     set_search_params,
 )
 
+ADDITIONS_DIR = "additions"  # slices added after the build (ragsam.retrieval.bank_edit), in cache layout
+
 
 @dataclass(frozen=True)
 class Neighbour:
@@ -275,17 +277,19 @@ class SupportBank:
             InputError: the cache was re-prepared since the bank was built, or a neighbour
                 comes from an unlabelled case.
         """
-        self._check_prepared({nb.case_id for nb in neighbours} - self._checked)
+        added = {d["id"] for d in self.info.get("additions", [])}
+        self._check_prepared({nb.case_id for nb in neighbours} - self._checked - added)
         self._checked |= {nb.case_id for nb in neighbours}
         images, labels = [], []
         for nb in neighbours:
             if nb.case_id not in self._arrays:
                 with_labels = nb.case_id in set(self.info.get("labelled_cases", []))
-                arrays = case_arrays(self.prepared_dir, nb.case_id, with_labels)
+                source = self.path / ADDITIONS_DIR if nb.case_id in added else self.prepared_dir
+                arrays = case_arrays(source, nb.case_id, with_labels)
                 depth = self.info.get("case_depths", {}).get(nb.case_id)
                 if depth is not None and arrays[0].shape[0] != depth:
-                    raise InputError(self.prepared_dir, f"case {nb.case_id!r} has {arrays[0].shape[0]} slices in "
-                                                        f"the cache but {depth} in the bank; rebuild the bank")
+                    raise InputError(source, f"case {nb.case_id!r} has {arrays[0].shape[0]} slices in "
+                                             f"the cache but {depth} in the bank; rebuild the bank")
                 self._arrays[nb.case_id] = arrays
             image, label = self._arrays[nb.case_id]
             if label is None:

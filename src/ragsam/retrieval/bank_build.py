@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from ragsam.errors import InputError
-from ragsam.utils.atomic import atomic_dir, check_writable, write_json, write_text
+from ragsam.utils.atomic import atomic_dir, check_writable, remove_stale_temporaries, write_json, write_text
+from ragsam.utils.locking import folder_lock
 from ragsam.utils.paths import resolve_inside
 
 BANK_FORMAT = "ragsam-support-bank"
@@ -147,66 +148,68 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
     if out.resolve() == prepared or prepared in out.resolve().parents:
         raise InputError(out, "the bank must not be written inside the prepared cache")
-    check_writable(out, force)
-    meta = read_prepare_json(prepared)
-    records = read_manifest(prepared)
-    chosen = _select_cases(prepared, records, labelled_only, split, cases)
-    if not chosen:
-        raise InputError(prepared, "no cases to embed")
-    by_case: dict[str, dict[int, Any]] = {}
-    for r in records:
-        by_case.setdefault(r.case_id, {})[r.z] = r
-    if embedder is None:
-        embedder = build_embedder(embedder_weights, pooling=pooling, image_size=image_size, device=device,
-                                  batch_size=batch_size)
+    with folder_lock(out):  # one writer per bank; a second `index build` is refused
+        remove_stale_temporaries(out)  # left by a killed build
+        check_writable(out, force)
+        meta = read_prepare_json(prepared)
+        records = read_manifest(prepared)
+        chosen = _select_cases(prepared, records, labelled_only, split, cases)
+        if not chosen:
+            raise InputError(prepared, "no cases to embed")
+        by_case: dict[str, dict[int, Any]] = {}
+        for r in records:
+            by_case.setdefault(r.case_id, {})[r.z] = r
+        if embedder is None:
+            embedder = build_embedder(embedder_weights, pooling=pooling, image_size=image_size, device=device,
+                                      batch_size=batch_size)
 
-    arrays = {c: case_arrays(prepared, c, with_labels=(prepared / "cases" / c / "label.npy").is_file())
-              for c in chosen}
-    total = sum(a[0].shape[0] for a in arrays.values())
-    vectors = np.zeros((total, embedder.dim), dtype=np.float32)
-    rows: list[tuple] = []
-    for case_id in chosen:
-        image, label = arrays[case_id]
-        depth = image.shape[0]
-        organs = slice_organs(label) if label is not None else [()] * depth
-        for first in range(0, depth, batch_size):
-            batch = np.asarray(image[first:first + batch_size], dtype=np.float32)
-            vectors[len(rows):len(rows) + len(batch)] = embedder.embed(batch, batch_size=batch_size)
-            for z in range(first, first + len(batch)):
-                rec = by_case[case_id].get(z)
-                rel_z = float(rec.rel_z) if rec is not None else (z / (depth - 1) if depth > 1 else 0.0)
-                rows.append((len(rows), case_id, z, rel_z, ";".join(map(str, organs[z])),
-                             rec.split if rec is not None else ""))
-            if progress is not None:
-                progress(len(rows), total)
+        arrays = {c: case_arrays(prepared, c, with_labels=(prepared / "cases" / c / "label.npy").is_file())
+                  for c in chosen}
+        total = sum(a[0].shape[0] for a in arrays.values())
+        vectors = np.zeros((total, embedder.dim), dtype=np.float32)
+        rows: list[tuple] = []
+        for case_id in chosen:
+            image, label = arrays[case_id]
+            depth = image.shape[0]
+            organs = slice_organs(label) if label is not None else [()] * depth
+            for first in range(0, depth, batch_size):
+                batch = np.asarray(image[first:first + batch_size], dtype=np.float32)
+                vectors[len(rows):len(rows) + len(batch)] = embedder.embed(batch, batch_size=batch_size)
+                for z in range(first, first + len(batch)):
+                    rec = by_case[case_id].get(z)
+                    rel_z = float(rec.rel_z) if rec is not None else (z / (depth - 1) if depth > 1 else 0.0)
+                    rows.append((len(rows), case_id, z, rel_z, ";".join(map(str, organs[z])),
+                                 rec.split if rec is not None else ""))
+                if progress is not None:
+                    progress(len(rows), total)
 
-    index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search)
-    identity = embedder.identity
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(METADATA_COLUMNS)
-    writer.writerows((r[0], r[1], r[2], repr(r[3]), r[4], r[5]) for r in rows)
-    info = {
-        "format": BANK_FORMAT, "version": BANK_VERSION,
-        "prepared_dir": str(prepared),
-        "prepared_dir_relative": os.path.relpath(prepared, out.resolve()),
-        "prepare_sha256": file_sha256(prepared / "prepare.json"),
-        "case_keys": {c: meta["cases"][c]["key"] for c in chosen
-                      if isinstance(meta.get("cases", {}).get(c), dict) and "key" in meta["cases"][c]},
-        "slice_size": int(meta.get("settings", {}).get("size", arrays[chosen[0]][0].shape[-1])),
-        "kind": index_settings["kind"], "dim": embedder.dim, "count": len(rows),
-        "cases": chosen, "case_depths": {c: int(arrays[c][0].shape[0]) for c in chosen},
-        "labelled_cases": [c for c in chosen if arrays[c][1] is not None],
-        "settings": {"labelled_only": labelled_only, "split": split, "batch_size": batch_size,
-                     "pooling": identity["pooling"], "image_size": identity["image_size"],
-                     "index": index_settings},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    with atomic_dir(out, force=force) as tmp:
-        save_index(index, tmp / "index.faiss", force=True)
-        write_text(tmp / "metadata.csv", text.getvalue())
-        write_json(tmp / "embedder.json", identity)
-        write_json(tmp / "bank.json", info)
-    return BankSummary(path=out, count=len(rows), cases=len(chosen), dim=embedder.dim,
-                       kind=index_settings["kind"], embedder=identity["weights"],
-                       seconds=time.perf_counter() - start)
+        index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search)
+        identity = embedder.identity
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(METADATA_COLUMNS)
+        writer.writerows((r[0], r[1], r[2], repr(r[3]), r[4], r[5]) for r in rows)
+        info = {
+            "format": BANK_FORMAT, "version": BANK_VERSION,
+            "prepared_dir": str(prepared),
+            "prepared_dir_relative": os.path.relpath(prepared, out.resolve()),
+            "prepare_sha256": file_sha256(prepared / "prepare.json"),
+            "case_keys": {c: meta["cases"][c]["key"] for c in chosen
+                          if isinstance(meta.get("cases", {}).get(c), dict) and "key" in meta["cases"][c]},
+            "slice_size": int(meta.get("settings", {}).get("size", arrays[chosen[0]][0].shape[-1])),
+            "kind": index_settings["kind"], "dim": embedder.dim, "count": len(rows),
+            "cases": chosen, "case_depths": {c: int(arrays[c][0].shape[0]) for c in chosen},
+            "labelled_cases": [c for c in chosen if arrays[c][1] is not None],
+            "settings": {"labelled_only": labelled_only, "split": split, "batch_size": batch_size,
+                         "pooling": identity["pooling"], "image_size": identity["image_size"],
+                         "index": index_settings},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        with atomic_dir(out, force=force) as tmp:
+            save_index(index, tmp / "index.faiss", force=True)
+            write_text(tmp / "metadata.csv", text.getvalue())
+            write_json(tmp / "embedder.json", identity)
+            write_json(tmp / "bank.json", info)
+        return BankSummary(path=out, count=len(rows), cases=len(chosen), dim=embedder.dim,
+                           kind=index_settings["kind"], embedder=identity["weights"],
+                           seconds=time.perf_counter() - start)

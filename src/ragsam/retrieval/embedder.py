@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
 from ragsam.errors import InputError, MissingWeightsError
+from ragsam.utils.device import resolve_device
 from ragsam.utils.precision import autocast
+from ragsam.utils.state_dict import check_loading_info, load_exactly
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,8 +90,7 @@ class SliceEmbedder:
         patch = int(model.config.patch_size)
         if image_size <= 0 or image_size % patch:
             raise InputError(None, f"image size {image_size} is not a positive multiple of the patch size {patch}")
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.weights = weights
         self.pooling = pooling
@@ -180,13 +181,7 @@ def _load_hf(weights: str) -> Dinov2Model:
     if config.model_type != "dinov2":
         raise InputError(weights, f"model type {config.model_type!r} is not a DINOv2 (expected 'dinov2')")
     model, info = Dinov2Model.from_pretrained(weights, config=config, output_loading_info=True)
-    missing = list(info.get("missing_keys", []))
-    mismatched = list(info.get("mismatched_keys", []))
-    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith("classifier.")]
-    if missing or mismatched or unexpected:
-        what = (f"missing {missing[:3]}" if missing else
-                f"shape mismatch {mismatched[:3]}" if mismatched else f"unexpected {unexpected[:3]}")
-        raise InputError(weights, f"DINOv2 weights do not match the architecture ({what})")
+    check_loading_info(info, weights, "DINOv2 weights", allow_unexpected=("classifier.*",))
     return model.float().eval()
 
 
@@ -195,10 +190,7 @@ def _load_official(path: Path) -> Dinov2Model:
 
     config, state = load_official_checkpoint(path)
     model = Dinov2Model(config)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise InputError(path, f"DINOv2 checkpoint does not match the inferred architecture (missing "
-                               f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    load_exactly(model, state, str(path), "the inferred DINOv2 architecture", "DINOv2 weights")
     return model.float().eval()
 
 

@@ -34,7 +34,8 @@ from transformers import Sam2VideoConfig, Sam2VideoModel
 
 from ragsam.errors import InputError, MissingWeightsError
 from ragsam.retrieval.sam2_convert import convert_official_state_dict, is_official_layout, official_config
-from ragsam.utils.state_dict import load_exactly
+from ragsam.utils.device import resolve_device
+from ragsam.utils.state_dict import check_loading_info, load_exactly
 
 SAM2_SPECIAL = ("random", "tiny")
 OBJECT_SCORE_BIAS = 2.0
@@ -145,24 +146,8 @@ def _from_pretrained(weights: str, folder: Path | None) -> Sam2VideoModel:
             raise InputError(folder, f"cannot load SAM 2 weights ({str(exc).splitlines()[0][:200]})") from None
         raise MissingWeightsError(f"{weights}: not a local file or folder, and the Hugging Face Hub download "
                                   f"failed ({str(exc).splitlines()[0][:160]})") from None
-    missing = [k for k in loading.get("missing_keys", []) if "position_ids" not in k]
-    if missing or loading.get("mismatched_keys"):
-        bad = missing or [str(m) for m in loading["mismatched_keys"]]
-        raise InputError(weights, f"{len(bad)} SAM 2 weights missing or mis-shaped in the checkpoint: {bad[:4]}")
+    check_loading_info(loading, weights, "SAM 2 weights", allow_missing=("*position_ids",))
     return model
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; refuse CUDA when absent."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(None, f"unknown device {str(device)!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, f"device {str(device)!r} requested but CUDA is not available (use --device cpu)")
-    return dev
 
 
 def build_sam2(weights: str, device: str | torch.device = "cpu", seed: int = 0) -> tuple[Sam2VideoModel, dict[str, Any]]:

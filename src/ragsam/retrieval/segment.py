@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,8 @@ class RagSegmenter:
                  sam2_run: str | os.PathLike | None = None) -> None:
         from ragsam.retrieval.bank import SupportBank
         from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-        from ragsam.retrieval.sam2_model import build_sam2, resolve_device
+        from ragsam.retrieval.sam2_model import build_sam2
+        from ragsam.utils.device import resolve_device
 
         if pointer_positions not in ("sequential", "shared"):
             raise InputError(None, f"pointer positions must be 'sequential' or 'shared', got {pointer_positions!r}")
@@ -201,8 +202,17 @@ class RagSegmenter:
         run_dir: str | os.PathLike | None = None,
         hybrid_weight: float = 0.5,
         progress: Callable[[int, int], None] | None = None,
+        own_supports: Mapping[int, np.ndarray] | None = None,
     ) -> SegmentSummary:
-        """Segment one volume and write its label map; arguments as :func:`segment_volume`."""
+        """Segment one volume and write its label map; arguments as :func:`segment_volume`.
+
+        Args:
+            own_supports: labelled slices of this very volume (canonical z -> uint8 ``(S, S)``
+                labels on the bank's slice grid, e.g. a user's corrections). The nearest one
+                joins every query slice's supports as the frame closest to the query (SAM 2
+                propagation from the user's own slices), and these slices keep their labels.
+                Ignored with a fine-tuned run (hybrid): only the supports change there.
+        """
         from ragsam.data.slices import SliceSettings, slices_to_volume, volume_to_slices
         from ragsam.data.volume import read_image, write_labels
 
@@ -233,14 +243,17 @@ class RagSegmenter:
             if fused.shape[0] != depth:
                 raise InputError(run_dir, f"the run slices the volume into {fused.shape[0]} slices, the bank {depth}")
 
+        own = _own_memories(self.seg, stack.images, own_supports or {}, input_path)
         labels = np.zeros((depth, size, size), dtype=np.uint8)
         for first in range(0, depth, batch_size):
             queries = self.seg.encode_images(torch.from_numpy(stack.images[first:first + batch_size]))
             for offset, query in enumerate(queries):
                 z = first + offset
                 supports = support_memories(self.seg, bank, self.cache, hits[z])  # best nearest the query
+                if own:
+                    supports.append(own[min(own, key=lambda s, z=z: (abs(s - z), s))][0])
                 pred = self.seg.segment(query, supports, output_size=(size, size))
-                labels[z] = pred.labels.cpu().numpy().astype(np.uint8)
+                labels[z] = own[z][1] if z in own else pred.labels.cpu().numpy().astype(np.uint8)
                 if fused is not None:
                     fused[z] = fuse_slice(fused[z], pred.organ_ids, pred.probabilities.cpu(), hybrid_weight)
                 if progress is not None:
@@ -355,3 +368,15 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
         summaries.append(segmenter.segment(ref.image, out, force=force, progress=report, **per_volume))
     return summaries
 
+
+def _own_memories(seg: Any, images: np.ndarray, own: Mapping[int, np.ndarray],
+                  path: str | os.PathLike) -> dict[int, tuple[Any, np.ndarray]]:
+    """Encoded supports of a volume's own labelled slices: z -> (memory, uint8 labels (S, S))."""
+    out = {}
+    for z, lab in sorted(own.items()):
+        lab = np.asarray(lab, dtype=np.uint8)
+        if not 0 <= int(z) < len(images) or lab.shape != images.shape[1:]:
+            raise InputError(path, f"own support slice z={z} {lab.shape} does not fit the {len(images)} slices "
+                                   f"of shape {images.shape[1:]}")
+        out[int(z)] = (seg.encode_support(images[int(z)], lab, key=("own", int(z))), lab)
+    return out

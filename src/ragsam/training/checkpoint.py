@@ -27,6 +27,7 @@ from torch import nn
 
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_path
+from ragsam.utils.state_dict import load_exactly
 
 FORMAT = "ragsam-train-state"
 VERSION = 1
@@ -40,17 +41,7 @@ def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_trainable_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
     """Copy ``tensors`` into the model's trainable parameters; the key sets must match exactly."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-    if missing or unexpected:
-        raise InputError(source, "checkpoint does not match the model's trainable parameters "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    with torch.no_grad():
-        for name, p in params.items():
-            if tensors[name].shape != p.shape:
-                raise InputError(source, f"checkpoint tensor {name!r} has shape {tuple(tensors[name].shape)}, "
-                                 f"the model expects {tuple(p.shape)}")
-            p.copy_(tensors[name])
+    load_exactly(model, tensors, str(source), weights_name="trainable tensors", trainable_only=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -88,8 +79,10 @@ def save_state(path: Path, *, iteration: int, model: nn.Module, optimizer: torch
         "model": trainable_tensors(model), "optimizer": optimizer.state_dict(), "schedule": dict(schedule),
         "stream": dict(stream), "rng": rng_state(), "best": dict(best), "history": list(history),
     }
-    with atomic_path(path, force=True) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path, force=True) as tmp, tmp.open("wb") as fh:
+        # Through a file object the zip's inner folder is "archive", not the temporary file's
+        # random name, so identical states give identical bytes.
+        torch.save(payload, fh)
     return path
 
 

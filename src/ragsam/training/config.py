@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from ragsam.config import load_config
 from ragsam.errors import InputError
-from ragsam.models.config import ModelConfig
+from ragsam.models.config import HEAD_INITS, NORMALIZATIONS, ModelConfig
 from ragsam.training.augment import AugmentConfig
 
-PRESET_DIR = Path(__file__).resolve().parents[3] / "configs"
+LOSS_RESOLUTIONS = ("low", "full")
 
 
 @dataclass
@@ -61,7 +62,13 @@ class OptimConfig:
         stop_iteration: stop here although the schedule runs to ``max_iterations``
             (SAMed/paper: 14,880 of 18,600); ``None`` = ``max_iterations``.
         batch_size: slices per micro-batch per process. grad_accum: micro-batches per step.
+        global_batch: slices per optimiser step over all processes; when set,
+            ``grad_accum`` is derived as ``global_batch / (batch_size x processes)``
+            (:func:`resolve_grad_accum`; SAMed: 24 = 12 per GPU x 2 GPUs, so one
+            process accumulates 2 micro-batches). ``None``: ``grad_accum`` as given.
         dice_weight, ce_weight: loss weights. grad_clip: max gradient norm (None = off).
+        loss_resolution: ``"low"`` - the loss on the decoder's S/4 logits against the
+            nearest-downsampled label (SAMed); ``"full"`` - on the logits upsampled to S.
         bf16: bfloat16 autocast on CUDA GPUs that support it; ``False`` = fp32 everywhere.
         bf16_cpu: opt-in bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX;
             ignored on other CPUs). Measured on a 2-core AVX512-BF16 CPU: 1.6x faster
@@ -78,9 +85,11 @@ class OptimConfig:
     stop_iteration: int | None = 14880
     batch_size: int = 12
     grad_accum: int = 1
+    global_batch: int | None = None
     dice_weight: float = 0.8
     ce_weight: float = 0.2
     grad_clip: float | None = None
+    loss_resolution: str = "full"
     bf16: bool = True
     bf16_cpu: bool = False
 
@@ -147,16 +156,27 @@ class TrainConfig:
         return self.optim.max_iterations if stop is None else min(stop, self.optim.max_iterations)
 
 
+def preset_names() -> list[str]:
+    """Names of the packaged training presets (``ragsam/resources/presets/*.yaml``)."""
+    folder = resources.files("ragsam").joinpath("resources", "presets")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def resolve_preset(name_or_path: str | os.PathLike) -> Path:
-    """A YAML path, or a preset name from ``configs/`` (``samed``, ``tiny``, ...)."""
+    """A YAML path, or the name of a packaged preset (``samed``, ``tiny``, ...; :func:`preset_names`).
+
+    Presets live inside the package (``ragsam/resources/presets``), so they work from an
+    installed wheel. A path that exists but is not a file is refused here, naming it.
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.exists() and not path.is_file():
+            raise InputError(path, "is a folder, not a YAML configuration file")
         return path
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
-    raise InputError(path, f"no such configuration file or preset (presets: {', '.join(known) or 'none'})")
+    if str(name_or_path) in preset_names():
+        # Packaged data is a real file for a normal (non-zipped) install.
+        return Path(str(resources.files("ragsam").joinpath("resources", "presets", f"{name_or_path}.yaml")))
+    raise InputError(path, f"no such configuration file or preset (presets: {', '.join(preset_names()) or 'none'})")
 
 
 def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
@@ -167,6 +187,13 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
         (o.stop_iteration is None or o.stop_iteration > 0, f"optim.stop_iteration={o.stop_iteration} must be > 0"),
         (o.batch_size > 0, f"optim.batch_size={o.batch_size} must be > 0"),
         (o.grad_accum > 0, f"optim.grad_accum={o.grad_accum} must be > 0"),
+        (o.global_batch is None or o.global_batch > 0, f"optim.global_batch={o.global_batch} must be > 0"),
+        (o.loss_resolution in LOSS_RESOLUTIONS, f"optim.loss_resolution={o.loss_resolution!r} is not one of "
+                                                 f"{', '.join(LOSS_RESOLUTIONS)}"),
+        (cfg.model.normalize in NORMALIZATIONS, f"model.normalize={cfg.model.normalize!r} is not one of "
+                                                 f"{', '.join(NORMALIZATIONS)}"),
+        (cfg.model.head_init in HEAD_INITS, f"model.head_init={cfg.model.head_init!r} is not one of "
+                                            f"{', '.join(HEAD_INITS)}"),
         (o.warmup >= 0, f"optim.warmup={o.warmup} must be >= 0"),
         (o.lr > 0, f"optim.lr={o.lr} must be > 0"),
         (len(o.betas) == 2, f"optim.betas={o.betas} must be two numbers"),
@@ -181,6 +208,29 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
         if not ok:
             raise InputError(source, problem)
     return cfg
+
+
+def resolve_grad_accum(optim: OptimConfig, processes: int, source: str = "<config>") -> int:
+    """Micro-batches per optimiser step for ``processes`` processes.
+
+    With ``optim.global_batch`` set: ``global_batch / (batch_size x processes)``,
+    which must be a whole number; an explicit ``grad_accum`` other than 1 must
+    agree with it. Without: ``optim.grad_accum``.
+
+    Raises:
+        InputError: a global batch the processes cannot split evenly, or a disagreement.
+    """
+    if optim.global_batch is None:
+        return optim.grad_accum
+    per_step = optim.batch_size * processes
+    accum, rest = divmod(optim.global_batch, per_step)
+    if rest or accum < 1:
+        raise InputError(source, f"optim.global_batch={optim.global_batch} is not a multiple of "
+                                 f"optim.batch_size={optim.batch_size} x {processes} process(es)")
+    if optim.grad_accum not in (1, accum):
+        raise InputError(source, f"optim.grad_accum={optim.grad_accum} disagrees with optim.global_batch="
+                                 f"{optim.global_batch} (= {optim.batch_size} x {processes} x {accum}); set one")
+    return accum
 
 
 def load_train_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ragsam.errors import InputError
+from ragsam.utils.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,6 @@ class DistInfo:
         return self.world > 1
 
 
-def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU."""
-    if pref == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(pref)
-    except RuntimeError:
-        raise InputError(None, f"unknown device {pref!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(None, f"device {pref!r} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
 def env_world() -> tuple[int, int, int]:
     """``(rank, world, local_rank)`` from the torchrun environment (0, 1, 0 without it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -65,7 +49,7 @@ def env_world() -> tuple[int, int, int]:
 def setup(device_pref: str = "auto") -> DistInfo:
     """Initialise the process group when launched by torchrun; pick the device."""
     rank, world, local_rank = env_world()
-    device = pick_device(device_pref, local_rank)
+    device = resolve_device(device_pref, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":

@@ -46,7 +46,7 @@ from ragsam.training.checkpoint import STATE_FILE, load_trainable_tensors, save_
 from ragsam.training.config import TrainConfig
 from ragsam.training.distributed import DistInfo, all_mean, broadcast_flag
 from ragsam.training.logging_utils import NullLogger, fmt
-from ragsam.training.losses import DiceCELoss, LossParts
+from ragsam.training.losses import DiceCELoss, LossParts, training_loss
 from ragsam.training.sampler import Batch, BatchStream
 from ragsam.training.schedule import WarmupPoly
 from ragsam.training.validate import ValResult, validate
@@ -103,9 +103,8 @@ def sam_step(model: nn.Module, batch: Batch, info: DistInfo, loss_fn: DiceCELoss
     # augmented in the workers; pinned on CUDA, so the host queues the copy and goes on
     images = batch.images.to(info.device, non_blocking=True)
     labels = batch.labels.to(info.device, non_blocking=True)
-    with autocast(info.device, optim.bf16, cpu=optim.bf16_cpu):
-        logits = model(images)
-    return loss_fn.parts(logits.float(), labels)
+    low_res = optim.loss_resolution == "low"  # SAMed: S/4 logits against the nearest-downsampled label
+    return training_loss(model, images, labels, loss_fn, low_res, autocast(info.device, optim.bf16, cpu=optim.bf16_cpu))
 
 
 def restore_loop_state(state: dict[str, Any], src: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

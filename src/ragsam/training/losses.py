@@ -14,10 +14,17 @@ numerator and denominator, and then averaged over the classes:
 This is exactly ``monai.losses.DiceLoss(include_background=True,
 to_onehot_y=True, softmax=True, squared_pred=True, batch=True, smooth_nr=1e-5,
 smooth_dr=1e-5)`` (checked in tests/training/test_losses.py).
+
+SAMed takes this loss on the decoder's low-resolution logits (S/4, 128 px at
+512) against the label shrunk by ``scipy.ndimage.zoom(label, 1/4, order=0)``
+(its ``RandomGenerator``): :func:`downsample_labels` reproduces that sampling
+exactly (``optim.loss_resolution: low``); ``full`` takes it on the logits
+upsampled to S against the full label.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +52,26 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = SMOOTH
     denom = (probs * probs).sum(dims) + (onehot * onehot).sum(dims)
     per_class = 1.0 - (2.0 * intersect + smooth) / (denom + smooth)
     return per_class.mean()
+
+
+def nearest_indices(size_in: int, size_out: int) -> torch.Tensor:
+    """Source rows of ``scipy.ndimage.zoom(order=0)`` from ``size_in`` to ``size_out`` samples.
+
+    scipy maps output ``i`` to input ``i * (size_in - 1) / (size_out - 1)`` (corners
+    aligned) and rounds half up: ``floor(i * (n - 1) / (m - 1) + 1/2)``, computed here in
+    integers. 512 -> 128 gives 0, 4, 8, ..., 499, 503, 507, 511.
+    """
+    if size_out == 1:
+        return torch.zeros(1, dtype=torch.long)
+    i = torch.arange(size_out, dtype=torch.long)
+    return (2 * i * (size_in - 1) + (size_out - 1)) // (2 * (size_out - 1))
+
+
+def downsample_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
+    """Labels (B, H, W) -> (B, size, size) by SAMed's nearest-neighbour zoom (see :func:`nearest_indices`)."""
+    rows = nearest_indices(labels.shape[-2], size).to(labels.device)
+    cols = nearest_indices(labels.shape[-1], size).to(labels.device)
+    return labels.index_select(-2, rows).index_select(-1, cols)
 
 
 @dataclass
@@ -84,3 +111,23 @@ class DiceCELoss(nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The weighted total as a scalar tensor."""
         return self.parts(logits, labels).total
+
+
+def training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: DiceCELoss,
+                  low_res: bool, precision: contextlib.AbstractContextManager | None = None) -> LossParts:
+    """The loss of one training micro-batch, as the training loop takes it.
+
+    Args:
+        model: maps images (B, 3, S, S) to logits (B, C, S, S); with ``upsample=False``
+            to the decoder's (B, C, S/4, S/4) logits (:class:`~ragsam.models.sam.MultiOrganSam`).
+        images: float (B, 3, S, S). labels: int64 (B, S, S).
+        loss_fn: the Dice + CE loss.
+        low_res: SAMed's ``optim.loss_resolution: low`` - the loss on the S/4 logits
+            against :func:`downsample_labels`; else on the S logits and full labels.
+        precision: context for the forward pass only (autocast); the loss is fp32.
+    """
+    with precision or contextlib.nullcontext():
+        logits = model(images, upsample=False) if low_res else model(images)
+    if low_res:
+        labels = downsample_labels(labels, logits.shape[-1])
+    return loss_fn.parts(logits.float(), labels)

@@ -21,24 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ragsam.config import dump_config
-from ragsam.errors import InputError
-from ragsam.training.checkpoint import STATE_FILE, load_state
-from ragsam.training.distributed import DistInfo, barrier, cleanup, setup
-from ragsam.training.logging_utils import NullLogger, RunLogger
-from ragsam.training.loop import LoopContext, LoopState, restore_loop_state, run_loop
+from ragsam.training.distributed import DistInfo
 from ragsam.training.losses import DiceCELoss, LossParts
 from ragsam.training.rag_config import RagTrainConfig, validate_rag
 from ragsam.training.rag_model import RUN_FORMAT, build_rag_model
-from ragsam.training.run import prepare_run_folder, resume_config, weights_hash
-from ragsam.training.sampler import Batch, BatchStream, resolve_num_workers
-from ragsam.training.schedule import WarmupPoly
-from ragsam.utils.atomic import write_json, write_text
+from ragsam.training.run import TrainingTask, train
+from ragsam.training.sampler import Batch
 from ragsam.utils.precision import autocast
-from ragsam.utils.seeding import seed_everything
 
 
 def episode_step(model: nn.Module, batch: Batch, info: DistInfo, loss_fn: DiceCELoss, optim: Any) -> LossParts:
@@ -53,6 +44,26 @@ def episode_step(model: nn.Module, batch: Batch, info: DistInfo, loss_fn: DiceCE
                      sum(p.ce for p in parts) / n)  # type: ignore[arg-type]
 
 
+def _build_data(cfg: RagTrainConfig, info: DistInfo) -> Any:
+    from ragsam.training.rag_data import build_episodes
+
+    return build_episodes(cfg, device=str(info.device))
+
+
+def _validate(model: nn.Module, data: Any, info: DistInfo) -> Any:
+    from ragsam.training.rag_validate import validate_rag as validate_episodes
+
+    return validate_episodes(model, data, info)  # type: ignore[arg-type]
+
+
+RAG_TASK = TrainingTask(
+    config_cls=RagTrainConfig, filled=("model.num_classes",), validate=validate_rag, build_data=_build_data,
+    build_model=lambda cfg, data, info: build_rag_model(cfg, info.device), saved_module=lambda m: m.sam2,
+    metadata=lambda cfg, data: {"format": RUN_FORMAT, "sam2": cfg.model.weights, "num_classes": str(data.num_classes),
+                                "k": str(cfg.data.k)},
+    augment=lambda cfg: None, step=episode_step, validator=_validate)
+
+
 def train_rag(cfg: RagTrainConfig | None, out: str | Path, *, resume: bool = False, force: bool = False,
               stop_after: int | None = None) -> Path:
     """Train (or resume) an episodic SAM 2 run and return its folder.
@@ -63,83 +74,4 @@ def train_rag(cfg: RagTrainConfig | None, out: str | Path, *, resume: bool = Fal
     Raises:
         InputError / OutputExistsError: bad bank, cases or settings; an existing folder without ``force``.
     """
-    from ragsam.peft.apply import save_trainable
-    from ragsam.training.rag_data import build_episodes
-    from ragsam.training.rag_validate import validate_rag as validate_episodes
-
-    run_dir = Path(out)
-    if cfg is None and not resume:
-        raise InputError(None, "a configuration is needed to start a new run")
-    if resume and force:
-        raise InputError(run_dir, "--resume and --force contradict each other; choose one")
-    if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise InputError(run_dir, "not a ragsam run folder (no config.yaml) - cannot --resume")
-        cfg = resume_config(run_dir, cfg, RagTrainConfig, filled=("model.num_classes",))
-    assert cfg is not None
-    info = setup(cfg.device)
-    try:
-        prepare_run_folder(run_dir, resume, force, info)
-        validate_rag(cfg)
-        data = build_episodes(cfg, device=str(info.device))
-        state = load_state(run_dir / STATE_FILE) if resume else None
-        seed_everything(cfg.seed)
-        model = build_rag_model(cfg, info.device)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise InputError(None, "the model has no trainable parameters (check model.peft)")
-        o = cfg.optim
-        schedule = WarmupPoly(o.lr, o.warmup, o.max_iterations, o.power)
-        optimizer = torch.optim.AdamW(trainable, lr=schedule.lr_at(0), betas=tuple(o.betas),
-                                      weight_decay=o.weight_decay)
-        on_cuda = info.device.type == "cuda"
-        stream = BatchStream(data.dataset, data.train_indices, o.batch_size, cfg.seed, info.rank, info.world,
-                             resolve_num_workers(cfg.data.num_workers, info.device), augment=None,
-                             pin_memory=on_cuda)
-        st = LoopState()
-        if state is not None:
-            st = restore_loop_state(state, run_dir / STATE_FILE, model, optimizer, stream, schedule)
-        elif info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(run_dir / "config.yaml", dump_config(cfg), force=True)
-        barrier(info)
-        ddp: nn.Module = model
-        if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [info.device.index] if on_cuda else None
-            ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-        logger = (RunLogger(run_dir, st.iteration, cfg.last_iteration, cfg.log.tensorboard, cfg.log.progress)
-                  if info.is_main else NullLogger())
-        meta_base = {"format": RUN_FORMAT, "sam2": cfg.model.weights, "num_classes": str(data.num_classes),
-                     "k": str(cfg.data.k)}
-
-        def save_weights(path: Path, extra: dict[str, str]) -> None:
-            save_trainable(model.sam2, path, {**meta_base, **extra})
-
-        def write_val(s: LoopState) -> None:
-            write_json(run_dir / "val.json", {"best": {"iteration": s.best_iteration, "mean_dice": s.best_score},
-                                              "history": s.history}, force=True)
-
-        ctx = LoopContext(cfg, run_dir, info, ddp, model, optimizer, schedule, stream, data.dataset,  # type: ignore[arg-type]
-                          data.val_cases, logger, save_weights, write_val, step=episode_step,
-                          validator=lambda: validate_episodes(model, data, info))
-        try:
-            st = run_loop(ctx, st, stop_after=stop_after)
-        finally:
-            logger.close()
-            stream.close()
-        if st.done:
-            if info.is_main:
-                save_weights(run_dir / "last.safetensors", {"iteration": str(st.iteration), "selected": "last"})
-                if not data.val_cases or not (run_dir / "model.safetensors").is_file():
-                    save_weights(run_dir / "model.safetensors", {"iteration": str(st.iteration), "selected": "last"})
-                write_val(st)
-            if cfg.log.rank_hashes:
-                write_json(run_dir / "debug" / f"rank{info.rank}.json",
-                           {"rank": info.rank, "world": info.world, "iteration": st.iteration,
-                            "sha256": weights_hash(model.sam2)}, force=True)
-        barrier(info)
-        return run_dir
-    finally:
-        cleanup(info)
+    return train(cfg, out, resume=resume, force=force, stop_after=stop_after, task=RAG_TASK)  # type: ignore[arg-type]

@@ -7,6 +7,8 @@ existing output is only replaced when ``force`` is true.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -57,9 +59,13 @@ def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
+        # Again after writing: some writers (safetensors' save_file) replace the file
+        # with a new 0600 one instead of writing into it.
+        os.chmod(tmp, mode)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -78,16 +84,69 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: the file system cannot exchange
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+def replace_dir(new: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put the complete folder ``new`` at ``final``, replacing any folder there, then delete the old one.
+
+    On Linux the two folders are exchanged in one step, so a kill at any moment leaves
+    the old folder or the new one at ``final``; elsewhere ``final`` is moved aside first
+    (a kill between the two renames leaves it under ``.<name>.old-<pid>``).
+    """
+    new, final = Path(new), Path(final)
+    if not final.exists():
+        os.replace(new, final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old folder
+        return
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temporaries(final: str | os.PathLike) -> list[Path]:
+    """Delete the temporary siblings that interrupted writers of ``final`` left behind.
+
+    Only call this while holding ``final``'s folder lock (:mod:`ragsam.utils.locking`),
+    so no live writer's temporary folder is removed. Returns what was removed.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    stale = [p for p in final.parent.iterdir()
+             if p.name.startswith(f".{final.name}.") and (p.name.endswith(".tmp") or ".old-" in p.name)]
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
 
 
 def write_text(path: str | os.PathLike, text: str, force: bool = True) -> Path:

@@ -1,0 +1,172 @@
+"""Checks on the raw bytes of an image file, before and beside what SimpleITK makes of it.
+
+SimpleITK hides some defects that would silently corrupt a dataset:
+
+* a truncated NIfTI is zero-filled;
+* NaN and Inf voxels of a float NIfTI come back as 0 (so a check of the returned array
+  cannot see them; MetaImage and NRRD hand them back unchanged);
+* a NIfTI ``pixdim`` of 0 is read as 1 mm and a negative one as its absolute value,
+  and a negative MetaImage ``ElementSpacing`` likewise (with warnings on stderr).
+
+These functions read the file themselves and raise :class:`InputError` naming it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ragsam.errors import InputError
+
+#: The largest volume read (voxels): 2**32 is 16 GiB of float32, beyond any CT; a header
+#: promising more is refused before anything is allocated.
+MAX_VOXELS = 2**32
+
+#: NIfTI datatype codes of real floating-point voxels and their numpy types.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _parse_nifti_header(header: bytes) -> dict | None:
+    """dims, bitpix, datatype, vox_offset, pixdim and byte order of a NIfTI-1/2 header."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            return {"endian": endian, "dims": struct.unpack(endian + "8h", header[40:56]),
+                    "datatype": struct.unpack(endian + "h", header[70:72])[0],
+                    "bitpix": struct.unpack(endian + "h", header[72:74])[0],
+                    "pixdim": struct.unpack(endian + "8f", header[76:108]),
+                    "offset": int(struct.unpack(endian + "f", header[108:112])[0])}
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            return {"endian": endian, "dims": struct.unpack(endian + "8q", header[16:80]),
+                    "datatype": struct.unpack(endian + "h", header[12:14])[0],
+                    "bitpix": struct.unpack(endian + "h", header[14:16])[0],
+                    "pixdim": struct.unpack(endian + "8d", header[104:168]),
+                    "offset": int(struct.unpack(endian + "q", header[168:176])[0])}
+    return None
+
+
+def _voxel_count(info: dict) -> int:
+    ndim = max(0, min(int(info["dims"][0]), 7))
+    return int(np.prod([max(int(d), 1) for d in info["dims"][1 : 1 + ndim]], dtype=np.float64))
+
+
+def _data_end(info: dict) -> int:
+    return max(info["offset"], 348) + _voxel_count(info) * max(int(info["bitpix"]), 8) // 8
+
+
+def _open(path: Path, gz: bool):
+    return gzip.open(path, "rb") if gz else open(path, "rb")
+
+
+def _chunks(path: Path, gz: bool, start: int, size: int = 1 << 22) -> Iterator[bytes]:
+    with _open(path, gz) as fh:
+        fh.seek(start) if not gz else fh.read(start)
+        while chunk := fh.read(size):
+            yield chunk
+
+
+def _check_spacing(path: Path, spacing: list[float], what: str) -> None:
+    bad = [s for s in spacing if not (np.isfinite(s) and s > 0)]
+    if bad:
+        raise InputError(path, f"voxel spacing must be positive, got {what} = {' '.join(f'{s:g}' for s in spacing)}")
+
+
+def check_nifti_file(path: Path) -> None:
+    """Refuse a corrupt or truncated NIfTI, zero/negative spacing, and non-finite float voxels.
+
+    The gzip trailer's uncompressed size settles truncation in O(1); only float files
+    (and a trailer that disagrees) are decompressed once more, to scan every voxel.
+    """
+    gz = path.name.lower().endswith(".gz")
+    try:
+        with _open(path, gz) as fh:
+            header = fh.read(540)
+        info = _parse_nifti_header(header)
+        if info is None:
+            raise InputError(path, "not a readable image (no NIfTI header)")
+        if _voxel_count(info) > MAX_VOXELS:
+            raise InputError(path, f"header promises {_voxel_count(info):.3g} voxels; refusing more than {MAX_VOXELS}")
+        needed = _data_end(info)
+        ndim = max(1, min(int(info["dims"][0]), 3))
+        _check_spacing(path, list(info["pixdim"][1 : 1 + ndim]), f"pixdim[1:{1 + ndim}]")
+        floats = _NIFTI_FLOATS.get(int(info["datatype"]))
+        if gz:
+            with open(path, "rb") as raw:
+                raw.seek(-4, os.SEEK_END)
+                isize = struct.unpack("<I", raw.read(4))[0]
+            if floats is None and isize == needed % (1 << 32):
+                return  # gzip trailer: the stream holds exactly the promised bytes (fast path)
+        if floats is None:
+            total = sum(len(c) for c in _chunks(path, gz, 0)) if gz else path.stat().st_size
+        else:
+            total = _scan_floats(path, gz, info, info["endian"] + floats)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(path, f"not a readable image (corrupt or truncated gzip stream: {exc})") from None
+    if total < needed:
+        raise InputError(path, f"not a readable image (truncated NIfTI: {total} of {needed} bytes)")
+
+
+def _scan_floats(path: Path, gz: bool, info: dict, dtype: str) -> int:
+    """Scan the voxel data for NaN/Inf; return the file's total byte count."""
+    itemsize = np.dtype(dtype).itemsize
+    offset = max(info["offset"], 348)
+    remaining = _voxel_count(info) * itemsize
+    pending = b""
+    bad = 0
+    example = None
+    for chunk in _chunks(path, gz, offset):
+        data = pending + chunk[:remaining]
+        remaining -= min(len(chunk), remaining)
+        usable = len(data) - len(data) % itemsize
+        values = np.frombuffer(data[:usable], dtype=dtype)
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad += int((~finite).sum())
+            example = example if example is not None else values[~finite][0]
+        pending = data[usable:]
+        if remaining <= 0:
+            break
+    if bad:
+        raise InputError(path, f"{bad} voxel(s) are not finite (e.g. {float(example)!r}); "
+                               "replace NaN/Inf before using this image")
+    return offset + _voxel_count(info) * itemsize - max(remaining, 0)
+
+
+def check_metaimage_header(path: Path) -> None:
+    """Refuse a MetaImage (``.mha``/``.mhd``) whose ``ElementSpacing`` is zero or negative."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    for line in head.split(b"\n"):
+        key, _, value = line.partition(b"=")
+        name = key.strip().decode("latin-1")
+        if name.lower() in ("elementspacing", "elementsize"):
+            try:
+                spacing = [float(v) for v in value.split()]
+            except ValueError:
+                raise InputError(path, f"unreadable {name} {value.strip().decode('latin-1')!r}") from None
+            _check_spacing(path, spacing, name)
+        if name.lower() == "elementdatafile":
+            return
+
+
+def check_image_file(path: Path) -> None:
+    """The raw-file checks that apply to ``path``'s format (NIfTI or MetaImage; others none)."""
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        check_nifti_file(path)
+    elif name.endswith((".mha", ".mhd")):
+        check_metaimage_header(path)
+
+
+def check_finite(array: np.ndarray, path: Path) -> None:
+    """Refuse NaN/Inf in an array read by SimpleITK (MetaImage, NRRD, DICOM rescale)."""
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise InputError(path, f"{int((~finite).sum())} voxel(s) are not finite (e.g. "
+                                   f"{float(array[~finite].flat[0])!r}); replace NaN/Inf before using this image")
