@@ -6,16 +6,17 @@ with the query's own case excluded, so every held-out slice is segmented from an
 patient's labelled slice, exactly as ``ragsam segment`` would.
 
 Recipe: tiny random SAM 2, every parameter trained (``model.peft.method=none``: a random
-SAM 2 has no pretrained weights for LoRA to adapt), 30 iterations of 2 episodes, lr 0.003,
+SAM 2 has no pretrained weights for LoRA to adapt), 10 iterations of 2 episodes, lr 0.005,
 gradient clipping 1.0, one torch thread (the suite's), seed 1234.
 
-Measured on the shared 2-core CPU (1 thread, deterministic on one machine): held-out 3D Dice
-(mean over the organs present in case 0003) 0.0148 training-free -> 0.0795 after training,
-held-out Dice + CE loss 7.00 -> 0.30. The training-free tiny SAM 2 cannot read its memory
-(random weights), so it is near chance; the trained one puts several organs roughly in
-place. This shows that the episode data, the differentiable memory path, the loss and the
-optimiser work together - not what real SAM 2 weights reach.
-Margins: Dice +0.03 and loss below half the untrained one, well inside the measurement.
+Measured on the shared 2-core CPU (1 thread; deterministic on one machine): held-out 3D Dice
+(mean over the organs present in case 0003) 0.0148 training-free -> 0.0568 after training
+(liver 0.00 -> 0.33), held-out Dice + CE loss 7.00 -> 0.37. With 15 iterations at lr 0.003:
+0.0447; with 30: 0.0795. The training-free tiny SAM 2 cannot read its memory (random
+weights), so it is near chance; the trained one starts to put organs in place. This shows
+that the episode data, the differentiable memory path, the loss and the optimiser work
+together - not what real SAM 2 weights reach.
+Margins: Dice +0.025 (measured +0.042) and a loss below half the untrained one (measured 5 %).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ragsam.training.rag_run import train_rag
 from ragsam.training.rag_validate import validate_rag
 from ragsam.utils.seeding import seed_everything
 
-DICE_MARGIN = 0.03
+DICE_MARGIN = 0.025
 
 
 def _heldout(model, data) -> tuple[float, float]:
@@ -50,8 +51,8 @@ def _heldout(model, data) -> tuple[float, float]:
 def test_trained_retrieval_beats_training_free_on_held_out_phantom_slices(tmp_path):
     bank = write_phantom_bank(tmp_path)
     overrides = [f"data.bank={bank}", *RUN_BASE, "data.train=['0001','0002']", "data.val=['0003']",
-                 "model.peft.method=none", "optim.max_iterations=30", "optim.batch_size=2", "optim.lr=0.003",
-                 "optim.grad_clip=1.0", "val.every=0", "checkpoint_every=30", "seed=1234"]
+                 "model.peft.method=none", "optim.max_iterations=10", "optim.batch_size=2", "optim.lr=0.005",
+                 "optim.grad_clip=1.0", "val.every=0", "checkpoint_every=10", "seed=1234"]
     cfg = load_rag_config("rag_tiny", overrides)
     data = build_episodes(cfg)
     seed_everything(cfg.seed)
