@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared benchmark run for the lent GPU machine (H100 / H200), finishing within 8 minutes.
+# One prepared benchmark run for the lent GPU machine (H100 / H200), finishing within 9 minutes.
 #
 # Needs only torch and transformers from the machine's image (plus NumPy, PyYAML and
 # safetensors, which transformers depends on); ragsam runs from src/ via PYTHONPATH, not
