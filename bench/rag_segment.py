@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     apply_torch_threads(args.threads)
     if args.quick:
         args.ks, args.slices, args.side, args.batch = [1, 2], 2, 64, 2
+    from ragsam.models.sam2 import build_sam2
     from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-    from ragsam.retrieval.sam2_model import build_sam2
 
     torch.manual_seed(0)
     model, info = build_sam2(args.sam2, device=args.device)

@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     apply_torch_threads(args.threads)
     if args.quick:
         args.ks, args.batch, args.side, args.repeats = [1, 2], 1, 32, 1
+    from ragsam.models.sam2 import build_sam2
     from ragsam.peft.sam2 import apply_sam2_peft
-    from ragsam.retrieval.sam2_model import build_sam2
     from ragsam.training.rag_config import Sam2PeftConfig
     from ragsam.training.rag_model import RagEpisodeModel
 

@@ -57,6 +57,8 @@ def _coerce(value: Any, annotation: Any, where: str, source: str) -> Any:
                     return False
                 raise ValueError(value)
             return bool(value)
+        if annotation in (int, float) and isinstance(value, bool):
+            raise ValueError(value)  # bool is an int to Python; max_iterations=true is a mistake
         if annotation in (int, float, str):
             if annotation is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -70,6 +72,9 @@ def from_dict(cls: type[T], data: dict, source: str = "<config>", prefix: str = 
     """Build dataclass ``cls`` from a mapping; unknown keys are an error naming the key."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise InputError(source, f"configuration key {prefix}{odd[0]!r} is not a name (known: {', '.join(sorted(names))})")
     unknown = sorted(set(data) - names)
     if unknown:
         raise InputError(source, f"unknown configuration key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")

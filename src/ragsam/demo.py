@@ -42,11 +42,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragsam.demo_report import MethodScore, WeightsUsed, render_report
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json, write_text
+
+if TYPE_CHECKING:
+    from ragsam.data.cache_meta import CachedCase
 
 PRETRAINED_SIZE = 256
 STAGES = ("data", "prepare", "fine-tune", "predict", "bank", "rag", "hybrid", "evaluate")
@@ -196,20 +199,20 @@ def _train_overrides(budget: DemoBudget, weights: WeightsUsed, prepared: Path, d
     return common
 
 
-def _copy_labels(cases: dict[str, dict[str, Any]], ids: list[str], folder: Path) -> None:
+def _copy_labels(cases: dict[str, CachedCase], ids: list[str], folder: Path) -> None:
     """Copy each test case's label file to ``folder/<case_id><ext>`` (names the evaluator pairs)."""
     folder.mkdir(parents=True, exist_ok=True)
     for cid in ids:
-        src = Path(cases[cid]["labels"])
+        src = Path(str(cases[cid].labels))
         ext = ".nii.gz" if src.name.lower().endswith(".nii.gz") else src.suffix
         shutil.copyfile(src, folder / f"{cid}{ext}")
 
 
-def _link_images(cases: dict[str, dict[str, Any]], ids: list[str], folder: Path) -> None:
+def _link_images(cases: dict[str, CachedCase], ids: list[str], folder: Path) -> None:
     """Symbolic links ``folder/<case_id>[<ext>]`` to each test image (for overlays; no copy of big CT)."""
     folder.mkdir(parents=True, exist_ok=True)
     for cid in ids:
-        src = Path(cases[cid]["image"])
+        src = Path(str(cases[cid].image))
         ext = "" if src.is_dir() else (".nii.gz" if src.name.lower().endswith(".nii.gz") else src.suffix)
         (folder / f"{cid}{ext}").symlink_to(src.resolve(), target_is_directory=src.is_dir())
 
@@ -245,9 +248,9 @@ def run_demo(
         OutputExistsError: ``out_dir`` exists and ``force`` is false (checked before any work).
         InputError: a bad dataset (fewer than 2 labelled cases, unreadable files), bad budget.
     """
+    from ragsam.data.cache_meta import CacheMeta
     from ragsam.data.phantom import write_phantom_dataset
     from ragsam.data.prepare import prepare_dataset
-    from ragsam.data.slice_dataset import read_prepare_json
     from ragsam.data.slices import SliceSettings
 
     start = time.perf_counter()
@@ -281,7 +284,7 @@ def run_demo(
         if not test_ids:
             raise InputError(source, f"the demo needs at least 2 labelled cases (train + test), found {len(train_ids)}")
         test_ids = test_ids[: plan.max_test_cases]
-        cases = read_prepare_json(tmp / "prepared")["cases"]
+        cases = CacheMeta.read(tmp / "prepared").cases
         organs = sorted(prepared.organ_slices)
 
         done = stage("fine-tune", f"fine-tuning {weights.sam_label} for {plan.iterations} iterations")
@@ -327,7 +330,7 @@ def _fine_tune_and_predict(tmp: Path, plan: DemoBudget, weights: WeightsUsed, de
     finish = stage("predict", f"predicting {len(test_ids)} test case(s) with the fine-tuned model")
     t0 = time.perf_counter()
     for cid in test_ids:
-        predict(tmp / "run", cases[cid]["image"], tmp / "predictions" / "finetuned" / f"{cid}.nii.gz",
+        predict(tmp / "run", str(cases[cid].image), tmp / "predictions" / "finetuned" / f"{cid}.nii.gz",
                 device=device)
     finish()
     return [("finetuned", time.perf_counter() - t0)]
@@ -349,7 +352,7 @@ def _retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, ca
         try:
             segmenter = RagSegmenter(tmp / "bank", weights.sam2_weights, device=seg_device)  # shared by the cases
             for cid in test_ids:
-                segmenter.segment(cases[cid]["image"], tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,
+                segmenter.segment(str(cases[cid].image), tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,
                                   **extra)
         except InputError as exc:
             if name != "hybrid":

@@ -22,15 +22,15 @@ from ragsam.baselines.prompted import (
     to_model_coords,
 )
 from ragsam.baselines.prompts import Prompt
-from ragsam.baselines.sam_model import load_prompt_sam
 from ragsam.errors import InputError
+from ragsam.models.promptable_sam import load_prompt_sam
 
 
 @pytest.fixture(scope="module")
 def tiny() -> SamModel:
     torch.manual_seed(0)
     model, report = load_prompt_sam("tiny", "random", seed=0)
-    assert report["image_size"] == 128
+    assert report.image_size == 128
     return model
 
 

@@ -48,10 +48,13 @@ def test_segment_writes_output_and_refuses_overwrite(bank, ct3mm, tmp_path, caps
     assert written.GetSize() == (122, 101, 30)
     assert sorted(set(np.unique(sitk.GetArrayFromImage(written)).tolist()) - {0}) == summary["organs"]
     before = out.read_bytes()
+    assert run_cli(argv) == 0  # the same input and settings: already done, skipped
+    assert json.loads(capsys.readouterr().out)["skipped"] is True and out.read_bytes() == before
+    out.write_bytes(before[:-1] + b"x")  # changed by someone else: no longer ragsam's own output
     assert run_cli(argv) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "already exists (use --force" in err
-    assert out.read_bytes() == before
+    assert out.read_bytes() == before[:-1] + b"x"
 
 
 def test_segment_bad_inputs_are_one_line_exit_2(bank, ct3mm, tmp_path, capsys):

@@ -114,6 +114,8 @@ def test_label_ids_outside_the_map_refused(dataset, tmp_path):
     write_labels(bad, labels.geometry, dataset / "label" / "label0003.nii.gz", force=True)
     with pytest.raises(InputError, match=r"label0003\.nii\.gz.*\[.*14\]"):
         _prepare(dataset, tmp_path / "prepared")
+    with pytest.raises(InputError, match="label0003"):
+        _prepare(dataset, tmp_path / "new" / "nested" / "prepared")
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # a refused new cache leaves nothing (no prepare.json)
 
 

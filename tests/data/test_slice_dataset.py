@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from ragsam.data.cache_meta import CACHE_FORMAT, CACHE_VERSION
 from ragsam.data.slice_dataset import (
-    CACHE_FORMAT,
-    CACHE_VERSION,
     MANIFEST_COLUMNS,
     SliceDataset,
     load_splits,

@@ -80,7 +80,7 @@ def test_dry_run_lists_done_and_todo(rank_plan, capsys):
     text = capsys.readouterr().out
     assert text.count("[done]") == 3
     assert run_cli(["experiment", "paper-btcv", "--dry-run", "--out", str(out / "none")]) == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
     assert text.count("[todo]") == 9
     assert "train --config samed_s (sam_vit_b 512 px" in text and "train --config medsa (sam_vit_h 1024 px" in text
     assert "z-prior 0)" in text and "[ours, not in the paper]" in text

@@ -28,7 +28,7 @@ def _official_outputs(sam, images01, coords=None, labels=None):
 
 def test_parity_with_official_sam(official_sam, meta_checkpoint):
     model = build_sam_model("tiny", str(meta_checkpoint), num_classes=3, image_size=128).eval()
-    assert model.load_report["resized"] == [] and model.load_report["new"] == []
+    assert model.load_report.resized == [] and model.load_report.new == []
     torch.manual_seed(1)
     images = torch.rand(2, 3, 128, 128)
     emb, masks, iou = _official_outputs(official_sam, images)

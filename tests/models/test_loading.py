@@ -21,14 +21,14 @@ def test_pretrained_tokens_fill_the_first_slots_and_new_ones_are_listed(official
     assert torch.equal(dec.iou_prediction_head.proj_out.weight[:4], ref.iou_prediction_head.layers[2].weight)
     assert torch.equal(dec.iou_prediction_head.proj_in.weight, ref.iou_prediction_head.layers[0].weight)
     report = model.load_report
-    assert [n.split(" (")[0] for n in report["new"]] == ["mask token 4", "mask token 5"]
-    assert report["dropped"] == [] and report["reused_tokens"] == ["0..3"]
+    assert [n.split(" (")[0] for n in report.new] == ["mask token 4", "mask token 5"]
+    assert report.dropped == [] and report.reused_tokens == ["0..3"]
     assert not torch.equal(dec.output_hypernetworks_mlps[4].proj_in.weight, dec.output_hypernetworks_mlps[0].proj_in.weight)
 
     one = build_sam_model("tiny", str(meta_checkpoint), num_classes=1, image_size=128)
     assert torch.equal(one.mask_decoder.mask_tokens.weight, ref.mask_tokens.weight[:2])
     assert len(one.mask_decoder.output_hypernetworks_mlps) == 2
-    assert sorted({k.split(".")[2] for k in one.load_report["dropped"]}) == ["2", "3"]
+    assert sorted({k.split(".")[2] for k in one.load_report.dropped}) == ["2", "3"]
 
 
 def test_another_architecture_says_what_it_looks_like(meta_checkpoint):
@@ -117,8 +117,8 @@ def test_fresh_heads_start_from_pytorch_default_init_and_keep_the_rest(official_
     big = max(linears, key=lambda m: m.weight.numel())
     assert big.weight.std().item() == pytest.approx(big.in_features ** -0.5 / 3 ** 0.5, rel=0.15)
     report = model.load_report
-    assert report["reused_tokens"] == [] and "all 6 mask tokens" in report["new"][0]
-    assert any(k.startswith("mask_decoder.mask_tokens.") for k in report["dropped"])
+    assert report.reused_tokens == [] and "all 6 mask tokens" in report.new[0]
+    assert any(k.startswith("mask_decoder.mask_tokens.") for k in report.dropped)
 
 
 def test_unknown_head_init_is_refused(meta_checkpoint):

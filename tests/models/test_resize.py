@@ -36,12 +36,12 @@ def test_relative_table_127_to_63_rows_is_linear():
 
 def test_pretrained_size_is_loaded_exactly_and_smaller_sizes_resize(meta_checkpoint, official_sam):
     same = build_sam_model("tiny", str(meta_checkpoint), num_classes=3, image_size=128)
-    assert same.load_report["resized"] == []
+    assert same.load_report.resized == []
     assert torch.equal(same.vision_encoder.pos_embed, official_sam.image_encoder.pos_embed)
     assert torch.equal(same.vision_encoder.layers[1].attn.rel_pos_h, official_sam.image_encoder.blocks[1].attn.rel_pos_h)
 
     small = build_sam_model("tiny", str(meta_checkpoint), num_classes=3, image_size=64)
-    assert sorted(small.load_report["resized"]) == sorted([
+    assert sorted(small.load_report.resized) == sorted([
         "vision_encoder.pos_embed",
         "vision_encoder.layers.1.attn.rel_pos_h", "vision_encoder.layers.1.attn.rel_pos_w",
         "vision_encoder.layers.3.attn.rel_pos_h", "vision_encoder.layers.3.attn.rel_pos_w"])

@@ -52,7 +52,7 @@ def test_hf_save_pretrained_folder_round_trip(tiny5, tmp_path):
     out = save_hf_folder(tiny5, tmp_path / "hf")
     assert SamModel.from_pretrained(str(out)).config.mask_decoder_config.num_multimask_outputs == 5
     again = build_sam_model("tiny", str(out), num_classes=5, image_size=64).eval()
-    assert again.load_report["resized"] == [] and again.load_report["new"] == []
+    assert again.load_report.resized == [] and again.load_report.new == []
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(again(images), tiny5(images))
@@ -79,7 +79,8 @@ def _encoder_input(model, images):
 @pytest.mark.parametrize("normalize", ["none", "sam"])
 def test_encoder_receives_the_slice_or_sams_normalisation(normalize):
     from ragsam.models import build_model
-    from ragsam.models.config import ModelConfig, PeftConfig
+    from ragsam.models.config import ModelConfig
+    from ragsam.peft.config import PeftConfig
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="tiny", num_classes=2, image_size=64, normalize=normalize,

@@ -9,8 +9,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ragsam.models.build import build_model
-from ragsam.models.config import ModelConfig, PeftConfig
+from ragsam.models.config import ModelConfig
 from ragsam.models.vit_attention import fused_rel_pos_attention, set_vit_attention, vit_attention_impl
+from ragsam.peft.config import PeftConfig
 
 
 def _randomised(image_size: int, method: str) -> torch.nn.Module:

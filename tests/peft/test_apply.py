@@ -9,7 +9,6 @@ import torch
 
 from ragsam.errors import InputError
 from ragsam.models import build_sam_model
-from ragsam.models.config import PeftConfig
 from ragsam.peft import (
     apply_peft,
     count_parameters,
@@ -18,6 +17,7 @@ from ragsam.peft import (
     save_trainable,
     trainable_state_dict,
 )
+from ragsam.peft.config import PeftConfig
 from ragsam.peft.lora import LoRALinear
 
 

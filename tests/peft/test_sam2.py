@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ragsam.models.sam2 import build_sam2
 from ragsam.peft.lora import LoRALinear
 from ragsam.peft.sam2 import apply_sam2_peft
-from ragsam.retrieval.sam2_model import build_sam2
 from ragsam.training.rag_config import Sam2PeftConfig
 
 

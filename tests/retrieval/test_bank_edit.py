@@ -10,9 +10,9 @@ import torch
 from bank_fixtures import synthetic_cases, write_prepared
 
 from ragsam.errors import InputError
-from ragsam.retrieval import bank_edit
 from ragsam.retrieval.bank import SupportBank, build_bank
 from ragsam.retrieval.bank_edit import add_slices, list_additions, recover_bank, remove_addition
+from ragsam.retrieval.bank_info import BankInfo
 from ragsam.retrieval.faiss_index import reconstruct_all
 
 
@@ -88,7 +88,7 @@ def test_a_crash_during_an_addition_leaves_the_bank_as_it_was(bank, monkeypatch)
     def crash(*args, **kwargs):
         raise RuntimeError("disk died")
 
-    monkeypatch.setattr(bank_edit, "write_json", crash)  # after the index and metadata were written
+    monkeypatch.setattr(BankInfo, "write", crash)  # bank.json: after the index and metadata were written
     with pytest.raises(RuntimeError, match="disk died"):
         add_slices(bank, *_new_slices(), "x", [0, 1], [0.0, 1.0])
     assert _files(bank) == original

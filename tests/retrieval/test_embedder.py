@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
 from ragsam.errors import InputError
-from ragsam.retrieval.dinov2_weights import hf_to_official, official_to_hf
+from ragsam.models.convert_dinov2 import hf_to_official, official_to_hf
 from ragsam.retrieval.embedder import IMAGENET_MEAN, IMAGENET_STD, build_embedder, identity_mismatch
 
 

@@ -14,6 +14,7 @@ from transformers.models.sam2_video.processing_sam2_video import Sam2VideoProces
 from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
 
 from ragsam.errors import InputError
+from ragsam.models.sam2 import build_sam2
 from ragsam.retrieval.sam2_memory import (
     Sam2MemorySegmenter,
     merge_organ_logits,
@@ -21,7 +22,6 @@ from ragsam.retrieval.sam2_memory import (
     resize_mask,
     upsample_logits,
 )
-from ragsam.retrieval.sam2_model import build_sam2
 
 S = 128  # tiny model input size
 

@@ -103,12 +103,17 @@ def test_dataset_folder_shares_models_and_supports_across_cases(rag, tmp_path):
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(single)))
     for s in summaries:  # cached memories give exactly the labels of a fresh segmenter
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(s.output)), expected)
-    # every output is checked before any model loads: one existing file stops the whole run
+    # every output is checked before any model loads: one file ragsam did not write stops the whole run
     (tmp_path / "again").mkdir()
     (tmp_path / "again" / "b.nii.gz").write_bytes(b"old")
     with pytest.raises(OutputExistsError):
         segment_cases(folder, tmp_path / "again", rag["bank"], sam2_weights="tiny", k=2)
     assert not (tmp_path / "again" / "a.nii.gz").exists()
+    # a rerun skips the finished cases (the rules: tests/inference/test_case_runner.py)
+    before = (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns
+    again = segment_cases(folder, tmp_path / "out", rag["bank"], sam2_weights="tiny", k=2)
+    assert [(s.skipped, s.organs) for s in again] == [(True, s.organs) for s in summaries]
+    assert (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns == before
     with pytest.raises(InputError, match="not a folder"):
         segment_cases(folder, single, rag["bank"], sam2_weights="tiny")
 
@@ -163,3 +168,23 @@ def test_own_supports_keep_their_labels_and_change_the_neighbours(rag):
     assert not np.array_equal(before[14], after[14]) and not np.array_equal(before[16], after[16])
     with pytest.raises(InputError, match="own support slice z=99"):
         segmenter.segment(rag["image"], with_own, k=2, force=True, own_supports={99: own_label})
+
+
+def test_folder_runs_past_a_corrupt_case_and_the_rerun_finishes_it(rag, tmp_path):
+    from ragsam.errors import CasesFailedError
+
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    shutil.copy(rag["image"], folder / "a.nii.gz")
+    good = rag["image"].read_bytes()
+    (folder / "b.nii.gz").write_bytes(good[:300])  # truncated
+    out = tmp_path / "out"
+    with pytest.raises(CasesFailedError) as exc:
+        segment_cases(folder, out, rag["bank"], sam2_weights="tiny", k=2)
+    assert [cid for cid, _ in exc.value.failures] == ["b"] and exc.value.exit_code == 2
+    assert exc.value.lines() == [f"ragsam: error: {exc.value.failures[0][1]}"] and "b.nii.gz" in exc.value.lines()[0]
+    assert [s.output for s in exc.value.results] == [str(out / "a.nii.gz")]
+    assert not (out / "b.nii.gz").exists()
+    (folder / "b.nii.gz").write_bytes(good)
+    rerun = segment_cases(folder, out, rag["bank"], sam2_weights="tiny", k=2)
+    assert [s.skipped for s in rerun] == [True, False]

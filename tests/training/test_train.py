@@ -195,3 +195,45 @@ def test_samed_recipe_options_train_and_save_the_derived_accumulation(cache, tmp
 
     with pytest.raises(InputError, match="disagrees"):
         resolve_grad_accum(saved.optim, 2)
+
+
+def test_non_finite_loss_stops_training_with_one_clear_error(cache, tmp_path):
+    """A learning rate that blows the weights up stops the run at the first non-finite step.
+
+    Before, such a run finished "run finished" with NaN tensors saved.
+    """
+    from ragsam.training.loop import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"training stopped at iteration \d+: the (loss|gradient norm) "
+                                             "is not finite") as err:
+        train(_cfg(cache, "optim.lr=1e30", "optim.warmup=0", "val.every=0", "data.val=[]"), tmp_path / "run")
+    assert isinstance(err.value, InputError)  # exit code 2 on the command line
+    state = tmp_path / "run" / "checkpoints" / "state.pt"
+    if state.exists():  # any checkpoint written holds finite weights only
+        tensors = load_state(state)["trainable"]
+        assert all(torch.isfinite(t).all() for t in tensors.values())
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.lr=.inf", "optim.lr=inf must be a finite number"),
+    ("optim.lr=.nan", "optim.lr=nan must be a finite number"),
+    ("optim.dice_weight=.nan", "optim.dice_weight=nan"),
+    ("optim.ce_weight=-1", "optim.ce_weight=-1.0 must be finite numbers >= 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must be a finite number >= 0"),
+    ("optim.betas=[2,3]", "optim.betas=[2.0, 3.0] must lie in [0, 1)"),
+    ("optim.grad_clip=.inf", "optim.grad_clip=inf"),
+    ("optim.max_iterations=true", "optim.max_iterations: True is not a valid int"),
+    ("optim.lr=false", "optim.lr: False is not a valid float"),
+])
+def test_nonsense_optimiser_values_are_refused_at_config_time(override, needle):
+    with pytest.raises(InputError) as err:
+        load_train_config("tiny", [override])
+    assert needle in str(err.value)
+
+
+def test_yaml_config_with_an_integer_key_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  5: 1\n")
+    with pytest.raises(InputError, match=r"configuration key optim\.5 is not a name"):
+        load_train_config(path)

@@ -89,3 +89,21 @@ def test_atomic_path_mode_follows_umask_even_if_the_writer_replaces_the_file(tmp
     finally:
         os.umask(old)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_atomic_dir_contents_follow_umask(tmp_path):
+    import os
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "export") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))  # safetensors makes it 0600
+            (tmp / "sub").mkdir(mode=0o700)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "export" / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "export" / "sub").stat().st_mode) == 0o755

@@ -25,6 +25,15 @@ def test_second_writer_refused_and_lock_file_removed(tmp_path):
         pass
 
 
+def test_parents_made_for_the_lock_go_when_left_empty(tmp_path):
+    with folder_lock(tmp_path / "a" / "b" / "cache"):
+        assert (tmp_path / "a" / "b" / ".cache.lock").is_file()
+    assert list(tmp_path.iterdir()) == []
+    with folder_lock(tmp_path / "a" / "b" / "cache"):
+        (tmp_path / "a" / "b" / "cache").mkdir()  # the command wrote its output: parents stay
+    assert (tmp_path / "a" / "b" / "cache").is_dir()
+
+
 def test_disabled_lock_does_nothing(tmp_path):
     with folder_lock(tmp_path / "x"), folder_lock(tmp_path / "x", enabled=False):
         pass

@@ -29,6 +29,7 @@ from typing import Any
 
 from ragsam.baselines.prompted import PromptSettings, resolve_normalization, segment_slices
 from ragsam.baselines.sources import BaselineCase, cached_cases, is_prepared_cache, raw_cases
+from ragsam.data.cache_meta import CacheMeta
 from ragsam.data.cases import IMAGE_SUFFIXES
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json
@@ -103,7 +104,7 @@ def _gt_suffix(path: Path) -> str:
 
 def _collect(data: str | os.PathLike, labels: str | os.PathLike | None, layout: str, split: str | None,
              case_ids: list[str] | None, slice_settings: Any, series_uid: str | None,
-             ) -> tuple[list[BaselineCase], list[str], dict | None]:
+             ) -> tuple[list[BaselineCase], list[str], CacheMeta | None]:
     if is_prepared_cache(data):
         if labels is not None:
             raise InputError(data, "a prepared cache carries its own labels; --gt is for a single image")
@@ -229,12 +230,12 @@ def run_baseline(
     from transformers import __version__ as transformers_version
 
     from ragsam import __version__ as ragsam_version
-    from ragsam.baselines.sam_model import load_prompt_sam
     from ragsam.data.label_maps import load_label_map
     from ragsam.data.slices import SliceSettings, slices_to_volume
     from ragsam.data.volume import write_labels
     from ragsam.evaluation.evaluate import evaluate
     from ragsam.evaluation.report import write_report
+    from ragsam.models.promptable_sam import load_prompt_sam
     from ragsam.utils.device import resolve_device
 
     start = time.perf_counter()
@@ -255,11 +256,11 @@ def run_baseline(
     run_settings: dict[str, Any] = {
         "data": str(Path(data).resolve()), "labels": None if labels is None else str(Path(labels).resolve()),
         "prepared_cache": meta is not None, "prompt": prompt, "box_iou": box_iou if prompt == "box" else None,
-        "seed": seed, "weights": str(weights), "arch": arch, "image_size": load_report["image_size"],
-        "resized_position_tensors": load_report["resized"], "normalization": norm,
+        "seed": seed, "weights": str(weights), "arch": arch, "image_size": load_report.image_size,
+        "resized_position_tensors": load_report.resized, "normalization": norm,
         "mask_choice": MULTIMASK_RULE[prompt], "threshold": "logit > 0 (probability 0.5)",
         "overlaps": "highest logit wins", "label_map": lmap.name, "organ_ids": organ_ids, "split": split,
-        "slices": meta["settings"] if meta is not None else slice_settings.to_json(), "device": str(dev),
+        "slices": meta.settings if meta is not None else slice_settings.to_json(), "device": str(dev),
         "versions": {"ragsam": ragsam_version, "torch": torch.__version__, "transformers": transformers_version},
     }
     per_case: dict[str, dict[str, Any]] = {}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ragsam.data.cache_meta import CacheMeta
 from ragsam.data.cases import IMAGE_SUFFIXES
 from ragsam.data.slices import SliceGrid, SliceSettings, SliceStack
 from ragsam.errors import InputError
@@ -130,9 +131,10 @@ def _cache_loader(case_dir: Path) -> Callable[[], SliceStack]:
     return load
 
 
-def _recorded_files(meta: dict, cid: str, cache: Path) -> tuple[Path, Path | None]:
+def _recorded_files(meta: CacheMeta, cid: str, cache: Path) -> tuple[Path, Path | None]:
     """(labels file, image file or DICOM folder) of a cached case, as recorded by ``prepare``."""
-    files = meta.get("cases", {}).get(cid, {}).get("files", [])
+    case = meta.cases.get(cid)
+    files = case.files if case is not None else []
     label_files = [Path(f["path"]) for f in files if f.get("role") == "labels"]
     image_files = [Path(f["path"]) for f in files if f.get("role") == "image"]
     if len(label_files) != 1:
@@ -141,7 +143,7 @@ def _recorded_files(meta: dict, cid: str, cache: Path) -> tuple[Path, Path | Non
     record = next(f for f in files if f.get("role") == "labels")
     if not gt.is_file():
         raise InputError(gt, f"ground truth of cached case {cid!r} no longer exists (the cache was built "
-                             f"from {meta.get('source')}); the baseline scores against the original labels")
+                             f"from {meta.source}); the baseline scores against the original labels")
     if gt.stat().st_size != record.get("size"):
         raise InputError(gt, f"changed since `ragsam prepare` built {cache} (size {gt.stat().st_size} != "
                              f"{record.get('size')}); run `ragsam prepare` again")
@@ -154,7 +156,7 @@ def _recorded_files(meta: dict, cid: str, cache: Path) -> tuple[Path, Path | Non
 
 
 def cached_cases(cache: str | os.PathLike, split: str | None = None,
-                 case_ids: list[str] | None = None) -> tuple[list[BaselineCase], dict]:
+                 case_ids: list[str] | None = None) -> tuple[list[BaselineCase], CacheMeta]:
     """Cases of a prepared slice cache.
 
     Args:
@@ -164,11 +166,11 @@ def cached_cases(cache: str | os.PathLike, split: str | None = None,
     Returns:
         (cases sorted by id, the cache's ``prepare.json``).
     """
-    from ragsam.data.slice_dataset import load_splits, read_prepare_json
+    from ragsam.data.slice_dataset import load_splits
 
     cache = Path(cache)
-    meta = read_prepare_json(cache)
-    ids = sorted(meta.get("cases", {}))
+    meta = CacheMeta.read(cache)
+    ids = sorted(meta.cases)
     if split is not None:
         splits = load_splits(cache)
         members = splits.get(split)

@@ -54,7 +54,7 @@ def experiment_cmd(
     result = run_experiment(plan, settings, out, dry_run=dry_run, force=force, log=console.print)
     if dry_run:
         for line in result:
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
     console.print((out / "table.md").read_text())
     console.print(f"tables: {out / 'table.md'}, {out / 'table.csv'}; figures: {out / 'figures'}")

@@ -90,7 +90,7 @@ def query_cmd(
         slices = case_arrays(support.prepared_dir, case, with_labels=False)[0]
         source = f"{case}"
     else:
-        slices = _image_slices(image, support.prepare_meta()["settings"])
+        slices = _image_slices(image, support.prepare_meta().settings)
         source = str(image)
     if not 0 <= z < len(slices):
         raise InputError(image or support.prepared_dir, f"--z {z} is outside the {len(slices)} slices of {source}")

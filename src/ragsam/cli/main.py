@@ -6,9 +6,11 @@ Exit codes: 0 success, 2 bad input or usage (one line, no traceback),
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import click
 import typer
@@ -20,6 +22,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 # Importing the modules registers their commands on the app.
 from ragsam.cli import (  # noqa: F401
+    app_cmd,
     baseline_cmd,
     demo_cmd,
     evaluate_cmd,
@@ -30,6 +33,7 @@ from ragsam.cli import (  # noqa: F401
     model_cmd,
     predict_cmd,
     prepare_cmd,
+    pretrain_cmd,
     segment_cmd,
     train_cmd,
     train_rag_cmd,
@@ -38,6 +42,9 @@ from ragsam.cli import (  # noqa: F401
 from ragsam.cli.app import app
 from ragsam.errors import CasesFailedError, RagsamError
 
+#: OS errors about a path the user chose: reported as bad input (exit 2), naming the path.
+_USER_OS_ERRORS = {errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                   errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOENT, errno.EDQUOT}
 _EXIT = (click.exceptions.Exit, typer.Exit)
 _USAGE = (click.exceptions.UsageError, _TyperUsageError)
 _ABORT = (click.exceptions.Abort, typer.Abort)
@@ -63,15 +70,36 @@ def run_cli(argv: list[str] | None = None) -> int:
     except RagsamError as exc:
         print(f"ragsam: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in _USER_OS_ERRORS or exc.filename is None:
+            return _internal(exc)
+        # A path the user gave cannot be used (under a regular file, not writable, disk full, ...).
+        print(f"ragsam: error: {_describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ragsam: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # internal error: one line unless debugging
-        if os.environ.get("RAGSAM_DEBUG"):
-            traceback.print_exc()
-        print(f"ragsam: internal error: {type(exc).__name__}: {exc} (set RAGSAM_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        return 1
+        return _internal(exc)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """``<path>: <problem>``; a path under a regular file names that file."""
+    path = Path(exc.filename)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        for candidate in (path, *path.parents):
+            if candidate.is_file():
+                return f"{candidate}: is a file, so it cannot hold the output {path}" if candidate != path else \
+                    f"{path}: is a file, not a folder"
+    return f"{path}: {exc.strerror or exc}"
+
+
+def _internal(exc: BaseException) -> int:
+    if os.environ.get("RAGSAM_DEBUG"):
+        traceback.print_exception(exc)
+    print(f"ragsam: internal error: {type(exc).__name__}: {exc} (set RAGSAM_DEBUG=1 for the traceback)",
+          file=sys.stderr)
+    return 1
 
 
 def main() -> None:

@@ -45,8 +45,8 @@ def prepare_command(
     from rich.console import Console
     from rich.table import Table
 
+    from ragsam.data.cache_meta import CacheMeta
     from ragsam.data.prepare import prepare_dataset
-    from ragsam.data.slice_dataset import read_prepare_json
     from ragsam.data.slices import SliceSettings
 
     low, high = _numbers(window, 2, "--window")
@@ -58,7 +58,7 @@ def prepare_command(
 
     summary = prepare_dataset(source, out, settings, layout=layout, label_map=labels, split=split, seed=seed,
                               force=force, series_uid=series, progress=progress)
-    names = {int(k): v for k, v in read_prepare_json(summary.out_dir)["label_map"]["labels"].items()}
+    names = CacheMeta.read(summary.out_dir).label_names
     console.print(f"[bold]{summary.out_dir}[/bold]: {len(summary.cases)} cases, {summary.slices} slices "
                   f"(built {len(summary.built)}, reused {len(summary.reused)}, removed {len(summary.removed)}) "
                   f"in {summary.seconds:.1f} s", soft_wrap=True)

@@ -17,7 +17,9 @@ from ragsam.cli.app import app
         "from a support bank (DINOv2 + Faiss) for every slice and let SAM 2's memory attention "
         "segment it from them, prompt-free (RAG-SAM). Writes a label volume on each input's grid. "
         "IN is one image, a DICOM series folder or a dataset folder; for several cases -o is a "
-        "folder (<case_id>.nii.gz each) and SAM 2 and the encoded supports are shared between cases.\n\n"
+        "folder (<case_id>.nii.gz each) and SAM 2 and the encoded supports are shared between cases. "
+        "A folder runs past a failed case (each failure is one line, exit 2) and a rerun skips the "
+        "cases already done with the same inputs, bank and settings.\n\n"
         "Example: ragsam segment ct.nii.gz -o ct_labels.nii.gz --index banks/btcv "
         "--sam2 facebook/sam2.1-hiera-tiny --k 4 --device cuda (or --sam2-run runs/rag, from `ragsam train-rag`)"
     ),
@@ -47,26 +49,38 @@ def segment_command(
     series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder has several."),
     layout: str = typer.Option("auto", "--layout", help="Dataset layout of IN (auto detects it)."),
     summary_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs and redo finished cases."),
 ) -> None:
     """Parse, call :func:`ragsam.retrieval.segment.segment_cases`, print a summary per case."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ragsam.errors import CasesFailedError
     from ragsam.retrieval.segment import segment_cases
 
     columns = (TextColumn("segmenting {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=summary_json) as bar:
-        task = bar.add_task("", total=None)
-        summaries = segment_cases(
-            input_path, output, index, sam2_weights=sam2, layout=layout, force=force, cache_size=cache_size,
-            device=device, pointer_positions=pointers, k=k, exclude_cases=exclude_case, batch_size=batch_size,
-            series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight, sam2_run=sam2_run,
-            progress=lambda cid, done, total: bar.update(task, description=cid, completed=done, total=total))
+    try:
+        with Progress(*columns, transient=True, disable=summary_json) as bar:
+            task = bar.add_task("", total=None)
+            summaries = segment_cases(
+                input_path, output, index, sam2_weights=sam2, layout=layout, force=force, cache_size=cache_size,
+                device=device, pointer_positions=pointers, k=k, exclude_cases=exclude_case, batch_size=batch_size,
+                series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight, sam2_run=sam2_run,
+                progress=lambda cid, done, total: bar.update(task, description=cid, completed=done, total=total))
+    except CasesFailedError as exc:  # the finished cases are reported, then one line per failed case
+        _print(exc.results, summary_json)
+        raise
+    _print(summaries, summary_json)
+
+
+def _print(summaries: list, summary_json: bool) -> None:
     if summary_json:
         payload = [s.to_json() for s in summaries]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
         return
     for summary in summaries:
+        if summary.skipped:
+            typer.echo(f"{summary.output}: already done with the same input and settings, skipped")
+            continue
         organs = ",".join(str(o) for o in summary.organs) or "none"
         typer.echo(f"{summary.output}: {summary.slices} slices, k={summary.k}, organs {organs}; "
                    f"{summary.support_slices_encoded} support slices encoded ({summary.support_cache_hits} cache hits) "

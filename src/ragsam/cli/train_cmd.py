@@ -55,10 +55,9 @@ def train_command(
     run_dir = train(cfg, out, resume=resume, force=force)
     rank, _, _ = env_world()
     if rank == 0:
-        from ragsam.training.run import read_val
+        from ragsam.training.run_info import RunInfo
 
-        best = read_val(run_dir).get("best", {})
-        score = best.get("mean_dice")
-        text = f" (best validation Dice {score:.4f} at iteration {best.get('iteration')})" if (
-            isinstance(score, float) and score >= 0) else ""
+        run = RunInfo.read(run_dir)
+        text = (f" (best validation Dice {run.best_dice:.4f} at iteration {run.best_iteration})"
+                if run.validated else "")
         typer.echo(f"run finished: {run_dir}{text}")

@@ -35,9 +35,9 @@ def train_rag_command(
 ) -> None:
     """Parse, load the configuration, call :func:`ragsam.training.rag_run.train_rag`, print a summary."""
     from ragsam.training.distributed import env_world
-    from ragsam.training.rag_config import load_rag_config
+    from ragsam.training.rag_config import RagTrainConfig, load_rag_config
     from ragsam.training.rag_run import train_rag
-    from ragsam.training.run import read_val
+    from ragsam.training.run_info import RunInfo
 
     items = list(overrides or [])
     if bank is not None:
@@ -48,8 +48,7 @@ def train_rag_command(
         cfg = load_rag_config(config, items)
     run_dir = train_rag(cfg, out, resume=resume, force=force)
     if env_world()[0] == 0:
-        best = read_val(run_dir).get("best", {})
-        score = best.get("mean_dice")
-        text = f" (best validation Dice {score:.4f} at iteration {best.get('iteration')})" if (
-            isinstance(score, float) and score >= 0) else ""
+        run = RunInfo.read(run_dir, RagTrainConfig)
+        text = (f" (best validation Dice {run.best_dice:.4f} at iteration {run.best_iteration})"
+                if run.validated else "")
         typer.echo(f"run finished: {run_dir}{text}")

@@ -120,7 +120,11 @@ class LabelMap:
         if dupes:
             raise InputError(source, f"organ names used for more than one id: {', '.join(map(repr, dupes))}")
         maps: dict[str, dict[int, int]] = {}
-        for scheme, mapping in (d.get("source_label_map") or {}).items():
+        source_maps = d.get("source_label_map") or {}
+        if not isinstance(source_maps, dict):
+            raise InputError(source, 'source_label_map must be an object {"scheme": {source_id: target_id}}, '
+                                     f"got {type(source_maps).__name__}")
+        for scheme, mapping in source_maps.items():
             maps[str(scheme)] = parse_mapping(mapping, source)
             unknown = sorted(set(maps[str(scheme)].values()) - set(labels))
             if unknown:
@@ -155,9 +159,25 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise InputError(path, "does not exist" if not path.exists() else "is not a file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not valid JSON ({exc})") from None
+    except _DuplicateKey as exc:
+        raise InputError(path, f"key {exc.args[0]!r} appears twice in one object (JSON keeps only the last)") from None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` hook: a label map with a key written twice is a mistake, not a choice of the last one."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _builtin_base(name: str) -> LabelMap:

@@ -121,6 +121,23 @@ def _organ_mask(organ: _Organ, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> n
     return (inside <= 1.0) & (scale > 0)[:, None, None]
 
 
+#: The largest phantom (voxels): 2**28 is 256 x 1024 x 1024, about 1 GiB per float32 array;
+#: beyond it building one would exhaust memory (``--shape 100000,100000,100000``).
+MAX_PHANTOM_VOXELS = 2**28
+
+
+def check_phantom_grid(shape: tuple[int, ...], spacing_mm: tuple[float, ...]) -> None:
+    """Refuse a shape that is not three positive sizes or too large, or a non-positive spacing."""
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(None, f"phantom shape must be three positive sizes (z, y, x), got {tuple(shape)!r}")
+    voxels = int(np.prod([int(s) for s in shape], dtype=np.float64))
+    if voxels > MAX_PHANTOM_VOXELS:
+        raise InputError(None, f"phantom shape {'x'.join(map(str, shape))} is {voxels:.3g} voxels; "
+                               f"at most {MAX_PHANTOM_VOXELS} (e.g. 256x1024x1024)")
+    if len(spacing_mm) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing_mm):
+        raise InputError(None, f"phantom spacing must be three positive values in mm, got {tuple(spacing_mm)!r}")
+
+
 def make_phantom(
     shape: tuple[int, int, int] = (32, 96, 96),
     spacing_mm: tuple[float, float, float] = (5.0, 4.0, 4.0),
@@ -140,10 +157,7 @@ def make_phantom(
         ``(image, labels)``: image int16 HU ``(z, y, x)``, labels uint8 BTCV ids, both on
         the same LPS grid (identity direction, centred on the world origin).
     """
-    if len(shape) != 3 or min(shape) < 1:
-        raise InputError(None, f"phantom shape must be three positive sizes (z, y, x), got {tuple(shape)!r}")
-    if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
-        raise InputError(None, f"phantom spacing must be three positive values in mm, got {tuple(spacing_mm)!r}")
+    check_phantom_grid(shape, spacing_mm)
     nz, ny, nx = (int(s) for s in shape)
     style = style or PhantomStyle()
     rng = np.random.default_rng(seed)
@@ -247,6 +261,7 @@ def write_phantom_dataset(
     """
     if n_cases < 1:
         raise InputError(None, f"phantom dataset needs at least one case, got n_cases={n_cases}")
+    check_phantom_grid(shape, spacing_mm)
     if layout not in LAYOUTS:
         raise InputError(None, f"unknown phantom layout {layout!r} (choose from {', '.join(LAYOUTS)})")
     out = Path(out_dir)

@@ -50,10 +50,12 @@ from typing import Any
 import numpy as np
 
 from ragsam import __version__
-from ragsam.data.slice_dataset import CACHE_FORMAT, CACHE_VERSION, MANIFEST_COLUMNS
+from ragsam.data.cache_meta import CACHE_VERSION, CachedCase, CacheMeta
+from ragsam.data.slice_dataset import MANIFEST_COLUMNS
 from ragsam.data.slices import SliceGrid, SliceSettings, volume_to_slices
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, remove_stale_temporaries, write_json, write_text
+from ragsam.utils.fault_points import pause_at
 from ragsam.utils.folders import copy_entries, link_tree
 from ragsam.utils.locking import folder_lock
 
@@ -157,24 +159,14 @@ def settings_key(settings: SliceSettings, label_map: Any, series_uid: str | None
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def read_cache_meta(out_dir: Path) -> dict[str, Any] | None:
-    """``prepare.json`` of a ragsam cache (complete or not), or None if ``out_dir`` is not one."""
-    try:
-        meta = json.loads((out_dir / "prepare.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
-
-
-def _check_output(out_dir: Path, force: bool) -> dict[str, Any] | None:
-    """Previous cache metadata; refuse a non-empty folder that is not a ragsam cache (unless force)."""
+def _check_output(out_dir: Path, force: bool) -> CacheMeta | None:
+    """Previous cache metadata (None for another cache version: rebuild everything);
+    refuse a non-empty folder that is not a ragsam cache (unless force)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "output exists and is not a folder")
-    meta = read_cache_meta(out_dir) if out_dir.is_dir() else None
-    if meta is None and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    is_cache, meta = CacheMeta.peek(out_dir) if out_dir.is_dir() else (False, None)
+    if not is_cache and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise InputError(out_dir, "output folder is not empty and is not a ragsam slice cache (use --force to write into it)")
-    if meta is not None and meta.get("version") != CACHE_VERSION:
-        meta = None  # another cache version: rebuild everything
     return meta
 
 
@@ -185,7 +177,7 @@ def _write_case(case_dir: Path, stack: Any) -> None:
         (tmp / "grid.json").write_text(json.dumps(stack.grid.to_json(), indent=2) + "\n", encoding="utf-8")
 
 
-def _build_cases(out: Path, tmp: Path, plan: dict[str, dict[str, Any]], old_cases: dict[str, Any], lmap: Any,
+def _build_cases(out: Path, tmp: Path, plan: dict[str, dict[str, Any]], old_cases: dict[str, CachedCase], lmap: Any,
                  settings: SliceSettings, series_uid: str | None,
                  progress: Callable[[str, int, int], None] | None) -> tuple[list[str], list[str]]:
     """Fill ``tmp`` (the cache's next version) from ``out`` (its current one) and the plan.
@@ -213,6 +205,7 @@ def _build_cases(out: Path, tmp: Path, plan: dict[str, dict[str, Any]], old_case
         labels = convert_labels(case.labels, lmap)
         _write_case(tmp / "cases" / cid, volume_to_slices(case.image, labels, settings))
         built.append(cid)
+        pause_at("prepare:case-built")
         if progress is not None:
             progress(cid, len(built), total)
     return built, removed
@@ -362,26 +355,24 @@ def _prepare_locked(source: str | os.PathLike, out: Path, settings: SliceSetting
     splits, split_of = make_splits([r.case_id for r in labelled], split, seed, (layout, lmap.name, base_name))
     key_settings = settings_key(settings, lmap, series_uid)
     label_map_json = lmap.to_json()  # keeps source_label_map, so subset maps can convert raw labels later
-    old_cases: dict[str, Any] = (old or {}).get("cases", {})
+    old_cases: dict[str, CachedCase] = old.cases if old is not None else {}
 
     plan: dict[str, dict[str, Any]] = {}
     for ref in labelled:
         if not ref.case_id or ref.case_id.startswith(".") or "/" in ref.case_id or os.sep in ref.case_id:
             raise InputError(source, f"case id {ref.case_id!r} cannot be used as a cache folder name")
-        known = old_cases.get(ref.case_id, {}).get("files")
-        key, files = fingerprint_case(ref, key_settings, known)
+        old_case = old_cases.get(ref.case_id)
+        key, files = fingerprint_case(ref, key_settings, old_case.files if old_case is not None else None)
         case_dir = out / "cases" / ref.case_id
-        reuse = (not force and old_cases.get(ref.case_id, {}).get("key") == key
+        reuse = (not force and old_case is not None and old_case.key == key
                  and all((case_dir / f).is_file() for f in CASE_FILES))
         plan[ref.case_id] = {"ref": ref, "key": key, "files": files, "reuse": reuse,
                              "inputs": {"image": str(Path(ref.image).resolve()),
                                         "labels": str(Path(ref.labels).resolve())}}
 
-    meta: dict[str, Any] = {
-        "format": CACHE_FORMAT, "version": CACHE_VERSION, "complete": False, "ragsam": __version__,
-        "source": str(Path(source).resolve()), "layout": layout, "label_map": label_map_json,
-        "settings": settings.to_json(), "series_uid": series_uid, "split": split, "seed": seed,
-    }
+    meta = CacheMeta(settings=settings.to_json(), label_map=label_map_json, complete=False, ragsam=__version__,
+                     source=str(Path(source).resolve()), layout=layout, series_uid=series_uid, split=split,
+                     seed=seed)
     with atomic_dir(out, force=True) as tmp:
         built, removed = _build_cases(out, tmp, plan, old_cases, lmap, settings, series_uid, progress)
         ids = sorted(plan)
@@ -398,10 +389,10 @@ def _prepare_locked(source: str | os.PathLike, out: Path, settings: SliceSetting
         write_json(tmp / "label_map.json", label_map_json)
         write_text(tmp / "manifest.csv", buffer.getvalue())
         per_case = Counter(row[0] for row in rows)
-        meta.update(complete=True, skipped_unlabelled=skipped,
-                    cases={cid: {"key": p["key"], **p["inputs"], "files": p["files"], "slices": per_case[cid]}
-                           for cid, p in sorted(plan.items())})
-        write_json(tmp / "prepare.json", meta)
+        meta.complete, meta.skipped_unlabelled = True, skipped
+        meta.cases = {cid: CachedCase(p["key"], p["files"], slices=per_case[cid], **p["inputs"])
+                      for cid, p in sorted(plan.items())}
+        meta.write(tmp)
     return PrepareSummary(out_dir=out, cases=ids, built=built, reused=sorted(c for c in plan if plan[c]["reuse"]),
                           removed=removed, skipped_unlabelled=skipped, slices=len(rows),
                           organ_slices=dict(sorted(organ_slices.items())), splits=splits,

@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ragsam.data.cache_meta import CacheMeta
 from ragsam.errors import InputError
 
-CACHE_FORMAT = "ragsam-slice-cache"
-CACHE_VERSION = 1
 MANIFEST_COLUMNS = ("case_id", "z", "rel_z", "organs", "orig_x", "orig_y", "orig_z",
                     "spacing_x", "spacing_y", "spacing_z", "split")
 
@@ -116,31 +115,9 @@ class SliceRecord:
     split: str
 
 
-def read_prepare_json(prepared_dir: str | os.PathLike) -> dict[str, Any]:
-    """``prepare.json`` of a complete cache.
-
-    Raises:
-        InputError: not a ragsam slice cache, or one whose ``ragsam prepare`` did not finish.
-    """
-    path = Path(prepared_dir) / "prepare.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(prepared_dir, "not a prepared slice cache (no prepare.json); run `ragsam prepare` first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
-        raise InputError(path, f"not a ragsam slice cache (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("version") != CACHE_VERSION:
-        raise InputError(path, f"cache version {meta.get('version')!r} is not supported (expected {CACHE_VERSION}); rerun `ragsam prepare`")
-    if not meta.get("complete", False):
-        raise InputError(prepared_dir, "slice cache is incomplete (ragsam prepare was interrupted); run it again")
-    return meta
-
-
 def read_manifest(prepared_dir: str | os.PathLike) -> list[SliceRecord]:
     """All slices of a prepared cache, in manifest order (cases sorted, z ascending)."""
-    read_prepare_json(prepared_dir)
+    CacheMeta.read(prepared_dir)
     path = Path(prepared_dir) / "manifest.csv"
     records = []
     try:
@@ -195,12 +172,12 @@ class SliceDataset(Dataset):
                  size: int | None = None, channels: int = 3,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.root = Path(prepared_dir)
-        meta = read_prepare_json(self.root)
+        meta = CacheMeta.read(self.root)
         if context < 0 or channels < 1 or (size is not None and size < 1):
             raise InputError(None, f"invalid context={context}, channels={channels} or size={size}")
-        self.label_map: dict[int, str] = {int(k): v for k, v in meta["label_map"]["labels"].items()}
+        self.label_map: dict[int, str] = meta.label_names
         self.num_classes = max(self.label_map) + 1
-        self.slice_size = int(meta["settings"]["size"])
+        self.slice_size = int(meta.settings["size"])
         self.context, self.size, self.channels, self.transform = context, size, channels, transform
         records = read_manifest(self.root)
         known = list(dict.fromkeys(r.case_id for r in records))

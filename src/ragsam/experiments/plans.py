@@ -159,7 +159,10 @@ def load_plan(name_or_path: str) -> Plan:
             raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise InputError(path, "a plan must be a YAML mapping")
-        variants = [from_dict(Variant, v, source=str(path)) for v in data.pop("variants", [])]
+        raw_variants = data.pop("variants", [])
+        if not isinstance(raw_variants, list) or not all(isinstance(v, dict) for v in raw_variants):
+            raise InputError(path, f"variants must be a list of mappings (name: ..., kind: ...), got {raw_variants!r}")
+        variants = [from_dict(Variant, v, source=str(path)) for v in raw_variants]
         plan = from_dict(Plan, {**data, "variants": []}, source=str(path))
         plan.variants = variants
     validate_plan(plan, name_or_path)

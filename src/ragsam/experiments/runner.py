@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ragsam.data.cache_meta import CacheMeta
 from ragsam.errors import InputError
 from ragsam.experiments.plans import Plan, Variant, load_plan, variant_folder_name
 from ragsam.utils.atomic import write_json, write_text
@@ -241,8 +242,8 @@ class ExperimentRunner:
         self.log(f"prepared {len(summary.cases)} cases ({len(summary.built)} built, {len(summary.reused)} reused)")
         self._write_ground_truth()
 
-    def _meta(self) -> dict:
-        return json.loads((self.prepared / "prepare.json").read_text())
+    def _meta(self) -> CacheMeta:
+        return CacheMeta.read(self.prepared)
 
     def test_cases(self) -> list[str]:
         """Case ids of the test split (every case is test when the split has none)."""
@@ -259,17 +260,17 @@ class ExperimentRunner:
         from ragsam.data.volume import write_labels
 
         lmap = load_label_map(self.label_map)
-        cases = self._meta()["cases"]
+        cases = self._meta().cases
         for cid in self.test_cases():
             target = self.out / "gt" / f"{cid}.nii.gz"
             if target.is_file():
                 continue
-            case = load_case(CaseRef(cid, Path(cases[cid]["image"]), Path(cases[cid]["labels"])))
+            case = load_case(CaseRef(cid, Path(str(cases[cid].image)), Path(str(cases[cid].labels))))
             labels = convert_labels(case.labels, lmap)
             write_labels(labels.array, labels.geometry, target, force=True)
 
     def _image_of(self, case_id: str) -> Path:
-        return Path(self._meta()["cases"][case_id]["image"])
+        return Path(str(self._meta().cases[case_id].image))
 
     # -- variants --------------------------------------------------------------------------
     def variant_dir(self, variant: Variant) -> Path:

@@ -50,7 +50,6 @@ class CaseJob:
     Attributes:
         key: hex SHA-1 of the input files' content and the model key.
         files: input file records (path, size, mtime_ns, sha1) for the sidecar.
-        redo: the output exists and is ragsam's (it will be replaced).
     """
 
     case_id: str
@@ -58,7 +57,6 @@ class CaseJob:
     output: Path
     key: str
     files: list[dict[str, Any]] = field(default_factory=list)
-    redo: bool = False
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -79,6 +77,20 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def weights_key(spec: str) -> Any:
+    """What identifies weights named by ``spec``: a local file or folder by its files' names,
+    sizes and modification times (cheap; hashing gigabytes on every rerun is not), else the
+    hub id or builder name itself."""
+    path = Path(spec)
+    if path.is_file():
+        st = path.stat()
+        return [spec, st.st_size, st.st_mtime_ns]
+    if path.is_dir():
+        return [spec, *([str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
+                        for p in sorted(path.rglob("*")) if p.is_file())]
+    return spec
 
 
 def _read_sidecar(output: Path) -> dict[str, Any] | None:
@@ -146,7 +158,7 @@ def plan_cases(refs: Sequence[Any], outputs: Sequence[Path], key: str, force: bo
         if finished and not force:
             done.append((job, side.get("result") or {}))
         else:
-            todo.append(dataclasses.replace(job, redo=True))
+            todo.append(job)  # ragsam's own output for this case, from other inputs or model
     return CasePlan(todo, done, [ref.case_id for ref in refs])
 
 

@@ -56,6 +56,7 @@ from ragsam.errors import InputError
 from ragsam.inference.case_runner import CaseRecorder, file_digest, model_key, plan_cases
 from ragsam.inference.run_loader import load_run
 from ragsam.utils.device import resolve_device
+from ragsam.utils.fault_points import pause_at
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.precision import autocast
 
@@ -266,6 +267,45 @@ def segment_stack(model: nn.Module, stack, batch_size: int = 8, device: torch.de
     return stages.timed("to_volume", slices_to_volume, canon, stack.grid)
 
 
+def _pipeline(todo: list, recorder: CaseRecorder, load: Callable, segment: Callable, write: Callable,
+              overlap: bool) -> None:
+    """Run the cases of ``todo``: the next one is read ahead and the previous one written behind
+    while the current one is segmented; a failure of any stage is recorded for its own case.
+
+    Args:
+        load: ``job -> (image, stack)``. segment: ``stack -> labels``. write: ``(job, labels, image)``.
+    """
+    with _executor(overlap, "ragsam-read") as reader, _executor(overlap, "ragsam-write") as writer:
+        loading = reader.submit(load, todo[0]) if todo else None
+        writing: tuple[Any, Future] | None = None
+        for i, job in enumerate(todo):
+            image = labels = None
+            try:
+                image, stack = loading.result()
+            except Exception as exc:  # noqa: BLE001 - reported per case at the end
+                recorder.fail(job, exc)
+            if i + 1 < len(todo):  # read ahead while this case is segmented
+                loading = reader.submit(load, todo[i + 1])
+            if image is not None:
+                try:
+                    labels = segment(stack)
+                except Exception as exc:  # noqa: BLE001
+                    recorder.fail(job, exc)
+            if writing is not None:  # the previous case's write error is recorded before more is queued
+                _settle(writing, recorder)
+            writing = None if labels is None else (job, writer.submit(write, job, labels, image))
+        if writing is not None:
+            _settle(writing, recorder)
+
+
+def _settle(pending: tuple[Any, Future], recorder: CaseRecorder) -> None:
+    job, future = pending
+    try:
+        future.result()
+    except Exception as exc:  # noqa: BLE001 - reported per case at the end
+        recorder.fail(job, exc)
+
+
 def _organs(labels: np.ndarray) -> list[int]:
     """Sorted non-zero label ids present (a histogram: linear time, unlike ``np.unique``)."""
     return [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v != 0]
@@ -331,44 +371,17 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         image = stages.timed("read", read_image, job.ref.image, series_uid)
         return image, stages.timed("slice", lazy_slices, image, settings)  # slices are prepared per batch
 
-    def write(job, labels, geometry, result):
+    def segment(stack):
+        return segment_stack(model, stack, batch_size, dev, cfg.optim.bf16, cpu_bf16, stages, overlap)
+
+    def write(job, labels, image):
+        result = Prediction(job.case_id, job.output, int(labels.shape[0]), _organs(labels))
         recorder.begin(job)
-        stages.timed("write", write_labels, labels, geometry, job.output, True)
+        stages.timed("write", write_labels, labels, image.geometry, job.output, True)
         recorder.finish(job, {"slices": result.slices, "organs": result.organs}, result)
+        pause_at("predict:case-written")
 
-    def settle(pending):  # a case's write error is reported before more is queued
-        job, future = pending
-        try:
-            future.result()
-        except Exception as exc:  # noqa: BLE001 - reported per case at the end
-            recorder.fail(job, exc)
-
-    todo = plan.todo
-    with _executor(overlap, "ragsam-read") as reader, _executor(overlap, "ragsam-write") as writer:
-        loading = reader.submit(load, todo[0]) if todo else None
-        writing: tuple | None = None
-        for i, job in enumerate(todo):
-            labels = None
-            try:
-                image, stack = loading.result()
-            except Exception as exc:  # noqa: BLE001
-                recorder.fail(job, exc)
-                image = None
-            if i + 1 < len(todo):  # read ahead while this case is segmented
-                loading = reader.submit(load, todo[i + 1])
-            if image is not None:
-                try:
-                    labels = segment_stack(model, stack, batch_size, dev, cfg.optim.bf16, cpu_bf16, stages, overlap)
-                except Exception as exc:  # noqa: BLE001
-                    recorder.fail(job, exc)
-            if writing is not None:
-                settle(writing)
-                writing = None
-            if labels is not None:
-                result = Prediction(job.case_id, job.output, int(labels.shape[0]), _organs(labels))
-                writing = (job, writer.submit(write, job, labels, image.geometry, result))
-        if writing is not None:
-            settle(writing)
+    _pipeline(plan.todo, recorder, load, segment, write, overlap)
     results = recorder.close()
     if timings is not None:
         timings["wall"] = time.perf_counter() - wall

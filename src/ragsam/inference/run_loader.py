@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ragsam.config import load_config
 from ragsam.errors import InputError
 from ragsam.training.checkpoint import rng_state, set_rng_state
 from ragsam.training.config import TrainConfig
+from ragsam.training.run_info import RunInfo
 from ragsam.utils.device import resolve_device
 from ragsam.utils.seeding import seed_everything
 
@@ -27,13 +27,7 @@ WEIGHT_FILES = ("model.safetensors", "last.safetensors")
 
 def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The resolved :class:`TrainConfig` saved in ``<run_dir>/config.yaml``."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise InputError(run_dir, "run folder does not exist")
-    if not path.is_file():
-        raise InputError(run_dir, "not a ragsam run folder (no config.yaml)")
-    return load_config(TrainConfig, path)
+    return RunInfo.read_config(run_dir)
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "model.safetensors",

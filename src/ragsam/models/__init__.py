@@ -12,7 +12,7 @@ re-exported here.
 """
 
 from ragsam.models.build import build_model, build_sam_model
-from ragsam.models.config import ModelConfig, PeftConfig
+from ragsam.models.config import ModelConfig
 from ragsam.models.registry import ARCHITECTURES
 from ragsam.models.sam import MultiOrganSam
 from ragsam.peft.apply import (
@@ -23,6 +23,7 @@ from ragsam.peft.apply import (
     save_trainable,
     trainable_state_dict,
 )
+from ragsam.peft.config import PeftConfig
 
 __all__ = [
     "ARCHITECTURES", "ModelConfig", "MultiOrganSam", "PeftConfig", "apply_peft", "build_model",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ragsam.errors import InputError
 from ragsam.models.config import HEAD_INITS, ModelConfig
+from ragsam.models.load_report import LoadReport
 from ragsam.models.loading import check_arch, load_pretrained
 from ragsam.models.registry import check_image_size, get_arch, sam_config
 from ragsam.models.sam import MultiOrganSam
@@ -41,8 +42,7 @@ def build_sam_model(arch: str, weights: str = "random", num_classes: int = 13,
     model = MultiOrganSam(sam_config(spec, image_size, num_mask_tokens=num_classes + 1), arch=arch,
                           normalization=normalize)
     if state is None:
-        model.load_report = {"source": "random", "arch": arch, "resized": [], "new": ["all parameters"],
-                             "dropped": [], "reused_tokens": []}
+        model.load_report = LoadReport.random(arch, image_size)
     else:
         model.load_report = load_pretrained(model, str(weights), state, head_init=head_init)
     return model

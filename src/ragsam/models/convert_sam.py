@@ -16,6 +16,28 @@ from torch import Tensor
 
 from ragsam.errors import InputError
 
+# (official name prefix, transformers name prefix) of the modules SAM and SAM 2 share and
+# transformers renames alike: the prompt encoder's mask downscaling and the mask decoder's
+# output upscaling. The one table for both families and both directions (SAM 2:
+# ragsam.models.convert_sam2, official -> transformers and back).
+SAM_RENAMES: tuple[tuple[str, str], ...] = (
+    ("prompt_encoder.mask_downscaling.0.", "prompt_encoder.mask_embed.conv1."),
+    ("prompt_encoder.mask_downscaling.1.", "prompt_encoder.mask_embed.layer_norm1."),
+    ("prompt_encoder.mask_downscaling.3.", "prompt_encoder.mask_embed.conv2."),
+    ("prompt_encoder.mask_downscaling.4.", "prompt_encoder.mask_embed.layer_norm2."),
+    ("prompt_encoder.mask_downscaling.6.", "prompt_encoder.mask_embed.conv3."),
+    ("mask_decoder.output_upscaling.0.", "mask_decoder.upscale_conv1."),
+    ("mask_decoder.output_upscaling.1.", "mask_decoder.upscale_layer_norm."),
+    ("mask_decoder.output_upscaling.3.", "mask_decoder.upscale_conv2."),
+)
+
+
+def prefix_rules(pairs: tuple[tuple[str, str], ...], inverse: bool = False) -> list[tuple[str, str]]:
+    """``(regex, replacement)`` rules renaming each prefix of ``pairs``: official -> transformers,
+    or transformers -> official with ``inverse``."""
+    return [("^" + re.escape(hf if inverse else official), official if inverse else hf) for official, hf in pairs]
+
+
 # (Meta pattern, transformers replacement); applied in order, first match wins.
 _RULES: list[tuple[str, str]] = [
     # image encoder (ViT with windowed / global attention)
@@ -35,11 +57,6 @@ _RULES: list[tuple[str, str]] = [
      "shared_image_embedding.positional_embedding"),
     (r"^prompt_encoder\.point_embeddings\.(\d+)\.", r"prompt_encoder.point_embed.\1."),
     (r"^prompt_encoder\.(not_a_point_embed|no_mask_embed)\.", r"prompt_encoder.\1."),
-    (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-    (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-    (r"^prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-    (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-    (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
     # mask decoder: two-way transformer
     (r"^mask_decoder\.transformer\.layers\.(\d+)\.norm([1-4])\.",
      r"mask_decoder.transformer.layers.\1.layer_norm\2."),
@@ -52,9 +69,7 @@ _RULES: list[tuple[str, str]] = [
     (r"^mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
     # mask decoder: tokens, upscaling, hypernetworks, IoU head
     (r"^mask_decoder\.(iou_token|mask_tokens)\.", r"mask_decoder.\1."),
-    (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-    (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-    (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
+    *prefix_rules(SAM_RENAMES),
     (r"^mask_decoder\.(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.0\.", r"mask_decoder.\1.proj_in."),
     (r"^mask_decoder\.(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.1\.", r"mask_decoder.\1.layers.0."),
     (r"^mask_decoder\.(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.2\.", r"mask_decoder.\1.proj_out."),

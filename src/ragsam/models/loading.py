@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ragsam.errors import InputError
 from ragsam.models.config import HEAD_INITS
+from ragsam.models.load_report import LoadReport
 from ragsam.models.registry import ARCHITECTURES
 from ragsam.models.resize import resize_position_tensors
 from ragsam.models.sam import MultiOrganSam
@@ -43,10 +44,11 @@ _TOKEN_ROWS = ("mask_decoder.mask_tokens.weight", "mask_decoder.iou_prediction_h
                "mask_decoder.iou_prediction_head.proj_out.bias")
 
 
-def _adapt_mask_tokens(state: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, list[str]]:
-    """Fit the checkpoint's mask tokens to the model's K + 1 (see module docstring). In place."""
+def _adapt_mask_tokens(state: dict[str, Tensor], target: dict[str, Tensor], report: LoadReport) -> None:
+    """Fit the checkpoint's mask tokens to the model's K + 1 (see module docstring). In place;
+    records the new, dropped and reused tokens in ``report``."""
     if "mask_decoder.mask_tokens.weight" not in state:  # reported as a missing key by the caller
-        return {"new": [], "dropped": [], "reused_tokens": []}
+        return
     pretrained = int(state["mask_decoder.mask_tokens.weight"].shape[0])
     wanted = int(target["mask_decoder.mask_tokens.weight"].shape[0])
     shared = min(pretrained, wanted)
@@ -65,15 +67,16 @@ def _adapt_mask_tokens(state: dict[str, Tensor], target: dict[str, Tensor]) -> d
     for key in [k for k in state if (m := _HYPER.match(k)) and int(m.group(1)) >= wanted]:
         dropped.append(key)
         del state[key]
-    return {"new": new, "dropped": dropped, "reused_tokens": [f"0..{shared - 1}"]}
+    report.new, report.dropped, report.reused_tokens = new, dropped, [f"0..{shared - 1}"]
 
 
 _FRESH_PREFIXES = ("mask_decoder.mask_tokens.", "mask_decoder.output_hypernetworks_mlps.",
                    "mask_decoder.iou_prediction_head.")
 
 
-def _fresh_heads(model: MultiOrganSam, state: dict[str, Tensor]) -> dict[str, list[str]]:
-    """SAMed's start: mask tokens, hypernetworks and IoU head from PyTorch's default init. In place."""
+def _fresh_heads(model: MultiOrganSam, state: dict[str, Tensor], report: LoadReport) -> None:
+    """SAMed's start: mask tokens, hypernetworks and IoU head from PyTorch's default init. In place;
+    records the new and dropped entries in ``report``."""
     dec = model.mask_decoder
     for module in [dec.mask_tokens, *dec.output_hypernetworks_mlps.modules(), *dec.iou_prediction_head.modules()]:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -85,8 +88,9 @@ def _fresh_heads(model: MultiOrganSam, state: dict[str, Tensor]) -> dict[str, li
     for key, value in target.items():
         if key.startswith(_FRESH_PREFIXES):
             state[key] = value.detach().clone()
-    return {"new": [f"all {dec.num_mask_tokens} mask tokens, hypernetwork MLPs and the IoU head "
-                    "(PyTorch default init, SAMed)"], "dropped": dropped, "reused_tokens": []}
+    report.new = [f"all {dec.num_mask_tokens} mask tokens, hypernetwork MLPs and the IoU head "
+                  "(PyTorch default init, SAMed)"]
+    report.dropped, report.reused_tokens = dropped, []
 
 
 def check_arch(state: dict[str, Tensor], arch: str, source: str) -> None:
@@ -99,7 +103,7 @@ def check_arch(state: dict[str, Tensor], arch: str, source: str) -> None:
 
 
 def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor] | None = None,
-                    head_init: str = "pretrained") -> dict:
+                    head_init: str = "pretrained") -> LoadReport:
     """Load ``weights`` (see :func:`ragsam.models.weights.read_state_dict`) into ``model``.
 
     Args:
@@ -109,8 +113,8 @@ def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor]
         head_init: ``"pretrained"`` (reuse SAM's tokens 0-3) or ``"fresh"`` (SAMed; see
             the module docstring).
     Returns:
-        The load report: ``source``, ``arch``, ``resized`` keys, ``new`` and
-        ``dropped`` decoder entries, ``reused_tokens``.
+        The :class:`LoadReport`: ``resized`` keys, ``new`` and ``dropped`` decoder entries,
+        ``reused_tokens``.
     Raises:
         InputError: another architecture, missing / unexpected keys, shape mismatch.
     """
@@ -119,12 +123,12 @@ def load_pretrained(model: MultiOrganSam, weights: str, state: dict[str, Tensor]
     check_arch(state, model.arch, weights)
     target = model.state_dict()
     shapes = {k: v.shape for k, v in target.items()}
-    report: dict = {"source": weights, "arch": model.arch}
-    report["resized"] = resize_position_tensors(state, shapes)
+    report = LoadReport(source=weights, arch=model.arch, image_size=model.image_size)
+    report.resized = resize_position_tensors(state, shapes)
     if head_init == "fresh":
-        report.update(_fresh_heads(model, state))
+        _fresh_heads(model, state, report)
     elif head_init == "pretrained":
-        report.update(_adapt_mask_tokens(state, target))
+        _adapt_mask_tokens(state, target, report)
     else:
         raise InputError(None, f"model.head_init {head_init!r} is not one of {', '.join(HEAD_INITS)}")
     load_exactly(model, state, weights, repr(model.arch))

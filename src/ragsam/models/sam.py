@@ -17,6 +17,7 @@ from transformers import SamConfig, SamModel
 
 from ragsam.errors import InputError
 from ragsam.models.config import NORMALIZATIONS
+from ragsam.models.load_report import LoadReport
 from ragsam.models.vit_attention import set_vit_attention
 
 # SAM's pixel statistics on the 0-255 scale (segment_anything/modeling/sam.py).
@@ -59,7 +60,7 @@ class MultiOrganSam(nn.Module):
         self.num_classes = int(config.mask_decoder_config.num_multimask_outputs)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
-        self.load_report: dict = {}
+        self.load_report: LoadReport | None = None
 
     # -- encoder ---------------------------------------------------------------
     def normalize(self, images: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from ragsam.peft.apply import (
     save_trainable,
     trainable_state_dict,
 )
+from ragsam.peft.config import PeftConfig
 
-__all__ = ["apply_peft", "count_parameters", "has_adapters", "load_trainable", "merge_peft", "save_trainable",
+__all__ = ["PeftConfig", "apply_peft", "count_parameters", "has_adapters", "load_trainable", "merge_peft", "save_trainable",
            "trainable_state_dict"]

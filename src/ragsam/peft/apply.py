@@ -22,34 +22,31 @@ from __future__ import annotations
 import re
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from ragsam.errors import InputError
 from ragsam.peft.adapter import add_block_adapters
+from ragsam.peft.config import DECODER_MODES, LORA_TARGETS, PEFT_METHODS, PeftConfig
 from ragsam.peft.lora import merge_lora, wrap_linear
 from ragsam.utils.safetensors_io import save_safetensors
 from ragsam.utils.state_dict import load_exactly
 
-if TYPE_CHECKING:  # imported lazily: ragsam.models imports this module
-    from ragsam.models.config import PeftConfig
-
 _PEFT_NAME = re.compile(r"(\.lora_[ab]\.|\.attn_adapter\.|\.mlp_adapter\.)")
-_METHODS, _TARGETS, _DECODER = ("lora", "adapter", "none"), ("q", "k", "v", "proj", "mlp"), ("full", "lora", "frozen")
 
 
 def validate_peft(cfg: PeftConfig) -> None:
     """Refuse impossible settings, quoting the bad value."""
-    if cfg.method not in _METHODS:
-        raise InputError(None, f"peft.method {cfg.method!r} is not one of {', '.join(_METHODS)}")
-    if cfg.decoder not in _DECODER:
-        raise InputError(None, f"peft.decoder {cfg.decoder!r} is not one of {', '.join(_DECODER)}")
-    bad = [t for t in cfg.targets if t not in _TARGETS]
+    if cfg.method not in PEFT_METHODS:
+        raise InputError(None, f"peft.method {cfg.method!r} is not one of {', '.join(PEFT_METHODS)}")
+    if cfg.decoder not in DECODER_MODES:
+        raise InputError(None, f"peft.decoder {cfg.decoder!r} is not one of {', '.join(DECODER_MODES)}")
+    bad = [t for t in cfg.targets if t not in LORA_TARGETS]
     if bad or (cfg.method == "lora" and not cfg.targets):
         raise InputError(None, f"peft.targets {list(cfg.targets)!r} must be a non-empty subset of "
-                               f"{', '.join(_TARGETS)}")
+                               f"{', '.join(LORA_TARGETS)}")
     for name in ("rank", "decoder_rank"):
         if int(getattr(cfg, name)) < 1:
             raise InputError(None, f"peft.{name} must be at least 1, got {getattr(cfg, name)}")

@@ -32,16 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ragsam.data.cache_meta import CacheMeta
 from ragsam.errors import InputError
 from ragsam.retrieval.bank_build import (  # noqa: F401  (re-exported API)
-    BANK_FORMAT,
-    BANK_VERSION,
     METADATA_COLUMNS,
     BankSummary,
     build_bank,
     case_arrays,
     file_sha256,
 )
+from ragsam.retrieval.bank_info import BankInfo
 from ragsam.retrieval.faiss_index import (
     check_unit_vectors,
     load_index,
@@ -78,7 +78,7 @@ class Neighbour:
 class SupportBank:
     """A loaded support bank (see :mod:`ragsam.retrieval.bank_build` for the folder layout)."""
 
-    def __init__(self, path: Path, index, info: dict, identity: dict, case_ids: np.ndarray,
+    def __init__(self, path: Path, index, info: BankInfo, identity: dict, case_ids: np.ndarray,
                  z: np.ndarray, rel_z: np.ndarray, organs: list[tuple[int, ...]], prepared_dir: Path) -> None:
         self.path = path
         self.index = index
@@ -109,19 +109,18 @@ class SupportBank:
             InputError: not a bank, an empty bank, or metadata that disagrees with the index.
         """
         path = Path(path)
+        if not path.is_dir():
+            raise InputError(path, "not a support bank (no such folder); build one with `ragsam index build`")
+        info = BankInfo.read(path)
         try:
-            info = json.loads((path / "bank.json").read_text(encoding="utf-8"))
             identity = json.loads((path / "embedder.json").read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise InputError(path, f"not a support bank ({Path(exc.filename).name} missing); "
                                    "build one with `ragsam index build`") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(path, f"corrupt bank description ({exc})") from None
-        if info.get("format") != BANK_FORMAT or info.get("version") != BANK_VERSION:
-            raise InputError(path, f"not a ragsam support bank of version {BANK_VERSION} "
-                                   f"(format {info.get('format')!r}, version {info.get('version')!r})")
         index = load_index(path / "index.faiss")
-        stored = info.get("settings", {}).get("index", {})
+        stored = info.index_settings
         set_search_params(index, nprobe=nprobe or stored.get("nprobe"), ef_search=ef_search or stored.get("ef_search"))
         case_ids, zs, rel, organs = [], [], [], []
         try:
@@ -158,14 +157,12 @@ class SupportBank:
     @property
     def kind(self) -> str:
         """Resolved index kind (``flat``, ``ivf`` or ``hnsw``)."""
-        return str(self.info.get("kind"))
+        return self.info.kind
 
-    def prepare_meta(self) -> dict:
-        """``prepare.json`` of the bank's prepared cache; ``["settings"]`` holds the HU window and
-        slice size a query volume must be sliced with (``SliceSettings.from_json``)."""
-        from ragsam.data.slice_dataset import read_prepare_json
-
-        return read_prepare_json(self.prepared_dir)
+    def prepare_meta(self) -> CacheMeta:
+        """``prepare.json`` of the bank's prepared cache; ``.slice_settings`` holds the HU window and
+        slice size a query volume must be sliced with."""
+        return CacheMeta.read(self.prepared_dir)
 
     def embedder(self, device: str | None = None, batch_size: int = 32):
         """Rebuild the embedder this bank was built with (same weights, pooling, input size).
@@ -277,16 +274,16 @@ class SupportBank:
             InputError: the cache was re-prepared since the bank was built, or a neighbour
                 comes from an unlabelled case.
         """
-        added = {d["id"] for d in self.info.get("additions", [])}
+        added = {d["id"] for d in self.info.additions or []}
         self._check_prepared({nb.case_id for nb in neighbours} - self._checked - added)
         self._checked |= {nb.case_id for nb in neighbours}
         images, labels = [], []
         for nb in neighbours:
             if nb.case_id not in self._arrays:
-                with_labels = nb.case_id in set(self.info.get("labelled_cases", []))
+                with_labels = nb.case_id in set(self.info.labelled_cases)
                 source = self.path / ADDITIONS_DIR if nb.case_id in added else self.prepared_dir
                 arrays = case_arrays(source, nb.case_id, with_labels)
-                depth = self.info.get("case_depths", {}).get(nb.case_id)
+                depth = self.info.case_depths.get(nb.case_id)
                 if depth is not None and arrays[0].shape[0] != depth:
                     raise InputError(source, f"case {nb.case_id!r} has {arrays[0].shape[0]} slices in "
                                              f"the cache but {depth} in the bank; rebuild the bank")
@@ -297,7 +294,7 @@ class SupportBank:
             images.append(np.asarray(image[nb.z], dtype=np.float32))
             labels.append(np.asarray(label[nb.z], dtype=np.uint8))
         if not images:
-            size = int(self.info.get("slice_size", 0))
+            size = self.info.slice_size
             return np.zeros((0, size, size), np.float32), np.zeros((0, size, size), np.uint8)
         return np.stack(images), np.stack(labels)
 
@@ -308,28 +305,26 @@ class SupportBank:
         bank saved those, only the cases being read must be unchanged (cases added to the
         cache later do not invalidate the bank). Otherwise the whole ``prepare.json`` must match.
         """
-        from ragsam.data.slice_dataset import read_prepare_json
-
         if not (self.prepared_dir / "prepare.json").is_file():
             raise InputError(self.prepared_dir, "the bank's prepared cache is missing (pass its new location)")
-        keys = self.info.get("case_keys") or {}
+        keys = self.info.case_keys
         if keys:
-            now = read_prepare_json(self.prepared_dir).get("cases", {})
-            changed = sorted(c for c in case_ids if (now.get(c) or {}).get("key") != keys.get(c))
+            now = CacheMeta.read(self.prepared_dir).cases
+            changed = sorted(c for c in case_ids if c not in now or now[c].key != keys.get(c))
         else:
-            same = file_sha256(self.prepared_dir / "prepare.json") == self.info.get("prepare_sha256")
+            same = file_sha256(self.prepared_dir / "prepare.json") == self.info.prepare_sha256
             changed = [] if same else sorted(set(case_ids))
         if changed:
             raise InputError(self.prepared_dir, f"cases {changed[:3]} of the prepared cache changed since the "
                                                 "bank was built; rebuild the bank with --force")
 
 
-def _locate_prepared(bank: Path, info: dict, override: str | os.PathLike | None) -> Path:
+def _locate_prepared(bank: Path, info: BankInfo, override: str | os.PathLike | None) -> Path:
     """The prepared cache: the override, else the recorded absolute path, else the relative one."""
     if override is not None:
         return Path(override).resolve()
-    recorded = Path(info.get("prepared_dir", ""))
+    recorded = Path(info.prepared_dir)
     if (recorded / "prepare.json").is_file():
         return recorded
-    relative = (bank.resolve() / info.get("prepared_dir_relative", "")).resolve()
+    relative = (bank.resolve() / info.prepared_dir_relative).resolve()
     return relative if (relative / "prepare.json").is_file() else recorded

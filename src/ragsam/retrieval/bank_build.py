@@ -29,13 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from ragsam.data.cache_meta import CacheMeta
 from ragsam.errors import InputError
+from ragsam.retrieval.bank_info import BankInfo
 from ragsam.utils.atomic import atomic_dir, check_writable, remove_stale_temporaries, write_json, write_text
+from ragsam.utils.fault_points import pause_at
 from ragsam.utils.locking import folder_lock
 from ragsam.utils.paths import resolve_inside
 
-BANK_FORMAT = "ragsam-support-bank"
-BANK_VERSION = 1
 METADATA_COLUMNS = ("row", "case_id", "z", "rel_z", "organs", "split")
 
 
@@ -137,7 +138,7 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         InputError: not a prepared cache, no labelled cases, bad settings.
         OutputExistsError: ``out_dir`` exists and ``force`` is false.
     """
-    from ragsam.data.slice_dataset import read_manifest, read_prepare_json
+    from ragsam.data.slice_dataset import read_manifest
     from ragsam.retrieval.embedder import build_embedder
     from ragsam.retrieval.faiss_index import INDEX_KINDS, build_index, save_index
 
@@ -151,7 +152,7 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     with folder_lock(out):  # one writer per bank; a second `index build` is refused
         remove_stale_temporaries(out)  # left by a killed build
         check_writable(out, force)
-        meta = read_prepare_json(prepared)
+        meta = CacheMeta.read(prepared)
         records = read_manifest(prepared)
         chosen = _select_cases(prepared, records, labelled_only, split, cases)
         if not chosen:
@@ -189,27 +190,24 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(METADATA_COLUMNS)
         writer.writerows((r[0], r[1], r[2], repr(r[3]), r[4], r[5]) for r in rows)
-        info = {
-            "format": BANK_FORMAT, "version": BANK_VERSION,
-            "prepared_dir": str(prepared),
-            "prepared_dir_relative": os.path.relpath(prepared, out.resolve()),
-            "prepare_sha256": file_sha256(prepared / "prepare.json"),
-            "case_keys": {c: meta["cases"][c]["key"] for c in chosen
-                          if isinstance(meta.get("cases", {}).get(c), dict) and "key" in meta["cases"][c]},
-            "slice_size": int(meta.get("settings", {}).get("size", arrays[chosen[0]][0].shape[-1])),
-            "kind": index_settings["kind"], "dim": embedder.dim, "count": len(rows),
-            "cases": chosen, "case_depths": {c: int(arrays[c][0].shape[0]) for c in chosen},
-            "labelled_cases": [c for c in chosen if arrays[c][1] is not None],
-            "settings": {"labelled_only": labelled_only, "split": split, "batch_size": batch_size,
-                         "pooling": identity["pooling"], "image_size": identity["image_size"],
-                         "index": index_settings},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        info = BankInfo(
+            prepared_dir=str(prepared), prepared_dir_relative=os.path.relpath(prepared, out.resolve()),
+            prepare_sha256=file_sha256(prepared / "prepare.json"),
+            case_keys={c: meta.cases[c].key for c in chosen if c in meta.cases and meta.cases[c].key},
+            slice_size=int(meta.settings.get("size", arrays[chosen[0]][0].shape[-1])),
+            kind=index_settings["kind"], dim=embedder.dim, count=len(rows),
+            cases=chosen, case_depths={c: int(arrays[c][0].shape[0]) for c in chosen},
+            labelled_cases=[c for c in chosen if arrays[c][1] is not None],
+            settings={"labelled_only": labelled_only, "split": split, "batch_size": batch_size,
+                      "pooling": identity["pooling"], "image_size": identity["image_size"], "index": index_settings},
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         with atomic_dir(out, force=force) as tmp:
             save_index(index, tmp / "index.faiss", force=True)
             write_text(tmp / "metadata.csv", text.getvalue())
             write_json(tmp / "embedder.json", identity)
-            write_json(tmp / "bank.json", info)
+            info.write(tmp)
+            pause_at("index-build:before-publish")
         return BankSummary(path=out, count=len(rows), cases=len(chosen), dim=embedder.dim,
                            kind=index_settings["kind"], embedder=identity["weights"],
                            seconds=time.perf_counter() - start)

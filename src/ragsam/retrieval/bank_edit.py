@@ -27,7 +27,7 @@ import io
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,7 +35,8 @@ import numpy as np
 
 from ragsam.errors import InputError
 from ragsam.retrieval.bank import ADDITIONS_DIR, METADATA_COLUMNS, SupportBank
-from ragsam.utils.atomic import atomic_dir, write_json, write_text
+from ragsam.retrieval.bank_info import BankInfo
+from ragsam.utils.atomic import atomic_dir, write_text
 
 ADDITION_PREFIX = "added-"
 ADDED_SPLIT = "added"
@@ -98,7 +99,7 @@ def recover_bank(bank_dir: str | os.PathLike) -> bool:
 def list_additions(bank_dir: str | os.PathLike) -> list[Addition]:
     """The additions recorded in a bank's ``bank.json``, oldest first."""
     bank = SupportBank.load(bank_dir)
-    return [Addition.from_json(d) for d in bank.info.get("additions", [])]
+    return [Addition.from_json(d) for d in bank.info.additions or []]
 
 
 def add_slices(bank_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray, source: str,
@@ -123,7 +124,7 @@ def add_slices(bank_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarr
     with bank_lock(bank_dir):
         recover_bank(bank_dir)
         bank = SupportBank.load(bank_dir)
-        size = int(bank.info.get("slice_size", images.shape[-1]))
+        size = bank.info.slice_size or int(images.shape[-1])
         _check_slices(bank, images, labels, size, source_slices, rel_z)
         if embedder is None:
             embedder = bank.embedder()
@@ -134,8 +135,7 @@ def add_slices(bank_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarr
             raise InputError(bank.path, problem)
         images = images.astype(np.float16).astype(np.float32)  # what the stored float16 slices hold
         vectors = embedder.embed(images)
-        info = dict(bank.info)
-        number = int(info.get("addition_counter", 0)) + 1
+        number = (bank.info.addition_counter or 0) + 1
         addition = Addition(f"{ADDITION_PREFIX}{number:04d}", str(source), [int(z) for z in source_slices],
                             sorted({int(o) for o in np.unique(labels) if o}),
                             added_by or _user(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -144,10 +144,10 @@ def add_slices(bank_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarr
                  ADDED_SPLIT) for i, lab in enumerate(labels)]
         index = bank.index
         index.add(vectors)
-        info.update(addition_counter=number, count=len(bank) + len(rows),
-                    additions=[*info.get("additions", []), asdict(addition)],
-                    labelled_cases=[*info.get("labelled_cases", []), addition.id],
-                    case_depths={**info.get("case_depths", {}), addition.id: len(rows)})
+        info = replace(bank.info, addition_counter=number, count=len(bank) + len(rows),
+                       additions=[*(bank.info.additions or []), asdict(addition)],
+                       labelled_cases=[*bank.info.labelled_cases, addition.id],
+                       case_depths={**bank.info.case_depths, addition.id: len(rows)})
         _swap(bank, index, _metadata_rows(bank) + rows, info, add=(addition.id, images, labels))
     return addition
 
@@ -162,13 +162,13 @@ def add_volume(bank_dir: str | os.PathLike, image_path: str | os.PathLike, label
     Raises:
         InputError: unreadable files, labels on another grid, a slice out of range, no labelled slice.
     """
-    from ragsam.data.slices import SliceSettings, volume_to_slices
+    from ragsam.data.slices import volume_to_slices
     from ragsam.data.volume import read_image, read_labels
 
     bank = SupportBank.load(bank_dir)
     image = read_image(image_path)
     labels = read_labels(labels_path, reference=image)
-    stack = volume_to_slices(image, labels, SliceSettings.from_json(bank.prepare_meta()["settings"]))
+    stack = volume_to_slices(image, labels, bank.prepare_meta().slice_settings)
     depth = len(stack.images)
     if slices is None:
         chosen = [z for z in range(depth) if stack.labels[z].any()]
@@ -195,7 +195,7 @@ def remove_addition(bank_dir: str | os.PathLike, addition_id: str) -> Addition:
     with bank_lock(bank_dir):
         recover_bank(bank_dir)
         bank = SupportBank.load(bank_dir)
-        entries = bank.info.get("additions", [])
+        entries = bank.info.additions or []
         found = [d for d in entries if d.get("id") == addition_id]
         if not found:
             known = ", ".join(d["id"] for d in entries) or "none"
@@ -211,10 +211,9 @@ def remove_addition(bank_dir: str | os.PathLike, addition_id: str) -> Addition:
         index.add(np.ascontiguousarray(vectors))
         rows = [r for r in _metadata_rows(bank) if r[1] != addition_id]
         rows = [(i, *r[1:]) for i, r in enumerate(rows)]
-        info = dict(bank.info)
-        info.update(count=len(rows), additions=[d for d in entries if d.get("id") != addition_id],
-                    labelled_cases=[c for c in info.get("labelled_cases", []) if c != addition_id],
-                    case_depths={c: d for c, d in info.get("case_depths", {}).items() if c != addition_id})
+        info = replace(bank.info, count=len(rows), additions=[d for d in entries if d.get("id") != addition_id],
+                       labelled_cases=[c for c in bank.info.labelled_cases if c != addition_id],
+                       case_depths={c: d for c, d in bank.info.case_depths.items() if c != addition_id})
         _swap(bank, index, rows, info, drop=addition_id)
     return Addition.from_json(found[0])
 
@@ -229,8 +228,7 @@ def _check_slices(bank: SupportBank, images: np.ndarray, labels: np.ndarray, siz
                                     f"{len(rel_z)} relative positions; give one of each per slice")
     if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
         raise InputError(bank.path, "slice images must hold finite values in [0, 1]")
-    names = (bank.prepare_meta().get("label_map") or {}).get("labels") or {}
-    known = {int(i) for i in names}
+    known = set(bank.prepare_meta().label_names)
     found = {int(o) for o in np.unique(labels) if o}
     if known and not found <= known:
         raise InputError(bank.path, f"label ids {sorted(found - known)} are not in the bank's label map "
@@ -245,7 +243,7 @@ def _metadata_rows(bank: SupportBank) -> list[tuple]:
                 for r in csv.DictReader(fh)]
 
 
-def _swap(bank: SupportBank, index, rows: list[tuple], info: dict,
+def _swap(bank: SupportBank, index, rows: list[tuple], info: BankInfo,
           add: tuple[str, np.ndarray, np.ndarray] | None = None, drop: str | None = None) -> None:
     """Write the edited bank next to the old one and swap it in (old files hard-linked)."""
     from ragsam.retrieval.faiss_index import save_index
@@ -266,7 +264,7 @@ def _swap(bank: SupportBank, index, rows: list[tuple], info: dict,
             np.save(folder / "label.npy", np.asarray(add[2], dtype=np.uint8))
         save_index(index, tmp / "index.faiss", force=True)
         write_text(tmp / "metadata.csv", text.getvalue())
-        write_json(tmp / "bank.json", info)
+        info.write(tmp)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -7,12 +7,12 @@ its :attr:`SliceEmbedder.identity` is saved with the bank so a query made with
 other weights, pooling or resolution is refused instead of silently returning
 meaningless neighbours.
 
-Weights (``build_embedder(weights=...)``):
+Weights (``build_embedder(weights=...)``, read by :func:`ragsam.models.dinov2.load_dinov2`):
 
 * a Hugging Face id (``facebook/dinov2-small`` 384-d, ``facebook/dinov2-base``
   768-d, ``-large`` 1024-d, ``-giant`` 1536-d) or a ``save_pretrained`` folder;
 * an official Meta ``.pth`` (``dinov2_vits14_pretrain.pth`` ...), converted by
-  :mod:`ragsam.retrieval.dinov2_weights`;
+  :mod:`ragsam.models.convert_dinov2`;
 * ``"random"``: the dinov2-small architecture, randomly initialised (seeded);
 * ``"tiny"``: a 2-layer, 32-wide DINOv2 for tests and demos (seeded).
 """
@@ -21,42 +21,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import Dinov2Config, Dinov2Model
+from transformers import Dinov2Model
 
-from ragsam.errors import InputError, MissingWeightsError
+from ragsam.errors import InputError
+from ragsam.models.dinov2 import NAMED_DINOV2, load_dinov2
 from ragsam.utils.device import resolve_device
 from ragsam.utils.precision import autocast
-from ragsam.utils.state_dict import check_loading_info, load_exactly
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POOLINGS = ("cls", "mean")
-NAMED_EMBEDDERS = ("random", "tiny")
-OFFICIAL_SUFFIXES = (".pth", ".pt")
-
-
-def dinov2_small_config() -> Dinov2Config:
-    """The facebook/dinov2-small architecture (ViT-S/14, 384-d, 12 layers, 6 heads, 518 px)."""
-    return Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
-                        patch_size=14, image_size=518, layer_norm_eps=1e-6)
-
-
-def tiny_config() -> Dinov2Config:
-    """A 2-layer, 32-wide DINOv2 (patch 14, 518 px grid) that runs in milliseconds on a CPU."""
-    return Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                        patch_size=14, image_size=518, layer_norm_eps=1e-6)
-
-
-def _seeded_model(config: Dinov2Config, seed: int) -> Dinov2Model:
-    """A randomly initialised model that is the same on every call (global RNG left untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return Dinov2Model(config).eval()
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -165,35 +143,6 @@ class SliceEmbedder:
         return out
 
 
-def _load_hf(weights: str) -> Dinov2Model:
-    """Load a transformers DINOv2 strictly (missing tensors are an error, not random init)."""
-    from transformers import AutoConfig
-
-    local = Path(weights).is_dir()
-    try:
-        config = AutoConfig.from_pretrained(weights)
-    except OSError as exc:
-        if local:
-            raise InputError(weights, f"not a Hugging Face model folder ({str(exc).splitlines()[0][:160]})") from None
-        raise MissingWeightsError(
-            f"{weights}: DINOv2 weights are not in the local Hugging Face cache and could not be "
-            f"downloaded; download them once with network access or pass a local folder or .pth") from None
-    if config.model_type != "dinov2":
-        raise InputError(weights, f"model type {config.model_type!r} is not a DINOv2 (expected 'dinov2')")
-    model, info = Dinov2Model.from_pretrained(weights, config=config, output_loading_info=True)
-    check_loading_info(info, weights, "DINOv2 weights", allow_unexpected=("classifier.*",))
-    return model.float().eval()
-
-
-def _load_official(path: Path) -> Dinov2Model:
-    from ragsam.retrieval.dinov2_weights import load_official_checkpoint
-
-    config, state = load_official_checkpoint(path)
-    model = Dinov2Model(config)
-    load_exactly(model, state, str(path), "the inferred DINOv2 architecture", "DINOv2 weights")
-    return model.float().eval()
-
-
 def build_embedder(weights: str | os.PathLike = "facebook/dinov2-small", pooling: str = "cls",
                    image_size: int = 224, device: str | torch.device | None = None,
                    batch_size: int = 32, seed: int = 0) -> SliceEmbedder:
@@ -216,40 +165,9 @@ def build_embedder(weights: str | os.PathLike = "facebook/dinov2-small", pooling
         >>> emb.embed(np.zeros((2, 3, 64, 64), np.float32)).shape
         (2, 32)
     """
-    name = str(weights)
-    path = Path(name).expanduser()
-    if name == "random":
-        model = _seeded_model(dinov2_small_config(), seed)
-    elif name == "tiny":
-        model = _seeded_model(tiny_config(), seed)
-    elif path.suffix in OFFICIAL_SUFFIXES or path.is_file():
-        if not path.is_file():
-            raise InputError(path, "weights file does not exist")
-        if path.suffix not in OFFICIAL_SUFFIXES:
-            raise InputError(path, f"unsupported weights file suffix {path.suffix!r} (expected .pth/.pt, "
-                                   "a Hugging Face folder or id, 'random' or 'tiny')")
-        model = _load_official(path)
-        name = str(path.resolve())
-    elif path.is_dir():
-        model = _load_hf(str(path))
-        name = str(path.resolve())
-    elif (repo := _preset_repo(name)) is not None:
-        model = _load_hf(repo)
-    elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        model = _load_hf(name)
-    else:
-        raise InputError(name, "no such DINOv2 weights (expected a Hugging Face id such as "
-                               "facebook/dinov2-small, a folder, an official .pth, 'random' or 'tiny')")
+    model, name = load_dinov2(weights, seed)
     return SliceEmbedder(model, name, pooling=pooling, image_size=image_size, device=device,
-                         batch_size=batch_size, seed=seed if name in NAMED_EMBEDDERS else None)
-
-
-def _preset_repo(name: str) -> str | None:
-    """The Hugging Face id of a DINOv2 weight preset (``dinov2-small`` ...), if ``name`` is one."""
-    from ragsam.hub.presets import PRESETS
-
-    preset = PRESETS.get(name)
-    return preset.hf_repo if preset is not None and preset.family == "dinov2" else None
+                         batch_size=batch_size, seed=seed if name in NAMED_DINOV2 else None)
 
 
 def identity_mismatch(expected: dict, actual: dict) -> str | None:

@@ -170,7 +170,7 @@ class Sam2MemorySegmenter:
     """SAM 2 memory encoder + memory attention + prompt-free decoder over retrieved supports.
 
     Args:
-        model: a ``Sam2VideoModel`` in eval mode (see :func:`ragsam.retrieval.sam2_model.build_sam2`).
+        model: a ``Sam2VideoModel`` in eval mode (see :func:`ragsam.models.sam2.build_sam2`).
         pointer_positions: ``"sequential"`` (support ``t`` of ``k`` is frame ``t``, the query
             frame ``k``: the video semantics) or ``"shared"`` (every support one frame
             before the query: order-invariant).

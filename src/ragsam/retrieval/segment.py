@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ragsam.errors import InputError
+from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
 from ragsam.retrieval.support_retrieval import retrieve_supports, support_memories
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
@@ -62,6 +63,7 @@ class SegmentSummary:
     exclude_cases: list[str] = field(default_factory=list)
     run: str | None = None
     hybrid_weight: float | None = None
+    skipped: bool = False  # already written by an earlier run with the same inputs and settings
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +150,7 @@ class RagSegmenter:
 
     Args:
         bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
-        sam2_weights: see :func:`ragsam.retrieval.sam2_model.build_sam2`.
+        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
         embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
             it must be the embedder the bank was built with.
         cache_size: encoded support slices kept in memory.
@@ -164,9 +166,9 @@ class RagSegmenter:
                  embedder: Any = None, cache_size: int = 256, device: str = "auto",
                  pointer_positions: str = "sequential", use_empty_supports: bool = True,
                  sam2_run: str | os.PathLike | None = None) -> None:
+        from ragsam.models.sam2 import build_sam2
         from ragsam.retrieval.bank import SupportBank
         from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-        from ragsam.retrieval.sam2_model import build_sam2
         from ragsam.utils.device import resolve_device
 
         if pointer_positions not in ("sequential", "shared"):
@@ -188,6 +190,20 @@ class RagSegmenter:
         self.seg = Sam2MemorySegmenter(self.model, pointer_positions=pointer_positions,  # type: ignore[arg-type]
                                        use_empty_supports=use_empty_supports)
         self.cache = SupportCache(cache_size, (self.info["source"], self.info.get("run"), self.info.get("run_weights")))
+
+    def reload_bank(self) -> None:
+        """Re-read the bank folder after slices were added or removed (``retrieval.bank_edit``).
+
+        Cached support memories stay valid: they are keyed by ``(case_id, z)`` and an
+        addition's id is never reused.
+        """
+        from ragsam.retrieval.bank import SupportBank
+
+        self.bank = SupportBank.load(self.bank_dir)
+
+    def encode_supports(self, neighbours: Sequence[Any]) -> list[Any]:
+        """Support memories of ``neighbours`` (bank rows), encoded now and kept in the cache."""
+        return support_memories(self.seg, self.bank, self.cache, neighbours)
 
     def segment(
         self,
@@ -213,7 +229,7 @@ class RagSegmenter:
                 propagation from the user's own slices), and these slices keep their labels.
                 Ignored with a fine-tuned run (hybrid): only the supports change there.
         """
-        from ragsam.data.slices import SliceSettings, slices_to_volume, volume_to_slices
+        from ragsam.data.slices import slices_to_volume, volume_to_slices
         from ragsam.data.volume import read_image, write_labels
 
         start = time.perf_counter()
@@ -231,7 +247,7 @@ class RagSegmenter:
 
         image = read_image(input_path, series_uid=series_uid)
         check_ct_like(image.array, input_path)
-        settings = SliceSettings.from_json(bank.prepare_meta()["settings"])
+        settings = bank.prepare_meta().slice_settings
         stack = volume_to_slices(image, None, settings)
         depth, size = stack.images.shape[0], stack.images.shape[-1]
         hits = retrieve_supports(bank, self.embedder, stack.images, k, excluded, z_prior, batch_size)
@@ -299,7 +315,7 @@ def segment_volume(
         input_path: CT image file or DICOM series folder (HU).
         output_path: label file to write (``.nii.gz`` recommended), on the input's grid.
         bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
-        sam2_weights: see :func:`ragsam.retrieval.sam2_model.build_sam2`.
+        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
         k: support slices per query slice (each adds a memory of (image_size/16)^2 tokens).
         embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
             it must be the embedder the bank was built with.
@@ -358,15 +374,27 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
         raise InputError(input_path, "no images found")
     outputs = case_output_paths([ref.case_id for ref in refs], output_path)
     _check_call(per_volume.get("hybrid_weight", 0.5), per_volume.get("batch_size", 8), per_volume.get("run_dir"))
-    for out in outputs:  # refuse before any work, so nothing is half-done
-        check_writable(out, force)
+    key = model_key(command="segment", bank=[file_digest(p) for p in sorted(Path(bank_dir).glob("*")) if p.is_file()],
+                    sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
+                    run=None if per_volume.get("run_dir") is None else
+                    [file_digest(Path(per_volume["run_dir"]) / n) for n in ("model.safetensors", "config.yaml")],
+                    sam2_run=None if sam2_run is None else
+                    [file_digest(Path(sam2_run) / n) for n in ("model.safetensors", "config.yaml")],
+                    **{k: v for k, v in per_volume.items() if k not in ("run_dir", "batch_size")})
+    plan = plan_cases(refs, outputs, key, force)  # refuses outputs that are not ragsam's before any model loads
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports, sam2_run)
-    summaries = []
-    for ref, out in zip(refs, outputs, strict=True):
-        report = None if progress is None else (lambda done, total, cid=ref.case_id: progress(cid, done, total))
-        summaries.append(segmenter.segment(ref.image, out, force=force, progress=report, **per_volume))
-    return summaries
+                             use_empty_supports, sam2_run) if plan.todo else None
+
+    def work(job: Any) -> tuple[SegmentSummary, dict[str, Any]]:
+        assert segmenter is not None
+        report = None if progress is None else (lambda done, total, cid=job.case_id: progress(cid, done, total))
+        summary = segmenter.segment(job.ref.image, job.output, force=True, progress=report, **per_volume)
+        return summary, summary.to_json()
+
+    def from_json(job: Any, recorded: dict[str, Any]) -> SegmentSummary:
+        return SegmentSummary(**{**recorded, "skipped": True})
+
+    return run_cases(plan, work, from_json)
 
 
 def _own_memories(seg: Any, images: np.ndarray, own: Mapping[int, np.ndarray],

@@ -8,6 +8,7 @@ polynomial decay (power 0.9) over 18,600 iterations, early stop at 14,880.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -195,8 +196,17 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
         (cfg.model.head_init in HEAD_INITS, f"model.head_init={cfg.model.head_init!r} is not one of "
                                             f"{', '.join(HEAD_INITS)}"),
         (o.warmup >= 0, f"optim.warmup={o.warmup} must be >= 0"),
-        (o.lr > 0, f"optim.lr={o.lr} must be > 0"),
+        (math.isfinite(o.lr) and o.lr > 0, f"optim.lr={o.lr} must be a finite number > 0"),
         (len(o.betas) == 2, f"optim.betas={o.betas} must be two numbers"),
+        (all(math.isfinite(b) and 0 <= b < 1 for b in o.betas), f"optim.betas={o.betas} must lie in [0, 1)"),
+        (math.isfinite(o.weight_decay) and o.weight_decay >= 0,
+         f"optim.weight_decay={o.weight_decay} must be a finite number >= 0"),
+        (math.isfinite(o.power) and o.power >= 0, f"optim.power={o.power} must be a finite number >= 0"),
+        (all(math.isfinite(w) and w >= 0 for w in (o.dice_weight, o.ce_weight)),
+         f"optim.dice_weight={o.dice_weight}, optim.ce_weight={o.ce_weight} must be finite numbers >= 0"),
+        (o.dice_weight + o.ce_weight > 0, "optim.dice_weight + optim.ce_weight must be > 0"),
+        (o.grad_clip is None or (math.isfinite(o.grad_clip) and o.grad_clip > 0),
+         f"optim.grad_clip={o.grad_clip} must be a finite number > 0 (or null for none)"),
         (cfg.data.context in (0, 1), f"data.context={cfg.data.context}: SAM takes 3 channels, so context "
                                      "must be 0 (slice repeated) or 1 (z-1, z, z+1)"),
         (cfg.data.num_workers >= -1, f"data.num_workers={cfg.data.num_workers} must be >= 0, or -1 for auto"),

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragsam.data.slice_dataset import SliceDataset, load_splits, read_prepare_json
+from ragsam.data.cache_meta import CacheMeta
+from ragsam.data.slice_dataset import SliceDataset, load_splits
 from ragsam.errors import InputError
 from ragsam.training.config import TrainConfig
 
@@ -33,7 +34,7 @@ class TrainData:
     dataset: SliceDataset
     train_indices: list[int]
     val_cases: dict[str, list[int]]
-    meta: dict[str, Any]
+    meta: CacheMeta
 
 
 def resolve_cases(entries: list[str], splits: dict[str, Any], known: list[str], prepared: Path,
@@ -84,8 +85,8 @@ def build_data(cfg: TrainConfig) -> TrainData:
     if not d.prepared:
         raise InputError(None, "no prepared slice cache given (data.prepared=... or --prepared DIR)")
     prepared = Path(d.prepared)
-    meta = read_prepare_json(prepared)
-    settings = meta.get("settings", {})
+    meta = CacheMeta.read(prepared)
+    settings = meta.settings
     size = d.size if d.size is not None else cfg.model.image_size
     if size != cfg.model.image_size:
         raise InputError(prepared, f"data.size={size} differs from model.image_size={cfg.model.image_size}")

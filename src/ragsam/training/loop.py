@@ -17,12 +17,15 @@ Host reads of device values (each one waits for the GPU queue to drain):
   loss sums, accumulated on the device in between (``sums.tolist()``);
 * at validation: predictions are copied to the host per batch
   (:mod:`ragsam.training.validate`);
+* every step: one boolean, "are the loss and the gradient norm finite?", read before the
+  optimiser step (as AMP's ``GradScaler`` reads ``found_inf``), so a NaN or Inf stops the
+  run with a clear error at the first step it appears, before it reaches the weights;
 * at checkpoints: the trainable tensors and optimiser moments;
 * multi-process only: the all-reduce of those logging values (at log time) and
   the broadcast of the stop flag (at validations and the last iteration only).
 
 Nothing else reads the device in a step: the learning rate is a Python float,
-``clip_grad_norm_`` scales on the device (no ``error_if_nonfinite``), AdamW's
+``clip_grad_norm_`` scales on the device (its norm feeds the finiteness flag), AdamW's
 step counts live on the host, and :class:`DiceCELoss` checks label ids only for
 CPU tensors (``one_hot`` with a given class count checks nothing on CUDA;
 ``build_data`` has checked every label id of the cache).
@@ -44,13 +47,18 @@ from torch import nn
 from ragsam.errors import InputError
 from ragsam.training.checkpoint import STATE_FILE, load_trainable_tensors, save_state, set_rng_state
 from ragsam.training.config import TrainConfig
-from ragsam.training.distributed import DistInfo, all_mean, broadcast_flag
+from ragsam.training.distributed import DistInfo, all_mean, all_reduce_sum, broadcast_flag
 from ragsam.training.logging_utils import NullLogger, fmt
 from ragsam.training.losses import DiceCELoss, LossParts, training_loss
 from ragsam.training.sampler import Batch, BatchStream
 from ragsam.training.schedule import WarmupPoly
 from ragsam.training.validate import ValResult, validate
+from ragsam.utils.fault_points import pause_at
 from ragsam.utils.precision import autocast
+
+
+class NonFiniteError(InputError):
+    """The loss or a gradient became NaN/Inf: the data or the optimiser settings are at fault."""
 
 
 @dataclass
@@ -155,6 +163,30 @@ def _validate(ctx: LoopContext, st: LoopState) -> ValResult:
     return res
 
 
+def _stop_if_not_finite(loss: torch.Tensor, trainable: list[nn.Parameter], grad_clip: float | None,
+                        iteration: int, info: DistInfo) -> None:
+    """Raise :class:`NonFiniteError` when the loss or the gradient norm is NaN/Inf (clips when asked).
+
+    In DDP the gradients are already all-reduced; the flag is all-reduced too, so every rank
+    stops together.
+    """
+    grads = [p.grad for p in trainable if p.grad is not None]
+    if grad_clip:
+        norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    elif grads:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    else:
+        norm = torch.zeros((), device=loss.device)
+    bad = (~torch.isfinite(loss.float())) | (~torch.isfinite(norm.float()))
+    if info.distributed:
+        bad = all_reduce_sum(bad.to(torch.float64).reshape(1), info) > 0
+    if bool(bad.item()):
+        what = "loss" if not math.isfinite(float(loss)) else "gradient norm"
+        raise NonFiniteError(None, f"training stopped at iteration {iteration}: the {what} is not finite "
+                                   f"(loss {float(loss):g}, gradient norm {float(norm):g}); check the images "
+                                   "for extreme values and lower optim.lr")
+
+
 def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> LoopState:
     """Train from ``st.iteration`` to the configured end (or early stop).
 
@@ -189,8 +221,7 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
                 parts = step(ctx.model, batch, info, loss_fn, o)
                 (parts.total / o.grad_accum).backward()
             sums += torch.stack((parts.total, parts.dice, parts.ce)).detach() / o.grad_accum
-        if o.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
+        _stop_if_not_finite(sums[0], trainable, o.grad_clip, it + 1, info)
         ctx.optimizer.step()
         st.iteration = it + 1
 
@@ -217,6 +248,7 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
             st.done = broadcast_flag(st.done, info)
         if st.done or st.iteration % cfg.checkpoint_every == 0:
             _checkpoint(ctx, st)
+        pause_at(f"train:iteration-{st.iteration}")
         if stop_after is not None and st.iteration >= stop_after and not st.done:
             return st
     return st

@@ -56,7 +56,7 @@ class RagModelConfig:
     """The SAM 2 that is fine-tuned and how it reads its supports.
 
     Attributes:
-        weights: SAM 2 weights (see :func:`ragsam.retrieval.sam2_model.build_sam2`).
+        weights: SAM 2 weights (see :func:`ragsam.models.sam2.build_sam2`).
         num_classes: K organs (label ids 1..K); ``None``: the largest id of the cache's label map.
         pointer_positions, use_empty_supports: as :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
         peft: what trains.

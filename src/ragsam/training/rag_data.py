@@ -85,9 +85,8 @@ class EpisodeData:
     num_classes: int
 
 
-def _num_classes(cfg: RagTrainConfig, meta: dict, organs: set[int], source: Path) -> int:
-    labels = meta.get("label_map", {}).get("labels", {})
-    k = cfg.model.num_classes or max([int(i) for i in labels] + list(organs) + [1])
+def _num_classes(cfg: RagTrainConfig, meta: Any, organs: set[int], source: Path) -> int:
+    k = cfg.model.num_classes or max([int(i) for i in meta.label_names] + list(organs) + [1])
     if organs and max(organs) > k:
         raise InputError(source, f"label ids {sorted(o for o in organs if o > k)} exceed model.num_classes={k}")
     return k
@@ -102,7 +101,8 @@ def build_episodes(cfg: RagTrainConfig, device: str = "cpu") -> EpisodeData:
         InputError: no bank, unknown cases, train/val overlap, caches of different slice
             sizes or windows, no training slices, too few supports outside a query's case.
     """
-    from ragsam.data.slice_dataset import load_splits, read_manifest, read_prepare_json
+    from ragsam.data.cache_meta import CacheMeta
+    from ragsam.data.slice_dataset import load_splits, read_manifest
     from ragsam.retrieval.bank import SupportBank
     from ragsam.retrieval.support_retrieval import retrieve_supports
 
@@ -111,11 +111,12 @@ def build_episodes(cfg: RagTrainConfig, device: str = "cpu") -> EpisodeData:
         raise InputError(None, "no support bank given (data.bank=... or --bank DIR; build one with `ragsam index build`)")
     bank = SupportBank.load(d.bank)
     prepared = Path(d.prepared) if d.prepared else bank.prepared_dir
-    meta, bank_meta = read_prepare_json(prepared), bank.prepare_meta()
-    mine, theirs = meta.get("settings", {}), bank_meta.get("settings", {})
+    meta, bank_meta = CacheMeta.read(prepared), bank.prepare_meta()
+    mine, theirs = meta.slice_settings, bank_meta.slice_settings
     for key in ("size", "window"):
-        if mine.get(key) != theirs.get(key):
-            raise InputError(prepared, f"slice {key} {mine.get(key)} differs from the bank's cache ({theirs.get(key)})")
+        if getattr(mine, key) != getattr(theirs, key):
+            raise InputError(prepared, f"slice {key} {getattr(mine, key)} differs from the bank's cache "
+                                       f"({getattr(theirs, key)})")
     records = read_manifest(prepared)
     known = list(dict.fromkeys(r.case_id for r in records))
     splits = load_splits(prepared)

@@ -90,8 +90,8 @@ class RagEpisodeModel(nn.Module):
 
 def build_rag_model(cfg: RagTrainConfig, device: str | torch.device = "cpu") -> RagEpisodeModel:
     """SAM 2 of ``cfg.model.weights`` with ``cfg.model.peft`` applied, wrapped for episodes, on ``device``."""
+    from ragsam.models.sam2 import build_sam2
     from ragsam.peft.sam2 import apply_sam2_peft
-    from ragsam.retrieval.sam2_model import build_sam2
 
     if cfg.model.num_classes is None:
         raise InputError(None, "model.num_classes is not resolved (build the episodes first)")
@@ -123,16 +123,16 @@ def load_sam2_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"
     Args:
         merge: fold LoRA into the base weights (same outputs, faster).
     Returns:
-        ``(Sam2VideoModel, info)`` as :func:`ragsam.retrieval.sam2_model.build_sam2`, with ``info["run"]``
+        ``(Sam2VideoModel, info)`` as :func:`ragsam.models.sam2.build_sam2`, with ``info["run"]``
         (the folder) and ``info["run_weights"]`` (the weights' sha256), which key the support cache.
     Raises:
         InputError: not a train-rag run, unfinished run, tensors that do not fit.
     """
+    from ragsam.models.sam2 import build_sam2
     from ragsam.peft.apply import load_trainable
     from ragsam.peft.lora import merge_lora
     from ragsam.peft.sam2 import apply_sam2_peft
     from ragsam.retrieval.bank_build import file_sha256
-    from ragsam.retrieval.sam2_model import build_sam2
 
     cfg = read_rag_run_config(run_dir)
     path = Path(run_dir) / weights

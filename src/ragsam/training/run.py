@@ -26,7 +26,6 @@ are saved) is a :class:`TrainingTask` (``SAM_TASK`` here, ``RAG_TASK`` in
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ragsam.config import dump_config, load_config, to_dict
+from ragsam.config import dump_config, to_dict
 from ragsam.errors import InputError
 from ragsam.training.checkpoint import STATE_FILE, load_state
 from ragsam.training.config import TrainConfig, resolve_grad_accum, validate
@@ -45,6 +44,7 @@ from ragsam.training.distributed import DistInfo, barrier, cleanup, setup
 from ragsam.training.logging_utils import NullLogger, RunLogger
 from ragsam.training.loop import LoopContext, LoopState, restore_loop_state, run_loop
 from ragsam.training.run_folder import RunFolder, clear_run_files, plan_folder, publish
+from ragsam.training.run_info import RunInfo
 from ragsam.training.sampler import BatchStream, resolve_num_workers
 from ragsam.training.schedule import WarmupPoly
 from ragsam.utils.atomic import write_json, write_text
@@ -111,7 +111,7 @@ SAM_TASK = TrainingTask(
 
 def resume_config(run_dir: Path, given: Any, task: TrainingTask = SAM_TASK) -> Any:
     """The run's saved configuration; ``given`` (if any) may differ only in harmless keys."""
-    saved = load_config(task.config_cls, run_dir / "config.yaml")
+    saved = RunInfo.read_config(run_dir, task.config_cls)
     if given is None:
         return saved
     a, b = _flat(to_dict(saved)), _flat(to_dict(given))
@@ -180,7 +180,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, for
 
 def _saved_device(run_dir: Path, config_cls: type = TrainConfig) -> str:
     try:
-        return load_config(config_cls, run_dir / "config.yaml").device
+        return RunInfo.read_config(run_dir, config_cls).device
     except Exception:  # noqa: BLE001 - reported properly once the folder is planned
         return "auto"
 
@@ -230,8 +230,7 @@ def _train_in(cfg: Any, folder: RunFolder, info: DistInfo, stop_after: int | Non
         save_trainable(task.saved_module(model), path, {**meta_base, **extra})
 
     def write_val(s: LoopState) -> None:
-        write_json(run_dir / "val.json", {"best": {"iteration": s.best_iteration, "mean_dice": s.best_score},
-                                          "history": s.history}, force=True)
+        RunInfo(best_iteration=s.best_iteration, best_dice=s.best_score, history=s.history).write_val(run_dir)
 
     validator = None if task.validator is None else (lambda: task.validator(model, data, info))
     ctx = LoopContext(cfg, run_dir, info, ddp, model, optimizer, schedule, stream, data.dataset,
@@ -254,9 +253,3 @@ def _train_in(cfg: Any, folder: RunFolder, info: DistInfo, stop_after: int | Non
     barrier(info)
     if st.done and info.is_main:
         publish(folder)
-
-
-def read_val(run_dir: str | Path) -> dict:
-    """``val.json`` of a run (empty dict when there is none)."""
-    path = Path(run_dir) / "val.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.training.checkpoint import STATE_FILE
+from ragsam.training.run_info import CONFIG_FILE, VAL_FILE
 from ragsam.utils.atomic import remove_stale_temporaries, replace_dir
 from ragsam.utils.folders import copy_entries
 
-RUN_FILES = ("config.yaml", "model.safetensors", "last.safetensors", "log.csv", "val.json")
+RUN_FILES = (CONFIG_FILE, "model.safetensors", "last.safetensors", "log.csv", VAL_FILE)
 RUN_DIRS = ("checkpoints", "debug")
 
 

@@ -84,10 +84,24 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
+        _follow_umask(tmp)
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _follow_umask(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the usual permissions (writers such as
+    safetensors' ``save_file`` create 0600 files whatever the umask)."""
+    umask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~umask)
 
 
 _RENAME_EXCHANGE = 2

@@ -9,8 +9,9 @@ started the same command twice usually wants to know).
 The lock file is ``<parent>/.<name>.lock``, beside the folder rather than inside it, so
 that it survives the folder being swapped for a new one (``atomic_dir``) and a refused
 command into a new folder leaves no folder behind. The kernel drops the lock when the
-process exits or is killed (``kill -9`` included); the holder removes the file on a
-normal exit, and a file left by a killed process is simply locked again by the next run.
+process exits or is killed (``kill -9`` included); the holder removes the file (and the
+parent folders it had to create, if they stayed empty) on a normal exit, and a file left
+by a killed process is simply locked again by the next run.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Pat
     if not enabled:
         yield path
         return
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -80,3 +82,8 @@ def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Pat
         with contextlib.suppress(OSError):
             path.unlink()  # while still holding it, so nobody locks a file that is going away
         os.close(fd)
+        for folder in created:  # parents made for the lock file, left empty by a refused command
+            try:
+                folder.rmdir()
+            except OSError:
+                break

@@ -1,4 +1,4 @@
-"""Official SAM 2 checkpoint names -> transformers names (ragsam.retrieval.sam2_convert).
+"""Official SAM 2 checkpoint names -> transformers names (ragsam.models.convert_sam2).
 
 Limits: no real Meta checkpoint exists here. The tests check the mapping on the
 tiny architecture written in the official layout (inverse mapping -> .pt ->
@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from ragsam.errors import InputError
-from ragsam.retrieval.sam2_convert import (
+from ragsam.models.convert_sam2 import (
     convert_official_state_dict,
     is_official_layout,
     official_config,
     to_official_state_dict,
 )
+from ragsam.models.sam2 import build_sam2
 from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-from ragsam.retrieval.sam2_model import build_sam2
 
 S = 128
 

@@ -50,6 +50,7 @@ from torch import Tensor
 from transformers import Sam2VideoConfig
 
 from ragsam.errors import InputError
+from ragsam.models.convert_sam import SAM_RENAMES, prefix_rules
 
 # name: (embed_dim, heads, blocks per stage, global attention blocks, window spec, pos-embed background)
 HIERA_VARIANTS: dict[str, tuple[int, int, list[int], list[int], list[int], list[int]]] = {
@@ -72,14 +73,7 @@ _RENAMES: list[tuple[str, str]] = [
     (r"\.norm_final_attn\.", ".layer_norm_final_attn."),
     (r"^memory_attention\.norm\.", "memory_attention.layer_norm."),
     (r"\.out_proj\.", ".o_proj."),
-    (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-    (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-    (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
-    (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-    (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-    (r"^prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-    (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-    (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
+    *prefix_rules(SAM_RENAMES),  # shared with SAM (ragsam.models.convert_sam)
     (r"^memory_encoder\.pix_feat_proj\.", "memory_encoder.feature_projection."),
     (r"^memory_encoder\.o_proj\.", "memory_encoder.projection."),
     (r"^memory_encoder\.fuser\.", "memory_encoder.memory_fuser."),
@@ -273,15 +267,8 @@ def to_official_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         for pattern, repl in (
             (r"^vision_encoder\.backbone\.", "image_encoder.trunk."),
             (r"^vision_encoder\.neck\.convs\.(\d+)\.", r"image_encoder.neck.convs.\1.conv."),
-            (r"^prompt_encoder\.mask_embed\.conv1\.", "sam_prompt_encoder.mask_downscaling.0."),
-            (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "sam_prompt_encoder.mask_downscaling.1."),
-            (r"^prompt_encoder\.mask_embed\.conv2\.", "sam_prompt_encoder.mask_downscaling.3."),
-            (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "sam_prompt_encoder.mask_downscaling.4."),
-            (r"^prompt_encoder\.mask_embed\.conv3\.", "sam_prompt_encoder.mask_downscaling.6."),
+            *prefix_rules(SAM_RENAMES, inverse=True),  # the shared SAM table, backwards
             (r"^prompt_encoder\.", "sam_prompt_encoder."),
-            (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
-            (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
-            (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
             (r"^mask_decoder\.", "sam_mask_decoder."),
             (r"^object_pointer_proj\.", "obj_ptr_proj."),
             (r"^temporal_positional_encoding_projection_layer\.", "obj_ptr_tpos_proj."),

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import SamModel
 
-from ragsam.baselines.sam_model import load_prompt_sam
 from ragsam.errors import InputError
+from ragsam.models.load_report import LoadReport
+from ragsam.models.promptable_sam import load_prompt_sam
 from ragsam.models.registry import get_arch, sam_config
 
 
@@ -24,7 +25,7 @@ def test_random_weights_are_seeded_and_restore_the_global_generator() -> None:
     key = "mask_decoder.output_hypernetworks_mlps.1.proj_in.weight"
     assert torch.equal(a.state_dict()[key], b.state_dict()[key])
     assert not torch.equal(a.state_dict()[key], c.state_dict()[key])
-    assert report == {"source": "random", "arch": "tiny", "image_size": 128, "resized": []}
+    assert report == LoadReport(source="random", arch="tiny", image_size=128)
     assert a.mask_decoder.num_mask_tokens == 4 and not a.training
 
 
@@ -32,12 +33,12 @@ def test_hugging_face_folder_round_trip(tmp_path: Path) -> None:
     model, _ = load_prompt_sam("tiny", "random", seed=3)
     model.save_pretrained(tmp_path / "sam-tiny")
     loaded, report = load_prompt_sam("tiny", str(tmp_path / "sam-tiny"))
-    assert report["resized"] == []
+    assert report.resized == []
     reference = model.state_dict()
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, reference[key]), key
     small, report = load_prompt_sam("tiny", str(tmp_path / "sam-tiny"), image_size=64)
-    assert small.config.vision_config.image_size == 64 and "vision_encoder.pos_embed" in report["resized"]
+    assert small.config.vision_config.image_size == 64 and "vision_encoder.pos_embed" in report.resized
     assert small.get_image_embeddings(torch.zeros(1, 3, 64, 64)).shape == (1, 32, 4, 4)
 
 

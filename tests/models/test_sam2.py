@@ -1,4 +1,4 @@
-"""Building and loading SAM 2 (ragsam.retrieval.sam2_model)."""
+"""Building and loading SAM 2 (ragsam.models.sam2)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ragsam.errors import InputError
+from ragsam.models.sam2 import OBJECT_SCORE_BIAS, build_sam2, tiny_sam2_config
 from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
-from ragsam.retrieval.sam2_model import OBJECT_SCORE_BIAS, build_sam2, tiny_sam2_config
 
 S = 128
 

@@ -16,6 +16,7 @@ import torch
 from transformers import SamModel
 
 from ragsam.errors import InputError
+from ragsam.models.load_report import LoadReport
 from ragsam.models.registry import get_arch, sam_config
 from ragsam.models.resize import resize_position_tensors
 from ragsam.models.vit_attention import set_vit_attention
@@ -26,7 +27,7 @@ SAM_MASK_TOKENS = 4
 """SAM's own decoder: token 0 = single-mask output, tokens 1-3 = the multimask outputs."""
 
 
-def load_prompt_sam(arch: str, weights: str, image_size: int | None = None, seed: int = 0) -> tuple[SamModel, dict]:
+def load_prompt_sam(arch: str, weights: str, image_size: int | None = None, seed: int = 0) -> tuple[SamModel, LoadReport]:
     """A promptable ``SamModel`` of ``arch`` holding ``weights``, in eval mode on the CPU.
 
     Args:
@@ -37,7 +38,7 @@ def load_prompt_sam(arch: str, weights: str, image_size: int | None = None, seed
             (1024 for SAM). Other sizes resize the position embeddings.
         seed: seed of the random initialisation (``"random"`` only).
     Returns:
-        (model, report) where report has ``source``, ``arch``, ``image_size`` and ``resized`` keys.
+        ``(model, report)``; the :class:`LoadReport` says ``image_size`` and which position tensors were resized.
     Raises:
         InputError: unknown architecture, unreadable weights, another architecture's checkpoint,
             missing / unexpected / mis-shaped keys.
@@ -45,7 +46,7 @@ def load_prompt_sam(arch: str, weights: str, image_size: int | None = None, seed
     spec = get_arch(arch)
     size = int(image_size or spec.pretrain_size)
     config = sam_config(spec, size, num_mask_tokens=SAM_MASK_TOKENS)
-    report: dict = {"source": weights, "arch": arch, "image_size": size, "resized": []}
+    report = LoadReport(source=weights, arch=arch, image_size=size)
     if weights == "random":
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
@@ -67,7 +68,7 @@ def load_prompt_sam(arch: str, weights: str, image_size: int | None = None, seed
                                   f"promptable {SAM_MASK_TOKENS}-token head; prompted baselines need the original "
                                   "SAM or MedSAM weights")
     model = SamModel(config)
-    report["resized"] = resize_position_tensors(state, {k: v.shape for k, v in model.state_dict().items()})
+    report.resized = resize_position_tensors(state, {k: v.shape for k, v in model.state_dict().items()})
     load_exactly(model, state, weights, f"{arch!r} with SAM's {SAM_MASK_TOKENS}-token head")
     set_vit_attention(model.vision_encoder, "fused")  # same function as the stock blocks, faster
     return model.eval(), report

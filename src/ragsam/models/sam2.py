@@ -5,7 +5,7 @@
 * a Hugging Face id or local folder (``Sam2VideoModel.from_pretrained``, e.g.
   ``facebook/sam2.1-hiera-tiny``; folders saved with ``save_pretrained`` too);
 * an official Meta ``.pt`` checkpoint (``sam2.1_hiera_tiny.pt``; ``{"model": state_dict}``,
-  read with ``torch.load(weights_only=True)`` and renamed by :mod:`ragsam.retrieval.sam2_convert`);
+  read with ``torch.load(weights_only=True)`` and renamed by :mod:`ragsam.models.convert_sam2`);
 * ``"random"``: the SAM 2.1 Hiera-tiny configuration, randomly initialised (seeded);
 * ``"tiny"``: a much smaller SAM 2 (128 px input, five Hiera blocks, 128 channels)
   that segments a slice in milliseconds on a CPU (seeded), for tests and demos.
@@ -33,7 +33,7 @@ import torch
 from transformers import Sam2VideoConfig, Sam2VideoModel
 
 from ragsam.errors import InputError, MissingWeightsError
-from ragsam.retrieval.sam2_convert import convert_official_state_dict, is_official_layout, official_config
+from ragsam.models.convert_sam2 import convert_official_state_dict, is_official_layout, official_config
 from ragsam.utils.device import resolve_device
 from ragsam.utils.state_dict import check_loading_info, load_exactly
 

@@ -1,0 +1,231 @@
+"""Scans segmented in the app: upload, segment in a worker thread, correct, add to the bank, re-segment.
+
+A scan lives in ``<work>/scans/<id>/``::
+
+    input/<file>.nii.gz  or  input/dicom/...   the upload (a NIfTI file, or a zip of one DICOM series)
+    labels.nii.gz                              the current labels, on the input's grid (download)
+
+An upload is validated with the readers the command line uses (``read_image`` and the
+CT check of ``ragsam segment``); a bad file gets the same one-line message and leaves
+nothing behind. Corrections arrive as a label volume on the input grid; the slices
+that differ from the current labels (canonical z, the bank's slice order) become the
+scan's corrected slices. Those are what "add to bank" appends
+(:func:`ragsam.retrieval.bank_edit.add_slices`) and what re-segmentation passes as
+``own_supports`` to :meth:`RagSegmenter.segment`.
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import secrets
+import shutil
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragsam.errors import InputError, RagsamError
+from ragsam.utils.paths import resolve_inside
+
+MODES = ("rag", "finetuned", "hybrid")
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".zip")
+MAX_UNZIPPED_BYTES = 4 << 30
+
+
+@dataclass
+class Scan:
+    """One uploaded scan and its segmentation state (what the page polls)."""
+
+    id: str
+    name: str
+    folder: Path
+    input: Path
+    mode: str
+    state: str = "queued"          # queued | running | done | error
+    done: int = 0
+    total: int = 0
+    error: str | None = None
+    corrected: set[int] = field(default_factory=set)
+    added: list[str] = field(default_factory=list)
+    runs: int = 0
+    stack: Any = None              # SliceStack of the input, sliced with the bank's settings
+
+    @property
+    def labels_path(self) -> Path:
+        return self.folder / "labels.nii.gz"
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "name": self.name, "mode": self.mode, "state": self.state, "done": self.done,
+                "total": self.total, "error": self.error, "corrected": sorted(self.corrected),
+                "added": list(self.added), "runs": self.runs,
+                "image": ["scans", str(self.input.relative_to(self.folder.parent))],
+                "labels": ["scans", f"{self.id}/labels.nii.gz"] if self.runs else None}
+
+
+class ScanStore:
+    """The app's scans and the one worker thread that segments them (models are used one job at a time).
+
+    Args:
+        folder: ``<work>/scans``.
+        engine: the :class:`ragsam.app.engine.Engine` holding the models.
+    """
+
+    def __init__(self, folder: Path, engine: Any) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.engine = engine
+        self.scans: dict[str, Scan] = {}
+        self.lock = threading.Lock()
+        self.jobs: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, name="ragsam-app-worker", daemon=True).start()
+
+    # ----------------------------------------------------------------- upload
+    def create(self, name: str, data: bytes, mode: str) -> Scan:
+        """Validate and store an upload, then queue its segmentation.
+
+        Raises:
+            InputError: ``<name>: <problem>``, as the command line words it; nothing is kept.
+        """
+        safe = Path(name).name
+        if not safe.lower().endswith(UPLOAD_SUFFIXES):
+            raise InputError(safe, "not a NIfTI file (.nii, .nii.gz) or a zip of a DICOM series")
+        if mode not in MODES:
+            raise InputError(None, f"mode {mode!r} is not one of {', '.join(MODES)}")
+        self.engine.check_mode(mode)
+        scan_id = secrets.token_hex(4)
+        tmp = self.folder / f".{scan_id}.tmp"
+        tmp.mkdir()
+        try:
+            path = self._store(tmp / "input", safe, data)
+            self.engine.check_scan(path)
+            final = self.folder / scan_id
+            tmp.rename(final)
+        except RagsamError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise InputError(safe, problem) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        scan = Scan(scan_id, safe, final, final / path.relative_to(tmp), mode)
+        with self.lock:
+            self.scans[scan_id] = scan
+        self.jobs.put((scan, {}))
+        return scan
+
+    @staticmethod
+    def _store(folder: Path, name: str, data: bytes) -> Path:
+        folder.mkdir()
+        if not name.lower().endswith(".zip"):
+            (folder / name).write_bytes(data)
+            return folder / name
+        dicom = folder / "dicom"
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                members = [m for m in archive.infolist() if not m.is_dir()]
+                if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
+                    raise InputError(name, f"unzips to more than {MAX_UNZIPPED_BYTES >> 30} GiB")
+                for member in members:
+                    target = resolve_inside(dicom, member.filename, name)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(archive.read(member))
+        except zipfile.BadZipFile:
+            raise InputError(name, "not a readable zip file") from None
+        if not dicom.is_dir():
+            raise InputError(name, "the zip file is empty")
+        files = [p for p in dicom.rglob("*") if p.is_file()]
+        parents = {p.parent for p in files}
+        return parents.pop() if len(parents) == 1 else dicom
+
+    # --------------------------------------------------------------- queries
+    def get(self, scan_id: str) -> Scan:
+        with self.lock:
+            scan = self.scans.get(scan_id)
+        if scan is None:
+            raise InputError(None, f"no scan {scan_id!r}")
+        return scan
+
+    def all(self) -> list[Scan]:
+        with self.lock:
+            return list(self.scans.values())
+
+    # ------------------------------------------------------------ correction
+    def save_correction(self, scan: Scan, data: bytes) -> list[int]:
+        """Replace the scan's labels with an edited volume (NIfTI bytes on the input grid).
+
+        Returns:
+            The scan's corrected canonical slices so far (sorted).
+        Raises:
+            InputError: unreadable labels, another grid, or a scan not segmented yet.
+        """
+        from ragsam.data.slices import to_canonical
+        from ragsam.data.volume import read_image, read_labels, write_labels
+
+        if scan.state != "done":
+            raise InputError(None, f"scan {scan.name} is not segmented yet")
+        suffix = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
+        edit_path = scan.folder / f"correction{suffix}"
+        edit_path.write_bytes(data)
+        try:
+            image = read_image(scan.input)
+            edited = read_labels(edit_path, reference=image)
+            current = read_labels(scan.labels_path, reference=image)
+        finally:
+            edit_path.unlink(missing_ok=True)
+        grid = scan.stack.grid
+        changed = to_canonical(edited.array != current.array, grid.axes, grid.flips).any(axis=(1, 2))
+        write_labels(edited.array.astype(np.uint8), image.geometry, scan.labels_path, force=True)
+        scan.corrected |= {int(z) for z in np.flatnonzero(changed)}
+        return sorted(scan.corrected)
+
+    def corrected_slices(self, scan: Scan) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """``(z list, images float32 (m, S, S), labels uint8 (m, S, S))`` of the corrected slices."""
+        from ragsam.data.slices import volume_to_slices
+        from ragsam.data.volume import read_image, read_labels
+
+        zs = sorted(scan.corrected)
+        image = read_image(scan.input)
+        stack = volume_to_slices(image, read_labels(scan.labels_path, reference=image), self.engine.settings())
+        return zs, stack.images[zs], stack.labels[zs]
+
+    def add_to_bank(self, scan: Scan) -> dict:
+        """Append the scan's corrected slices to the bank (one addition); returns it as JSON."""
+        if not scan.corrected:
+            raise InputError(None, f"scan {scan.name} has no corrected slice to add")
+        zs, images, labels = self.corrected_slices(scan)
+        depth = len(scan.stack.images)
+        addition = self.engine.add_slices(images, labels, f"app upload {scan.name} ({scan.id})", zs,
+                                          [z / (depth - 1) if depth > 1 else 0.0 for z in zs])
+        scan.added.append(addition.id)
+        return {"id": addition.id, "slices": addition.source_slices, "organs": addition.organs}
+
+    def resegment(self, scan: Scan) -> None:
+        """Queue a new segmentation with the scan's corrected slices as its own supports."""
+        own = {}
+        if scan.corrected:
+            zs, _, labels = self.corrected_slices(scan)
+            own = dict(zip(zs, labels, strict=True))
+        scan.state, scan.done, scan.error = "queued", 0, None
+        self.jobs.put((scan, own))
+
+    # ----------------------------------------------------------------- worker
+    def _work(self) -> None:
+        while True:
+            scan, own = self.jobs.get()
+            scan.state = "running"
+
+            def progress(done: int, total: int, scan: Scan = scan) -> None:
+                scan.done, scan.total = done, total
+
+            try:
+                scan.stack = self.engine.segment(scan.input, scan.labels_path, scan.mode, progress, own)
+                scan.runs += 1
+                scan.state = "done"
+            except RagsamError as exc:
+                scan.state, scan.error = "error", str(exc).replace(str(scan.folder), scan.name)
+            except Exception as exc:  # noqa: BLE001 - shown in the page, the server keeps running
+                scan.state, scan.error = "error", f"internal error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,267 @@
+"""The app's HTTP interface (Starlette): the page, files from the given folders, and a small JSON API.
+
+Routes::
+
+    GET  /                               the page (static/index.html)
+    GET  /static/...                     page scripts, NiiVue bundle
+    GET  /files/<root>/<path>            a file inside one of the given folders (resolve_inside)
+    GET  /api/info                       organs (names, colours), modes, window presets, k
+    GET  /api/cases                      dataset cases with ground truth and predictions
+    GET  /api/metrics?case=&method=      per-organ Dice / HD95 of a prediction against ground truth
+    GET  /api/supports?root=&path=&mm=   supports retrieved for the slice through a RAS mm point
+    GET  /api/thumb/<case>/<z>.png       a bank slice with its labels
+    GET  /api/scans, /api/scans/<id>     uploaded scans and their progress
+    POST /api/scans?name=&mode=          upload (raw body) and segment
+    PUT  /api/scans/<id>/labels          save corrected labels (NIfTI body on the input grid)
+    POST /api/scans/<id>/add             add the corrected slices to the bank
+    POST /api/scans/<id>/resegment       segment again with the corrected slices as supports
+
+Safety: every request must carry the session token when one is set (query ``token``,
+header ``X-Ragsam-Token`` or the cookie the page gets); the ``Host`` header must name
+the address the app serves (no DNS rebinding); state-changing requests need the header
+``X-Ragsam: 1`` (a cross-site form cannot send it); request bodies above the upload
+limit are refused with 413 before they are stored. User errors come back as
+``{"error": "<path>: <problem>"}`` with status 400, the command line's one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ragsam.app.catalog import Catalog, organ_table
+from ragsam.app.engine import Engine
+from ragsam.app.scans import MODES, ScanStore
+from ragsam.errors import InputError, RagsamError
+
+STATIC = Path(__file__).parent / "static"
+WINDOWS = {"abdomen": [-125, 275], "soft tissue": [-160, 240], "liver": [-45, 155], "bone": [-450, 1050],
+           "lung": [-1350, 150]}
+COOKIE = "ragsam_token"
+
+
+class Guard:
+    """ASGI middleware: token, Host check, CSRF header, body size limit."""
+
+    def __init__(self, app: ASGIApp, token: str | None, hosts: set[str], max_bytes: int) -> None:
+        self.app, self.token, self.hosts, self.max_bytes = app, token, hosts, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        host = request.headers.get("host", "")
+        if host not in self.hosts:
+            await JSONResponse({"error": f"host {host!r} is not served here"}, 403)(scope, receive, send)
+            return
+        given = request.query_params.get("token") or request.headers.get("x-ragsam-token") \
+            or request.cookies.get(COOKIE) or ""
+        if self.token is not None and not hmac.compare_digest(given.encode(), self.token.encode()):
+            await JSONResponse({"error": "missing or wrong token (use the URL printed at start)"}, 401)(
+                scope, receive, send)
+            return
+        if request.method not in ("GET", "HEAD") and request.headers.get("x-ragsam") != "1":
+            await JSONResponse({"error": "missing X-Ragsam header"}, 403)(scope, receive, send)
+            return
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await JSONResponse({"error": f"upload larger than the limit of {self.max_bytes >> 20} MiB"}, 413)(
+                scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _error(exc: RagsamError, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status)
+
+
+def _clean(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused past ``limit`` bytes even without a Content-Length header."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InputError(None, f"upload larger than the limit of {limit >> 20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], token: str | None = None,
+              hosts: set[str] | None = None, max_upload_mb: int = 1024) -> Starlette:
+    """The ASGI application of one session (see the module docstring for the routes)."""
+    scans = ScanStore(catalog.roots["scans"], engine)
+    limit = int(max_upload_mb) << 20
+
+    async def page(request: Request) -> Response:
+        response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        if token is not None and request.query_params.get("token") == token:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    async def files(request: Request) -> Response:
+        try:
+            path = catalog.resolve(request.path_params["root"], request.path_params["path"])
+        except InputError as exc:
+            return _error(exc, 403)
+        if not path.is_file():
+            return JSONResponse({"error": "no such file"}, 404)
+        return FileResponse(path, headers={"Cache-Control": "no-store"})
+
+    async def info(request: Request) -> Response:
+        return JSONResponse({"organs": organ_table(label_names), "windows": WINDOWS, "k": engine.k,
+                             "modes": [m for m in MODES if _mode_ok(engine, m)],
+                             "bank": engine.bank_dir is not None, "run": engine.run_dir is not None})
+
+    async def cases(request: Request) -> Response:
+        try:
+            listed = await asyncio.to_thread(catalog.cases)
+        except RagsamError as exc:
+            return _error(exc)
+        return JSONResponse([c.to_json() for c in listed])
+
+    async def metrics(request: Request) -> Response:
+        try:
+            rows = await asyncio.to_thread(_metrics, catalog, label_names, request.query_params.get("case", ""),
+                                           request.query_params.get("method", ""))
+        except RagsamError as exc:
+            return _error(exc)
+        return JSONResponse(rows)
+
+    async def supports(request: Request) -> Response:
+        q = request.query_params
+        try:
+            path = catalog.resolve(q.get("root", ""), q.get("path", ""))
+            mm = tuple(float(v) for v in q.get("mm", "").split(","))
+            if len(mm) != 3:
+                raise ValueError
+            z = await asyncio.to_thread(engine.canonical_z, path, mm)
+            exclude = [q["case"]] if q.get("case") else []
+            hits = await asyncio.to_thread(engine.supports, path, z, exclude)
+        except ValueError:
+            return JSONResponse({"error": "mm must be three numbers x,y,z (RAS mm)"}, 400)
+        except RagsamError as exc:
+            return _error(exc)
+        return JSONResponse({"z": z, "supports": hits})
+
+    async def thumb(request: Request) -> Response:
+        try:
+            png = await asyncio.to_thread(engine.thumbnail, request.path_params["case"], request.path_params["z"])
+        except RagsamError as exc:
+            return _error(exc, 404)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    async def scan_list(request: Request) -> Response:
+        return JSONResponse([s.to_json() for s in scans.all()])
+
+    async def scan_create(request: Request) -> Response:
+        try:
+            data = await _body(request, limit)
+        except InputError as exc:
+            return _error(exc, 413)
+        try:
+            scan = await asyncio.to_thread(scans.create, request.query_params.get("name", ""), data,
+                                           request.query_params.get("mode", "rag"))
+        except RagsamError as exc:
+            return _error(exc)
+        return JSONResponse(scan.to_json(), 201)
+
+    async def scan_get(request: Request) -> Response:
+        try:
+            return JSONResponse(scans.get(request.path_params["id"]).to_json())
+        except RagsamError as exc:
+            return _error(exc, 404)
+
+    async def scan_labels(request: Request) -> Response:
+        try:
+            scan = scans.get(request.path_params["id"])
+            data = await _body(request, limit)
+            corrected = await asyncio.to_thread(scans.save_correction, scan, data)
+        except RagsamError as exc:
+            return _error(exc)
+        return JSONResponse({"corrected": corrected})
+
+    async def scan_add(request: Request) -> Response:
+        try:
+            added = await asyncio.to_thread(scans.add_to_bank, scans.get(request.path_params["id"]))
+        except RagsamError as exc:
+            return _error(exc)
+        return JSONResponse(added)
+
+    async def scan_resegment(request: Request) -> Response:
+        try:
+            scan = scans.get(request.path_params["id"])
+            await asyncio.to_thread(scans.resegment, scan)
+        except RagsamError as exc:
+            return _error(exc)
+        return JSONResponse(scan.to_json())
+
+    routes = [
+        Route("/", page),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/files/{root}/{path:path}", files),
+        Route("/api/info", info),
+        Route("/api/cases", cases),
+        Route("/api/metrics", metrics),
+        Route("/api/supports", supports),
+        Route("/api/thumb/{case}/{z:int}.png", thumb),
+        Route("/api/scans", scan_list, methods=["GET"]),
+        Route("/api/scans", scan_create, methods=["POST"]),
+        Route("/api/scans/{id}", scan_get),
+        Route("/api/scans/{id}/labels", scan_labels, methods=["PUT"]),
+        Route("/api/scans/{id}/add", scan_add, methods=["POST"]),
+        Route("/api/scans/{id}/resegment", scan_resegment, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(Guard, token=token, hosts=hosts or set(),
+                                                          max_bytes=limit)])
+    app.state.scans = scans
+    return app
+
+
+def _mode_ok(engine: Engine, mode: str) -> bool:
+    try:
+        engine.check_mode(mode)
+        return True
+    except InputError:
+        return False
+
+
+def _metrics(catalog: Catalog, label_names: dict[int, str], case_id: str, method: str) -> list[dict[str, Any]]:
+    """Dice / HD95 (mm) per organ of one prediction, with :func:`compute_case_metrics` as the reports use it."""
+    from ragsam.data.volume import read_image, read_labels
+    from ragsam.evaluation.metrics import compute_case_metrics, spacing_zyx
+
+    entry = catalog.case(case_id)
+    if entry.labels is None:
+        raise InputError(None, f"case {case_id!r} has no ground truth")
+    if method not in entry.predictions:
+        raise InputError(None, f"case {case_id!r} has no prediction {method!r}")
+    image = read_image(catalog.resolve(*entry.image))
+    gt = read_labels(catalog.resolve(*entry.labels), reference=image)
+    pred = read_labels(catalog.resolve(*entry.predictions[method]), reference=image)
+    organs = sorted({o for o in _present(gt.array) | _present(pred.array)
+                     if o in label_names and o > 0})
+    rows = compute_case_metrics(pred.array, gt.array, spacing_zyx(image.geometry.spacing), organs)
+    return [{"id": r.organ_id, "name": label_names.get(r.organ_id, str(r.organ_id)), "dice": _clean(r.dice),
+             "hd95": _clean(r.hd95)} for r in rows]
+
+
+def _present(array) -> set[int]:
+    import numpy as np
+
+    return {int(v) for v in np.unique(array)}

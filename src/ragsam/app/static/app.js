@@ -1,0 +1,310 @@
+// ragsam app page: two synchronised NiiVue viewers, the case and scan lists, editing, supports.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const state = { info: null, cases: [], current: null, poll: null, supportTimer: null, viewsReady: null };
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ "X-Ragsam": "1" }, options.headers || {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function fileUrl(ref) {
+  return `/files/${ref[0]}/${ref[1].split("/").map(encodeURIComponent).join("/")}`;
+}
+
+function say(text, ok = false) {
+  const box = $("#message");
+  box.textContent = text;
+  box.className = ok ? "ok" : "";
+}
+
+function fail(error) {
+  say(`ragsam: error: ${error.message || error}`);
+}
+
+function labelColormap() {
+  const top = Math.max(1, ...state.info.organs.map((o) => o.id));
+  const cmap = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: ["background"] };
+  for (let id = 1; id <= top; id++) {
+    const organ = state.info.organs.find((o) => o.id === id);
+    const hex = organ ? organ.colour : "#ffffff";
+    cmap.R.push(parseInt(hex.slice(1, 3), 16));
+    cmap.G.push(parseInt(hex.slice(3, 5), 16));
+    cmap.B.push(parseInt(hex.slice(5, 7), 16));
+    cmap.A.push(255);
+    cmap.I.push(id);
+    cmap.labels.push(organ ? organ.name : String(id));
+  }
+  return cmap;
+}
+
+function makeViewer(canvasId) {
+  const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: false, dragAndDropEnabled: false,
+                                 isRadiologicalConvention: true, crosshairColor: [0.2, 0.8, 1, 0.6], crosshairWidth: 1,
+                                 isColorbar: false });
+  return nv.attachTo(canvasId).then(() => nv);
+}
+
+function windowRange() {
+  return state.info.windows[$("#window").value];
+}
+
+function opacity() {
+  return parseFloat($("#opacity").value);
+}
+
+async function loadInto(nv, imageRef, labelsRef, asDrawing) {
+  const [lo, hi] = windowRange();
+  const volumes = [{ url: fileUrl(imageRef), name: imageRef[1].split("/").pop(), colormap: "gray",
+                     cal_min: lo, cal_max: hi }];
+  if (labelsRef && !asDrawing) {
+    volumes.push({ url: fileUrl(labelsRef), name: labelsRef[1].split("/").pop(), opacity: opacity() });
+  }
+  nv.closeDrawing();
+  await nv.loadVolumes(volumes);
+  if (nv.volumes.length > 1) {
+    nv.volumes[1].setColormapLabel(labelColormap());
+    nv.updateGLVolume();
+  }
+  if (labelsRef && asDrawing) {
+    await nv.loadDrawingFromUrl(fileUrl(labelsRef));
+    nv.setDrawColormap(labelColormap());
+    nv.setDrawOpacity(opacity());
+  }
+}
+
+function setView(kind) {
+  for (const nv of [state.nvA, state.nvB]) {
+    const type = { axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal,
+                   multi: nv.sliceTypeMultiplanar }[kind];
+    nv.setSliceType(type);
+  }
+  document.querySelectorAll("button.view").forEach((b) => b.classList.toggle("on", b.dataset.view === kind));
+}
+
+// ---------------------------------------------------------------- cases
+async function openCase(entry) {
+  state.current = { kind: "case", entry };
+  markActive(`#cases li[data-id="${entry.id}"]`);
+  $("#editbar").hidden = true;
+  $("#method-label").hidden = !Object.keys(entry.predictions).length;
+  const methods = Object.keys(entry.predictions);
+  $("#method").innerHTML = methods.map((m) => `<option>${m}</option>`).join("");
+  await showCase();
+}
+
+async function showCase() {
+  const entry = state.current.entry;
+  const method = $("#method").value;
+  const pred = method ? entry.predictions[method] : null;
+  $("#viewerB").hidden = !(entry.labels && pred);
+  $("#titleA").textContent = pred ? `${entry.id} · prediction: ${method}` : `${entry.id} · ground truth`;
+  $("#titleB").textContent = `${entry.id} · ground truth`;
+  await loadInto(state.nvA, entry.image, pred || entry.labels, false);
+  if (entry.labels && pred) await loadInto(state.nvB, entry.image, entry.labels, false);
+  state.nvA.resizeListener();
+  state.nvB.resizeListener();
+  await showMetrics(entry, method);
+  scheduleSupports(0);
+  document.body.dataset.loaded = `case:${entry.id}:${method}`;
+}
+
+async function showMetrics(entry, method) {
+  const body = $("#metrics tbody");
+  body.innerHTML = "";
+  if (!entry || !entry.labels || !method) return;
+  const rows = await api(`/api/metrics?case=${encodeURIComponent(entry.id)}&method=${encodeURIComponent(method)}`);
+  const fmt = (v, digits) => (v === null ? "–" : v.toFixed(digits));
+  body.innerHTML = rows.map((r) => `<tr data-organ="${r.id}"><td>${r.name}</td><td>${fmt(r.dice, 3)}</td>` +
+                                   `<td>${fmt(r.hd95, 1)}</td></tr>`).join("");
+}
+
+// ---------------------------------------------------------------- scans
+async function upload() {
+  const file = $("#file").files[0];
+  if (!file) { fail("choose a NIfTI file or a zip of a DICOM series first"); return; }
+  say("");
+  try {
+    const scan = await api(`/api/scans?name=${encodeURIComponent(file.name)}&mode=${$("#mode").value}`,
+                           { method: "POST", body: file });
+    await refreshScans();
+    watch(scan.id);
+  } catch (error) { fail(error); }
+}
+
+async function refreshScans() {
+  const scans = await api("/api/scans");
+  $("#scans").innerHTML = scans.map((s) => `<li data-id="${s.id}">${s.name} · ${s.mode} · ${s.state}</li>`).join("");
+  document.querySelectorAll("#scans li").forEach((li) => li.addEventListener("click", () => openScan(li.dataset.id)));
+  if (state.current && state.current.kind === "scan") markActive(`#scans li[data-id="${state.current.scan.id}"]`);
+}
+
+function watch(id) {
+  clearInterval(state.poll);
+  state.poll = setInterval(async () => {
+    try {
+      const scan = await api(`/api/scans/${id}`);
+      $("#progress").max = Math.max(scan.total, 1);
+      $("#progress").value = scan.done;
+      $("#status").textContent = scan.state === "running" ? `${scan.name}: slice ${scan.done} / ${scan.total}`
+                                                          : `${scan.name}: ${scan.state}`;
+      if (scan.state === "done" || scan.state === "error") {
+        clearInterval(state.poll);
+        await refreshScans();
+        if (scan.state === "error") fail(scan.error);
+        else await openScan(id);
+      }
+    } catch (error) { clearInterval(state.poll); fail(error); }
+  }, 400);
+}
+
+async function openScan(id) {
+  const scan = await api(`/api/scans/${id}`);
+  if (scan.state !== "done") { watch(id); return; }
+  state.current = { kind: "scan", scan };
+  markActive(`#scans li[data-id="${id}"]`);
+  $("#method-label").hidden = true;
+  $("#viewerB").hidden = true;
+  $("#editbar").hidden = false;
+  $("#titleA").textContent = `${scan.name} · ${scan.mode} (run ${scan.runs}) · edit on the axial view`;
+  await loadInto(state.nvA, scan.image, scan.labels, true);
+  state.nvA.resizeListener();
+  $("#download").href = fileUrl(scan.labels);
+  $("#download").download = `${scan.name.replace(/\.(nii\.gz|nii|zip)$/, "")}_labels.nii.gz`;
+  showCorrected(scan);
+  await showMetrics(null, null);
+  scheduleSupports(0);
+  document.body.dataset.loaded = `scan:${scan.id}:${scan.runs}`;
+}
+
+function showCorrected(scan) {
+  const added = scan.added.length ? ` · in the bank as ${scan.added.join(", ")}` : "";
+  $("#corrected").textContent = `corrected slices: ${scan.corrected.length ? scan.corrected.join(", ") : "none"}${added}`;
+}
+
+async function saveCorrection() {
+  const scan = state.current.scan;
+  const bytes = await state.nvA.saveImage({ filename: "", isSaveDrawing: true });
+  const result = await api(`/api/scans/${scan.id}/labels`, { method: "PUT", body: bytes });
+  scan.corrected = result.corrected;
+  showCorrected(scan);
+  return result;
+}
+
+async function addToBank() {
+  try {
+    await saveCorrection();
+    const added = await api(`/api/scans/${state.current.scan.id}/add`, { method: "POST" });
+    state.current.scan.added.push(added.id);
+    showCorrected(state.current.scan);
+    say(`added slices ${added.slices.join(", ")} to the support bank as ${added.id}`, true);
+    scheduleSupports(0);
+  } catch (error) { fail(error); }
+}
+
+async function resegment() {
+  try {
+    await saveCorrection();
+    await api(`/api/scans/${state.current.scan.id}/resegment`, { method: "POST" });
+    watch(state.current.scan.id);
+  } catch (error) { fail(error); }
+}
+
+function setTool(tool) {
+  const nv = state.nvA;
+  nv.setDrawingEnabled(tool !== "off");
+  if (tool === "brush") nv.setPenValue(parseInt($("#organ").value, 10), false);
+  if (tool === "erase") nv.setPenValue(0, false);
+  nv.opts.penSize = parseInt($("#pen").value, 10);
+  document.querySelectorAll("button.tool").forEach((b) => b.classList.toggle("on", b.id === `tool-${tool}`));
+  state.tool = tool;
+}
+
+// ---------------------------------------------------------------- supports
+function scheduleSupports(delay = 250) {
+  clearTimeout(state.supportTimer);
+  state.supportTimer = setTimeout(showSupports, delay);
+}
+
+async function showSupports() {
+  if (!state.info.bank || !state.current || !state.nvA.volumes.length) return;
+  const mm = state.nvA.frac2mm(state.nvA.scene.crosshairPos);
+  const image = state.current.kind === "case" ? state.current.entry.image : state.current.scan.image;
+  const caseId = state.current.kind === "case" ? state.current.entry.id : "";
+  const query = `root=${image[0]}&path=${encodeURIComponent(image[1])}&mm=${mm[0]},${mm[1]},${mm[2]}` +
+                `&case=${encodeURIComponent(caseId)}`;
+  try {
+    const result = await api(`/api/supports?${query}`);
+    $("#supports-z").textContent = `for slice z=${result.z}`;
+    $("#supports").innerHTML = result.supports.map((s) =>
+      `<div class="support${s.case_id.startsWith("added-") ? " own" : ""}" data-case="${s.case_id}" data-z="${s.z}"` +
+      ` data-similarity="${s.similarity}"><img alt="${s.case_id} z=${s.z}" src="/api/thumb/${encodeURIComponent(s.case_id)}/${s.z}.png">` +
+      `<div>${s.case_id} · z=${s.z}<br>cos ${s.similarity.toFixed(3)}</div></div>`).join("");
+    $("#supports").dataset.z = result.z;
+  } catch (error) { fail(error); }
+}
+
+// ---------------------------------------------------------------- set-up
+function markActive(selector) {
+  document.querySelectorAll("li.active").forEach((li) => li.classList.remove("active"));
+  const li = document.querySelector(selector);
+  if (li) li.classList.add("active");
+}
+
+async function main() {
+  state.info = await api("/api/info");
+  $("#mode").innerHTML = state.info.modes.map((m) => `<option value="${m}">${{ rag: "RAG (bank)",
+    finetuned: "fine-tuned (run)", hybrid: "hybrid" }[m]}</option>`).join("");
+  $("#window").innerHTML = Object.keys(state.info.windows).map((w) => `<option>${w}</option>`).join("");
+  $("#organ").innerHTML = state.info.organs.map((o) => `<option value="${o.id}">${o.id} ${o.name}</option>`).join("");
+  $("#legend").innerHTML = state.info.organs.map((o) =>
+    `<li><span class="swatch" style="background:${o.colour}"></span>${o.id} ${o.name}</li>`).join("");
+  state.nvA = await makeViewer("gl1");
+  state.nvB = await makeViewer("gl2");
+  state.nvA.broadcastTo([state.nvB], { "2d": true, "3d": true });
+  state.nvB.broadcastTo([state.nvA], { "2d": true, "3d": true });
+  state.nvA.onLocationChange = () => scheduleSupports();
+  state.nvA.onMouseUp = () => scheduleSupports();
+  setView("axial");
+  state.cases = await api("/api/cases");
+  $("#cases").innerHTML = state.cases.map((c) => `<li data-id="${c.id}">${c.id}` +
+    `${c.labels ? " · GT" : ""}${Object.keys(c.predictions).length ? " · " + Object.keys(c.predictions).join(", ") : ""}</li>`).join("");
+  document.querySelectorAll("#cases li").forEach((li) => li.addEventListener("click", () =>
+    openCase(state.cases.find((c) => c.id === li.dataset.id)).catch(fail)));
+  document.querySelectorAll("button.view").forEach((b) => b.addEventListener("click", () => setView(b.dataset.view)));
+  $("#method").addEventListener("change", () => showCase().catch(fail));
+  $("#window").addEventListener("change", () => {
+    const [lo, hi] = windowRange();
+    for (const nv of [state.nvA, state.nvB]) {
+      if (!nv.volumes.length) continue;
+      nv.volumes[0].cal_min = lo;
+      nv.volumes[0].cal_max = hi;
+      nv.updateGLVolume();
+    }
+  });
+  $("#opacity").addEventListener("input", () => {
+    for (const nv of [state.nvA, state.nvB]) {
+      if (nv.volumes.length > 1) nv.setOpacity(1, opacity());
+      if (nv.drawBitmap) nv.setDrawOpacity(opacity());
+    }
+  });
+  $("#segment").addEventListener("click", upload);
+  $("#tool-brush").addEventListener("click", () => setTool("brush"));
+  $("#tool-erase").addEventListener("click", () => setTool("erase"));
+  $("#tool-off").addEventListener("click", () => setTool("off"));
+  $("#organ").addEventListener("change", () => { if (state.tool === "brush") setTool("brush"); });
+  $("#pen").addEventListener("input", () => { state.nvA.opts.penSize = parseInt($("#pen").value, 10); });
+  $("#undo").addEventListener("click", () => state.nvA.drawUndo());
+  $("#save").addEventListener("click", () => saveCorrection().then(() => say("correction saved", true)).catch(fail));
+  $("#add").addEventListener("click", addToBank);
+  $("#resegment").addEventListener("click", resegment);
+  await refreshScans();
+  window.ragsam = { state, api, showSupports };
+  document.body.dataset.ready = "1";
+}
+
+main().catch(fail);

@@ -1,0 +1,42 @@
+"""``ragsam app``: the local web app (view, segment, correct, grow the bank)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ragsam.cli.app import app
+
+
+@app.command("app")
+def app_cmd(
+    bank: Path | None = typer.Option(None, "--bank", help="Support bank (RAG and hybrid segmentation, "
+                                     "retrieved supports, corrections added here)."),
+    run: Path | None = typer.Option(None, "--run", help="Fine-tuned run (fine-tuned and hybrid segmentation)."),
+    data: Path | None = typer.Option(None, "--data", help="Labelled dataset whose cases the page lists."),
+    predictions: list[Path] = typer.Option([], "--predictions", help="Prediction folder shown beside the "
+                                           "ground truth: <dir>/<method>/<case>.nii.gz or <dir>/<case>.nii.gz "
+                                           "(repeatable)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; any other than 127.0.0.1 requires the "
+                             "token printed at start."),
+    port: int = typer.Option(8765, help="Port."),
+    work: Path | None = typer.Option(None, help="Folder for uploads and their labels (default: a new "
+                                     "temporary folder)."),
+    sam2: str = typer.Option("auto", help="SAM 2 weights for retrieval: auto (SAM 2.1 Hiera-T when cached, "
+                             "else the tiny random model, as the demo), tiny, a preset or a folder."),
+    k: int = typer.Option(4, help="Support slices per query slice."),
+    device: str = typer.Option("cpu", help="cpu, auto (CUDA when available), cuda or cuda:N."),
+    max_upload_mb: int = typer.Option(1024, help="Largest accepted upload (MiB)."),
+) -> None:
+    """See, correct and grow: a local web app over a bank, a run and a dataset.
+
+    Example: ragsam app --bank demo-output/bank --run demo-output/run --data demo-output/data
+    --predictions demo-output/predictions
+    """
+    from ragsam.app import create_app, serve
+
+    session = create_app(bank, run, data, tuple(predictions), host=host, port=port, work=work, sam2_weights=sam2,
+                         k=k, device=device, max_upload_mb=max_upload_mb)
+    typer.echo(f"ragsam app: open {session.url}  (uploads in {session.work}; Ctrl+C stops)")
+    serve(session)

@@ -1,0 +1,127 @@
+"""The app's HTTP rules without a browser: token, Host check, path escapes, upload limits and validation."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+
+import pytest
+from app_fixtures import RunningServer, free_port
+
+from ragsam.errors import InputError
+
+
+def _start(world, host="127.0.0.1", **kwargs):
+    from ragsam.app import create_app
+
+    session = create_app(bank=world["bank"], data=world["data"], predictions=(world["predictions"],), host=host,
+                         port=free_port(), work=world["root"] / f"work-{host}", sam2_weights="tiny", k=2, **kwargs)
+    return RunningServer(session)
+
+
+@pytest.fixture(scope="module")
+def local(world):
+    server = _start(world, max_upload_mb=1)
+    yield server
+    server.stop()
+
+
+def _request(server, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection(server.session.host, server.session.port, timeout=60)
+    conn.request(method, path, body=body, headers={"X-Ragsam": "1", **(headers or {})})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    try:
+        return response.status, json.loads(data)
+    except ValueError:
+        return response.status, data
+
+
+def test_another_host_needs_the_token(world):
+    server = _start(world, host="127.0.0.2", token="s3cret")
+    try:
+        assert server.session.url.endswith("/?token=s3cret")
+        assert _request(server, "GET", "/api/info")[0] == 401
+        assert _request(server, "GET", "/api/info?token=wrong")[0] == 401
+        status, info = _request(server, "GET", "/api/info?token=s3cret")
+        assert status == 200 and info["organs"][5] == {"id": 6, "name": "liver", "colour": "#911eb4"}
+        assert _request(server, "GET", "/api/cases", headers={"X-Ragsam-Token": "s3cret"})[0] == 200
+        assert _request(server, "GET", "/", headers={"X-Ragsam-Token": "s3cret", "Host": "evil.example:80"})[0] == 403
+    finally:
+        server.stop()
+
+
+def test_loopback_needs_no_token_but_refuses_other_hosts_and_bare_posts(local, world, tmp_path):
+    from ragsam.app import create_app
+
+    assert len(create_app(data=world["data"], host="0.0.0.0", port=1, work=tmp_path).token) >= 32
+    assert local.session.token is None
+    assert _request(local, "GET", "/api/info")[0] == 200
+    assert _request(local, "GET", "/api/info", headers={"Host": "rebind.example:80"})[0] == 403
+    conn = http.client.HTTPConnection(local.session.host, local.session.port, timeout=30)
+    conn.request("POST", "/api/scans?name=x.nii.gz", body=b"x")  # no X-Ragsam header: a cross-site form
+    assert conn.getresponse().status == 403
+
+
+@pytest.mark.parametrize("path", ["/files/data/..%2F..%2F..%2Fetc%2Fpasswd", "/files/data/%2Fetc%2Fpasswd",
+                                  "/files/nowhere/x.nii.gz", "/files/scans/..%2F..%2Fbank%2Fbank.json"])
+def test_no_path_leaves_the_given_folders(local, path):
+    status, body = _request(local, "GET", path)
+    assert status == 403 and ("escapes" in body["error"] or "absolute" in body["error"] or "unknown" in body["error"])
+
+
+def test_files_and_cases_are_served(local, world):
+    status, cases = _request(local, "GET", "/api/cases")
+    assert status == 200 and [c["id"] for c in cases] == world["cases"]
+    first = cases[0]
+    assert first["predictions"] == {"rag": ["predictions0", f"rag/{first['id']}.nii.gz"]}
+    status, data = _request(local, "GET", "/files/" + "/".join(first["image"]))
+    assert status == 200 and data == Path(world["first_image"]).read_bytes()
+    status, rows = _request(local, "GET", f"/api/metrics?case={first['id']}&method=rag")
+    dice = {r["id"]: r["dice"] for r in rows}
+    assert dice[6] == 0.0 and all(v == 1.0 for k, v in dice.items() if k != 6)
+
+
+def test_uploads_are_validated_and_limited(local, world, tmp_path):
+    from ragsam.data.volume import read_image
+
+    scans = world["root"] / "work-127.0.0.1" / "scans"
+    status, body = _request(local, "POST", "/api/scans?name=big.nii.gz&mode=rag", body=b"0" * (2 << 20))
+    assert status == 413 and "limit of 1 MiB" in body["error"]
+    bad = tmp_path / "half.nii.gz"
+    bad.write_bytes(Path(world["first_image"]).read_bytes()[:3000])
+    with pytest.raises(InputError) as refused:
+        read_image(bad)
+    status, body = _request(local, "POST", "/api/scans?name=half.nii.gz&mode=rag", body=bad.read_bytes())
+    assert status == 400 and body["error"] == f"half.nii.gz: {refused.value.problem}"
+    status, body = _request(local, "POST", "/api/scans?name=notes.txt&mode=rag", body=b"hello")
+    assert status == 400 and body["error"] == "notes.txt: not a NIfTI file (.nii, .nii.gz) or a zip of a DICOM series"
+    status, body = _request(local, "POST", "/api/scans?name=a.zip&mode=rag", body=_zip({"../../evil.dcm": b"x"}))
+    assert status == 400 and "escapes" in body["error"]
+    status, body = _request(local, "POST", "/api/scans?name=ct.nii.gz&mode=finetuned",
+                            body=Path(world["first_image"]).read_bytes())
+    assert status == 400 and "needs a fine-tuned run (start the app with --run)" in body["error"]
+    assert not any(scans.iterdir())  # nothing written by any refused upload
+    assert not (scans.parent.parent / "evil.dcm").exists()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_missing_folders_are_refused_at_start(tmp_path):
+    from ragsam.app import create_app
+
+    with pytest.raises(InputError, match="--data folder does not exist"):
+        create_app(data=tmp_path / "nope", port=1)
+    with pytest.raises(InputError, match="give at least one of --bank, --run, --data"):
+        create_app(port=1)
