@@ -148,6 +148,6 @@ def validate_rag(cfg: RagTrainConfig, source: str = "<config>") -> RagTrainConfi
 
 def load_rag_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RagTrainConfig:
     """Defaults <- YAML file or preset name (``rag_lora``, ``rag_tiny``, ``rag_full``) <- overrides, validated."""
-    resolved = None if path is None else resolve_preset(path)
+    resolved = None if path is None else resolve_preset(path, kind="rag")
     cfg = load_config(RagTrainConfig, resolved, overrides)
     return validate_rag(cfg, str(resolved) if resolved else "<command line>")
