@@ -35,13 +35,13 @@ def test_sam_loads_strictly_with_the_training_loader() -> None:
 
     models = tiny_models()
     model = build_sam_model("tiny", str(models.sam), num_classes=13, image_size=models.slice_size)
-    assert model.load_report["new"] == [] and model.load_report["dropped"] == []
+    assert model.load_report.new == [] and model.load_report.dropped == [] and model.load_report.resized == []
     _assert_loaded(model, models.sam / "model.safetensors")
 
 
 def test_sam2_and_embedder_load_strictly() -> None:
+    from ragsam.models.sam2 import build_sam2
     from ragsam.retrieval.embedder import build_embedder
-    from ragsam.retrieval.sam2_model import build_sam2
 
     models = tiny_models()
     sam2, info = build_sam2(str(models.sam2), device="cpu")
