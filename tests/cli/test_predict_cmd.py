@@ -22,11 +22,11 @@ def test_predict_cli(tmp_path, capsys):
     argv = ["predict", str(run), str(image), "-o", str(out), "--batch-size", "3", "--device", "cpu"]
     assert run_cli(argv) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"img0001: {out / 'img0001.nii.gz'} (4 slices, organs ")
-    assert read_labels(out / "img0001.nii.gz").geometry.size == read_image(image).geometry.size
+    assert line.startswith(f"0001: {out / '0001.nii.gz'} (4 slices, organs ")
+    assert read_labels(out / "0001.nii.gz").geometry.size == read_image(image).geometry.size
     assert run_cli(argv) == 0  # same input and run: already done
-    assert capsys.readouterr().out.strip() == f"img0001: {out / 'img0001.nii.gz'} (already done, skipped)"
-    (out / "img0001.nii.gz").write_bytes(b"someone else's file")
+    assert capsys.readouterr().out.strip() == f"0001: {out / '0001.nii.gz'} (already done, skipped)"
+    (out / "0001.nii.gz").write_bytes(b"someone else's file")
     assert run_cli(argv) == 2
     assert "already exists (use --force to overwrite)" in capsys.readouterr().err
     assert run_cli([*argv, "--force"]) == 0

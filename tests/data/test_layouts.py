@@ -180,3 +180,16 @@ def test_shared_data_file_dicom_and_case_folders(shared_data: Path, ct_dicom: di
         CaseRef("abdomen-ct-dicom", ct_dicom["image"], ct_dicom["labels"]),
     ]
     assert discover_cases(shared_data / "abdomen-ct-dicom") == [refs[1]]
+
+
+def test_one_case_id_per_case_whether_given_as_a_file_or_a_folder(tmp_path):
+    """A BTCV image alone gets the id the BTCV folder gives it (``img0001`` before)."""
+    from ragsam.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "btcv", n_cases=2, shape=(2, 8, 8))
+    folder_ids = [c.case_id for c in discover_cases(data)]
+    file_ids = [discover_cases(data / "img" / f"img{cid}.nii.gz")[0].case_id for cid in folder_ids]
+    assert folder_ids == file_ids == ["0001", "0002"]
+    other = tmp_path / "scan_0000.nii.gz"
+    (other).write_bytes((data / "img" / "img0001.nii.gz").read_bytes())
+    assert discover_cases(other)[0].case_id == "scan"

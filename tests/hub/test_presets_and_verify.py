@@ -35,10 +35,10 @@ def _hf_folder(tmp_path, hidden: int):
 
 
 def test_verify_folder_checks_config_facts(tmp_path):
-    good = _hf_folder(tmp_path, 768)
-    lines = verify_weights(good, "sam-vit-b")
-    assert "config vision_config.hidden_size = 768" in lines
-    assert "model.safetensors: 1 tensors readable" in lines
+    # Right config, but one tensor: every expected tensor is checked, not only the config.
+    good_config = _hf_folder(tmp_path, 768)
+    with pytest.raises(InputError, match=r"not a SAM checkpoint \(no image-encoder patch embedding among 1 keys"):
+        verify_weights(good_config, "sam-vit-b")
     bad = _hf_folder(tmp_path, 64)
     with pytest.raises(InputError, match="vision_config.hidden_size is 64, sam-vit-b has 768"):
         verify_weights(bad, "sam-vit-b")
@@ -82,6 +82,7 @@ def test_cli_list_and_verify(capsys, tmp_path):
     assert run_cli(["weights", "list"]) == 0
     out = capsys.readouterr().out
     assert "sam2.1-tiny" in out and "dinov2-base" in out
-    folder = _hf_folder(tmp_path, 768)
-    assert run_cli(["weights", "verify", str(folder), "sam-vit-b"]) == 0
+    folder = _hf_folder(tmp_path, 768)  # right config, one tensor: refused (every tensor is checked)
+    assert run_cli(["weights", "verify", str(folder), "sam-vit-b"]) == 2
+    assert "not a SAM checkpoint" in capsys.readouterr().err
     assert run_cli(["weights", "verify", str(tmp_path / "missing"), "sam-vit-b"]) == 2

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,17 @@ def detect_layout(path: str | os.PathLike) -> str:
     return "pairs"
 
 
+def single_file_case_id(path: Path) -> str:
+    """The case id of one image file, the same id its dataset folder would give it.
+
+    A BTCV image ``img0001.nii.gz`` is case ``0001`` (as in the BTCV folder layout, so a
+    prediction of the file and of the folder are both ``0001.nii.gz``); other names follow
+    the pairs/nnU-Net rules (``_0000`` channel suffix and ``_ct``/``_image`` tags dropped).
+    """
+    btcv = re.fullmatch(r"img(\d+)", strip_suffix(path.name))
+    return btcv[1] if btcv else _image_case_id(path, path.parent)
+
+
 def discover_cases(path: str | os.PathLike, layout: str = "auto") -> list[CaseRef]:
     """Find the cases of a dataset folder, a single image file or a DICOM series folder.
 
@@ -294,7 +306,7 @@ def discover_cases(path: str | os.PathLike, layout: str = "auto") -> list[CaseRe
     if chosen == "file":
         if not root.is_file() or not image_suffix(root.name):
             raise InputError(root, f"not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
-        refs = [CaseRef(_image_case_id(root, root.parent), root)]
+        refs = [CaseRef(single_file_case_id(root), root)]
     elif chosen == "dicom":
         from ragsam.data.dicom import list_series
 

@@ -136,7 +136,52 @@ def read_manifest(prepared_dir: str | os.PathLike) -> list[SliceRecord]:
         raise InputError(path, "missing; run `ragsam prepare` again") from None
     except (KeyError, ValueError) as exc:
         raise InputError(path, f"malformed row ({exc})") from None
+    check_cache_arrays(prepared_dir, records)
     return records
+
+
+def check_cache_arrays(prepared_dir: str | os.PathLike, records: list[SliceRecord]) -> None:
+    """Check the cached arrays against the manifest and the label map when a cache is opened.
+
+    Every case of the manifest needs ``image.npy`` and ``label.npy`` of one shape ``(Z, S, S)``
+    with ``S`` the cache's slice size, every manifest ``z`` must lie in ``0..Z-1``, and every
+    label value must be an id of ``label_map.json``. Shapes come from the ``.npy`` headers
+    (memory-mapped); the label check reads the label arrays once (uint8, fast).
+
+    Raises:
+        InputError: naming the file at fault.
+    """
+    from ragsam.data.label_maps import load_label_map
+
+    root = Path(prepared_dir)
+    size = CacheMeta.read(root).settings.get("size")
+    max_id = max(load_label_map(root / "label_map.json").labels)
+    zs: dict[str, int] = {}
+    for rec in records:
+        if rec.z < 0:
+            raise InputError(root / "manifest.csv", f"case {rec.case_id!r} has a row with z={rec.z} < 0")
+        zs[rec.case_id] = max(zs.get(rec.case_id, -1), rec.z)
+    for case_id, max_z in zs.items():
+        folder = root / "cases" / case_id
+        arrays = {}
+        for name in ("image.npy", "label.npy"):
+            try:
+                arrays[name] = np.load(folder / name, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise InputError(folder / name, f"missing (case {case_id!r} of manifest.csv); "
+                                                "run `ragsam prepare` again") from None
+            except (OSError, ValueError) as exc:
+                raise InputError(folder / name, f"not a readable array ({exc})") from None
+        image, label = arrays["image.npy"], arrays["label.npy"]
+        if image.ndim != 3 or image.shape[1:] != (size, size) or label.shape != image.shape:
+            raise InputError(folder / "image.npy", f"shape {tuple(image.shape)} with label.npy "
+                                                   f"{tuple(label.shape)}; expected both (Z, {size}, {size})")
+        if max_z >= image.shape[0]:
+            raise InputError(root / "manifest.csv", f"case {case_id!r} row z={max_z} is outside the "
+                                                    f"{image.shape[0]} slices of its image.npy")
+        top = int(np.max(label)) if label.size else 0
+        if top > max_id or (label.dtype.kind == "i" and int(np.min(label)) < 0):
+            raise InputError(folder / "label.npy", f"label value {top} is not an id of label_map.json (0..{max_id})")
 
 
 def load_splits(prepared_dir: str | os.PathLike) -> dict[str, Any]:

@@ -108,7 +108,36 @@ def _verify_folder(path: Path, preset: WeightPreset) -> list[str]:
             if count == 0:
                 raise InputError(weight_file, "holds no tensors")
             passed.append(f"{weight_file.name}: {count} tensors readable")
+    passed.append(_load_strictly(path, preset))
     return passed
+
+
+def _load_strictly(path: Path, preset: WeightPreset) -> str:
+    """Load the folder with the loader the commands use: every expected tensor, with its shape.
+
+    The folder is built into its model (SAM, SAM 2, DINOv2), refusing missing or unexpected
+    tensors and wrong shapes.
+    """
+    if preset.family == "sam2":
+        from ragsam.models.sam2 import build_sam2
+
+        model, _ = build_sam2(str(path))
+        count = len(model.state_dict())
+    elif preset.family == "dinov2":
+        from ragsam.models.dinov2 import load_dinov2
+
+        model, _ = load_dinov2(str(path))
+        count = len(model.state_dict())
+    elif preset.arch is not None:
+        from ragsam.models.build import build_sam_model
+
+        # Built at the pretraining size with SAM's own 4 mask tokens: the strict loader refuses
+        # any missing, unexpected or wrongly shaped tensor.
+        model = build_sam_model(preset.arch, str(path), num_classes=3, image_size=1024)
+        count = len(model.state_dict())
+    else:
+        return "no architecture known for this preset: tensors not checked"
+    return f"all {count} tensors of the {preset.family} architecture present with their shapes"
 
 
 def _verify_file(path: Path, preset: WeightPreset) -> list[str]:

@@ -24,6 +24,7 @@ import torch
 from transformers import Dinov2Config, Dinov2Model
 
 from ragsam.errors import InputError, MissingWeightsError
+from ragsam.utils.native_output import quiet_transformers
 from ragsam.utils.state_dict import check_loading_info, load_exactly
 
 NAMED_DINOV2 = ("random", "tiny")
@@ -99,7 +100,8 @@ def _load_hf(weights: str) -> Dinov2Model:
             f"downloaded; download them once with network access or pass a local folder or .pth") from None
     if config.model_type != "dinov2":
         raise InputError(weights, f"model type {config.model_type!r} is not a DINOv2 (expected 'dinov2')")
-    model, info = Dinov2Model.from_pretrained(weights, config=config, output_loading_info=True)
+    with quiet_transformers():
+        model, info = Dinov2Model.from_pretrained(weights, config=config, output_loading_info=True)
     check_loading_info(info, weights, "DINOv2 weights", allow_unexpected=("classifier.*",))
     return model.float().eval()
 

@@ -35,6 +35,7 @@ from transformers import Sam2VideoConfig, Sam2VideoModel
 from ragsam.errors import InputError, MissingWeightsError
 from ragsam.models.convert_sam2 import convert_official_state_dict, is_official_layout, official_config
 from ragsam.utils.device import resolve_device
+from ragsam.utils.native_output import quiet_transformers
 from ragsam.utils.state_dict import check_loading_info, load_exactly
 
 SAM2_SPECIAL = ("random", "tiny")
@@ -140,7 +141,8 @@ def _from_pretrained(weights: str, folder: Path | None) -> Sam2VideoModel:
         if model_type not in ("sam2", "sam2_video"):
             raise InputError(folder, f"not a SAM 2 model folder (config.json model_type {model_type!r})")
     try:
-        model, loading = Sam2VideoModel.from_pretrained(weights, output_loading_info=True)
+        with quiet_transformers():
+            model, loading = Sam2VideoModel.from_pretrained(weights, output_loading_info=True)
     except OSError as exc:
         if folder is not None:
             raise InputError(folder, f"cannot load SAM 2 weights ({str(exc).splitlines()[0][:200]})") from None

@@ -75,6 +75,27 @@ class Neighbour:
     similarity: float
 
 
+def _check_slices_exist(metadata: Path, case_ids: list[str], zs: list[int], prepared: Path | None) -> None:
+    """Every (case, z) of the bank must be a slice of the prepared cache (``.npy`` headers only)."""
+    if prepared is None or not (prepared / "cases").is_dir():
+        return  # the cache is not here (moved): checked when a support slice is read
+    top: dict[str, int] = {}
+    for cid, z in zip(case_ids, zs, strict=True):
+        if z < 0:
+            raise InputError(metadata, f"case {cid!r} has a row with z={z} < 0")
+        top[cid] = max(top.get(cid, -1), z)
+    for cid, z in top.items():
+        image = prepared / "cases" / cid / "image.npy"
+        try:
+            depth = np.load(image, mmap_mode="r", allow_pickle=False).shape[0]
+        except FileNotFoundError:
+            raise InputError(metadata, f"case {cid!r} is not in the prepared cache {prepared}") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(image, f"not a readable array ({exc})") from None
+        if z >= depth:
+            raise InputError(metadata, f"case {cid!r} row z={z} is outside the {depth} slices of {image}")
+
+
 class SupportBank:
     """A loaded support bank (see :mod:`ragsam.retrieval.bank_build` for the folder layout)."""
 
@@ -119,6 +140,8 @@ class SupportBank:
                                    "build one with `ragsam index build`") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(path, f"corrupt bank description ({exc})") from None
+        if not isinstance(identity, dict):
+            raise InputError(path / "embedder.json", f"expected a JSON object, got {type(identity).__name__}")
         index = load_index(path / "index.faiss")
         stored = info.index_settings
         set_search_params(index, nprobe=nprobe or stored.get("nprobe"), ef_search=ef_search or stored.get("ef_search"))
@@ -143,8 +166,10 @@ class SupportBank:
             raise InputError(path, "the support bank is empty")
         if len(case_ids) != int(index.ntotal):
             raise InputError(path, f"metadata.csv has {len(case_ids)} rows but the index {index.ntotal} vectors")
+        prepared = _locate_prepared(path, info, prepared_dir)
+        _check_slices_exist(path / "metadata.csv", case_ids, zs, prepared)
         return cls(path, index, info, identity, np.asarray(case_ids), np.asarray(zs, dtype=np.int64),
-                   np.asarray(rel, dtype=np.float64), organs, _locate_prepared(path, info, prepared_dir))
+                   np.asarray(rel, dtype=np.float64), organs, prepared)
 
     def __len__(self) -> int:
         return len(self.case_ids)

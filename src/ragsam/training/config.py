@@ -4,6 +4,11 @@ Load with :func:`load_train_config` (defaults <- YAML preset <- ``key=value``
 overrides). Defaults follow SAMed / the paper's section 4.2: Dice 0.8 + CE 0.2,
 AdamW (0.9, 0.999), weight decay 0.1, base lr 0.005, 250 warm-up iterations,
 polynomial decay (power 0.9) over 18,600 iterations, early stop at 14,880.
+The rest of SAMed's recipe - the [0, 1] slice without SAM's normalisation, the
+loss at the decoder's resolution, fresh mask heads, a trained prompt encoder, 24
+slices per step, fp32 - is set by the paper presets (``samed``, ``samed_s``;
+``medsa`` for Med-SA), not by these defaults, which stay what runs saved before
+those options existed were trained with (docs/paper-fidelity.md).
 """
 
 from __future__ import annotations
@@ -246,5 +251,7 @@ def resolve_grad_accum(optim: OptimConfig, processes: int, source: str = "<confi
 def load_train_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults <- YAML file or preset name <- ``key=value`` overrides, validated."""
     resolved = None if path is None else resolve_preset(path)
+    if resolved is not None and overrides:  # the file alone first, so an error names what is at fault
+        validate(load_config(TrainConfig, resolved), str(resolved))
     cfg = load_config(TrainConfig, resolved, overrides)
-    return validate(cfg, str(resolved) if resolved else "<command line>")
+    return validate(cfg, "<command line>" if overrides or resolved is None else str(resolved))

@@ -43,3 +43,24 @@ def captured_native_output() -> Iterator[list[str]]:
                 os.close(copy)
             scratch.seek(0)
             captured.append(scratch.read().decode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers warnings or ``Loading weights`` progress bars while the block runs.
+
+    Loading problems are reported by our own strict check (one line); transformers would
+    print hundreds of lines about the same missing tensors first.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
