@@ -247,7 +247,7 @@ def _image_cases() -> list[Case]:
             make(d).name, d / "ev")))
         cases.append(Case(f"prepare-image-{name}", lambda b, d, make=make: (
             ["prepare", str(_dataset_with(b, d, image=make)), "-o", str(d / "prep"), "--size", "32"],
-            "img0002", PREPARE_LEFTOVER and d / "prep")))
+            "img0002", d / "prep" if PREPARE_LEFTOVER else None)))
         cases.append(Case(f"baseline-{name}", lambda b, d, make=make: (
             ["baseline", str(make(d)), "--gt", str(b.labels), "-o", str(d / "bl"), "--prompt", "box",
              "--weights", "random", "--arch", "tiny", "--device", "cpu"], make(d).name, d / "bl")))
@@ -258,7 +258,7 @@ def _image_cases() -> list[Case]:
             ["evaluate", "-p", str(make(d)), "-g", str(b.labels), "-o", str(d / "ev")], make(d).name, d / "ev")))
         cases.append(Case(f"prepare-labels-{name}", lambda b, d, make=make: (
             ["prepare", str(_dataset_with(b, d, labels=make)), "-o", str(d / "prep"), "--size", "32"],
-            "label0002", PREPARE_LEFTOVER and d / "prep")))
+            "label0002", d / "prep" if PREPARE_LEFTOVER else None)))
     return cases
 
 
