@@ -20,11 +20,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
-    """Tests run tiny models: one thread is faster than two (thread start-up, a shared 2-core CI)."""
-    before = torch.get_num_threads()
+    """Tests run tiny models: one thread is faster than two (thread start-up, a shared 2-core CI).
+
+    ``RAGSAM_THREADS=1`` keeps the commands' own thread rule (``ragsam.utils.threads``) at one too.
+    """
+    before, env = torch.get_num_threads(), os.environ.get("RAGSAM_THREADS")
     torch.set_num_threads(1)
+    os.environ["RAGSAM_THREADS"] = "1"
+    os.environ.setdefault("RAGSAM_JOBS", "1")  # --jobs tests ask for processes explicitly
     yield
     torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("RAGSAM_THREADS", None)
+    else:
+        os.environ["RAGSAM_THREADS"] = env
 
 
 def _shared_data_dir() -> Path:

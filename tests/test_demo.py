@@ -14,6 +14,7 @@ from ragsam.cli.main import run_cli
 from ragsam.demo import BUDGETS, DemoBudget, cached_hf_folder, detect_weights, run_demo
 from ragsam.demo_report import MethodScore, WeightsUsed, dice_table, fmt_dice, weights_statement
 from ragsam.errors import InputError, OutputExistsError
+from ragsam.hub.tiny_models import TINY_MODELS_DIR
 
 # Measured on the quick budget (seed 0, 2-core CPU): fine-tuned liver Dice 0.832 after 500 steps
 # (0.0 after 300 with the same schedule: the floor fails if the model stops learning).
@@ -90,10 +91,11 @@ def test_bad_inputs_are_refused_before_any_work(tmp_path: Path, capsys: pytest.C
 def test_weights_are_detected_offline_from_the_cache(tmp_path: Path) -> None:
     empty = tmp_path / "empty-cache"
     empty.mkdir()
-    none = detect_weights(cache_dir=empty)
+    none = detect_weights(cache_dir=empty)  # falls back to the shipped, checksum-verified tiny models
     assert (none.sam_arch, none.sam_weights, none.sam2_weights, none.embedder_weights) == (
-        "tiny", "random", "tiny", "tiny")
+        "tiny", str(TINY_MODELS_DIR / "sam"), str(TINY_MODELS_DIR / "sam2"), str(TINY_MODELS_DIR / "embedder"))
     assert none.pretrained == {"sam": False, "sam2": False, "embedder": False}
+    assert none.embedder_image_size == 56 and "synthetic phantoms" in none.sam2_label
     # a cached snapshot in the Hugging Face cache layout (refs/main -> snapshots/<commit>)
     repo = tmp_path / "hub" / "models--facebook--sam-vit-base"
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -105,14 +107,15 @@ def test_weights_are_detected_offline_from_the_cache(tmp_path: Path) -> None:
     found = detect_weights(cache_dir=tmp_path / "hub")
     assert found.sam_arch == "sam_vit_b" and found.sam_weights == str(repo / "snapshots" / commit)
     assert found.pretrained == {"sam": True, "sam2": False, "embedder": False}
-    assert "LoRA" in found.sam_label
+    assert "LoRA" in found.sam_label and found.sam2_weights == str(TINY_MODELS_DIR / "sam2")
 
 
 def test_report_wording_and_table() -> None:
     tiny = WeightsUsed("tiny", "random", "tiny SAM", "tiny", "tiny SAM 2", "tiny", "tiny DINOv2",
                        {"sam": False, "sam2": False, "embedder": True})
     text = weights_statement(tiny)
-    assert "say nothing about the accuracy" in text and "sam, sam2" in text and "embedder," not in text
+    assert "say nothing about the accuracy of the method on CT" in text and "synthetic phantoms" in text
+    assert "sam, sam2" in text and "embedder," not in text
     real = WeightsUsed("sam_vit_b", "/w/sam", "SAM ViT-B", "/w/s2", "SAM 2.1", "/w/d", "DINOv2",
                        {"sam": True, "sam2": True, "embedder": True})
     assert "say nothing" not in weights_statement(real) and "pretrained weights" in weights_statement(real)

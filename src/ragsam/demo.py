@@ -4,8 +4,8 @@ Stages, each through the public API of its module::
 
     phantom dataset (or --data DIR)  ragsam.data.phantom.write_phantom_dataset
     prepare slice cache              ragsam.data.prepare.prepare_dataset (split "auto")
-    fine-tune                        ragsam.training.train (tiny SAM from scratch, or LoRA on
-                                     SAM ViT-B when its weights are in the Hugging Face cache)
+    fine-tune                        ragsam.training.train: LoRA rank 4 (SAMed) on SAM ViT-B when its
+                                     weights are in the Hugging Face cache, else on the shipped tiny SAM
     predict test cases               ragsam.inference.predict
     build support bank (train cases) ragsam.retrieval.bank_build.build_bank
     segment test cases with RAG      ragsam.retrieval.segment.RagSegmenter
@@ -26,11 +26,12 @@ The folder is built next to ``<out>`` and moved into place when complete
 (``ragsam.utils.atomic.atomic_dir``): an interrupted demo leaves nothing
 half-written, and an existing ``<out>`` is replaced only with ``force``.
 
-Nothing is downloaded. Pretrained weights are used when they are already in
-the Hugging Face cache (``sam-vit-b``, ``sam2.1-tiny``, ``dinov2-small``);
-otherwise the demo runs the same code on tiny randomly initialised models and
-says so in the report: those numbers show that the pipeline works end to end,
-not how accurate the method is.
+Nothing is downloaded. Public pretrained weights are used when they are already in
+the Hugging Face cache (``sam-vit-b``, ``sam2.1-tiny``, ``dinov2-small``); otherwise
+the demo uses ragsam's shipped tiny models (:mod:`ragsam.hub.tiny_models`: a tiny
+SAM, SAM 2 and slice embedder pre-trained by ``ragsam pretrain-tiny`` on synthetic
+phantoms that share no case with the demo) and says so in the report: those numbers
+show that every method learns on phantoms, not how accurate the method is on CT.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragsam.demo_report import MethodScore, WeightsUsed, render_report
+from ragsam.demo_stages import evaluate_method, fine_tune_and_predict, retrieve
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json, write_text
 
 if TYPE_CHECKING:
     from ragsam.data.cache_meta import CachedCase
 
-PRETRAINED_SIZE = 256
 STAGES = ("data", "prepare", "fine-tune", "predict", "bank", "rag", "hybrid", "evaluate")
 
 
@@ -73,20 +74,19 @@ class DemoBudget:
     shape: tuple[int, int, int] = (24, 96, 96)
     spacing_mm: tuple[float, float, float] = (6.0, 4.0, 4.0)
     size: int = 64
-    iterations: int = 500
+    iterations: int = 300
     batch_size: int = 8
-    lr: float = 0.01
+    lr: float = 0.005
     k: int = 2
     max_test_cases: int = 1
 
 
 BUDGETS: dict[str, DemoBudget] = {
-    # 6 phantoms (5 train / 1 test); the tiny SAM needs ~300 steps before organs appear, ~500 for
-    # liver Dice ~0.75. Retrieval dominates on a CPU (~5 s per slice with k = 2 for the tiny SAM 2,
-    # as much again for the hybrid), hence one test case.
+    # 6 phantoms (5 train / 1 test); LoRA rank 4 on the pre-trained tiny SAM: 300 steps of 8 slices
+    # take ~19 s of CPU (1 thread). Retrieval costs ~0.2 s of CPU per slice with k = 2.
     "standard": DemoBudget(),
-    # one small test case and 500 steps (300 with this schedule left the liver at Dice 0): the CI smoke run
-    "quick": DemoBudget(cases=4, shape=(16, 64, 64), spacing_mm=(8.0, 6.0, 6.0), size=64, iterations=500,
+    # smaller phantoms, one small test case, k = 1: the CI smoke run
+    "quick": DemoBudget(cases=4, shape=(16, 64, 64), spacing_mm=(8.0, 6.0, 6.0), size=64, iterations=150,
                         k=1, max_test_cases=1),
 }
 
@@ -145,23 +145,34 @@ def cached_hf_folder(repo_id: str, cache_dir: str | os.PathLike | None = None) -
         return None
 
 
-def detect_weights(cache_dir: str | os.PathLike | None = None) -> WeightsUsed:
-    """Pick pretrained weights already in the Hugging Face cache, tiny random models otherwise."""
+def detect_weights(cache_dir: str | os.PathLike | None = None,
+                   tiny_root: str | os.PathLike | None = None) -> WeightsUsed:
+    """Public weights already in the Hugging Face cache; ragsam's shipped tiny models otherwise.
+
+    The tiny models (:mod:`ragsam.hub.tiny_models`, pre-trained by ``ragsam pretrain-tiny`` on
+    synthetic phantoms) are checked against their manifest before use. ``tiny_root`` replaces
+    the shipped folder (tests).
+    """
     from ragsam.hub.presets import get_preset
+    from ragsam.hub.tiny_models import TINY_MODELS_DIR, tiny_models
 
     found = {name: cached_hf_folder(get_preset(name).hf_repo or "", cache_dir)
              for name in ("sam-vit-b", "sam2.1-tiny", "dinov2-small")}
     sam, sam2, dino = found["sam-vit-b"], found["sam2.1-tiny"], found["dinov2-small"]
+    tiny = None if sam and sam2 and dino else tiny_models(tiny_root or TINY_MODELS_DIR)
+    synthetic = "pre-trained by ragsam on synthetic phantoms (resources/tiny_models)"
     return WeightsUsed(
         sam_arch="sam_vit_b" if sam else "tiny",
-        sam_weights=str(sam) if sam else "random",
+        sam_weights=str(sam) if sam else str(tiny.sam),
         sam_label="SAM ViT-B (facebook/sam-vit-base), LoRA rank 4" if sam
-        else "tiny SAM, randomly initialised and trained from scratch",
-        sam2_weights=str(sam2) if sam2 else "tiny",
-        sam2_label="SAM 2.1 Hiera-T (facebook/sam2.1-hiera-tiny)" if sam2 else "tiny SAM 2, randomly initialised",
-        embedder_weights=str(dino) if dino else "tiny",
-        embedder_label="DINOv2 ViT-S/14 (facebook/dinov2-small)" if dino else "tiny DINOv2, randomly initialised",
+        else f"tiny SAM {synthetic}, LoRA rank 4",
+        sam2_weights=str(sam2) if sam2 else str(tiny.sam2),
+        sam2_label="SAM 2.1 Hiera-T (facebook/sam2.1-hiera-tiny)" if sam2 else f"tiny SAM 2 {synthetic}",
+        embedder_weights=str(dino) if dino else str(tiny.embedder),
+        embedder_label="DINOv2 ViT-S/14 (facebook/dinov2-small)" if dino
+        else f"tiny DINOv2-architecture slice embedder {synthetic}",
         pretrained={"sam": sam is not None, "sam2": sam2 is not None, "embedder": dino is not None},
+        embedder_image_size=224 if dino else tiny.embedder_image_size,
     )
 
 
@@ -177,26 +188,6 @@ def _budget(budget: DemoBudget | str, iterations: int | None) -> DemoBudget:
     if budget.size % 16 or budget.size < 32:
         raise InputError(None, f"slice size must be a multiple of 16 and >= 32, got {budget.size}")
     return budget
-
-
-def _train_overrides(budget: DemoBudget, weights: WeightsUsed, prepared: Path, device: str, seed: int) -> list[str]:
-    """``key=value`` overrides of the ``tiny`` training preset for the demo run."""
-    # ViT-B at a demo-sized 64 px would see 4 x 4 patches; pretrained SAM gets 256 px (16 x 16)
-    size = max(budget.size, PRETRAINED_SIZE) if weights.pretrained["sam"] else budget.size
-    common = [
-        f"data.prepared={prepared}", "data.train=[train]", "data.val=[]",
-        f"model.image_size={size}", f"model.arch={weights.sam_arch}", f"model.weights={weights.sam_weights}",
-        f"optim.max_iterations={budget.iterations}", "optim.stop_iteration=null",
-        f"optim.batch_size={budget.batch_size}", f"optim.lr={budget.lr}",
-        f"optim.warmup={max(1, budget.iterations // 20)}", "optim.weight_decay=0.01",
-        # the slices are in one canonical orientation (LPS): rot90/flip would swap left and right organs
-        "augment.enabled=false",
-        "val.every=0", f"checkpoint_every={budget.iterations}", f"log.every={max(1, budget.iterations // 20)}",
-        "log.progress=false", "log.tensorboard=false", f"device={device}", f"seed={seed}",
-    ]
-    if weights.pretrained["sam"]:  # SAMed: LoRA rank 4 on q, v; the decoder fully trainable
-        common += ["model.peft.method=lora", "model.peft.rank=4", "model.peft.decoder=full"]
-    return common
 
 
 def _copy_labels(cases: dict[str, CachedCase], ids: list[str], folder: Path) -> None:
@@ -288,22 +279,22 @@ def run_demo(
         organs = sorted(prepared.organ_slices)
 
         done = stage("fine-tune", f"fine-tuning {weights.sam_label} for {plan.iterations} iterations")
-        scores = _fine_tune_and_predict(tmp, plan, weights, device, seed, cases, test_ids, stage, done)
+        scores = fine_tune_and_predict(tmp, plan, weights, device, seed, cases, test_ids, stage, done)
 
         done = stage("bank", f"building the support bank from {len(train_ids)} training cases")
         from ragsam.retrieval.bank_build import build_bank
 
         build_bank(tmp / "prepared", tmp / "bank", embedder_weights=weights.embedder_weights, split="train",
-                   image_size=224 if weights.pretrained["embedder"] else 56,
+                   image_size=weights.embedder_image_size,
                    device=None if device == "auto" else device)
         done()
-        scores += _retrieve(tmp, plan, weights, device, cases, test_ids, stage, notes)
+        scores += retrieve(tmp, plan, weights, device, cases, test_ids, stage, notes)
 
         done = stage("evaluate", f"evaluating {len(scores)} methods on {len(test_ids)} test case(s)")
         _copy_labels(cases, test_ids, tmp / "ground_truth")
         _link_images(cases, test_ids, Path(scratch) / "images")
         lmap = label_map if data is not None else "btcv"
-        methods = [_evaluate(tmp, name, organs, Path(scratch) / "images", t, lmap) for name, t in scores]
+        methods = [evaluate_method(tmp, name, organs, Path(scratch) / "images", t, lmap) for name, t in scores]
         done()
 
         summary = DemoSummary(out_dir=out, report=out / "report.md",
@@ -314,72 +305,3 @@ def run_demo(
         write_text(tmp / "report.md", render_report(summary))
         write_json(tmp / "summary.json", summary.to_json())
     return summary
-
-
-def _fine_tune_and_predict(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, seed: int,
-                           cases: dict, test_ids: list[str], stage: Callable, done: Callable) -> list[tuple[str, float]]:
-    """Train the run in ``tmp/run`` and predict the test cases; returns ``[("finetuned", seconds)]``."""
-    from ragsam.inference import predict
-    from ragsam.training import load_train_config, train
-
-    cfg = load_train_config("tiny", _train_overrides(plan, weights, tmp / "prepared", device, seed))
-    if not weights.pretrained["sam"]:
-        cfg.model.peft.method = "none"  # nothing pretrained to protect: train every weight
-    train(cfg, tmp / "run")
-    done()
-    finish = stage("predict", f"predicting {len(test_ids)} test case(s) with the fine-tuned model")
-    t0 = time.perf_counter()
-    for cid in test_ids:
-        predict(tmp / "run", str(cases[cid].image), tmp / "predictions" / "finetuned" / f"{cid}.nii.gz",
-                device=device)
-    finish()
-    return [("finetuned", time.perf_counter() - t0)]
-
-
-def _retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, cases: dict, test_ids: list[str],
-              stage: Callable, notes: list[str]) -> list[tuple[str, float]]:
-    """RAG and hybrid segmentation of the test cases (one :class:`RagSegmenter` per method)."""
-    from ragsam.retrieval.segment import RagSegmenter
-    from ragsam.utils.device import resolve_device
-
-    seg_device = str(resolve_device(device))
-    runs: list[tuple[str, dict]] = [("rag", {}), ("hybrid", {"run_dir": tmp / "run"})]
-    results = []
-    for name, extra in runs:
-        label = "retrieval + SAM 2 memory" if name == "rag" else "hybrid (fine-tuned + retrieval)"
-        done = stage(name, f"segmenting {len(test_ids)} test case(s): {label}")
-        t0 = time.perf_counter()
-        try:
-            segmenter = RagSegmenter(tmp / "bank", weights.sam2_weights, device=seg_device)  # shared by the cases
-            for cid in test_ids:
-                segmenter.segment(str(cases[cid].image), tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,
-                                  **extra)
-        except InputError as exc:
-            if name != "hybrid":
-                raise
-            notes.append(f"hybrid: left out - {exc}")
-            shutil.rmtree(tmp / "predictions" / name, ignore_errors=True)
-            done()
-            continue
-        done()
-        results.append((name, time.perf_counter() - t0))
-    return results
-
-
-def _evaluate(tmp: Path, method: str, organs: list[int], images: Path, seconds: float,
-              label_map: str) -> MethodScore:
-    """Dice/HD95/NSD of one method's predictions -> ``tmp/evaluation/<method>``; its Dice summary."""
-    from ragsam.evaluation.evaluate import evaluate
-
-    result = evaluate(tmp / "predictions" / method, tmp / "ground_truth", label_map=label_map,
-                      out_dir=tmp / "evaluation" / method, organs=organs, images=images)
-    table = result.table()
-    return MethodScore(
-        method=method,
-        mean_dice=float(table.overall["dice"]),
-        organ_dice={name: float(v) for name, v in zip(table.organ_names, table.mean["dice"], strict=True)},
-        predictions=f"predictions/{method}",
-        evaluation=f"evaluation/{method}",
-        overlays={cid: f"evaluation/{method}/{rel}" for cid, rel in result.overlays.items()},
-        seconds=round(seconds, 2),
-    )

@@ -29,7 +29,9 @@ class WeightsUsed:
             ``model.weights``, a readable name).
         sam2_weights / sam2_label: SAM 2 for retrieval-augmented segmentation.
         embedder_weights / embedder_label: the slice embedder of the support bank.
-        pretrained: ``{"sam", "sam2", "embedder"} -> bool``, true for real pretrained weights.
+        pretrained: ``{"sam", "sam2", "embedder"} -> bool``, true for public pretrained weights;
+            false for ragsam's tiny models pre-trained on synthetic phantoms.
+        embedder_image_size: the embedder's input side in pixels.
     """
 
     sam_arch: str
@@ -40,6 +42,7 @@ class WeightsUsed:
     embedder_weights: str
     embedder_label: str
     pretrained: dict[str, bool] = field(default_factory=dict)
+    embedder_image_size: int = 224
 
     @property
     def all_pretrained(self) -> bool:
@@ -81,12 +84,12 @@ def weights_statement(weights: WeightsUsed) -> str:
         return lines + (" All three are the public pretrained weights found in the local Hugging Face cache; "
                         "with a demo-sized fine-tune the numbers are still indicative only.")
     missing = [k for k, v in weights.pretrained.items() if not v]
-    return lines + (f" No pretrained weights were found for: {', '.join(missing)}, so those parts are tiny, "
-                    "randomly initialised models. **These numbers show that the pipeline runs end to end; they "
-                    "say nothing about the accuracy of the method.** A randomly initialised SAM 2 cannot segment "
-                    "from its memory, so the retrieval rows are expected to be near zero. Fetch real weights with "
-                    "`ragsam weights pull NAME` for `sam-vit-b`, `sam2.1-tiny` and `dinov2-small`, then run the "
-                    "demo again.")
+    return lines + (f" No public pretrained weights were found for: {', '.join(missing)}, so those parts are "
+                    "ragsam's tiny models (about 2 million parameters each), pre-trained by `ragsam pretrain-tiny` "
+                    "on synthetic phantoms that share no case with this demo, never on CT. **These numbers show "
+                    "that each method learns and transfers on phantoms; they say nothing about the accuracy of "
+                    "the method on CT.** Fetch real weights with `ragsam weights pull NAME` for `sam-vit-b`, "
+                    "`sam2.1-tiny` and `dinov2-small`, then run the demo again.")
 
 
 def dice_table(methods: list[MethodScore]) -> tuple[list[str], list[list[str]]]:

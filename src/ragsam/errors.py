@@ -30,6 +30,10 @@ class InputError(RagsamError):
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
 
+    def __reduce__(self) -> tuple:
+        """Pickle by the constructor's arguments (errors cross process boundaries in ``--jobs``)."""
+        return (type(self), (self.path, self.problem))
+
 
 class OutputExistsError(RagsamError):
     """An output already exists and ``--force`` was not given."""
@@ -37,6 +41,10 @@ class OutputExistsError(RagsamError):
     def __init__(self, path: str | PathLike) -> None:
         self.path = str(path)
         super().__init__(f"{path}: already exists (use --force to overwrite)")
+
+    def __reduce__(self) -> tuple:
+        """Pickle by the constructor's argument."""
+        return (type(self), (self.path,))
 
 
 class MissingWeightsError(RagsamError):

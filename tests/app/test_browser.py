@@ -184,6 +184,8 @@ def test_3_upload_segment_correct_add_and_resegment(page, server, world, tmp_pat
     neighbours = [n for n in (z - 1, z + 1) if 0 <= n < 12]
     grid = _canonical(scan_file)
     assert any(not np.array_equal(grid(edited)[n], grid(again)[n]) for n in neighbours)
+    page.evaluate("window.ragsam.state.nvA.moveCrosshairInVox(0, 0, 1)")  # show a neighbour of the fix
+    page.wait_for_timeout(300)
     _shot(page, "5-resegmented")
     assert not page.errors
 

@@ -209,6 +209,27 @@ def test_detached_header_data_file_is_part_of_the_fingerprint(tmp_path):
     assert 6 not in np.load(out / "cases" / "case1" / "label.npy")
 
 
+def test_jobs_build_the_same_cache(dataset, tmp_path):
+    seen = []
+    one = _prepare(dataset, tmp_path / "one", jobs=1)
+    two = _prepare(dataset, tmp_path / "two", jobs=2, progress=lambda cid, n, total: seen.append((cid, n, total)))
+    assert two.built == one.built == ["0001", "0002", "0003", "0004"]
+    assert seen == [("0001", 1, 4), ("0002", 2, 4), ("0003", 3, 4), ("0004", 4, 4)]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    for rel in files:
+        if rel.name != "prepare.json":  # it records the output folder's own path
+            assert (tmp_path / "two" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel
+    # a worker's input error is the serial one: the file named, nothing written
+    _, labels = make_phantom(SHAPE, (5.0, 4.0, 4.0), seed=1)
+    bad = labels.array.copy()
+    bad[0, 0, 0] = 14
+    write_labels(bad, labels.geometry, dataset / "label" / "label0003.nii.gz", force=True)
+    with pytest.raises(InputError, match=r"label0003\.nii\.gz.*\[.*14\]"):
+        _prepare(dataset, tmp_path / "three", jobs=2)
+    assert not (tmp_path / "three").exists()
+
+
 def test_second_writer_refused_and_dead_attempts_cleared(dataset, tmp_path):
     from ragsam.utils.locking import FolderLockedError, folder_lock
 

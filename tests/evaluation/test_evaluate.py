@@ -224,3 +224,24 @@ def test_shared_ct_against_itself_and_shifted(ct3mm: dict[str, Path], tmp_path: 
                 assert (r.nsd == 1.0) if full else (r.nsd < 1.0)
             elif full:
                 assert r.nsd == pytest.approx(1.0)
+
+
+def test_jobs_give_the_same_result_and_files(tmp_path: Path) -> None:
+    pred, gt = make_folders(tmp_path)
+    write_labels(_labels((3, 7), True), GEOM, gt / "label0003.nii.gz")
+    write_labels(_labels(None, True), GEOM, pred / "0003.nii.gz")
+    serial = evaluate(pred, gt, "btcv", out_dir=tmp_path / "one", jobs=1)
+    parallel = evaluate(pred, gt, "btcv", out_dir=tmp_path / "two", jobs=2)
+    assert repr(parallel.rows) == repr(serial.rows) and len(serial.rows) == 3 * 13  # repr: NaN == NaN
+    assert parallel.overlays == serial.overlays
+    for name in ("metrics.csv", "report.md"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    for png in serial.overlays.values():
+        assert (tmp_path / "two" / png).read_bytes() == (tmp_path / "one" / png).read_bytes()
+    # a worker's input error reaches the caller as the same one-line InputError
+    other = Geometry((10, 10, 12), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_labels(_labels((2, 6), False), other, pred / "0002.nii.gz", force=True)
+    with pytest.raises(InputError, match=r"0002\.nii\.gz: labels do not cover the same physical voxels"):
+        evaluate(pred, gt, "btcv", jobs=2)
+    with pytest.raises(InputError, match="--jobs"):
+        evaluate(pred, gt, "btcv", jobs=0)

@@ -271,3 +271,39 @@ def test_default_overlap_needs_a_free_core_or_a_gpu(monkeypatch):
         monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
         assert default_overlap(torch.device("cpu")) is expected
         assert default_overlap(torch.device("cuda")) is True  # the model runs on the GPU: the CPU is free
+
+
+def _predict_rank(rank: int, world: int, port: int, run: str, src: str, out: str, results) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RAGSAM_THREADS="1")
+    import torch.distributed as dist
+
+    try:
+        got = predict(run, src, out, device="cpu")
+        results[rank] = [(r.case_id, r.path.name, r.slices, r.organs) for r in got]
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_write_what_one_process_writes(setup, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    one = predict(setup["run"], setup["src"], tmp_path / "one", device="cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_predict_rank, args=(2, port, str(setup["run"]), str(setup["src"]), str(tmp_path / "two"), results),
+             nprocs=2)
+    expected = [(r.case_id, r.path.name, r.slices, r.organs) for r in one]
+    assert dict(results) == {0: expected, 1: expected}
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in names:
+        if not name.endswith(".ragsam.json"):  # sidecars name their own output path
+            assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ragsam.hub.tiny_models import tiny_models
 
 from ragsam.cli.main import run_cli
 from ragsam.errors import InputError
+from ragsam.hub.tiny_models import tiny_models
 from ragsam.pretrain import PRESETS, get_settings
 
 
@@ -23,9 +23,8 @@ def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_micro_run_writes_three_loadable_models_with_a_manifest(micro: Path) -> None:
-    from ragsam.retrieval.sam2_model import build_sam2
-
     from ragsam.models.build import build_sam_model
+    from ragsam.models.sam2 import build_sam2
     from ragsam.retrieval.embedder import build_embedder
 
     models = tiny_models(micro)  # checksums verified
@@ -34,7 +33,7 @@ def test_micro_run_writes_three_loadable_models_with_a_manifest(micro: Path) -> 
     assert set(manifest["cpu_seconds"]) == {"corpus", "prepare", "sam", "embedder", "bank", "sam2"}
     assert manifest["stats"]["corpus"]["cases"] == 3 and manifest["stats"]["sam2"]["episodes"] == 2
     sam = build_sam_model("tiny", str(models.sam), num_classes=13, image_size=64)
-    assert sam.load_report["new"] == []
+    assert sam.load_report.new == []
     images = torch.rand(1, 3, 64, 64)
     assert sam(images).shape == (1, 14, 64, 64)
     sam2, info = build_sam2(str(models.sam2), device="cpu")

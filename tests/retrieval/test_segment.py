@@ -15,7 +15,14 @@ from ragsam.data.volume import read_image, read_labels
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.retrieval.bank import build_bank
 from ragsam.retrieval.embedder import build_embedder
-from ragsam.retrieval.segment import RagSegmenter, SupportCache, check_ct_like, segment_cases, segment_volume
+from ragsam.retrieval.segment import (
+    RagSegmenter,
+    SegmentOptions,
+    SupportCache,
+    check_ct_like,
+    segment_cases,
+    segment_volume,
+)
 
 SIZE = 64  # slice size of the bank (the tiny SAM 2 resizes to its 128 px input)
 
@@ -94,7 +101,7 @@ def test_dataset_folder_shares_models_and_supports_across_cases(rag, tmp_path):
         shutil.copy(rag["image"], folder / f"{name}.nii.gz")
     single = tmp_path / "single.nii.gz"
     alone = segment_volume(rag["image"], single, rag["bank"], sam2_weights="tiny", k=2)
-    summaries = segment_cases(folder, tmp_path / "out", rag["bank"], sam2_weights="tiny", k=2)
+    summaries = segment_cases(folder, tmp_path / "out", rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
     assert [s.output for s in summaries] == [str(tmp_path / "out" / f"{c}.nii.gz") for c in ("a", "b")]
     first, second = summaries
     assert first.support_slices_encoded == alone.support_slices_encoded > 0
@@ -107,11 +114,11 @@ def test_dataset_folder_shares_models_and_supports_across_cases(rag, tmp_path):
     (tmp_path / "again").mkdir()
     (tmp_path / "again" / "b.nii.gz").write_bytes(b"old")
     with pytest.raises(OutputExistsError):
-        segment_cases(folder, tmp_path / "again", rag["bank"], sam2_weights="tiny", k=2)
+        segment_cases(folder, tmp_path / "again", rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
     assert not (tmp_path / "again" / "a.nii.gz").exists()
     # a rerun skips the finished cases (the rules: tests/inference/test_case_runner.py)
     before = (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns
-    again = segment_cases(folder, tmp_path / "out", rag["bank"], sam2_weights="tiny", k=2)
+    again = segment_cases(folder, tmp_path / "out", rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
     assert [(s.skipped, s.organs) for s in again] == [(True, s.organs) for s in summaries]
     assert (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns == before
     with pytest.raises(InputError, match="not a folder"):
@@ -180,11 +187,21 @@ def test_folder_runs_past_a_corrupt_case_and_the_rerun_finishes_it(rag, tmp_path
     (folder / "b.nii.gz").write_bytes(good[:300])  # truncated
     out = tmp_path / "out"
     with pytest.raises(CasesFailedError) as exc:
-        segment_cases(folder, out, rag["bank"], sam2_weights="tiny", k=2)
+        segment_cases(folder, out, rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
     assert [cid for cid, _ in exc.value.failures] == ["b"] and exc.value.exit_code == 2
     assert exc.value.lines() == [f"ragsam: error: {exc.value.failures[0][1]}"] and "b.nii.gz" in exc.value.lines()[0]
     assert [s.output for s in exc.value.results] == [str(out / "a.nii.gz")]
     assert not (out / "b.nii.gz").exists()
     (folder / "b.nii.gz").write_bytes(good)
-    rerun = segment_cases(folder, out, rag["bank"], sam2_weights="tiny", k=2)
+    rerun = segment_cases(folder, out, rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
     assert [s.skipped for s in rerun] == [True, False]
+
+
+def test_segment_options_key_and_checks():
+    options = SegmentOptions(k=2, exclude_cases=("a",), batch_size=3, z_prior=None)
+    # what changes an output (the batch size does not; a run enters by its files)
+    assert options.output_key() == {"k": 2, "exclude_cases": ["a"], "series_uid": None, "z_prior": None,
+                                    "hybrid_weight": 0.5}
+    assert options.segment_kwargs()["batch_size"] == 3
+    with pytest.raises(InputError):
+        SegmentOptions(batch_size=0).check()

@@ -129,7 +129,7 @@ def label_names_for(bank_dir: Path | None) -> dict[int, str]:
     if bank_dir is not None:
         from ragsam.retrieval.bank import SupportBank
 
-        labels = (SupportBank.load(bank_dir).prepare_meta().get("label_map") or {}).get("labels")
-        if labels:
-            return {int(i): str(n) for i, n in labels.items()}
+        names = SupportBank.load(bank_dir).prepare_meta().label_names
+        if names:
+            return names
     return dict(load_label_map("btcv").labels)

@@ -77,7 +77,7 @@ class Engine:
             if self.bank_dir is not None:
                 from ragsam.retrieval.bank import SupportBank
 
-                self._settings = SliceSettings.from_json(SupportBank.load(self.bank_dir).prepare_meta()["settings"])
+                self._settings = SupportBank.load(self.bank_dir).prepare_meta().slice_settings
             else:  # no bank: only the slice order matters (which slices a correction changed)
                 self._settings = SliceSettings()
         return self._settings

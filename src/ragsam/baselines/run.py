@@ -33,6 +33,7 @@ from ragsam.data.cache_meta import CacheMeta
 from ragsam.data.cases import IMAGE_SUFFIXES
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json
+from ragsam.utils.threads import apply_threads
 
 MULTIMASK_RULE = {"point1": "3 multimask outputs, highest predicted IoU kept",
                   "point3": "single-mask output (multimask_output=False)",
@@ -253,6 +254,7 @@ def run_baseline(
     organ_ids = prompt_organs(lmap, organs)
     model, load_report = load_prompt_sam(arch, str(weights), image_size, seed=seed)
     model.to(dev)
+    apply_threads(model)
     run_settings: dict[str, Any] = {
         "data": str(Path(data).resolve()), "labels": None if labels is None else str(Path(labels).resolve()),
         "prepared_cache": meta is not None, "prompt": prompt, "box_iou": box_iou if prompt == "box" else None,

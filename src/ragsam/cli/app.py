@@ -6,6 +6,8 @@ function) so that ``ragsam --help`` stays fast.
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 app = typer.Typer(
@@ -39,5 +41,13 @@ def _print_version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="Print the version and exit."),
+    threads: str | None = typer.Option(
+        None, "--threads", help="CPU threads for torch: a number or 'auto' (the cores this process may use; "
+        "1 for tiny models). Same as RAGSAM_THREADS.", metavar="N"),
 ) -> None:
-    """Segment Anything for abdominal CT (see ``ragsam COMMAND --help``)."""
+    """Segment Anything for abdominal CT (see ``ragsam COMMAND --help``).
+
+    Options before the subcommand apply to every command (e.g. ``ragsam --threads 1 predict ...``).
+    """
+    if threads is not None:
+        os.environ["RAGSAM_THREADS"] = threads  # read by ragsam.utils.threads, checked where applied

@@ -8,15 +8,7 @@ from pathlib import Path
 import typer
 
 from ragsam.cli.app import app
-from ragsam.errors import InputError
-
-
-def _window(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(None, f"--window must be LOW,HIGH in HU, got {text!r}") from None
-    return low, high
+from ragsam.cli.options import parse_window
 
 
 @app.command("baseline")
@@ -75,7 +67,7 @@ def baseline_command(
     summary = run_baseline(
         data, out, prompt=prompt, weights=weights, arch=arch, label_map=labels, seed=seed, box_iou=box_iou,
         device=device, force=force, labels=gt, organs=organ_list, split=split, cases=case_list, layout=layout,
-        slice_settings=SliceSettings(window=_window(window), size=size), image_size=image_size,
+        slice_settings=SliceSettings(window=parse_window(window), size=size), image_size=image_size,
         normalization=normalize, nsd_tolerance_mm=tolerance, overlays=overlays, series_uid=series,
         progress=progress)
     print_table(summary.evaluation, console)

@@ -28,6 +28,8 @@ def evaluate_cmd(
         None, "--images", help="CT image (file / DICOM folder) or folder of images to draw under the overlays."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Draw one PNG per case (with --out)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+    jobs: int | None = typer.Option(
+        None, "--jobs", "-j", help="Worker processes, one case each (default: the cores available)."),
 ) -> None:
     """Score predictions against ground truth (per case x organ) and print the paper-layout table.
 
@@ -39,13 +41,16 @@ def evaluate_cmd(
 
     from ragsam.evaluation.evaluate import evaluate
     from ragsam.evaluation.report import print_table
+    from ragsam.utils import ranks
 
     organ_list: str | list[str] | None = organs
     if organs is not None and ("," in organs or organs.strip().isdigit()):
         organ_list = [o.strip() for o in organs.split(",") if o.strip()]
     result = evaluate(pred, gt, label_map=labels, out_dir=out, nsd_tolerance_mm=nsd_tolerance,
                       absent=absent, organs=organ_list, overlays=overlays, force=force, images=images,
-                      hd95_units="voxels" if hd95_voxels else "mm")  # type: ignore[arg-type]
+                      hd95_units="voxels" if hd95_voxels else "mm", jobs=jobs)  # type: ignore[arg-type]
+    if not ranks.current().is_main:  # torchrun: rank 0 reports
+        return
     console = Console()
     print_table(result, console)
     if result.out_dir is not None:

@@ -7,15 +7,7 @@ from pathlib import Path
 import typer
 
 from ragsam.cli.app import index_app
-
-
-def _parse_organs(text: str) -> tuple[int, ...]:
-    from ragsam.errors import InputError
-
-    try:
-        return tuple(int(t) for t in text.replace(";", ",").split(",") if t.strip())
-    except ValueError:
-        raise InputError(None, f"--require-organs must be comma-separated label ids, got {text!r}") from None
+from ragsam.cli.options import parse_label_ids
 
 
 @index_app.command("build")
@@ -74,62 +66,20 @@ def query_cmd(
 
     Example: ragsam index query banks/btcv --case img0035 --z 60 --k 5 --exclude-own-case --z-prior 0.5
     """
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
-    from ragsam.errors import InputError
-    from ragsam.retrieval.bank import SupportBank, case_arrays
+    from ragsam.retrieval.bank_query import query_slice
 
-    if (case is None) == (image is None):
-        raise InputError(None, "give exactly one of --case ID or --image FILE")
-    if exclude_own_case and case is None:
-        raise InputError(None, "--exclude-own-case needs --case")
-    support = SupportBank.load(bank, prepared_dir=prepared)
-    if case is not None:
-        slices = case_arrays(support.prepared_dir, case, with_labels=False)[0]
-        source = f"{case}"
-    else:
-        slices = _image_slices(image, support.prepare_meta().settings)
-        source = str(image)
-    if not 0 <= z < len(slices):
-        raise InputError(image or support.prepared_dir, f"--z {z} is outside the {len(slices)} slices of {source}")
-    rel_z = z / (len(slices) - 1) if len(slices) > 1 else 0.0
-    embedder = support.embedder(device=device)
-    vector = embedder.embed(np.asarray(slices[z:z + 1], dtype=np.float32))
-    hits = support.query(vector, k, embedder.identity, exclude_cases=[case] if exclude_own_case else [],
-                         require_organs=_parse_organs(require_organs), z_prior=z_prior, query_rel_z=rel_z)[0]
-    names = _organ_names(support.prepared_dir)
+    result = query_slice(bank, z, case=case, image=image, k=k, exclude_own_case=exclude_own_case,
+                         require_organs=parse_label_ids(require_organs, "--require-organs"), z_prior=z_prior,
+                         prepared_dir=prepared, device=device)
+    names, source, rel_z = result.organ_names, result.source, result.rel_z
     table = Table(title=f"{k} nearest support slices to {source} z={z} (rel_z {rel_z:.3f})")
     for column in ("rank", "case", "z", "rel_z", "similarity", "score", "organs"):
         table.add_column(column, justify="right" if column not in ("case", "organs") else "left")
-    for rank, nb in enumerate(hits, 1):
+    for rank, nb in enumerate(result.neighbours, 1):
         organs = ", ".join(names.get(o, str(o)) for o in nb.organs) or "-"
         table.add_row(str(rank), nb.case_id, str(nb.z), f"{nb.rel_z:.3f}", f"{nb.similarity:.4f}",
                       f"{nb.score:.4f}", organs)
     Console(width=160).print(table)
-
-
-def _image_slices(path: Path, settings_json: dict):
-    """Slices of a CT file made with the prepared cache's window and size: float32 (Z, S, S).
-
-    Rounded through float16 like the cache's ``image.npy``, so a slice of a case that is in
-    the bank embeds to exactly its bank vector.
-    """
-    from ragsam.data.slices import SliceSettings, volume_to_slices
-    from ragsam.data.volume import read_image
-
-    settings = SliceSettings.from_json(settings_json)
-    images = volume_to_slices(read_image(path), None, settings).images
-    return images.astype("float16").astype("float32")
-
-
-def _organ_names(prepared_dir: Path) -> dict[int, str]:
-    """Label id -> organ name from the cache's ``label_map.json`` (empty if unavailable)."""
-    import json
-
-    try:
-        labels = json.loads((prepared_dir / "label_map.json").read_text(encoding="utf-8"))["labels"]
-        return {int(i): str(name) for i, name in labels.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}

@@ -27,7 +27,6 @@ from ragsam.cli import (  # noqa: F401
     demo_cmd,
     evaluate_cmd,
     experiment_cmd,
-    hub_cmd,
     index_cmd,
     index_edit_cmd,
     model_cmd,
@@ -40,6 +39,7 @@ from ragsam.cli import (  # noqa: F401
 )
 from ragsam.cli.app import app
 from ragsam.errors import CasesFailedError, RagsamError
+from ragsam.utils.threads import prefer_passive_wait
 
 #: OS errors about a path the user chose: reported as bad input (exit 2), naming the path.
 _USER_OS_ERRORS = {errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
@@ -51,6 +51,7 @@ _ABORT = (click.exceptions.Abort, typer.Abort)
 
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` and return the exit code (never raises)."""
+    prefer_passive_wait()  # before any command imports torch
     try:
         app(args=argv, prog_name="ragsam", standalone_mode=False)
         return 0

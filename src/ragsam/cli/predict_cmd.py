@@ -53,6 +53,10 @@ def predict_command(
 
 
 def _print(results: list) -> None:
+    from ragsam.utils import ranks
+
+    if not ranks.current().is_main:  # torchrun: every rank holds every result; rank 0 prints
+        return
     for r in results:
         organs = ",".join(str(o) for o in r.organs) or "none"
         done = "already done, skipped" if r.skipped else f"{r.slices} slices, organs {organs}"

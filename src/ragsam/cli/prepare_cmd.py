@@ -7,18 +7,7 @@ from pathlib import Path
 import typer
 
 from ragsam.cli.app import app
-from ragsam.errors import InputError
-
-
-def _numbers(text: str, count: int, what: str, kind: type = float) -> tuple:
-    """Parse ``"a,b,c"`` into ``count`` numbers of ``kind`` or raise a one-line InputError."""
-    try:
-        values = tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        raise InputError(None, f"{what} must be {count} comma-separated {kind.__name__}s, got {text!r}")
-    return values
+from ragsam.cli.options import parse_numbers, parse_window
 
 
 @app.command("prepare")
@@ -34,6 +23,8 @@ def prepare_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the k-fold shuffle."),
     series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder holds several."),
     force: bool = typer.Option(False, "--force", help="Rebuild every case; allow a non-empty folder that is not a cache."),
+    jobs: int | None = typer.Option(
+        None, "--jobs", "-j", help="Worker processes, one case each (default: the cores available)."),
 ) -> None:
     """Turn CT volumes and labels into a cache of canonical axial slices for training and retrieval.
 
@@ -49,7 +40,7 @@ def prepare_command(
     from ragsam.data.prepare import prepare_dataset
     from ragsam.data.slices import SliceSettings
 
-    low, high = _numbers(window, 2, "--window")
+    low, high = parse_window(window)
     settings = SliceSettings(window=(low, high), size=size, context=context)
     console = Console()
 
@@ -57,7 +48,7 @@ def prepare_command(
         console.print(f"  built {case_id} ({done}/{total})", highlight=False)
 
     summary = prepare_dataset(source, out, settings, layout=layout, label_map=labels, split=split, seed=seed,
-                              force=force, series_uid=series, progress=progress)
+                              force=force, series_uid=series, progress=progress, jobs=jobs)
     names = CacheMeta.read(summary.out_dir).label_names
     console.print(f"[bold]{summary.out_dir}[/bold]: {len(summary.cases)} cases, {summary.slices} slices "
                   f"(built {len(summary.built)}, reused {len(summary.reused)}, removed {len(summary.removed)}) "
@@ -93,7 +84,7 @@ def phantom_command(
     """
     from ragsam.data.phantom import write_phantom_dataset
 
-    zyx = _numbers(shape, 3, "--shape", int)
-    mm = _numbers(spacing, 3, "--spacing")
+    zyx = parse_numbers(shape, 3, "--shape", int)
+    mm = parse_numbers(spacing, 3, "--spacing")
     path = write_phantom_dataset(out, n_cases=cases, layout=layout, seed=seed, shape=zyx, spacing_mm=mm, force=force)
     typer.echo(f"wrote {cases} phantom cases ({layout} layout, {'x'.join(map(str, zyx))} voxels) to {path}")

@@ -23,12 +23,17 @@ def pretrain_tiny_command(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write (sam/, sam2/, embedder/, manifest.json)."),
     preset: str = typer.Option("shipped", "--preset", help="shipped (the packaged weights) or micro (seconds)."),
     seed: int | None = typer.Option(None, "--seed", help="Override the preset's training seed."),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads. The shipped weights were made with 1 "
+                                                    "(float sums depend on the thread count)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:
     """Parse, call :func:`ragsam.pretrain.run.pretrain_tiny`, print where the models are."""
+    import torch
+
     from ragsam.pretrain import get_settings
     from ragsam.pretrain.run import pretrain_tiny
 
+    torch.set_num_threads(max(1, threads))
     settings = get_settings(preset, **({} if seed is None else {"seed": seed}))
     manifest = pretrain_tiny(out, settings, force=force,
                              on_stage=lambda stage: typer.echo(f"  {stage}", err=True))

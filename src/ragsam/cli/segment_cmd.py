@@ -53,7 +53,7 @@ def segment_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ragsam.errors import CasesFailedError
-    from ragsam.retrieval.segment import segment_cases
+    from ragsam.retrieval.segment import SegmentOptions, segment_cases
 
     columns = (TextColumn("segmenting {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
@@ -61,8 +61,9 @@ def segment_command(
             task = bar.add_task("", total=None)
             summaries = segment_cases(
                 input_path, output, index, sam2_weights=sam2, layout=layout, force=force, cache_size=cache_size,
-                device=device, pointer_positions=pointers, k=k, exclude_cases=exclude_case, batch_size=batch_size,
-                series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight,
+                device=device, pointer_positions=pointers,
+                options=SegmentOptions(k=k, exclude_cases=tuple(exclude_case or ()), batch_size=batch_size,
+                                       series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight),
                 progress=lambda cid, done, total: bar.update(task, description=cid, completed=done, total=total))
     except CasesFailedError as exc:  # the finished cases are reported, then one line per failed case
         _print(exc.results, summary_json)

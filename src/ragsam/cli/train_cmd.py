@@ -31,20 +31,14 @@ def train_command(
     force: bool = typer.Option(False, "--force", help="Start afresh even if --out holds a previous run."),
 ) -> None:
     """Parse, load the configuration, call :func:`ragsam.training.train`, print a summary."""
-    from ragsam.training import load_train_config, train
+    from ragsam.training import train
     from ragsam.training.distributed import env_world
+    from ragsam.training.run import requested_config
 
     items = list(overrides or [])
     if prepared is not None:
         items.append(f"data.prepared={prepared}")
-    cfg = None
-    if resume and config is None:
-        # Resume: the run's own configuration, plus overrides (only harmless keys may change);
-        # a run stopped before writing config.yaml needs its --config again.
-        saved = out / "config.yaml"
-        cfg = load_train_config(saved, items) if items and saved.is_file() else None
-    else:
-        cfg = load_train_config(config, items)
+    cfg = requested_config(config, items, out, resume)
     if cfg is not None and cfg.optim.bf16_cpu:
         from ragsam.utils.device import resolve_device
         from ragsam.utils.precision import cpu_bf16_note

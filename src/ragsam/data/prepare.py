@@ -57,6 +57,7 @@ from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, remove_stale_temporaries, write_json, write_text
 from ragsam.utils.fault_points import pause_at
 from ragsam.utils.folders import copy_entries, link_tree
+from ragsam.utils.jobs import map_cases, resolve_jobs
 from ragsam.utils.locking import folder_lock
 
 CASE_FILES = ("image.npy", "label.npy", "grid.json")
@@ -179,14 +180,14 @@ def _write_case(case_dir: Path, stack: Any) -> None:
 
 def _build_cases(out: Path, tmp: Path, plan: dict[str, dict[str, Any]], old_cases: dict[str, CachedCase], lmap: Any,
                  settings: SliceSettings, series_uid: str | None,
-                 progress: Callable[[str, int, int], None] | None) -> tuple[list[str], list[str]]:
+                 progress: Callable[[str, int, int], None] | None, jobs: int | None = None
+                 ) -> tuple[list[str], list[str]]:
     """Fill ``tmp`` (the cache's next version) from ``out`` (its current one) and the plan.
 
     Reused cases are hard-linked, changed ones built from their inputs; entries of ``out``
-    that ragsam did not write are copied. Returns ``(built, removed)`` case ids.
+    that ragsam did not write are copied; the changed cases are built in ``jobs`` worker
+    processes (:mod:`ragsam.utils.jobs`). Returns ``(built, removed)`` case ids.
     """
-    from ragsam.data.cases import load_case
-
     ours = {"prepare.json", "label_map.json", "splits.json", "manifest.csv", "cases"}
     copy_entries(out, tmp, lambda p: p.name not in ours)
     (tmp / "cases").mkdir()
@@ -195,20 +196,31 @@ def _build_cases(out: Path, tmp: Path, plan: dict[str, dict[str, Any]], old_case
     removed = sorted(mine - set(plan))
     copy_entries(out / "cases", tmp / "cases",
                  lambda p: p.name not in mine and not (p.name.startswith(".") and p.name.endswith(".tmp")))
-    total = sum(not q["reuse"] for q in plan.values())
-    built: list[str] = []
     for cid, p in sorted(plan.items()):
         if p["reuse"]:
             link_tree(out / "cases" / cid, tmp / "cases" / cid)
-            continue
-        case = load_case(p["ref"], series_uid=series_uid)
-        labels = convert_labels(case.labels, lmap)
-        _write_case(tmp / "cases" / cid, volume_to_slices(case.image, labels, settings))
+    to_build = [(p["ref"], series_uid, lmap, settings, tmp / "cases" / cid)
+                for cid, p in sorted(plan.items()) if not p["reuse"]]
+    built: list[str] = []
+
+    def done(cid: str) -> None:
         built.append(cid)
         pause_at("prepare:case-built")
         if progress is not None:
-            progress(cid, len(built), total)
+            progress(cid, len(built), len(to_build))
+
+    map_cases(_build_case, to_build, resolve_jobs(jobs, len(to_build)), on_result=done)
     return built, removed
+
+
+def _build_case(task: tuple[Any, str | None, Any, SliceSettings, Path]) -> str:
+    """Read, convert, slice and write one case (a worker of ``--jobs``); returns its id."""
+    from ragsam.data.cases import load_case
+
+    ref, series_uid, lmap, settings, case_dir = task
+    case = load_case(ref, series_uid=series_uid)
+    _write_case(case_dir, volume_to_slices(case.image, convert_labels(case.labels, lmap), settings))
+    return case_dir.name
 
 
 def _case_rows(case_dir: Path, case_id: str, split: str) -> list[list[Any]]:
@@ -301,6 +313,7 @@ def prepare_dataset(
     force: bool = False,
     series_uid: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    jobs: int | None = None,
 ) -> PrepareSummary:
     """Build or update the slice cache of a dataset (see the module docstring).
 
@@ -315,6 +328,8 @@ def prepare_dataset(
         force: rebuild every case, and allow writing into a non-empty folder that is not a cache.
         series_uid: DICOM series to read when a folder holds several.
         progress: called as ``progress(case_id, n_built, n_to_build)`` after each built case.
+        jobs: worker processes, one case each at a time (default: the cores available;
+            :mod:`ragsam.utils.jobs`); the cache is the same for any number.
     Returns:
         :class:`PrepareSummary`.
     Raises:
@@ -328,12 +343,12 @@ def prepare_dataset(
     with folder_lock(out):
         remove_stale_temporaries(out)  # left by a killed run
         return _prepare_locked(source, out, settings or SliceSettings(), layout, label_map, split, seed, force,
-                               series_uid, progress)
+                               series_uid, progress, jobs)
 
 
 def _prepare_locked(source: str | os.PathLike, out: Path, settings: SliceSettings, layout: str, label_map: str,
                     split: str, seed: int, force: bool, series_uid: str | None,
-                    progress: Callable[[str, int, int], None] | None) -> PrepareSummary:
+                    progress: Callable[[str, int, int], None] | None, jobs: int | None = None) -> PrepareSummary:
     """:func:`prepare_dataset` while holding the cache's lock."""
     from ragsam.data.label_maps import load_label_map
     from ragsam.data.layouts import discover_cases
@@ -374,7 +389,7 @@ def _prepare_locked(source: str | os.PathLike, out: Path, settings: SliceSetting
                      source=str(Path(source).resolve()), layout=layout, series_uid=series_uid, split=split,
                      seed=seed)
     with atomic_dir(out, force=True) as tmp:
-        built, removed = _build_cases(out, tmp, plan, old_cases, lmap, settings, series_uid, progress)
+        built, removed = _build_cases(out, tmp, plan, old_cases, lmap, settings, series_uid, progress, jobs)
         ids = sorted(plan)
         rows = [row for cid in ids for row in _case_rows(tmp / "cases" / cid, cid, split_of.get(cid, ""))]
         organ_slices: dict[int, int] = {}

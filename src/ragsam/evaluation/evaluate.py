@@ -43,7 +43,9 @@ from ragsam.evaluation.metrics import (
     spacing_zyx,
 )
 from ragsam.evaluation.report import AggregateTable, aggregate, write_report
+from ragsam.utils import ranks
 from ragsam.utils.atomic import atomic_dir
+from ragsam.utils.jobs import map_cases, resolve_jobs
 
 if TYPE_CHECKING:
     from ragsam.data.label_maps import LabelMap
@@ -263,11 +265,56 @@ def select_organs(label_map: LabelMap, organs: str | Sequence[int | str] | None
     return label_map, ids, None
 
 
+@dataclass(frozen=True)
+class _CaseTask:
+    """Everything one worker needs to score one case (picklable)."""
+
+    case: CasePaths
+    file_map: LabelMap
+    conversion: dict[int, int] | None
+    organ_ids: list[int]
+    names: dict[int, str]
+    tolerances: dict[int, float]
+    absent: Absent
+    hd95_units: Hd95Units
+    overlay_labels: dict[int, str]
+    overlay_dir: Path | None
+
+
+def _score_case(task: _CaseTask) -> tuple[list[MetricRow], str | None]:
+    """Read one case, score every organ, draw its overlay; ``(rows, overlay path relative to out)``."""
+    from ragsam.data.label_maps import check_label_ids, remap_labels
+    from ragsam.data.volume import pair_to_reference, read_image, read_labels
+
+    case = task.case
+    image = read_image(case.image) if case.image is not None else None
+    gt_vol = read_labels(case.gt)
+    if image is not None:
+        gt_vol = pair_to_reference(gt_vol, image)
+    pred_vol = read_labels(case.pred, reference=gt_vol)
+    check_label_ids(gt_vol, task.file_map)
+    check_label_ids(pred_vol, task.file_map)
+    if task.conversion is not None:
+        gt_vol = replace(gt_vol, array=remap_labels(gt_vol.array, task.conversion))
+        pred_vol = replace(pred_vol, array=remap_labels(pred_vol.array, task.conversion))
+    metrics = compute_case_metrics(pred_vol.array, gt_vol.array, spacing_zyx(gt_vol.geometry.spacing),
+                                   task.organ_ids, task.tolerances, task.absent, task.hd95_units)
+    rows = [MetricRow(case.case_id, m.organ_id, task.names[m.organ_id], m.dice, m.hd95, m.nsd,
+                      m.gt_voxels, m.pred_voxels, m.nsd_tolerance_mm) for m in metrics]
+    if task.overlay_dir is None:
+        return rows, None
+    from ragsam.evaluation.overlays import draw_overlay
+
+    png = draw_overlay(gt_vol, pred_vol, task.overlay_labels, task.overlay_dir / f"{case.case_id}.png",
+                       image=image, title=case.case_id)
+    return rows, f"overlays/{png.name}"
+
+
 def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, label_map: Any = "btcv",
              out_dir: str | os.PathLike | None = None, nsd_tolerance_mm: float | str = "flare22",
              absent: Absent = "strict", organs: str | Sequence[int | str] | None = None, overlays: bool = True,
              force: bool = False, images: str | os.PathLike | None = None,
-             hd95_units: Hd95Units = "mm") -> EvaluationResult:
+             hd95_units: Hd95Units = "mm", jobs: int | None = None) -> EvaluationResult:
     """Dice, HD95 and NSD per case x organ, aggregated in the paper's layout.
 
     Args:
@@ -284,14 +331,15 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, label_map: Any = "b
         force: replace an existing ``out_dir``.
         images: CT image(s) to draw under the overlays (see :func:`match_cases`).
         hd95_units: ``"mm"`` or ``"voxels"`` (SAMed's unit-less HD95).
+        jobs: worker processes, one case each at a time (default: the cores available;
+            :mod:`ragsam.utils.jobs`); the result is the same for any number.
     Returns:
         :class:`EvaluationResult`.
     Raises:
         InputError: unreadable or unmatched inputs, mismatched geometry, unknown label ids.
         OutputExistsError: ``out_dir`` exists and ``force`` is false.
     """
-    from ragsam.data.label_maps import check_label_ids, load_label_map, remap_labels
-    from ragsam.data.volume import pair_to_reference, read_image, read_labels
+    from ragsam.data.label_maps import load_label_map
 
     if out_dir is not None and Path(out_dir).exists() and not force:
         raise OutputExistsError(out_dir)  # refuse before the (long) evaluation
@@ -316,34 +364,59 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, label_map: Any = "b
     }
     result = EvaluationResult([], cases, organ_ids, [names[i] for i in organ_ids], settings)
 
-    def run(overlay_dir: Path | None) -> None:
-        for case in cases:
-            image = read_image(case.image) if case.image is not None else None
-            gt_vol = read_labels(case.gt)
-            if image is not None:
-                gt_vol = pair_to_reference(gt_vol, image)
-            pred_vol = read_labels(case.pred, reference=gt_vol)
-            check_label_ids(gt_vol, file_map)
-            check_label_ids(pred_vol, file_map)
-            if conversion is not None:
-                gt_vol = replace(gt_vol, array=remap_labels(gt_vol.array, conversion))
-                pred_vol = replace(pred_vol, array=remap_labels(pred_vol.array, conversion))
-            metrics = compute_case_metrics(pred_vol.array, gt_vol.array, spacing_zyx(gt_vol.geometry.spacing),
-                                           organ_ids, tolerances, absent, hd95_units)
-            result.rows += [MetricRow(case.case_id, m.organ_id, names[m.organ_id], m.dice, m.hd95, m.nsd,
-                                      m.gt_voxels, m.pred_voxels, m.nsd_tolerance_mm) for m in metrics]
-            if overlay_dir is not None:
-                from ragsam.evaluation.overlays import draw_overlay
+    def score(selected: list[CasePaths], overlay_dir: Path | None) -> list[tuple[list[MetricRow], str | None]]:
+        tasks = [_CaseTask(case, file_map, conversion, organ_ids, names, tolerances, absent, hd95_units,
+                           lmap.labels, overlay_dir) for case in selected]
+        return map_cases(_score_case, tasks, resolve_jobs(jobs, len(tasks)))
 
-                png = draw_overlay(gt_vol, pred_vol, lmap.labels, overlay_dir / f"{case.case_id}.png",
-                                   image=image, title=case.case_id)
-                result.overlays[case.case_id] = f"overlays/{png.name}"
+    def collect(scored: list[tuple[list[MetricRow], str | None]]) -> None:
+        for case, (rows, overlay) in zip(cases, scored, strict=True):
+            result.rows += rows
+            if overlay is not None:
+                result.overlays[case.case_id] = overlay
 
+    if ranks.current().world > 1:  # torchrun: cases sharded by rank, rank 0 writes the folder
+        return _evaluate_sharded(result, score, collect, out_dir, overlays, force)
     if out_dir is None:
-        run(None)
+        collect(score(cases, None))
         return result
     with atomic_dir(out_dir, force=force) as tmp:
-        run(tmp / "overlays" if overlays else None)
+        collect(score(cases, tmp / "overlays" if overlays else None))
         write_report(result, tmp)
+    result.out_dir = Path(out_dir)
+    return result
+
+
+def _evaluate_sharded(result: EvaluationResult, score: Any, collect: Any, out_dir: str | os.PathLike | None,
+                      overlays: bool, force: bool) -> EvaluationResult:
+    """:func:`evaluate` under torchrun: every rank scores its shard (overlays into a staging
+    folder beside ``out_dir``), all ranks receive every row, rank 0 writes ``out_dir``."""
+    import shutil
+
+    staging = None
+    if out_dir is not None and overlays:
+        staging = Path(out_dir).parent / f".{Path(out_dir).name}.overlays.tmp"
+
+        def fresh_staging() -> None:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+            staging.mkdir(parents=True)
+
+        ranks.on_main(fresh_staging)
+    try:
+        collect(ranks.gather_results(lambda selected: score(selected, staging), result.cases))
+    except Exception:
+        if staging is not None and ranks.current().is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir is None:
+        return result
+
+    def write() -> None:
+        with atomic_dir(out_dir, force=force) as tmp:
+            if staging is not None:
+                shutil.move(str(staging), str(tmp / "overlays"))
+            write_report(result, tmp)
+
+    ranks.on_main(write)
     result.out_dir = Path(out_dir)
     return result

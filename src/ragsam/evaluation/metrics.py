@@ -1,4 +1,4 @@
-"""Per case x organ Dice, HD95 (mm) and normalised surface Dice (NSD), computed with MONAI.
+"""Per case x organ Dice, HD95 (mm) and normalised surface Dice (NSD), MONAI's definitions.
 
 Arrays are label volumes in numpy order ``(z, y, x)``; ``spacing_zyx`` is the
 voxel size in mm in the SAME order. ``ragsam.data.volume.Geometry.spacing`` is
@@ -7,7 +7,9 @@ wrong turns a 2-slice shift at 3 mm into 2 mm instead of 6 mm).
 
 Each organ is evaluated on its own binary masks, cropped to the bounding box of
 ``pred | gt`` plus a one-voxel margin (as MONAI crops internally), so memory
-stays small even for 512 x 512 x 200 volumes.
+stays small even for 512 x 512 x 200 volumes. HD95 and NSD are computed by
+:mod:`ragsam.evaluation.surface` with NumPy/SciPy, equal to MONAI's functions bit
+for bit (tested) without importing MONAI (tens of seconds of start-up).
 
 Definitions (all on the one-voxel-thick surfaces that MONAI extracts by binary
 erosion; distances between voxel centres, Euclidean, in mm):
@@ -61,7 +63,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -147,48 +148,12 @@ def grid_diagonal_mm(shape_zyx: Sequence[int], spacing: Sequence[float]) -> floa
     return float(math.sqrt(sum(((n - 1) * s) ** 2 for n, s in zip(shape_zyx, spacing, strict=True))))
 
 
-def _crop_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop two boolean masks to the bounding box of their union plus one voxel."""
-    union = pred | gt
-    slices = []
-    for axis in range(union.ndim):
-        other = tuple(a for a in range(union.ndim) if a != axis)
-        idx = np.flatnonzero(union.any(axis=other))
-        slices.append(slice(max(int(idx[0]) - 1, 0), min(int(idx[-1]) + 2, union.shape[axis])))
-    box = tuple(slices)
-    return pred[box], gt[box]
-
-
-def _to_onehot(mask: np.ndarray):
-    """(z, y, x) bool -> torch float (1, 1, z, y, x), MONAI's (B, C, *spatial)."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-
-
 def _surface_metrics(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...], hd_spacing: tuple[float, ...],
                      tolerance_mm: float, pooled: bool) -> tuple[float, float]:
-    """HD95 and NSD of two non-empty boolean masks with MONAI. Returns ``(hd95, nsd)``."""
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
-    from monai.metrics.utils import get_edge_surface_distance
+    """HD95 and NSD of two non-empty boolean masks: MONAI's values (``ragsam.evaluation.surface``)."""
+    from ragsam.evaluation.surface import hd95_nsd
 
-    p, g = _crop_pair(pred, gt)
-    tp, tg = _to_onehot(p), _to_onehot(g)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # MONAI warns on empty masks; we never pass them
-        if pooled:  # medpy.metric.binary.hd95: percentile of both directions pooled
-            import torch
-
-            _, (d_pg, d_gp), _ = get_edge_surface_distance(
-                torch.from_numpy(p), torch.from_numpy(g), spacing=hd_spacing, symmetric=True)
-            pooled_d = np.concatenate([np.asarray(d_pg, dtype=np.float64), np.asarray(d_gp, dtype=np.float64)])
-            hd95 = float(np.percentile(pooled_d, 95))
-        else:
-            hd95 = float(compute_hausdorff_distance(tp, tg, include_background=True, percentile=95,
-                                                    spacing=list(hd_spacing))[0, 0])
-        nsd = float(compute_surface_dice(tp, tg, [float(tolerance_mm)], include_background=True,
-                                         spacing=list(spacing))[0, 0])
-    return hd95, nsd
+    return hd95_nsd(pred, gt, spacing, hd_spacing, tolerance_mm, pooled)
 
 
 def compute_organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], organ_id: int = 1,

@@ -55,10 +55,12 @@ from torch import nn
 from ragsam.errors import InputError
 from ragsam.inference.case_runner import CaseRecorder, file_digest, model_key, plan_cases
 from ragsam.inference.run_loader import load_run
+from ragsam.utils import ranks
 from ragsam.utils.device import resolve_device
 from ragsam.utils.fault_points import pause_at
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.precision import autocast
+from ragsam.utils.threads import apply_threads
 
 IN_FLIGHT = 3  # batches of logits waiting for their labels (bounds memory; the labels thread is the faster)
 
@@ -352,6 +354,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     overlap = default_overlap(dev) if overlap is None else overlap
     stages = StageTimes(timings)
     model, cfg = stages.timed("load_run", load_run, run_dir, dev, "model.safetensors", True)
+    apply_threads(model)
     if cfg.data.window is None:
         raise InputError(Path(run_dir) / "config.yaml", "data.window is not set (was this run started by ragsam train?)")
     settings = SliceSettings(window=tuple(cfg.data.window), size=cfg.model.image_size, context=cfg.data.context)
@@ -381,7 +384,9 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         recorder.finish(job, {"slices": result.slices, "organs": result.organs}, result)
         pause_at("predict:case-written")
 
-    _pipeline(plan.todo, recorder, load, segment, write, overlap)
+    todo = ranks.shard(plan.todo, ranks.current())  # torchrun: this rank's cases
+    _pipeline(todo, recorder, load, segment, write, overlap)
+    ranks.merge_outcomes(recorder)
     results = recorder.close()
     if timings is not None:
         timings["wall"] = time.perf_counter() - wall

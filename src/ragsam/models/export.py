@@ -113,8 +113,9 @@ def merge_run(run_dir: str | PathLike, out_dir: str | PathLike, checkpoint: str 
     trained tensors ``<run_dir>/<checkpoint>``, merges LoRA and writes
     ``out_dir`` (``config.json``, ``model.safetensors``, ``ragsam.json`` and
     ``ragsam_model.yaml``, the run's model configuration). The folder loads with
-    ``build_sam_model(arch, out_dir, num_classes, image_size)`` at the run's
-    size and gives the run's outputs.
+    ``build_sam_model(arch, out_dir, num_classes, image_size, normalize)`` at the
+    run's size and with the run's ``model.normalize`` (``none`` for the SAMed
+    presets: the folder's weights expect the [0, 1] slice) and gives the run's outputs.
 
     Raises:
         InputError: not a run folder, missing checkpoint, adapter run (not mergeable).

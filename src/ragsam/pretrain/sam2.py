@@ -55,7 +55,7 @@ def new_tiny_sam2(image_size: int, seed: int):
     """
     from transformers import Sam2VideoModel
 
-    from ragsam.retrieval.sam2_model import tiny_sam2_config
+    from ragsam.models.sam2 import tiny_sam2_config
 
     config = tiny_sam2_config(image_size=image_size)
     config.initializer_range = 0.02

@@ -36,6 +36,7 @@ from ragsam.utils.atomic import atomic_dir, check_writable, remove_stale_tempora
 from ragsam.utils.fault_points import pause_at
 from ragsam.utils.locking import folder_lock
 from ragsam.utils.paths import resolve_inside
+from ragsam.utils.threads import apply_threads
 
 METADATA_COLUMNS = ("row", "case_id", "z", "rel_z", "organs", "split")
 
@@ -163,6 +164,7 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         if embedder is None:
             embedder = build_embedder(embedder_weights, pooling=pooling, image_size=image_size, device=device,
                                       batch_size=batch_size)
+        apply_threads(getattr(embedder, "model", None))
 
         arrays = {c: case_arrays(prepared, c, with_labels=(prepared / "cases" / c / "label.npy").is_file())
                   for c in chosen}

@@ -8,9 +8,9 @@ format, so :meth:`SupportBank.support_slices` reads it like any other case::
       additions/cases/<addition id>/label.npy   uint8   (m, S, S)
       bank.json ["additions"]                   id, source file, source slices, rows, who, when
 
-Every edit holds an exclusive lock on ``<parent>/.<bank name>.lock`` (``fcntl.flock``),
-so concurrent edits of one bank (two ``ragsam index add``, or the app and the CLI) are
-serialised. The edit builds the new bank in a temporary sibling folder (unchanged files
+Every edit holds the bank's folder lock (:func:`ragsam.utils.locking.folder_lock`, waiting
+for it), so concurrent edits of one bank (two ``ragsam index add``, or the app and the CLI)
+are serialised, and ``index build --force`` is refused while an edit runs. The edit builds the new bank in a temporary sibling folder (unchanged files
 hard-linked, changed ones written anew) and then swaps it in
 (:func:`ragsam.utils.atomic.atomic_dir`): a crash during an addition leaves the old bank.
 A crash between the two renames of the swap leaves the old bank under
@@ -19,14 +19,12 @@ A crash between the two renames of the swap leaves the old bank under
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import getpass
 import io
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +35,7 @@ from ragsam.errors import InputError
 from ragsam.retrieval.bank import ADDITIONS_DIR, METADATA_COLUMNS, SupportBank
 from ragsam.retrieval.bank_info import BankInfo
 from ragsam.utils.atomic import atomic_dir, write_text
+from ragsam.utils.locking import folder_lock
 
 ADDITION_PREFIX = "added-"
 ADDED_SPLIT = "added"
@@ -65,19 +64,6 @@ class Addition:
     def from_json(cls, d: dict) -> Addition:
         return cls(str(d["id"]), str(d["source"]), [int(z) for z in d["source_slices"]],
                    [int(o) for o in d["organs"]], str(d["added_by"]), str(d["added_at"]))
-
-
-@contextlib.contextmanager
-def bank_lock(bank_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold the exclusive edit lock of a bank (blocks until other edits finish)."""
-    bank = Path(bank_dir).resolve()
-    lock = bank.parent / f".{bank.name}.lock"
-    with lock.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def recover_bank(bank_dir: str | os.PathLike) -> bool:
@@ -121,7 +107,7 @@ def add_slices(bank_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarr
     """
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels)
-    with bank_lock(bank_dir):
+    with folder_lock(bank_dir, wait=True):
         recover_bank(bank_dir)
         bank = SupportBank.load(bank_dir)
         size = bank.info.slice_size or int(images.shape[-1])
@@ -192,7 +178,7 @@ def remove_addition(bank_dir: str | os.PathLike, addition_id: str) -> Addition:
     """
     import faiss
 
-    with bank_lock(bank_dir):
+    with folder_lock(bank_dir, wait=True):
         recover_bank(bank_dir)
         bank = SupportBank.load(bank_dir)
         entries = bank.info.additions or []

@@ -38,10 +38,49 @@ from ragsam.errors import InputError
 from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
+from ragsam.utils.threads import apply_threads
 
 MIN_HU = -200.0
 MIN_HU_SPAN = 300.0
 DEFAULT_Z_PRIOR = 0.5
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How each volume of :func:`segment_cases` is segmented (see :func:`segment_volume`).
+
+    Attributes:
+        k: support slices per query slice.
+        exclude_cases: bank cases never used as supports.
+        batch_size: query slices per image-encoder / embedder pass.
+        series_uid: DICOM series to read when a folder holds several.
+        z_prior: weight of the relative-z penalty in retrieval (``None`` / 0: off).
+        run_dir: a fine-tuned run to fuse with (hybrid); ``None``: retrieval only.
+        hybrid_weight: ``w`` of the retrieval term in the hybrid fusion.
+    """
+
+    k: int = 4
+    exclude_cases: tuple[str, ...] = ()
+    batch_size: int = 8
+    series_uid: str | None = None
+    z_prior: float | None = DEFAULT_Z_PRIOR
+    run_dir: str | os.PathLike | None = None
+    hybrid_weight: float = 0.5
+
+    def check(self) -> None:
+        """Refuse bad values before any model loads."""
+        _check_call(self.hybrid_weight, self.batch_size, self.run_dir)
+
+    def output_key(self) -> dict[str, Any]:
+        """The options that change an output (batch size does not; the run enters by its files)."""
+        return {"k": self.k, "exclude_cases": list(self.exclude_cases), "series_uid": self.series_uid,
+                "z_prior": self.z_prior, "hybrid_weight": self.hybrid_weight}
+
+    def segment_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`RagSegmenter.segment`."""
+        return {"k": self.k, "exclude_cases": self.exclude_cases, "batch_size": self.batch_size,
+                "series_uid": self.series_uid, "z_prior": self.z_prior, "run_dir": self.run_dir,
+                "hybrid_weight": self.hybrid_weight}
 
 
 @dataclass
@@ -168,6 +207,7 @@ class RagSegmenter:
         self.bank = SupportBank.load(bank_dir)
         self.embedder = _embedder_for(self.bank, embedder, self.device)
         self.model, self.info = build_sam2(sam2_weights, device=self.device)  # bad weights fail before slice work
+        apply_threads(self.model, getattr(self.embedder, "model", None))
         self.seg = Sam2MemorySegmenter(self.model, pointer_positions=pointer_positions,  # type: ignore[arg-type]
                                        use_empty_supports=use_empty_supports)
         self.cache = SupportCache(cache_size)
@@ -330,7 +370,8 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
                   sam2_weights: str = "facebook/sam2.1-hiera-tiny", layout: str = "auto",
                   force: bool = False, embedder: Any = None, cache_size: int = 256, device: str = "auto",
                   pointer_positions: str = "sequential", use_empty_supports: bool = True,
-                  progress: Callable[[str, int, int], None] | None = None, **per_volume: Any) -> list[SegmentSummary]:
+                  progress: Callable[[str, int, int], None] | None = None,
+                  options: SegmentOptions | None = None) -> list[SegmentSummary]:
     """Segment every case of a file, DICOM folder or dataset folder with one :class:`RagSegmenter`.
 
     Args:
@@ -339,8 +380,7 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
         output_path: output folder (``<case_id>.nii.gz`` per case), or a file for a single case.
         layout: dataset layout of ``input_path`` (``auto`` detects it).
         progress: called as ``progress(case_id, done_slices, total_slices)``.
-        per_volume: ``k``, ``exclude_cases``, ``batch_size``, ``series_uid``, ``z_prior``,
-            ``run_dir``, ``hybrid_weight`` as in :func:`segment_volume`.
+        options: how each volume is segmented (:class:`SegmentOptions`; default: its defaults).
         Others: as :func:`segment_volume`.
     Returns:
         One summary per case, in case-id order.
@@ -354,12 +394,13 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
     if not refs:
         raise InputError(input_path, "no images found")
     outputs = case_output_paths([ref.case_id for ref in refs], output_path)
-    _check_call(per_volume.get("hybrid_weight", 0.5), per_volume.get("batch_size", 8), per_volume.get("run_dir"))
+    options = options or SegmentOptions()
+    options.check()
     key = model_key(command="segment", bank=[file_digest(p) for p in sorted(Path(bank_dir).glob("*")) if p.is_file()],
                     sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
-                    run=None if per_volume.get("run_dir") is None else
-                    [file_digest(Path(per_volume["run_dir"]) / n) for n in ("model.safetensors", "config.yaml")],
-                    **{k: v for k, v in per_volume.items() if k not in ("run_dir", "batch_size")})
+                    run=None if options.run_dir is None else
+                    [file_digest(Path(options.run_dir) / n) for n in ("model.safetensors", "config.yaml")],
+                    **options.output_key())
     plan = plan_cases(refs, outputs, key, force)  # refuses outputs that are not ragsam's before any model loads
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
                              use_empty_supports) if plan.todo else None
@@ -367,7 +408,8 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
     def work(job: Any) -> tuple[SegmentSummary, dict[str, Any]]:
         assert segmenter is not None
         report = None if progress is None else (lambda done, total, cid=job.case_id: progress(cid, done, total))
-        summary = segmenter.segment(job.ref.image, job.output, force=True, progress=report, **per_volume)
+        summary = segmenter.segment(job.ref.image, job.output, force=True, progress=report,
+                                    **options.segment_kwargs())
         return summary, summary.to_json()
 
     def from_json(job: Any, recorded: dict[str, Any]) -> SegmentSummary:

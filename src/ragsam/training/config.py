@@ -4,6 +4,11 @@ Load with :func:`load_train_config` (defaults <- YAML preset <- ``key=value``
 overrides). Defaults follow SAMed / the paper's section 4.2: Dice 0.8 + CE 0.2,
 AdamW (0.9, 0.999), weight decay 0.1, base lr 0.005, 250 warm-up iterations,
 polynomial decay (power 0.9) over 18,600 iterations, early stop at 14,880.
+The rest of SAMed's recipe - the [0, 1] slice without SAM's normalisation, the
+loss at the decoder's resolution, fresh mask heads, a trained prompt encoder, 24
+slices per step, fp32 - is set by the paper presets (``samed``, ``samed_s``;
+``medsa`` for Med-SA), not by these defaults, which stay what runs saved before
+those options existed were trained with (docs/paper-fidelity.md).
 """
 
 from __future__ import annotations

@@ -29,18 +29,19 @@ import torch
 from ragsam.config import dump_config, to_dict
 from ragsam.errors import InputError
 from ragsam.training.checkpoint import STATE_FILE, load_state, load_trainable_tensors, set_rng_state
-from ragsam.training.config import TrainConfig, resolve_grad_accum, validate
+from ragsam.training.config import TrainConfig, load_train_config, resolve_grad_accum, validate
 from ragsam.training.data import build_data
 from ragsam.training.distributed import DistInfo, barrier, cleanup, setup
 from ragsam.training.logging_utils import NullLogger, RunLogger
 from ragsam.training.loop import LoopContext, LoopState, run_loop
 from ragsam.training.run_folder import RunFolder, clear_run_files, plan_folder, publish
-from ragsam.training.run_info import RunInfo
+from ragsam.training.run_info import CONFIG_FILE, RunInfo
 from ragsam.training.sampler import BatchStream, resolve_num_workers
 from ragsam.training.schedule import WarmupPoly
 from ragsam.utils.atomic import write_json, write_text
 from ragsam.utils.locking import folder_lock
 from ragsam.utils.seeding import seed_everything
+from ragsam.utils.threads import apply_threads
 
 # Keys that may differ between a run's config.yaml and the config given with --resume.
 RESUME_FREE = ("data.prepared", "data.num_workers", "log.", "device", "val.batch_size")
@@ -54,6 +55,22 @@ def _flat(d: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def requested_config(config: str | Path | None, overrides: list[str], out: str | Path,
+                     resume: bool) -> TrainConfig | None:
+    """The configuration a ``train`` request gives :func:`train` (the one place that decides it).
+
+    A new run: ``config`` (a preset name or YAML file) plus ``overrides``. ``--resume``
+    without ``config``: the run's own ``config.yaml`` plus ``overrides`` (only harmless
+    keys may change; :func:`train` checks), or ``None`` without overrides or before the
+    run wrote its ``config.yaml`` (:func:`train` then reads the saved one, or asks for
+    ``--config`` again).
+    """
+    if resume and config is None:
+        saved = Path(out) / CONFIG_FILE
+        return load_train_config(saved, overrides) if overrides and saved.is_file() else None
+    return load_train_config(config, overrides)
 
 
 def _resume_config(run_dir: Path, given: TrainConfig | None) -> TrainConfig:
@@ -148,6 +165,7 @@ def _train_in(cfg: TrainConfig, folder: RunFolder, info: DistInfo, stop_after: i
     barrier(info)
     seed_everything(cfg.seed)
     model = build_model(cfg.model).to(info.device)
+    apply_threads(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise InputError(None, "the model has no trainable parameters (check model.peft)")

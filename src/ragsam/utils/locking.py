@@ -41,13 +41,15 @@ def lock_path(folder: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, enabled: bool = True, wait: bool = False) -> Iterator[Path]:
     """Hold the exclusive write lock of ``folder`` (which need not exist yet).
 
     Args:
         folder: the output folder to update.
         enabled: ``False`` makes this a no-op (e.g. non-zero ranks of a multi-process run,
             whose rank 0 holds the lock for all of them).
+        wait: block until the holder is done instead of refusing (short edits that queue
+            behind each other, such as additions to a support bank).
     Yields:
         The lock file's path.
     Raises:
@@ -62,7 +64,7 @@ def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Pat
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)

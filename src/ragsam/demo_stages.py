@@ -1,0 +1,109 @@
+"""The demo's method stages: fine-tune + predict, retrieval (training-free and hybrid), evaluation.
+
+Each function runs one row of the demo's table through the public API of its module
+(:mod:`ragsam.training`, :mod:`ragsam.inference`, :mod:`ragsam.retrieval.segment`,
+:mod:`ragsam.evaluation.evaluate`); :func:`ragsam.demo.run_demo` calls them in order.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ragsam.demo_report import MethodScore, WeightsUsed
+from ragsam.errors import InputError
+
+if TYPE_CHECKING:
+    from ragsam.demo import DemoBudget
+
+PRETRAINED_SIZE = 256
+
+
+def train_overrides(budget: DemoBudget, weights: WeightsUsed, prepared: Path, device: str, seed: int) -> list[str]:
+    """``key=value`` overrides of the ``tiny`` training preset for the demo run."""
+    # ViT-B at a demo-sized 64 px would see 4 x 4 patches; pretrained SAM gets 256 px (16 x 16)
+    size = max(budget.size, PRETRAINED_SIZE) if weights.pretrained["sam"] else budget.size
+    common = [
+        f"data.prepared={prepared}", "data.train=[train]", "data.val=[]",
+        f"model.image_size={size}", f"model.arch={weights.sam_arch}", f"model.weights={weights.sam_weights}",
+        f"optim.max_iterations={budget.iterations}", "optim.stop_iteration=null",
+        f"optim.batch_size={budget.batch_size}", f"optim.lr={budget.lr}",
+        f"optim.warmup={max(1, budget.iterations // 20)}", "optim.weight_decay=0.01",
+        # the slices are in one canonical orientation (LPS): rot90/flip would swap left and right organs
+        "augment.enabled=false",
+        "val.every=0", f"checkpoint_every={budget.iterations}", f"log.every={max(1, budget.iterations // 20)}",
+        "log.progress=false", "log.tensorboard=false", f"device={device}", f"seed={seed}",
+    ]
+    # SAMed: LoRA rank 4 on q, v; the decoder fully trainable (on SAM ViT-B or the tiny pre-trained SAM)
+    return common + ["model.peft.method=lora", "model.peft.rank=4", "model.peft.decoder=full"]
+
+
+
+def fine_tune_and_predict(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, seed: int,
+                           cases: dict, test_ids: list[str], stage: Callable, done: Callable) -> list[tuple[str, float]]:
+    """Train the run in ``tmp/run`` and predict the test cases; returns ``[("finetuned", seconds)]``."""
+    from ragsam.inference import predict
+    from ragsam.training import load_train_config, train
+
+    cfg = load_train_config("tiny", train_overrides(plan, weights, tmp / "prepared", device, seed))
+    train(cfg, tmp / "run")
+    done()
+    finish = stage("predict", f"predicting {len(test_ids)} test case(s) with the fine-tuned model")
+    t0 = time.perf_counter()
+    for cid in test_ids:
+        predict(tmp / "run", str(cases[cid].image), tmp / "predictions" / "finetuned" / f"{cid}.nii.gz",
+                device=device)
+    finish()
+    return [("finetuned", time.perf_counter() - t0)]
+
+
+def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, cases: dict, test_ids: list[str],
+              stage: Callable, notes: list[str]) -> list[tuple[str, float]]:
+    """RAG and hybrid segmentation of the test cases (one :class:`RagSegmenter` per method)."""
+    from ragsam.retrieval.segment import RagSegmenter
+    from ragsam.utils.device import resolve_device
+
+    seg_device = str(resolve_device(device))
+    runs: list[tuple[str, dict]] = [("rag", {}), ("hybrid", {"run_dir": tmp / "run"})]
+    results = []
+    for name, extra in runs:
+        label = "retrieval + SAM 2 memory" if name == "rag" else "hybrid (fine-tuned + retrieval)"
+        done = stage(name, f"segmenting {len(test_ids)} test case(s): {label}")
+        t0 = time.perf_counter()
+        try:
+            segmenter = RagSegmenter(tmp / "bank", weights.sam2_weights, device=seg_device)  # shared by the cases
+            for cid in test_ids:
+                segmenter.segment(str(cases[cid].image), tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,
+                                  **extra)
+        except InputError as exc:
+            if name != "hybrid":
+                raise
+            notes.append(f"hybrid: left out - {exc}")
+            shutil.rmtree(tmp / "predictions" / name, ignore_errors=True)
+            done()
+            continue
+        done()
+        results.append((name, time.perf_counter() - t0))
+    return results
+
+
+def evaluate_method(tmp: Path, method: str, organs: list[int], images: Path, seconds: float,
+              label_map: str) -> MethodScore:
+    """Dice/HD95/NSD of one method's predictions -> ``tmp/evaluation/<method>``; its Dice summary."""
+    from ragsam.evaluation.evaluate import evaluate
+
+    result = evaluate(tmp / "predictions" / method, tmp / "ground_truth", label_map=label_map,
+                      out_dir=tmp / "evaluation" / method, organs=organs, images=images)
+    table = result.table()
+    return MethodScore(
+        method=method,
+        mean_dice=float(table.overall["dice"]),
+        organ_dice={name: float(v) for name, v in zip(table.organ_names, table.mean["dice"], strict=True)},
+        predictions=f"predictions/{method}",
+        evaluation=f"evaluation/{method}",
+        overlays={cid: f"evaluation/{method}/{rel}" for cid, rel in result.overlays.items()},
+        seconds=round(seconds, 2),
+    )

@@ -1,0 +1,149 @@
+"""The one rule for sharding work over torchrun ranks, and the collectives around it.
+
+Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) a command's cases are
+split by rank: rank ``r`` of ``W`` takes items ``r, r + W, r + 2W, ...`` of the
+command's sorted case list (:func:`shard`), so the split is deterministic and
+balanced to one case. Each rank writes only its own per-case outputs; results
+that go into shared files are gathered on rank 0 (:func:`gather_results`), which
+writes those files. A rank that fails sends its error instead of its results, so
+every rank learns of it in the same collective and the command fails on all
+ranks with that message (no rank waits at a barrier for a dead peer).
+
+Without torchrun (``WORLD_SIZE`` unset or 1) nothing here imports torch: one
+rank, every item, results returned as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ragsam.errors import RagsamError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the torchrun processes (``world == 1``: alone)."""
+
+    rank: int
+    world: int
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the shared files."""
+        return self.rank == 0
+
+
+def current() -> Ranks:
+    """``Ranks`` from torchrun's ``RANK`` / ``WORLD_SIZE`` (0 / 1 without them)."""
+    return Ranks(int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1"))))
+
+
+def shard(items: Sequence[T], ranks: Ranks) -> list[T]:
+    """This rank's items: every ``world``-th one starting at ``rank`` (input order kept)."""
+    return list(items[ranks.rank::ranks.world])
+
+
+def unshard(parts: Sequence[Sequence[T]], total: int) -> list[T]:
+    """Put the per-rank lists of :func:`shard` back into the original order."""
+    out: list[Any] = [None] * total
+    for rank, part in enumerate(parts):
+        out[rank::len(parts)] = list(part)
+    return out
+
+
+class RankFailedError(RagsamError):
+    """Another rank failed; its message is this one's."""
+
+
+def _ensure_group() -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")  # results are Python objects: CPU collectives
+
+
+def _run_and_exchange(work: Callable[[], Any]) -> list[Any]:
+    """Run ``work`` here and all-gather every rank's outcome; raise if any rank failed."""
+    import torch.distributed as dist
+
+    _ensure_group()
+    ranks = current()
+    error: BaseException | None = None
+    try:
+        payload: tuple[str, Any] = ("ok", work())
+    except Exception as exc:  # sent to the other ranks, then raised here
+        error = exc
+        payload = ("error", f"rank {ranks.rank}: {exc}")
+    gathered: list[Any] = [None] * ranks.world
+    dist.all_gather_object(gathered, payload)
+    if error is not None:
+        raise error
+    failed = [msg for status, msg in gathered if status == "error"]
+    if failed:
+        raise RankFailedError(failed[0])
+    return [value for _, value in gathered]
+
+
+def gather_results(fn: Callable[[list[T]], list[Any]], items: Sequence[T]) -> list[Any]:
+    """Run ``fn`` on this rank's shard of ``items``; every rank gets all results in item
+    order. Alone, it is ``fn(list(items))``.
+
+    Raises:
+        The rank's own exception, or :class:`RankFailedError` with the first failed
+        rank's message on every other rank.
+    """
+    ranks = current()
+    if ranks.world == 1:
+        return fn(list(items))
+    parts = _run_and_exchange(lambda: fn(shard(items, ranks)))
+    return unshard(parts, len(items))
+
+
+def on_main(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on rank 0 only (shared files); every rank returns once it is done and
+    fails with its error if it failed. Returns ``fn()`` on rank 0, ``None`` elsewhere."""
+    ranks = current()
+    if ranks.world == 1:
+        return fn()
+    results = _run_and_exchange(lambda: fn() if ranks.is_main else None)
+    return results[0] if ranks.is_main else None
+
+
+def gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` alone)."""
+    if current().world == 1:
+        return [obj]
+    return _run_and_exchange(lambda: obj)
+
+
+def merge_outcomes(recorder: Any) -> None:
+    """Give every rank the outcomes of all ranks' cases (a ``CaseRecorder`` of
+    ``ragsam.inference.case_runner``: its ``results`` and ``failures`` lists), so each
+    rank returns, or fails with, the same list as a one-process run. Cases found
+    finished (``skip``) are recorded by every rank and kept once."""
+    if current().world == 1:
+        return
+    parts = gather_objects((recorder.results, recorder.failures))
+    seen: set[str] = set()
+    results = []
+    for part_results, _ in parts:
+        for case_id, result in part_results:
+            if case_id not in seen:
+                seen.add(case_id)
+                results.append((case_id, result))
+    recorder.results = results
+    recorder.failures = [failure for _, part_failures in parts for failure in part_failures]
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing alone)."""
+    if current().world > 1:
+        import torch.distributed as dist
+
+        _ensure_group()
+        dist.barrier()

@@ -1,0 +1,94 @@
+"""The rank/shard rule, and evaluate under two gloo processes equal to one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch.multiprocessing as mp
+
+from ragsam.data.geometry import Geometry
+from ragsam.data.volume import write_labels
+from ragsam.evaluation.evaluate import evaluate
+from ragsam.utils import ranks
+
+SHAPE = (12, 10, 10)  # (z, y, x)
+GEOM = Geometry((10, 10, 12), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def _labels(spleen_z: tuple[int, int] | None, liver: bool) -> np.ndarray:
+    a = np.zeros(SHAPE, np.uint8)
+    if spleen_z is not None:
+        a[spleen_z[0]:spleen_z[1], 2:6, 2:6] = 1
+    if liver:
+        a[8:11, 6:9, 5:9] = 6
+    return a
+
+
+def test_shard_and_unshard_are_inverse_and_balanced() -> None:
+    items = list(range(11))
+    parts = [ranks.shard(items, ranks.Ranks(r, 3)) for r in range(3)]
+    assert parts == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert ranks.unshard(parts, len(items)) == items
+    assert ranks.shard(items, ranks.Ranks(0, 1)) == items
+
+
+def test_alone_nothing_is_distributed(monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert ranks.current() == ranks.Ranks(0, 1)
+    assert ranks.gather_results(lambda part: [x * 2 for x in part], [1, 2, 3]) == [2, 4, 6]
+    assert ranks.on_main(lambda: "written") == "written"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, pred: str, gt: str, out: str, results) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RAGSAM_JOBS="1")
+    try:
+        result = evaluate(pred, gt, "btcv", out_dir=out, overlays=True)
+        results[rank] = ("ok", repr(result.rows))
+    except Exception as exc:
+        results[rank] = ("error", f"{type(exc).__name__}: {exc}")
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run_two(pred: Path, gt: Path, out: Path) -> dict:
+    manager = mp.get_context("spawn").Manager()
+    results = manager.dict()
+    mp.spawn(_worker, args=(2, _free_port(), str(pred), str(gt), str(out), results), nprocs=2)
+    return dict(results)
+
+
+def test_evaluate_under_two_gloo_ranks_equals_one_process(tmp_path: Path, monkeypatch) -> None:
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    for i, (g, p) in enumerate([((2, 6), (4, 8)), ((2, 6), (2, 6)), ((3, 7), None)], start=1):
+        write_labels(_labels(g, True), GEOM, gt / f"label000{i}.nii.gz")
+        write_labels(_labels(p, i != 2), GEOM, pred / f"000{i}.nii.gz")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    single = evaluate(pred, gt, "btcv", out_dir=tmp_path / "one", overlays=True)
+    results = _run_two(pred, gt, tmp_path / "two")
+    assert results == {0: ("ok", repr(single.rows)), 1: ("ok", repr(single.rows))}
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    for rel in files:
+        if rel.name != "metrics.json":  # it records the command's settings, identical but for out paths
+            assert (tmp_path / "two" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt", "one", "pred", "two"]  # no staging left
+    # case 0002 (rank 1's shard) on another grid: both ranks fail with its message, nothing is written
+    other = Geometry((10, 10, 12), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_labels(_labels((2, 6), False), other, pred / "0002.nii.gz", force=True)
+    results = _run_two(pred, gt, tmp_path / "three")
+    assert results[1][0] == "error" and "0002.nii.gz: labels do not cover" in results[1][1]
+    assert results[0] == ("error", "RankFailedError: " + results[1][1].replace("InputError: ", "rank 1: "))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt", "one", "pred", "two"]
