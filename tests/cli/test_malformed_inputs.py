@@ -200,10 +200,8 @@ BAD_LABELS = {f.__name__: f for f in (nan_labels_nifti, nan_labels_mha, negative
 
 # -- cases -------------------------------------------------------------------------------------------
 
-#: A refused ``prepare`` of a dataset whose second case is bad still leaves the new cache folder
-#: (the first case written); making it leave nothing is the output-lifecycle part of issue #16
-#: (developer "lifecycle"), tested there. Set True once that is merged.
-PREPARE_LEFTOVER = False
+#: A refused ``prepare`` into a new folder leaves nothing (the output lifecycle of #16).
+PREPARE_LEFTOVER = True
 
 Builder = Callable[[Base, Path], tuple[list[str], str, Path | None]]
 
