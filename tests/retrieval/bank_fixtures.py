@@ -34,7 +34,7 @@ def write_prepared(root: Path, cases: dict[str, tuple[np.ndarray, np.ndarray | N
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(MANIFEST)
         writer.writerows(rows)
-    labels_map = {"1": "spleen", "2": "right kidney", "6": "liver"}
+    labels_map = {"0": "background", "1": "spleen", "2": "right kidney", "6": "liver"}
     meta = {"format": "ragsam-slice-cache", "version": 1, "complete": True,
             "label_map": {"name": "btcv", "labels": labels_map},
             "settings": {"window": list(window), "size": int(size), "context": 0},
