@@ -19,8 +19,10 @@ from ragsam.hub.tiny_models import TINY_MODELS_DIR
 # Measured on the quick budget with the shipped tiny models (seed 0, 1 thread, 2026-12-02):
 # mean Dice fine-tuned 0.655, RAG 0.065, hybrid 0.425; liver 0.882 / 0.223 / 0.875. The old demo
 # (random SAM 2 / DINOv2) had RAG 0.017: the RAG floor fails if retrieval stops transferring masks.
-MEAN_FLOORS = {"finetuned": 0.45, "rag": 0.03, "hybrid": 0.30}
-LIVER_FLOORS = {"finetuned": 0.6, "rag": 0.1, "hybrid": 0.6}
+# The fourth row, SAM 2 fine-tuned episodically (train-rag, LoRA r=4, 60 steps of 2 episodes), measured
+# the same way: mean 0.103, liver 0.270, i.e. +3.8 points mean Dice over the training-free RAG row.
+MEAN_FLOORS = {"finetuned": 0.45, "rag": 0.03, "hybrid": 0.30, "rag-trained": 0.08}
+LIVER_FLOORS = {"finetuned": 0.6, "rag": 0.1, "hybrid": 0.6, "rag-trained": 0.15}
 LIVER_ID = 6
 
 
@@ -48,7 +50,7 @@ def test_quick_demo_writes_everything_and_learns_the_liver(quick_demo: tuple[int
     (case,) = summary["test_cases"]
     assert case not in summary["train_cases"]
     methods = {m["method"]: m for m in summary["methods"]}
-    assert set(methods) == {"finetuned", "rag", "hybrid"}
+    assert set(methods) == {"finetuned", "rag", "hybrid", "rag-trained"}
     report = (out / "report.md").read_text()
     assert "say nothing about the accuracy" in report and "tiny SAM" in report
     for name, m in methods.items():
@@ -63,6 +65,9 @@ def test_quick_demo_writes_everything_and_learns_the_liver(quick_demo: tuple[int
     for name, floor in MEAN_FLOORS.items():
         assert methods[name]["mean_dice"] > floor, name
         assert methods[name]["organ_dice"]["liver"] > LIVER_FLOORS[name], name
+    # episodic fine-tuning of SAM 2 on the training cases helps retrieval on the held-out case
+    assert methods["rag-trained"]["mean_dice"] > methods["rag"]["mean_dice"]
+    assert (out / "rag_run" / "model.safetensors").is_file() and "--sam2-run rag_run" in report
     # the reusable pieces are where the report says
     assert (out / "run" / "model.safetensors").is_file() and (out / "bank" / "bank.json").is_file()
 

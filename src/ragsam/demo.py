@@ -10,6 +10,9 @@ Stages, each through the public API of its module::
     build support bank (train cases) ragsam.retrieval.bank_build.build_bank
     segment test cases with RAG      ragsam.retrieval.segment.RagSegmenter
     hybrid                            RagSegmenter.segment(run_dir=<fine-tuned run>)
+    episodic SAM 2 fine-tuning       ragsam.training.rag_run.train_rag: LoRA rank 4 on the demo's SAM 2,
+                                     episodes from the training cases and the bank (own case excluded)
+    segment with the trained SAM 2   RagSegmenter(sam2_run=<rag_run>)
     evaluate every method            ragsam.evaluation.evaluate.evaluate
     report.md + summary.json
 
@@ -18,6 +21,7 @@ The output folder::
     <out>/report.md, summary.json
     <out>/data/                 the phantom dataset (only without --data)
     <out>/prepared/ run/ bank/  slice cache, fine-tuned run, support bank (reusable by the CLI)
+    <out>/rag_run/              episodically fine-tuned SAM 2 run (``ragsam segment --sam2-run``)
     <out>/predictions/<method>/<case>.nii.gz
     <out>/ground_truth/<case>.<ext>
     <out>/evaluation/<method>/  metrics.csv/json, report.md, overlays/<case>.png
@@ -53,7 +57,8 @@ from ragsam.utils.atomic import atomic_dir, check_writable, write_json, write_te
 if TYPE_CHECKING:
     from ragsam.data.cache_meta import CachedCase
 
-STAGES = ("data", "prepare", "fine-tune", "predict", "bank", "rag", "hybrid", "evaluate")
+STAGES = ("data", "prepare", "fine-tune", "predict", "bank", "rag", "hybrid", "train-rag", "rag-trained",
+          "evaluate")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class DemoBudget:
         iterations: fine-tuning optimiser steps. batch_size: slices per step. lr: peak learning rate.
         k: retrieved support slices per query slice.
         max_test_cases: at most this many test cases are predicted and evaluated.
+        rag_iterations, rag_batch_size, rag_lr: episodic fine-tuning of SAM 2 (``ragsam train-rag``,
+            LoRA rank 4 + full decoder): optimiser steps, episodes per step, peak learning rate.
     """
 
     cases: int = 6
@@ -79,6 +86,9 @@ class DemoBudget:
     lr: float = 0.005
     k: int = 2
     max_test_cases: int = 1
+    rag_iterations: int = 60
+    rag_batch_size: int = 2
+    rag_lr: float = 0.002
 
 
 BUDGETS: dict[str, DemoBudget] = {
@@ -100,7 +110,7 @@ class DemoSummary:
         source: ``"phantom"`` or the dataset path given.
         train_cases / test_cases: case ids used for fine-tuning + the bank / for evaluation.
         weights: which weights every stage used.
-        methods: one Dice summary per evaluated method (``finetuned``, ``rag``, ``hybrid``).
+        methods: one Dice summary per evaluated method (``finetuned``, ``rag``, ``hybrid``, ``rag-trained``).
         stages: stage name -> wall seconds. seconds: total wall seconds.
         notes: stages left out and why.
         budget: the :class:`DemoBudget` used.
@@ -288,7 +298,7 @@ def run_demo(
                    image_size=weights.embedder_image_size,
                    device=None if device == "auto" else device)
         done()
-        scores += retrieve(tmp, plan, weights, device, cases, test_ids, stage, notes)
+        scores += retrieve(tmp, plan, weights, device, seed, cases, test_ids, stage, notes)
 
         done = stage("evaluate", f"evaluating {len(scores)} methods on {len(test_ids)} test case(s)")
         _copy_labels(cases, test_ids, tmp / "ground_truth")

@@ -17,6 +17,7 @@ METHOD_TITLES = {
     "finetuned": "Fine-tuned SAM",
     "rag": "RAG (retrieval + SAM 2 memory, no training)",
     "hybrid": "Hybrid (fine-tuned + retrieval)",
+    "rag-trained": "RAG, SAM 2 fine-tuned episodically (LoRA rank 4)",
 }
 
 
@@ -54,7 +55,7 @@ class MethodScore:
     """Dice of one method on the test cases.
 
     Attributes:
-        method: ``finetuned``, ``rag`` or ``hybrid``.
+        method: ``finetuned``, ``rag``, ``hybrid`` or ``rag-trained``.
         mean_dice: mean over organs of the per-organ mean over cases (fraction, NaN = no organ scored).
         organ_dice: organ name -> mean Dice over the test cases.
         predictions / evaluation: folders relative to the demo folder.
@@ -122,7 +123,10 @@ def render_report(summary: DemoSummary) -> str:
         *table,
         "",
         f"Fine-tuning: {b.iterations} iterations of {b.batch_size} slices at {b.size} px, peak learning rate "
-        f"{b.lr:g}. Retrieval: k = {b.k} support slices per query slice, supports from the training cases only.",
+        f"{b.lr:g}. Retrieval: k = {b.k} support slices per query slice, supports from the training cases only. "
+        f"Episodic fine-tuning of SAM 2 (`rag_run/`, `ragsam train-rag`): {b.rag_iterations} iterations of "
+        f"{b.rag_batch_size} episodes (a training slice and its k supports from the other training cases), "
+        f"peak learning rate {b.rag_lr:g}.",
         "",
         "## Outputs",
         "",
@@ -132,7 +136,8 @@ def render_report(summary: DemoSummary) -> str:
         parts.append(f"- {METHOD_TITLES.get(m.method, m.method)}: predictions `{m.predictions}/`, "
                      f"[full metrics (Dice, HD95, NSD)]({m.evaluation}/report.md), overlays {links or 'none'}")
     parts += ["- Reusable: slice cache `prepared/`, fine-tuned run `run/` (`ragsam predict run ...`), "
-              "support bank `bank/` (`ragsam segment ... --index bank`).", ""]
+              "support bank `bank/` (`ragsam segment ... --index bank`), episodic SAM 2 run `rag_run/` "
+              "(`ragsam segment ... --sam2-run rag_run`).", ""]
     if summary.notes:
         parts += ["## Notes", "", *(f"- {n}" for n in summary.notes), ""]
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in summary.stages.items())

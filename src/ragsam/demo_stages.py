@@ -60,21 +60,33 @@ def fine_tune_and_predict(tmp: Path, plan: DemoBudget, weights: WeightsUsed, dev
     return [("finetuned", time.perf_counter() - t0)]
 
 
-def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, cases: dict, test_ids: list[str],
-              stage: Callable, notes: list[str]) -> list[tuple[str, float]]:
-    """RAG and hybrid segmentation of the test cases (one :class:`RagSegmenter` per method)."""
+def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, seed: int, cases: dict,
+             test_ids: list[str], stage: Callable, notes: list[str]) -> list[tuple[str, float]]:
+    """RAG, hybrid and trained-RAG segmentation of the test cases (one :class:`RagSegmenter` per method).
+
+    Before the trained-RAG row, :func:`train_retrieval` fine-tunes SAM 2 episodically on the
+    training cases (``tmp/rag_run``); its segmenter loads that run (``sam2_run``).
+    """
     from ragsam.retrieval.segment import RagSegmenter
     from ragsam.utils.device import resolve_device
 
     seg_device = str(resolve_device(device))
-    runs: list[tuple[str, dict]] = [("rag", {}), ("hybrid", {"run_dir": tmp / "run"})]
+    runs: list[tuple[str, dict, Path | None]] = [("rag", {}, None), ("hybrid", {"run_dir": tmp / "run"}, None),
+                                                 ("rag-trained", {}, tmp / "rag_run")]
+    labels = {"rag": "retrieval + SAM 2 memory", "hybrid": "hybrid (fine-tuned + retrieval)",
+              "rag-trained": "retrieval + episodically fine-tuned SAM 2"}
     results = []
-    for name, extra in runs:
-        label = "retrieval + SAM 2 memory" if name == "rag" else "hybrid (fine-tuned + retrieval)"
-        done = stage(name, f"segmenting {len(test_ids)} test case(s): {label}")
+    for name, extra, sam2_run in runs:
+        if sam2_run is not None:
+            done = stage("train-rag", f"episodic fine-tuning of {weights.sam2_label} for {plan.rag_iterations} "
+                                      "iterations (LoRA rank 4)")
+            train_retrieval(tmp, plan, weights, device, seed)
+            done()
+        done = stage(name, f"segmenting {len(test_ids)} test case(s): {labels[name]}")
         t0 = time.perf_counter()
         try:
-            segmenter = RagSegmenter(tmp / "bank", weights.sam2_weights, device=seg_device)  # shared by the cases
+            segmenter = RagSegmenter(tmp / "bank", weights.sam2_weights, device=seg_device,
+                                     sam2_run=sam2_run)  # shared by the cases
             for cid in test_ids:
                 segmenter.segment(str(cases[cid].image), tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,
                                   **extra)
@@ -88,6 +100,33 @@ def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, cas
         done()
         results.append((name, time.perf_counter() - t0))
     return results
+
+
+def rag_overrides(plan: DemoBudget, weights: WeightsUsed, bank: Path, device: str, seed: int) -> list[str]:
+    """``key=value`` overrides of the ``rag_tiny`` preset: LoRA r=4 + full decoder on the demo's SAM 2.
+
+    Episodes come from the demo's training cases with the demo's bank (the query's own case
+    excluded from its supports, as ``segment``), ``k`` as the RAG row; no validation split.
+    """
+    return [
+        f"data.bank={bank}", "data.train=[train]", "data.val=[]", f"data.k={plan.k}",
+        f"model.weights={weights.sam2_weights}", "model.peft.method=lora", "model.peft.rank=4",
+        "model.peft.decoder=full",
+        f"optim.max_iterations={plan.rag_iterations}", "optim.stop_iteration=null",
+        f"optim.batch_size={plan.rag_batch_size}", f"optim.lr={plan.rag_lr}",
+        f"optim.warmup={max(1, plan.rag_iterations // 20)}",
+        "val.every=0", f"checkpoint_every={plan.rag_iterations}", f"log.every={max(1, plan.rag_iterations // 10)}",
+        "log.progress=false", "log.tensorboard=false", f"device={device}", f"seed={seed}",
+    ]
+
+
+def train_retrieval(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, seed: int) -> Path:
+    """Episodic fine-tuning of the demo's SAM 2 (``ragsam train-rag``) into ``tmp/rag_run``."""
+    from ragsam.training.rag_config import load_rag_config
+    from ragsam.training.rag_run import train_rag
+
+    cfg = load_rag_config("rag_tiny", rag_overrides(plan, weights, tmp / "bank", device, seed))
+    return train_rag(cfg, tmp / "rag_run")
 
 
 def evaluate_method(tmp: Path, method: str, organs: list[int], images: Path, seconds: float,

@@ -8,7 +8,7 @@ import typer
 
 from ragsam.cli.app import app
 
-SHORT_TITLES = {"finetuned": "Fine-tuned", "rag": "RAG", "hybrid": "Hybrid"}
+SHORT_TITLES = {"finetuned": "Fine-tuned", "rag": "RAG", "hybrid": "Hybrid", "rag-trained": "RAG trained"}
 
 
 @app.command(
@@ -17,7 +17,7 @@ SHORT_TITLES = {"finetuned": "Fine-tuned", "rag": "RAG", "hybrid": "Hybrid"}
         "Run the whole method in a few minutes on a CPU, offline: prepare slices, fine-tune SAM "
         "(LoRA on SAM ViT-B when its weights are in the Hugging Face cache, else a tiny SAM from "
         "scratch), build the retrieval support bank, segment the test cases with retrieval-augmented "
-        "SAM 2 (and the hybrid), evaluate, and write report.md, overlays and NIfTI predictions. "
+        "SAM 2 (the hybrid, and SAM 2 fine-tuned episodically for retrieval), evaluate, and write report.md, overlays and NIfTI predictions. "
         "Without --data it uses a synthetic phantom dataset.\n\n"
         "Example: ragsam demo --out demo-output --force"
     ),
