@@ -51,3 +51,19 @@ def test_refusals(run_dir, tmp_path_factory) -> None:
         RunInfo.read(empty)
     with pytest.raises(InputError, match="run folder does not exist"):
         RunInfo.read_config(empty / "gone")
+
+
+def test_requested_config_new_and_resumed(tmp_path) -> None:
+    from ragsam.training.run import requested_config
+
+    run = tmp_path / "run"
+    cfg = requested_config("tiny", ["seed=3"], run, resume=False)
+    assert cfg is not None and cfg.seed == 3
+    assert requested_config(None, [], run, resume=True) is None  # train() reads the run's own config
+    assert requested_config(None, ["seed=4"], run, resume=True) is None  # no config.yaml yet: train() asks
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(cfg))
+    again = requested_config(None, ["log.every=7"], run, resume=True)  # the run's own config + overrides
+    assert again is not None and again.seed == 3 and again.log.every == 7
+    given = requested_config("tiny", [], run, resume=True)  # an explicit --config wins (train() compares)
+    assert given is not None and given.seed != 3
