@@ -151,11 +151,15 @@ def check_cache_arrays(prepared_dir: str | os.PathLike, records: list[SliceRecor
     Raises:
         InputError: naming the file at fault.
     """
-    from ragsam.data.label_maps import load_label_map
+    from ragsam.data.label_maps import LabelMap, load_label_map
 
     root = Path(prepared_dir)
-    size = CacheMeta.read(root).settings.get("size")
-    max_id = max(load_label_map(root / "label_map.json").labels)
+    meta = CacheMeta.read(root)
+    size = meta.settings.get("size")
+    label_file = root / "label_map.json"
+    label_map = (load_label_map(label_file) if label_file.is_file()
+                 else LabelMap.from_json(meta.label_map, root / "prepare.json"))
+    max_id = max(label_map.labels)
     zs: dict[str, int] = {}
     for rec in records:
         if rec.z < 0:
