@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared benchmark run for the lent GPU machine (H100 / H200), finishing within 8 minutes.
+# One prepared benchmark run for the lent GPU machine (H100 / H200), finishing within 9 minutes.
 #
 # Needs only torch and transformers from the machine's image (plus NumPy, PyYAML and
 # safetensors, which transformers depends on); ragsam runs from src/ via PYTHONPATH, not
@@ -39,12 +39,12 @@ run() {  # run NAME LIMIT_S SCRIPT ARGS...: one benchmark under a hard time limi
     echo "{\"benchmark\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - start ))}" >> "$OUT/status.jsonl"
 }
 
-# Budget (seconds): 30 + 120 + 45 + 70 + 25 + 50 + 80 + 60 = 480 at most; most finish well inside their limits.
+# Budget (seconds): 30 + 100 + 45 + 70 + 25 + 50 + 60 + 70 + 80 + 50 = 580 at most; most finish well inside their limits.
 # First: do the optimised paths compute the same thing on this device (fused vs eager, bf16, fused
 # SDPA kernels only, host syncs of a training step)?
 run gpu_check 30 bench/gpu_check.py --device cuda --json "$OUT/gpu_check.json"
 # The issue's configuration: ViT-B, LoRA rank 4, 512 px, batch 8; and the tiny architecture.
-run train_step 120 bench/train_step.py --device cuda --config sam_vit_b:512:8:20 --config tiny:128:8:50 \
+run train_step 100 bench/train_step.py --device cuda --config sam_vit_b:512:8:20 --config tiny:128:8:50 \
     --json "$OUT/train_step.json"
 # The network alone (the "500 slices/s of ViT-B at 512" target): 256 slices in memory, batch 32.
 run throughput 45 bench/throughput.py --device cuda --arch sam_vit_b --size 512 --slices 256 --batch 32 \
@@ -55,11 +55,20 @@ run volume_inference 70 bench/volume_inference.py --device cuda --arch sam_vit_b
 run embed 25 bench/embed.py --device cuda --slices 512 --batch 64 --json "$OUT/embed.json"
 # SAM 2.1 Hiera-tiny architecture at 1024 px (random weights: timing only).
 run rag_segment 50 bench/rag_segment.py --device cuda --sam2 random --slices 8 --json "$OUT/rag_segment.json"
+# Episodic SAM 2 fine-tuning (train-rag): SAM 2.1 Hiera-tiny architecture at 1024 px, LoRA preset, k = 1, 2, 4.
+run rag_train_step 60 bench/rag_train_step.py --device cuda --sam2 random --side 512 --batch 2 --repeats 3 \
+    --json "$OUT/rag_train_step.json"
 # Faiss on the device's 16 CPU cores (faiss-cpu wheel from .whl/): 1e6 vectors, D = 384.
-run retrieval_1e6 80 bench/retrieval_index.py --sizes 1000000 --dims 384 --kinds flat ivf --queries 100 --threads 16 \
+run retrieval_1e6 70 bench/retrieval_index.py --sizes 1000000 --dims 384 --kinds flat ivf --queries 100 --threads 16 \
     --json "$OUT/retrieval_index_1e6.json"
+# Sharded inference (issue 13): predict over 8 ViT-B cases with 1..N processes, one per GPU (N = the GPUs here;
+# with one GPU, 2 processes share it). Outputs are compared with the 1-process run.
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+procs=1; n=2; while [ "$n" -le "$(( gpus > 2 ? gpus : 2 ))" ]; do procs="$procs,$n"; n=$(( n * 2 )); done
+run sharded 80 bench/sharded.py --device cuda --procs "$procs" --arch sam_vit_b --model-size 512 --side 512 \
+    --cases 8 --slices 20 --json "$OUT/sharded.json"
 # torch.compile where it pays: only the optimised mode is compiled (compilation time is in warmup_s). Last, as
 # compilation time is the least predictable.
-run train_step_compile 60 bench/train_step.py --device cuda --compile --config sam_vit_b:512:8:20 \
+run train_step_compile 50 bench/train_step.py --device cuda --compile --config sam_vit_b:512:8:20 \
     --json "$OUT/train_step_compile.json"
 cat "$OUT/status.jsonl"

@@ -118,6 +118,17 @@ def rag_segment(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def rag_train_step(d: dict[str, Any]) -> list[str]:
+    out = [f"Episodic SAM 2 training ({d['sam2']['name']}, {d['sam2']['image_size']} px, peft {d['peft']}, "
+           f"{d['trainable_parameters']} trainable), slices of {d['slice_side']} px ({_where(d)})", "",
+           "| k | episodes | training iteration (s) | training-free forward (s) | ratio | load |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for r in d["results"]:
+        out.append(f"| {r['k']} | {r['batch']} | {r['train_iteration_s']:.3f} | {r['reference_forward_s']:.3f} | "
+                   f"{r['train_over_forward']}x | {_load(r['load_average'])} |")
+    return out
+
+
 def throughput(d: dict[str, Any]) -> list[str]:
     out = [f"Model throughput, {d['arch']} at {d['image_size']} px, {d['slices']} slices in memory ({_where(d)})", "",
            "| mode | attention | LoRA | batch | bf16 | slices/s | speed-up | same labels | peak MiB | load |",
@@ -142,7 +153,7 @@ def gpu_check(d: dict[str, Any]) -> list[str]:
 
 
 RENDERERS = {"gpu_check": gpu_check, "train_step": train_step, "throughput": throughput, "volume_inference": volume_inference, "embed": embed,
-             "retrieval_index": retrieval_index, "rag_segment": rag_segment}
+             "retrieval_index": retrieval_index, "rag_segment": rag_segment, "rag_train_step": rag_train_step}
 
 
 def render(paths: list[Path]) -> str:

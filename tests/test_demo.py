@@ -16,9 +16,11 @@ from ragsam.demo_report import MethodScore, WeightsUsed, dice_table, fmt_dice, w
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.hub.tiny_models import TINY_MODELS_DIR
 
-# Measured on the quick budget (seed 0, 2-core CPU): fine-tuned liver Dice 0.832 after 500 steps
-# (0.0 after 300 with the same schedule: the floor fails if the model stops learning).
-LIVER_FLOOR = 0.5
+# Measured on the quick budget with the shipped tiny models (seed 0, 1 thread, 2026-12-02):
+# mean Dice fine-tuned 0.655, RAG 0.065, hybrid 0.425; liver 0.882 / 0.223 / 0.875. The old demo
+# (random SAM 2 / DINOv2) had RAG 0.017: the RAG floor fails if retrieval stops transferring masks.
+MEAN_FLOORS = {"finetuned": 0.45, "rag": 0.03, "hybrid": 0.30}
+LIVER_FLOORS = {"finetuned": 0.6, "rag": 0.1, "hybrid": 0.6}
 LIVER_ID = 6
 
 
@@ -46,7 +48,7 @@ def test_quick_demo_writes_everything_and_learns_the_liver(quick_demo: tuple[int
     (case,) = summary["test_cases"]
     assert case not in summary["train_cases"]
     methods = {m["method"]: m for m in summary["methods"]}
-    assert {"finetuned", "rag"} <= set(methods)
+    assert set(methods) == {"finetuned", "rag", "hybrid"}
     report = (out / "report.md").read_text()
     assert "say nothing about the accuracy" in report and "tiny SAM" in report
     for name, m in methods.items():
@@ -58,7 +60,9 @@ def test_quick_demo_writes_everything_and_learns_the_liver(quick_demo: tuple[int
         gt = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ground_truth" / f"{case}.nii.gz")))
         assert pred.shape == gt.shape
         assert math.isclose(m["organ_dice"]["liver"], _dice(pred, gt, LIVER_ID), abs_tol=1e-9)
-    assert methods["finetuned"]["organ_dice"]["liver"] > LIVER_FLOOR
+    for name, floor in MEAN_FLOORS.items():
+        assert methods[name]["mean_dice"] > floor, name
+        assert methods[name]["organ_dice"]["liver"] > LIVER_FLOORS[name], name
     # the reusable pieces are where the report says
     assert (out / "run" / "model.safetensors").is_file() and (out / "bank" / "bank.json").is_file()
 

@@ -30,7 +30,8 @@ def _script(name: str):
     return module
 
 
-SCRIPTS = ("gpu_check", "train_step", "throughput", "volume_inference", "embed", "retrieval_index", "rag_segment")
+SCRIPTS = ("gpu_check", "train_step", "throughput", "volume_inference", "embed", "retrieval_index", "rag_segment",
+           "rag_train_step")
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,14 @@ def test_rag_segment_quick(quick: dict) -> None:
         assert row["agreement"] == 1.0  # precomputed memories give the labels of recomputed ones
         assert row["organs_on_supports"] >= 1
         assert row["optimised"]["precompute_s"] > 0
+
+
+def test_rag_train_step_quick(quick: dict) -> None:
+    result = _result(quick, "rag_train_step")
+    assert [r["k"] for r in result["results"]] == [1, 2] and result["peft"] == "lora"
+    assert 0 < result["trainable_parameters"] < result["sam2"]["parameters"]
+    for row in result["results"]:
+        assert row["train_iteration_s"] > 0 and row["reference_forward_s"] > 0
 
 
 def test_report_renders_every_result(quick: dict) -> None:

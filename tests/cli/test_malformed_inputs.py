@@ -200,10 +200,8 @@ BAD_LABELS = {f.__name__: f for f in (nan_labels_nifti, nan_labels_mha, negative
 
 # -- cases -------------------------------------------------------------------------------------------
 
-#: A refused ``prepare`` of a dataset whose second case is bad still leaves the new cache folder
-#: (the first case written); making it leave nothing is the output-lifecycle part of issue #16
-#: (developer "lifecycle"), tested there. Set True once that is merged.
-PREPARE_LEFTOVER = False
+#: A refused ``prepare`` into a new folder leaves nothing (the output lifecycle of #16).
+PREPARE_LEFTOVER = True
 
 Builder = Callable[[Base, Path], tuple[list[str], str, Path | None]]
 
@@ -247,7 +245,7 @@ def _image_cases() -> list[Case]:
             make(d).name, d / "ev")))
         cases.append(Case(f"prepare-image-{name}", lambda b, d, make=make: (
             ["prepare", str(_dataset_with(b, d, image=make)), "-o", str(d / "prep"), "--size", "32"],
-            "img0002", PREPARE_LEFTOVER and d / "prep")))
+            "img0002", d / "prep" if PREPARE_LEFTOVER else None)))
         cases.append(Case(f"baseline-{name}", lambda b, d, make=make: (
             ["baseline", str(make(d)), "--gt", str(b.labels), "-o", str(d / "bl"), "--prompt", "box",
              "--weights", "random", "--arch", "tiny", "--device", "cpu"], make(d).name, d / "bl")))
@@ -258,7 +256,7 @@ def _image_cases() -> list[Case]:
             ["evaluate", "-p", str(make(d)), "-g", str(b.labels), "-o", str(d / "ev")], make(d).name, d / "ev")))
         cases.append(Case(f"prepare-labels-{name}", lambda b, d, make=make: (
             ["prepare", str(_dataset_with(b, d, labels=make)), "-o", str(d / "prep"), "--size", "32"],
-            "label0002", PREPARE_LEFTOVER and d / "prep")))
+            "label0002", d / "prep" if PREPARE_LEFTOVER else None)))
     return cases
 
 

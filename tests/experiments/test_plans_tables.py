@@ -114,3 +114,18 @@ def test_trainable_size_is_a_count_and_mib(tmp_path):
     md = table_markdown(table)
     assert "| 0.26M | 1.00 |" in md and "| 18.81M (printed) |" in md
     assert "printed_mean_is_not_organ_average" in table_csv(table).splitlines()[0]
+
+
+def test_rag_finetune_plan_sets_training_free_against_fine_tuned_retrieval(capsys):
+    from ragsam.cli.main import run_cli
+
+    plan = load_plan("rag-finetune")
+    kinds = {v.name: (v.kind, v.preset, v.ours) for v in plan.variants}
+    assert kinds == {"without RAG": ("finetune", "samed", False), "with RAG": ("rag", None, False),
+                     "RAG, training-free SAM 2": ("retrieval", None, True),
+                     "RAG, fine-tuned SAM 2": ("retrieval", "rag_lora", True)}
+    assert plan.paper_table == "paper-flare-rag"  # the same table and figure conventions as Table 4
+    assert run_cli(["experiment", "rag-finetune", "--dry-run", "--out", "unused-rag-finetune"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "retrieval alone (k=4), SAM 2 training-free" in text
+    assert "fine-tuned on episodes (train-rag --config rag_lora)" in text

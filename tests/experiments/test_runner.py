@@ -145,3 +145,32 @@ def test_tiny_plan_without_data_runs_on_a_phantom(tmp_path, monkeypatch, capsys)
     capsys.readouterr()
     assert run_cli(["experiment", "paper-flare-rank", "--out", str(tmp_path / "o2")]) == 2
     assert "--data is required" in capsys.readouterr().err
+
+
+def test_retrieval_variants_training_free_and_fine_tuned(tmp_path):
+    """A ``retrieval`` variant with a train-rag preset fine-tunes SAM 2 on the bank first; without, it does not.
+
+    On the tiny phantom (3 training cases): episodes need a training case other than the query's in the bank.
+    """
+    from ragsam.experiments.runner import tiny_phantom_data
+
+    plan = tmp_path / "retrieval.yaml"
+    plan.write_text(
+        "name: retrieval\ntitle: RAG with and without episodic fine-tuning\ndataset: flare22\norgans: paper-8\n"
+        "paper_table: paper-flare-rag\nvariants:\n"
+        "  - {name: free, kind: retrieval}\n"
+        "  - {name: tuned, kind: retrieval, preset: rag_tiny}\n")
+    data = tiny_phantom_data(tmp_path)
+    settings = ExperimentSettings(data=str(data), tiny=True, size=32, iterations=2, device="cpu", k=1)
+    out = tmp_path / "out"
+    results = run_experiment(str(plan), settings, out, log=lambda _: None)
+    assert results["free"].trainable_parameters is None
+    run = out / "variants" / "tuned" / "run"
+    assert results["tuned"].trainable_parameters and (run / "model.safetensors").is_file()
+    from ragsam.training.rag_model import read_rag_run_config
+
+    cfg = read_rag_run_config(run)
+    assert (cfg.data.k, cfg.model.weights, cfg.optim.max_iterations) == (1, "tiny", 2)
+    assert cfg.data.bank == str(out / "bank") and cfg.model.num_classes == 8  # paper-8 organs
+    for name in ("free", "tuned"):
+        assert len(list((out / "variants" / name / "predictions").glob("*.nii.gz"))) == 1

@@ -54,5 +54,5 @@ def test_settings_are_checked() -> None:
     assert get_settings("micro", seed=3).seed == 3
     with pytest.raises(InputError, match="unknown pre-training preset"):
         get_settings("huge")
-    with pytest.raises(InputError, match="multiple of 64"):
+    with pytest.raises(InputError, match="sam2_image_size of 64"):
         get_settings("micro", sam2_image_size=96)

@@ -34,7 +34,9 @@ def write_prepared(root: Path, cases: dict[str, tuple[np.ndarray, np.ndarray | N
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(MANIFEST)
         writer.writerows(rows)
-    labels_map = {"1": "spleen", "2": "right kidney", "6": "liver"}
+    from ragsam.data.label_maps import load_label_map
+
+    labels_map = {str(k): v for k, v in load_label_map("btcv").labels.items()}  # every BTCV id, 0 included
     meta = {"format": "ragsam-slice-cache", "version": 1, "complete": True,
             "label_map": {"name": "btcv", "labels": labels_map},
             "settings": {"window": list(window), "size": int(size), "context": 0},

@@ -92,3 +92,17 @@ def test_evaluate_under_two_gloo_ranks_equals_one_process(tmp_path: Path, monkey
     assert results[1][0] == "error" and "0002.nii.gz: labels do not cover" in results[1][1]
     assert results[0] == ("error", "RankFailedError: " + results[1][1].replace("InputError: ", "rank 1: "))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gt", "one", "pred", "two"]
+
+
+def test_local_gpu_wraps_round_the_gpus_present(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert ranks.local_gpu() == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert ranks.local_gpu() == 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # CPU only
+    assert ranks.local_gpu() == 0
+    monkeypatch.delenv("LOCAL_RANK")
+    assert ranks.local_gpu() == 0

@@ -35,6 +35,7 @@ from ragsam.cli import (  # noqa: F401
     pretrain_cmd,
     segment_cmd,
     train_cmd,
+    train_rag_cmd,
     weights_cmd,
 )
 from ragsam.cli.app import app

@@ -21,7 +21,7 @@ from ragsam.cli.app import app
         "A folder runs past a failed case (each failure is one line, exit 2) and a rerun skips the "
         "cases already done with the same inputs, bank and settings.\n\n"
         "Example: ragsam segment ct.nii.gz -o ct_labels.nii.gz --index banks/btcv "
-        "--sam2 facebook/sam2.1-hiera-tiny --k 4 --device cuda"
+        "--sam2 facebook/sam2.1-hiera-tiny --k 4 --device cuda (or --sam2-run runs/rag, from `ragsam train-rag`)"
     ),
 )
 def segment_command(
@@ -31,6 +31,8 @@ def segment_command(
     index: Path = typer.Option(..., "--index", help="Support bank folder (`ragsam index build`)."),
     sam2: str = typer.Option("facebook/sam2.1-hiera-tiny", "--sam2",
                              help="SAM 2 weights: Hugging Face id or folder, official .pt, 'random' or 'tiny'."),
+    sam2_run: Path | None = typer.Option(None, "--sam2-run", help="Fine-tuned SAM 2 run (`ragsam train-rag`); "
+                                                                   "replaces --sam2."),
     k: int = typer.Option(4, "--k", help="Support slices per query slice."),
     exclude_case: list[str] = typer.Option([], "--exclude-case", help="Bank case never used as support "
                                                                      "(repeatable), e.g. the query's own case."),
@@ -61,7 +63,7 @@ def segment_command(
             task = bar.add_task("", total=None)
             summaries = segment_cases(
                 input_path, output, index, sam2_weights=sam2, layout=layout, force=force, cache_size=cache_size,
-                device=device, pointer_positions=pointers,
+                device=device, pointer_positions=pointers, sam2_run=sam2_run,
                 options=SegmentOptions(k=k, exclude_cases=tuple(exclude_case or ()), batch_size=batch_size,
                                        series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight),
                 progress=lambda cid, done, total: bar.update(task, description=cid, completed=done, total=total))
@@ -72,6 +74,10 @@ def segment_command(
 
 
 def _print(summaries: list, summary_json: bool) -> None:
+    from ragsam.utils import ranks
+
+    if not ranks.current().is_main:  # torchrun: every rank holds every summary; rank 0 prints
+        return
     if summary_json:
         payload = [s.to_json() for s in summaries]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))

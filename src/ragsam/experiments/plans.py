@@ -6,7 +6,10 @@ one table beside the paper's published row for each variant. Variants are:
 * ``finetune``: ``ragsam train`` with a training preset (``samed``, ``samed_s``,
   ``medsa``: the paper's recipes) and configuration overrides, then ``ragsam predict``;
 * ``baseline``: ``ragsam baseline`` (prompted SAM or MedSAM);
-* ``rag``: a fine-tuned variant's model fused with retrieval (``ragsam segment --run``).
+* ``rag``: a fine-tuned variant's model fused with retrieval (``ragsam segment --run``);
+* ``retrieval``: retrieval alone (``ragsam segment``): SAM 2 training-free, or, with a
+  ``preset`` (``rag_lora`` ...), episodically fine-tuned first (``ragsam train-rag``, then
+  ``ragsam segment --sam2-run``).
 
 A variant without ``paper_row`` is ours (the paper has no such row): the base model
 of a rag row, for instance. Every built-in variant and the source of every setting is
@@ -32,14 +35,15 @@ class Variant:
 
     Attributes:
         name: row label and folder name.
-        kind: ``finetune`` | ``baseline`` | ``rag``.
+        kind: ``finetune`` | ``baseline`` | ``rag`` | ``retrieval``.
         overrides: ``key=value`` training-config overrides (finetune) .
         paper_row: the row of the paper's table this variant reproduces.
         prompt: ``point1`` | ``point3`` | ``box`` (baseline).
         weights: ``sam`` or ``medsam``: which pretrained weights a baseline uses.
         base: for ``rag``, the finetune variant whose model is fused with retrieval.
         x: a number to plot this variant against (the LoRA rank of Table 3).
-        preset: training preset of a finetune variant (``None``: the run's ``base_config``).
+        preset: training preset of a finetune variant (``None``: the run's ``base_config``);
+            of a retrieval variant, the ``train-rag`` preset (``None``: training-free SAM 2).
     """
 
     name: str
@@ -122,9 +126,19 @@ BUILTIN_PLANS: dict[str, Plan] = {
             Variant("with RAG", kind="rag", base="without RAG", paper_row="with RAG"),
         ],
     ),
+    "rag-finetune": Plan(
+        name="rag-finetune", title="Ours, beside Table 4: training-free vs episodically fine-tuned retrieval (FLARE22)",
+        dataset="flare22", organs="paper-8", paper_table="paper-flare-rag", absent="samed",
+        variants=[
+            Variant("without RAG", preset="samed", paper_row="without RAG"),
+            Variant("with RAG", kind="rag", base="without RAG", paper_row="with RAG"),
+            Variant("RAG, training-free SAM 2", kind="retrieval"),
+            Variant("RAG, fine-tuned SAM 2", kind="retrieval", preset="rag_lora"),
+        ],
+    ),
 }
 
-_KINDS = ("finetune", "baseline", "rag")
+_KINDS = ("finetune", "baseline", "rag", "retrieval")
 
 
 def load_plan(name_or_path: str) -> Plan:

@@ -129,12 +129,15 @@ def describe_plan(plan: Plan, out: Path, settings: ExperimentSettings | None = N
              f"absent-organ rule {plan.absent})"]
     for v in plan.variants:
         done = (out / "variants" / variant_folder_name(v.name) / "done.json").is_file()
-        preset = v.preset or settings.base_config
+        preset = (v.preset or settings.base_config) if v.kind == "finetune" else ""
         command = " ".join(["train --config", preset, *v.overrides])
         what = {"finetune": f"{command} ({preset_summary(preset, v.overrides)})" if v.kind == "finetune" else "",
                 "baseline": f"prompted {v.weights.upper()} ({v.prompt})",
                 "rag": f"retrieval (DINOv2 + Faiss, k={settings.k}, z-prior {settings.z_prior:g}) fused with "
-                       f"'{v.base}' (hybrid weight {settings.hybrid_weight:g})"}[v.kind]
+                       f"'{v.base}' (hybrid weight {settings.hybrid_weight:g})",
+                "retrieval": f"retrieval alone (k={settings.k}), SAM 2 "
+                             + (f"fine-tuned on episodes (train-rag --config {v.preset})" if v.preset
+                                else "training-free")}[v.kind]
         row = f"paper row '{v.paper_row}'" if v.paper_row else "ours, not in the paper"
         lines.append(f"  [{'done' if done else 'todo'}] {v.name}: {what.strip()} [{row}]")
     return lines
@@ -287,6 +290,8 @@ class ExperimentRunner:
             params, mib = self._finetune(variant, folder, predictions)
         elif variant.kind == "rag":
             params, mib = self._rag(variant, predictions)
+        elif variant.kind == "retrieval":
+            params, mib = self._retrieval(variant, folder, predictions)
         else:
             self._baseline(variant, folder, predictions)
         dice = self._evaluate(predictions, folder / "evaluation")
@@ -339,6 +344,44 @@ class ExperimentRunner:
                               hybrid_weight=self.settings.hybrid_weight)
         return trainable_size(base_run)
 
+    def _retrieval(self, variant: Variant, folder: Path, predictions: Path) -> tuple[int | None, float | None]:
+        """Retrieval alone; with a ``train-rag`` preset, SAM 2 is first fine-tuned on the bank's episodes."""
+        from ragsam.retrieval.segment import RagSegmenter
+
+        bank = self._bank()
+        run_dir = None
+        if variant.preset is not None:
+            run_dir = self._train_sam2(variant, folder / "run", bank)
+        sam2 = "tiny" if self.settings.tiny else self.settings.sam2_weights
+        segmenter = RagSegmenter(bank, sam2, device=self.settings.device, sam2_run=run_dir)
+        for cid in self.test_cases():
+            segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k, force=True,
+                              z_prior=self.settings.z_prior or None)
+        return (None, None) if run_dir is None else trainable_size(run_dir)
+
+    def _train_sam2(self, variant: Variant, run_dir: Path, bank: Path) -> Path:
+        """``ragsam train-rag`` with the variant's preset on the bank (train cases), resumed when interrupted."""
+        from ragsam.data.label_maps import load_label_map
+        from ragsam.training.rag_config import load_rag_config
+        from ragsam.training.rag_run import train_rag
+
+        if (run_dir / "model.safetensors").is_file() and (run_dir / "val.json").is_file():
+            return run_dir
+        s = self.settings
+        overrides = [f"data.bank={bank}", "data.train=[train]", "data.val=[]", f"data.k={s.k}",
+                     f"data.z_prior={s.z_prior or 'null'}", f"seed={s.seed}", f"device={s.device}",
+                     f"model.num_classes={load_label_map(self.label_map).num_classes - 1}", "log.progress=false",
+                     f"model.weights={'tiny' if s.tiny else s.sam2_weights}", *variant.overrides]
+        if s.tiny:
+            overrides += ["optim.max_iterations=20", "optim.warmup=2", "optim.lr=0.002", "checkpoint_every=10"]
+        if s.iterations is not None:
+            overrides += [f"optim.max_iterations={s.iterations}", "optim.stop_iteration=null"]
+        resume = (run_dir / "checkpoints" / "state.pt").is_file()
+        self.log(f"{variant.name}: {'resuming' if resume else 'training'} SAM 2 on retrieval episodes in {run_dir}")
+        train_rag(None if resume else load_rag_config(variant.preset, overrides), run_dir, resume=resume,
+                  force=not resume and run_dir.exists())
+        return run_dir
+
     def _baseline(self, variant: Variant, folder: Path, predictions: Path) -> None:
         from ragsam.baselines.run import BaselineConfig, run_baseline
 
@@ -370,7 +413,7 @@ class ExperimentRunner:
             for variant in self.plan.variants:
                 (self.variant_dir(variant) / "done.json").unlink(missing_ok=True)
         self.prepare()
-        order = sorted(self.plan.variants, key=lambda v: {"finetune": 0, "rag": 1, "baseline": 2}[v.kind])
+        order = sorted(self.plan.variants, key=lambda v: {"finetune": 0, "rag": 1, "retrieval": 2, "baseline": 3}[v.kind])
         results = {v.name: self.run_variant(v) for v in order}
         self.write_outputs(results)
         return results

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ragsam.errors import CasesFailedError, OutputExistsError
+from ragsam.utils import ranks
 from ragsam.utils.atomic import write_json
 
 FORMAT = "ragsam-case-output"
@@ -230,11 +231,12 @@ def run_cases(plan: CasePlan, work: Callable[[CaseJob], tuple[Any, dict[str, Any
     recorder = CaseRecorder(plan.case_ids)
     for job, recorded in plan.done:
         recorder.skip(job, from_json(job, recorded))
-    for job in plan.todo:
+    for job in ranks.shard(plan.todo, ranks.current()):  # torchrun: this rank's cases
         try:
             recorder.begin(job)
             result, result_json = work(job)
             recorder.finish(job, result_json, result)
         except Exception as exc:  # noqa: BLE001 - every failure is reported per case at the end
             recorder.fail(job, exc)
+    ranks.merge_outcomes(recorder)  # torchrun: every rank returns (or fails with) all outcomes
     return recorder.close()

@@ -350,7 +350,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     wall = time.perf_counter()
     if batch_size < 1:
         raise InputError(None, f"batch size must be >= 1, got {batch_size}")
-    dev = resolve_device(device)
+    dev = resolve_device(device, ranks.local_gpu())  # torchrun: one GPU per local rank
     overlap = default_overlap(dev) if overlap is None else overlap
     stages = StageTimes(timings)
     model, cfg = stages.timed("load_run", load_run, run_dir, dev, "model.safetensors", True)

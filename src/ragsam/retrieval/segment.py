@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import torch
 
 from ragsam.errors import InputError
 from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
+from ragsam.retrieval.support_retrieval import retrieve_supports, support_memories
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.threads import apply_threads
@@ -108,24 +109,32 @@ class SegmentSummary:
 
 
 class SupportCache:
-    """LRU cache of encoded support slices keyed by ``(case_id, z)``."""
+    """LRU cache of encoded support slices keyed by ``(case_id, z)`` of one model.
 
-    def __init__(self, max_items: int) -> None:
+    ``model_key`` names the SAM 2 that encoded them (its weights source, plus the
+    ``train-rag`` run and its weights' hash): it is part of every stored key, so
+    memories of one model are never served to another.
+    """
+
+    def __init__(self, max_items: int, model_key: Hashable = None) -> None:
         self.max_items = max(1, int(max_items))
-        self.items: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self.model_key = model_key
+        self.items: OrderedDict[tuple[Hashable, str, int], Any] = OrderedDict()
         self.hits = 0
         self.encoded = 0
 
     def get(self, key: tuple[str, int]) -> Any | None:
-        if key in self.items:
-            self.items.move_to_end(key)
+        full = (self.model_key, *key)
+        if full in self.items:
+            self.items.move_to_end(full)
             self.hits += 1
-            return self.items[key]
+            return self.items[full]
         return None
 
     def put(self, key: tuple[str, int], value: Any) -> None:
-        self.items[key] = value
-        self.items.move_to_end(key)
+        full = (self.model_key, *key)
+        self.items[full] = value
+        self.items.move_to_end(full)
         self.encoded += 1
         while len(self.items) > self.max_items:
             self.items.popitem(last=False)
@@ -186,13 +195,16 @@ class RagSegmenter:
         cache_size: encoded support slices kept in memory.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
+        sam2_run: a ``ragsam train-rag`` run folder: its fine-tuned SAM 2 replaces ``sam2_weights``
+            (and its ``pointer_positions`` / ``use_empty_supports``, those it was trained with, apply).
     Raises:
         InputError: bad bank, other embedder, bad weights, bad settings.
     """
 
     def __init__(self, bank_dir: str | os.PathLike, sam2_weights: str = "facebook/sam2.1-hiera-tiny",
                  embedder: Any = None, cache_size: int = 256, device: str = "auto",
-                 pointer_positions: str = "sequential", use_empty_supports: bool = True) -> None:
+                 pointer_positions: str = "sequential", use_empty_supports: bool = True,
+                 sam2_run: str | os.PathLike | None = None) -> None:
         from ragsam.models.sam2 import build_sam2
         from ragsam.retrieval.bank import SupportBank
         from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
@@ -206,11 +218,18 @@ class RagSegmenter:
         self.bank_dir = str(bank_dir)
         self.bank = SupportBank.load(bank_dir)
         self.embedder = _embedder_for(self.bank, embedder, self.device)
-        self.model, self.info = build_sam2(sam2_weights, device=self.device)  # bad weights fail before slice work
+        if sam2_run is not None:
+            from ragsam.training.rag_model import load_sam2_run
+
+            self.model, self.info = load_sam2_run(sam2_run, device=self.device)
+            pointer_positions = self.info["pointer_positions"]
+            use_empty_supports = self.info["use_empty_supports"]
+        else:
+            self.model, self.info = build_sam2(sam2_weights, device=self.device)  # bad weights fail before slices
         apply_threads(self.model, getattr(self.embedder, "model", None))
         self.seg = Sam2MemorySegmenter(self.model, pointer_positions=pointer_positions,  # type: ignore[arg-type]
                                        use_empty_supports=use_empty_supports)
-        self.cache = SupportCache(cache_size)
+        self.cache = SupportCache(cache_size, (self.info["source"], self.info.get("run"), self.info.get("run_weights")))
 
     def reload_bank(self) -> None:
         """Re-read the bank folder after slices were added or removed (``retrieval.bank_edit``).
@@ -224,7 +243,7 @@ class RagSegmenter:
 
     def encode_supports(self, neighbours: Sequence[Any]) -> list[Any]:
         """Support memories of ``neighbours`` (bank rows), encoded now and kept in the cache."""
-        return _supports(self.seg, self.bank, self.cache, neighbours)
+        return support_memories(self.seg, self.bank, self.cache, neighbours)
 
     def segment(
         self,
@@ -271,10 +290,7 @@ class RagSegmenter:
         settings = bank.prepare_meta().slice_settings
         stack = volume_to_slices(image, None, settings)
         depth, size = stack.images.shape[0], stack.images.shape[-1]
-        vectors = self.embedder.embed(stack.images, batch_size=batch_size)
-        rel_z = np.arange(depth) / (depth - 1)
-        hits = bank.query(vectors, k, self.embedder.identity, exclude_cases=excluded, z_prior=z_prior or None,
-                          query_rel_z=rel_z if z_prior else None)
+        hits = retrieve_supports(bank, self.embedder, stack.images, k, excluded, z_prior, batch_size)
         fused = grid_ft = None
         if run_dir is not None:
             from ragsam.retrieval.hybrid import fuse_slice, run_probabilities
@@ -289,7 +305,7 @@ class RagSegmenter:
             queries = self.seg.encode_images(torch.from_numpy(stack.images[first:first + batch_size]))
             for offset, query in enumerate(queries):
                 z = first + offset
-                supports = _supports(self.seg, bank, self.cache, hits[z][::-1])  # best neighbour nearest the query
+                supports = support_memories(self.seg, bank, self.cache, hits[z])  # best nearest the query
                 if own:
                     supports.append(own[min(own, key=lambda s, z=z: (abs(s - z), s))][0])
                 pred = self.seg.segment(query, supports, output_size=(size, size))
@@ -328,6 +344,7 @@ def segment_volume(
     run_dir: str | os.PathLike | None = None,
     hybrid_weight: float = 0.5,
     progress: Callable[[int, int], None] | None = None,
+    sam2_run: str | os.PathLike | None = None,
 ) -> SegmentSummary:
     """Segment one CT volume with retrieval-augmented SAM 2 and write its label map.
 
@@ -350,6 +367,7 @@ def segment_volume(
         series_uid: DICOM series to read when a folder holds several.
         z_prior: weight of the relative-z penalty in retrieval (``None`` / 0: off).
         pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
+        sam2_run: a ``ragsam train-rag`` run whose fine-tuned SAM 2 is used (see :class:`RagSegmenter`).
         run_dir: a fine-tuned run (``ragsam train``): fuse its class probabilities with the
             retrieval probabilities (see :mod:`ragsam.retrieval.hybrid`); ``None``: retrieval only.
         hybrid_weight: ``w`` of the retrieval term in the hybrid fusion.
@@ -361,7 +379,7 @@ def segment_volume(
     _check_call(hybrid_weight, batch_size, run_dir)
     check_writable(Path(output_path), force)
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports)
+                             use_empty_supports, sam2_run)
     return segmenter.segment(input_path, output_path, k, exclude_cases, batch_size, force, series_uid, z_prior,
                              run_dir, hybrid_weight, progress)
 
@@ -370,7 +388,7 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
                   sam2_weights: str = "facebook/sam2.1-hiera-tiny", layout: str = "auto",
                   force: bool = False, embedder: Any = None, cache_size: int = 256, device: str = "auto",
                   pointer_positions: str = "sequential", use_empty_supports: bool = True,
-                  progress: Callable[[str, int, int], None] | None = None,
+                  progress: Callable[[str, int, int], None] | None = None, sam2_run: str | os.PathLike | None = None,
                   options: SegmentOptions | None = None) -> list[SegmentSummary]:
     """Segment every case of a file, DICOM folder or dataset folder with one :class:`RagSegmenter`.
 
@@ -400,10 +418,12 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
                     sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
                     run=None if options.run_dir is None else
                     [file_digest(Path(options.run_dir) / n) for n in ("model.safetensors", "config.yaml")],
+                    sam2_run=None if sam2_run is None else
+                    [file_digest(Path(sam2_run) / n) for n in ("model.safetensors", "config.yaml")],
                     **options.output_key())
     plan = plan_cases(refs, outputs, key, force)  # refuses outputs that are not ragsam's before any model loads
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports) if plan.todo else None
+                             use_empty_supports, sam2_run) if plan.todo else None
 
     def work(job: Any) -> tuple[SegmentSummary, dict[str, Any]]:
         assert segmenter is not None
@@ -429,19 +449,3 @@ def _own_memories(seg: Any, images: np.ndarray, own: Mapping[int, np.ndarray],
                                    f"of shape {images.shape[1:]}")
         out[int(z)] = (seg.encode_support(images[int(z)], lab, key=("own", int(z))), lab)
     return out
-
-
-def _supports(seg: Any, bank: Any, cache: SupportCache, neighbours: Sequence[Any]) -> list[Any]:
-    """Encoded supports for ``neighbours`` (in order), encoding the uncached ones in one batch."""
-    keys = [(nb.case_id, nb.z) for nb in neighbours]
-    found = {key: cache.get(key) for key in dict.fromkeys(keys)}
-    missing = [nb for nb in neighbours if found[(nb.case_id, nb.z)] is None]
-    missing = list({(nb.case_id, nb.z): nb for nb in missing}.values())
-    if missing:
-        images, labels = bank.support_slices(missing)
-        frames = seg.encode_images(torch.from_numpy(images))
-        for nb, frame, lab in zip(missing, frames, labels, strict=True):
-            memory = seg.encode_support(frame, lab, key=(nb.case_id, nb.z))
-            cache.put((nb.case_id, nb.z), memory)
-            found[(nb.case_id, nb.z)] = memory
-    return [found[key] for key in keys]

@@ -162,13 +162,18 @@ class TrainConfig:
         return self.optim.max_iterations if stop is None else min(stop, self.optim.max_iterations)
 
 
-def preset_names() -> list[str]:
-    """Names of the packaged training presets (``ragsam/resources/presets/*.yaml``)."""
+RAG_PRESET_PREFIX = "rag_"  # presets of ``ragsam train-rag`` (RagTrainConfig), not of ``ragsam train``
+
+
+def preset_names(kind: str = "train") -> list[str]:
+    """Names of the packaged presets (``ragsam/resources/presets/*.yaml``) of ``ragsam train``
+    (``kind="train"``) or of ``ragsam train-rag`` (``kind="rag"``: the ``rag_*`` files)."""
     folder = resources.files("ragsam").joinpath("resources", "presets")
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    names = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return [n for n in names if n.startswith(RAG_PRESET_PREFIX) == (kind == "rag")]
 
 
-def resolve_preset(name_or_path: str | os.PathLike) -> Path:
+def resolve_preset(name_or_path: str | os.PathLike, kind: str = "train") -> Path:
     """A YAML path, or the name of a packaged preset (``samed``, ``tiny``, ...; :func:`preset_names`).
 
     Presets live inside the package (``ragsam/resources/presets``), so they work from an
@@ -179,10 +184,10 @@ def resolve_preset(name_or_path: str | os.PathLike) -> Path:
         if path.exists() and not path.is_file():
             raise InputError(path, "is a folder, not a YAML configuration file")
         return path
-    if str(name_or_path) in preset_names():
+    if str(name_or_path) in preset_names(kind):
         # Packaged data is a real file for a normal (non-zipped) install.
         return Path(str(resources.files("ragsam").joinpath("resources", "presets", f"{name_or_path}.yaml")))
-    raise InputError(path, f"no such configuration file or preset (presets: {', '.join(preset_names()) or 'none'})")
+    raise InputError(path, f"no such configuration file or preset (presets: {', '.join(preset_names(kind)) or 'none'})")
 
 
 def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,12 @@ import torch
 from torch import nn
 
 from ragsam.errors import InputError
-from ragsam.training.checkpoint import STATE_FILE, save_state
+from ragsam.training.checkpoint import STATE_FILE, load_trainable_tensors, save_state, set_rng_state
 from ragsam.training.config import TrainConfig
 from ragsam.training.distributed import DistInfo, all_mean, all_reduce_sum, broadcast_flag
 from ragsam.training.logging_utils import NullLogger, fmt
-from ragsam.training.losses import DiceCELoss, training_loss
-from ragsam.training.sampler import BatchStream
+from ragsam.training.losses import DiceCELoss, LossParts, training_loss
+from ragsam.training.sampler import Batch, BatchStream
 from ragsam.training.schedule import WarmupPoly
 from ragsam.training.validate import ValResult, validate
 from ragsam.utils.fault_points import pause_at
@@ -100,6 +101,39 @@ class LoopContext:
     logger: NullLogger
     save_weights: Any
     write_val: Any
+    # What a task changes (ragsam train-rag): the loss of one micro-batch, and validation.
+    step: Callable[[nn.Module, Batch, DistInfo, DiceCELoss, Any], LossParts] | None = None
+    validator: Callable[[], ValResult] | None = None
+
+
+def sam_step(model: nn.Module, batch: Batch, info: DistInfo, loss_fn: DiceCELoss, optim: Any) -> LossParts:
+    """Loss of one micro-batch of slices: ``model(images (B, 3, S, S)) -> logits (B, K+1, S, S)``."""
+    # augmented in the workers; pinned on CUDA, so the host queues the copy and goes on
+    images = batch.images.to(info.device, non_blocking=True)
+    labels = batch.labels.to(info.device, non_blocking=True)
+    low_res = optim.loss_resolution == "low"  # SAMed: S/4 logits against the nearest-downsampled label
+    return training_loss(model, images, labels, loss_fn, low_res, autocast(info.device, optim.bf16, cpu=optim.bf16_cpu))
+
+
+def restore_loop_state(state: dict[str, Any], src: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       stream: BatchStream, schedule: WarmupPoly) -> LoopState:
+    """Put a loaded ``state.pt`` back into the model, optimiser, stream and generators; the loop state.
+
+    Raises:
+        InputError: the checkpoint does not fit this run (other tensors, world size or schedule).
+    """
+    load_trainable_tensors(model, state["model"], src)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        stream.load_state_dict(state["stream"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(src, f"checkpoint does not fit this run ({exc})") from None
+    if state["schedule"] != schedule.state_dict():
+        raise InputError(src, f"schedule changed since the checkpoint ({state['schedule']})")
+    set_rng_state(state["rng"])
+    best = state["best"]
+    return LoopState(int(state["iteration"]), float(best["score"]), int(best["iteration"]),
+                     int(best["since_best"]), list(state["history"]), bool(state["done"]))
 
 
 def _checkpoint(ctx: LoopContext, st: LoopState) -> None:
@@ -111,8 +145,9 @@ def _checkpoint(ctx: LoopContext, st: LoopState) -> None:
 
 def _validate(ctx: LoopContext, st: LoopState) -> ValResult:
     cfg = ctx.cfg
-    res = validate(ctx.module, ctx.val_dataset, ctx.val_cases, cfg.model.num_classes, cfg.val.batch_size,
-                   ctx.info, bf16=cfg.optim.bf16, bf16_cpu=cfg.optim.bf16_cpu)
+    res = ctx.validator() if ctx.validator is not None else validate(
+        ctx.module, ctx.val_dataset, ctx.val_cases, cfg.model.num_classes, cfg.val.batch_size,
+        ctx.info, bf16=cfg.optim.bf16, bf16_cpu=cfg.optim.bf16_cpu)
     score = -1.0 if math.isnan(res.mean_dice) else res.mean_dice
     st.history.append({"iteration": st.iteration, **res.to_json()})
     if score > st.best_score:
@@ -166,8 +201,8 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
     o = cfg.optim
     last = cfg.last_iteration
     loss_fn = DiceCELoss(o.dice_weight, o.ce_weight)
-    low_res = o.loss_resolution == "low"  # SAMed: S/4 logits against the nearest-downsampled label
     trainable = [p for p in ctx.module.parameters() if p.requires_grad]
+    step = ctx.step or sam_step
     batches = iter(ctx.stream)
     ctx.model.train()
     t0 = time.perf_counter()
@@ -180,14 +215,10 @@ def run_loop(ctx: LoopContext, st: LoopState, stop_after: int | None = None) -> 
         for micro in range(o.grad_accum):
             batch = next(batches)
             epoch = batch.epoch
-            # augmented in the workers; pinned on CUDA, so the host queues the copy and goes on
-            images = batch.images.to(info.device, non_blocking=True)
-            labels = batch.labels.to(info.device, non_blocking=True)
             sync = (contextlib.nullcontext() if micro == o.grad_accum - 1 or not info.distributed
                     else ctx.model.no_sync())
             with sync:
-                parts = training_loss(ctx.model, images, labels, loss_fn, low_res,
-                                      autocast(info.device, o.bf16, cpu=o.bf16_cpu))
+                parts = step(ctx.model, batch, info, loss_fn, o)
                 (parts.total / o.grad_accum).backward()
             sums += torch.stack((parts.total, parts.dice, parts.ce)).detach() / o.grad_accum
         _stop_if_not_finite(sums[0], trainable, o.grad_clip, it + 1, info)

@@ -80,8 +80,9 @@ class RunInfo:
             raise InputError(path, f"malformed validation record ({exc}); {REBUILD}") from None
 
     @staticmethod
-    def read_config(run_dir: str | os.PathLike) -> TrainConfig:
-        """The resolved :class:`TrainConfig` saved in ``<run_dir>/config.yaml``.
+    def read_config(run_dir: str | os.PathLike, config_cls: type = TrainConfig) -> Any:
+        """The resolved configuration (a :class:`TrainConfig`, or ``config_cls``: the
+        ``train-rag`` :class:`~ragsam.training.rag_config.RagTrainConfig`) in ``<run_dir>/config.yaml``.
 
         Raises:
             InputError: no such folder, not a run folder, or an invalid configuration.
@@ -91,12 +92,12 @@ class RunInfo:
             raise InputError(run_dir, "run folder does not exist")
         if not (run_dir / CONFIG_FILE).is_file():
             raise InputError(run_dir, f"not a ragsam run folder (no {CONFIG_FILE})")
-        return load_config(TrainConfig, run_dir / CONFIG_FILE)
+        return load_config(config_cls, run_dir / CONFIG_FILE)
 
     @classmethod
-    def read(cls, run_dir: str | os.PathLike) -> RunInfo:
+    def read(cls, run_dir: str | os.PathLike, config_cls: type = TrainConfig) -> RunInfo:
         """The run's configuration and, when written, its ``val.json`` (else no validation yet)."""
-        config = cls.read_config(run_dir)
+        config = cls.read_config(run_dir, config_cls)
         path = Path(run_dir) / VAL_FILE
         if not path.is_file():
             return cls(config=config)

@@ -56,6 +56,17 @@ def unshard(parts: Sequence[Sequence[T]], total: int) -> list[T]:
     return out
 
 
+def local_gpu() -> int:
+    """The GPU index of this process under torchrun: ``LOCAL_RANK`` modulo the GPUs present
+    (several processes share a GPU when there are fewer GPUs than processes); 0 alone."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if local == 0:
+        return 0
+    import torch
+
+    return local % max(1, torch.cuda.device_count())
+
+
 class RankFailedError(RagsamError):
     """Another rank failed; its message is this one's."""
 
