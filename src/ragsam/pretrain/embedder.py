@@ -65,7 +65,7 @@ def pretrain_embedder(settings: PretrainSettings, corpus: CorpusSlices, out_dir:
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     after = neighbour_quality(_embed_all(embedder, corpus), corpus)
     out_dir.mkdir(parents=True, exist_ok=True)

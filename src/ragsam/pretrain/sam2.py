@@ -121,7 +121,7 @@ def pretrain_sam2(settings: PretrainSettings, corpus: CorpusSlices, bank_dir: Pa
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
