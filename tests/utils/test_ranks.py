@@ -106,3 +106,15 @@ def test_local_gpu_wraps_round_the_gpus_present(monkeypatch) -> None:
     assert ranks.local_gpu() == 0
     monkeypatch.delenv("LOCAL_RANK")
     assert ranks.local_gpu() == 0
+
+
+def test_shard_todo_follows_the_full_case_list_not_the_plan() -> None:
+    class Job:
+        def __init__(self, case_id: str) -> None:
+            self.case_id = case_id
+
+    ids = ["a", "b", "c", "d"]
+    # rank 1 planned after rank 0 had finished "a": its todo lacks "a", its share is still b, d
+    todo = [Job(c) for c in ["b", "c", "d"]]
+    assert [j.case_id for j in ranks.shard_todo(todo, ids, ranks.Ranks(1, 2))] == ["b", "d"]
+    assert [j.case_id for j in ranks.shard_todo(todo, ids, ranks.Ranks(0, 2))] == ["c"]

@@ -231,7 +231,7 @@ def run_cases(plan: CasePlan, work: Callable[[CaseJob], tuple[Any, dict[str, Any
     recorder = CaseRecorder(plan.case_ids)
     for job, recorded in plan.done:
         recorder.skip(job, from_json(job, recorded))
-    for job in ranks.shard(plan.todo, ranks.current()):  # torchrun: this rank's cases
+    for job in ranks.shard_todo(plan.todo, plan.case_ids, ranks.current()):  # torchrun: this rank's cases
         try:
             recorder.begin(job)
             result, result_json = work(job)

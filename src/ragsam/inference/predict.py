@@ -384,7 +384,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         recorder.finish(job, {"slices": result.slices, "organs": result.organs}, result)
         pause_at("predict:case-written")
 
-    todo = ranks.shard(plan.todo, ranks.current())  # torchrun: this rank's cases
+    todo = ranks.shard_todo(plan.todo, plan.case_ids, ranks.current())  # torchrun: this rank's cases
     _pipeline(todo, recorder, load, segment, write, overlap)
     ranks.merge_outcomes(recorder)
     results = recorder.close()

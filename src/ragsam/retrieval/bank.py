@@ -75,21 +75,27 @@ class Neighbour:
     similarity: float
 
 
-def _check_slices_exist(metadata: Path, case_ids: list[str], zs: list[int], prepared: Path | None) -> None:
-    """Every (case, z) of the bank must be a slice of the prepared cache (``.npy`` headers only)."""
-    if prepared is None or not (prepared / "cases").is_dir():
-        return  # the cache is not here (moved): checked when a support slice is read
+def _check_slices_exist(metadata: Path, case_ids: list[str], zs: list[int], prepared: Path | None,
+                        added: dict[str, Path]) -> None:
+    """Every (case, z) of the bank must be a slice of its source (``.npy`` headers only).
+
+    ``added`` maps the ids of slices added after the build to the bank folder that holds
+    them in cache layout (:data:`ADDITIONS_DIR`); every other case comes from ``prepared``.
+    """
     top: dict[str, int] = {}
     for cid, z in zip(case_ids, zs, strict=True):
         if z < 0:
             raise InputError(metadata, f"case {cid!r} has a row with z={z} < 0")
         top[cid] = max(top.get(cid, -1), z)
     for cid, z in top.items():
-        image = prepared / "cases" / cid / "image.npy"
+        root = added.get(cid, prepared)
+        if root is None or not (root / "cases").is_dir():
+            continue  # the cache is not here (moved): checked when a support slice is read
+        image = root / "cases" / cid / "image.npy"
         try:
             depth = np.load(image, mmap_mode="r", allow_pickle=False).shape[0]
         except FileNotFoundError:
-            raise InputError(metadata, f"case {cid!r} is not in the prepared cache {prepared}") from None
+            raise InputError(metadata, f"case {cid!r} is not in the prepared cache {root}") from None
         except (OSError, ValueError) as exc:
             raise InputError(image, f"not a readable array ({exc})") from None
         if z >= depth:
@@ -167,7 +173,8 @@ class SupportBank:
         if len(case_ids) != int(index.ntotal):
             raise InputError(path, f"metadata.csv has {len(case_ids)} rows but the index {index.ntotal} vectors")
         prepared = _locate_prepared(path, info, prepared_dir)
-        _check_slices_exist(path / "metadata.csv", case_ids, zs, prepared)
+        added = {d["id"]: path / ADDITIONS_DIR for d in info.additions or []}
+        _check_slices_exist(path / "metadata.csv", case_ids, zs, prepared, added)
         return cls(path, index, info, identity, np.asarray(case_ids), np.asarray(zs, dtype=np.int64),
                    np.asarray(rel, dtype=np.float64), organs, prepared)
 

@@ -48,6 +48,15 @@ def shard(items: Sequence[T], ranks: Ranks) -> list[T]:
     return list(items[ranks.rank::ranks.world])
 
 
+def shard_todo(todo: Sequence[T], all_ids: Sequence[str], ranks: Ranks) -> list[T]:
+    """This rank's share of ``todo`` (jobs with a ``case_id``), decided on the FULL case
+    list ``all_ids`` rather than on ``todo``: ranks plan at slightly different times, and a
+    fast rank's finished case must not shift the slower ranks' shares (each case belongs
+    to one rank whatever the others have done)."""
+    mine = set(shard(list(all_ids), ranks))
+    return [job for job in todo if job.case_id in mine]
+
+
 def unshard(parts: Sequence[Sequence[T]], total: int) -> list[T]:
     """Put the per-rank lists of :func:`shard` back into the original order."""
     out: list[Any] = [None] * total
