@@ -146,9 +146,11 @@ def _build_cases(out: Path, tmp: Path, plan: dict[str, dict[str, Any]], old_case
 def _build_case(task: tuple[Any, str | None, Any, SliceSettings, Path]) -> str:
     """Read, convert, slice and write one case (a worker of ``--jobs``); returns its id."""
     from ragsam.data.cases import load_case
+    from ragsam.data.file_checks import check_ct_values
 
     ref, series_uid, lmap, settings, case_dir = task
     case = load_case(ref, series_uid=series_uid)
+    check_ct_values(case.image.array, ref.image)
     _write_case(case_dir, volume_to_slices(case.image, convert_labels(case.labels, lmap), settings))
     return case_dir.name
 
