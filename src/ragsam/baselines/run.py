@@ -169,37 +169,11 @@ def _keep_present_organs(result: Any) -> None:
                                                if int(k) in present}
 
 
-def run_baseline(
-    data: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    prompt: str = "box",
-    weights: str = "random",
-    arch: str = "sam_vit_b",
-    label_map: str | os.PathLike | None = None,
-    seed: int = 0,
-    box_iou: float = 0.5,
-    device: str = "auto",
-    force: bool = False,
-    *,
-    labels: str | os.PathLike | None = None,
-    organs: str | Sequence[int | str] | None = None,
-    split: str | None = None,
-    cases: list[str] | None = None,
-    layout: str = "auto",
-    slice_settings: Any = None,
-    image_size: int | None = None,
-    normalization: str = "auto",
-    nsd_tolerance_mm: float | str = "flare22",
-    overlays: bool = True,
-    embed_batch: int = 4,
-    series_uid: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> BaselineSummary:
-    """Segment every case with prompted SAM / MedSAM and evaluate against the ground truth.
+@dataclass(frozen=True)
+class BaselineConfig:
+    """How :func:`run_baseline` prompts, segments and scores (everything but where from and where to).
 
-    Args:
-        data: raw dataset folder, image file or DICOM folder (with ``labels``), or a prepared cache.
-        out_dir: output folder (layout in the module docstring); refused if it exists unless ``force``.
+    Attributes:
         prompt: ``point1``, ``point3`` or ``box``.
         weights: Hugging Face id or folder, Meta SAM / MedSAM ``.pth``, or ``"random"`` (tests).
         arch: ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` / ``tiny``; must match the weights.
@@ -207,7 +181,6 @@ def run_baseline(
         seed: prompt seed (and the initialisation of ``"random"`` weights), >= 0.
         box_iou: IoU of box prompts with the organ's tight box.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        force: replace an existing ``out_dir``.
         labels: ground-truth file when ``data`` is a single image.
         organs: organs to prompt and score (a named subset such as ``paper-8`` or ids); default the
             organs of the label map present in the ground truth of at least one case.
@@ -221,83 +194,184 @@ def run_baseline(
         overlays: draw one PNG per case.
         embed_batch: slices per image-encoder call.
         series_uid: DICOM series to read when a folder holds several.
+    """
+
+    prompt: str = "box"
+    weights: str = "random"
+    arch: str = "sam_vit_b"
+    label_map: str | os.PathLike | None = None
+    seed: int = 0
+    box_iou: float = 0.5
+    device: str = "auto"
+    labels: str | os.PathLike | None = None
+    organs: str | Sequence[int | str] | None = None
+    split: str | None = None
+    cases: list[str] | None = None
+    layout: str = "auto"
+    slice_settings: Any = None
+    image_size: int | None = None
+    normalization: str = "auto"
+    nsd_tolerance_mm: float | str = "flare22"
+    overlays: bool = True
+    embed_batch: int = 4
+    series_uid: str | None = None
+
+
+@dataclass
+class _Prepared:
+    """The checked inputs of one baseline run: cases, label map, organs, model and its settings."""
+
+    todo: list[BaselineCase]
+    skipped: list[str]
+    meta: CacheMeta | None
+    lmap: Any
+    organ_ids: list[int]
+    prompt_settings: PromptSettings
+    normalization: str
+    model: Any
+    load_report: Any
+    device: Any
+    slice_settings: Any
+
+
+def _prepare_inputs(data: str | os.PathLike, out: Path, config: BaselineConfig, force: bool) -> _Prepared:
+    """Validate the settings, select the cases and load the model (before anything is written)."""
+    from ragsam.data.label_maps import load_label_map
+    from ragsam.data.slices import SliceSettings
+    from ragsam.models.promptable_sam import load_prompt_sam
+    from ragsam.utils.device import resolve_device
+
+    prompt_settings = PromptSettings(kind=config.prompt, box_iou=config.box_iou, seed=config.seed)  # validates first
+    check_writable(out, force)
+    dev = resolve_device(config.device)
+    norm = resolve_normalization(str(config.weights), config.normalization)
+    slice_settings = config.slice_settings or SliceSettings()
+    todo, skipped, meta = _collect(data, config.labels, config.layout, config.split, config.cases, slice_settings,
+                                   config.series_uid)
+    todo = _nonempty(todo, data)
+    label_map = config.label_map
+    if label_map is None:
+        label_map = Path(data) / "label_map.json" if meta is not None else "btcv"
+    lmap = load_label_map(label_map)
+    organ_ids = prompt_organs(lmap, config.organs)
+    model, load_report = load_prompt_sam(config.arch, str(config.weights), config.image_size, seed=config.seed)
+    model.to(dev)
+    apply_threads(model)
+    return _Prepared(todo=todo, skipped=skipped, meta=meta, lmap=lmap, organ_ids=organ_ids,
+                     prompt_settings=prompt_settings, normalization=norm, model=model, load_report=load_report,
+                     device=dev, slice_settings=slice_settings)
+
+
+def _run_settings(data: str | os.PathLike, config: BaselineConfig, run: _Prepared) -> dict[str, Any]:
+    """The settings recorded in ``baseline.json`` (cases, skips and time are added at the end)."""
+    import torch
+    from transformers import __version__ as transformers_version
+
+    from ragsam import __version__ as ragsam_version
+
+    prompt, labels, meta = config.prompt, config.labels, run.meta
+    return {
+        "data": str(Path(data).resolve()), "labels": None if labels is None else str(Path(labels).resolve()),
+        "prepared_cache": meta is not None, "prompt": prompt,
+        "box_iou": config.box_iou if prompt == "box" else None,
+        "seed": config.seed, "weights": str(config.weights), "arch": config.arch,
+        "image_size": run.load_report.image_size,
+        "resized_position_tensors": run.load_report.resized, "normalization": run.normalization,
+        "mask_choice": MULTIMASK_RULE[prompt], "threshold": "logit > 0 (probability 0.5)",
+        "overlaps": "highest logit wins", "label_map": run.lmap.name, "organ_ids": run.organ_ids,
+        "split": config.split,
+        "slices": meta.settings if meta is not None else run.slice_settings.to_json(), "device": str(run.device),
+        "versions": {"ragsam": ragsam_version, "torch": torch.__version__, "transformers": transformers_version},
+    }
+
+
+def _segment_cases(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_dir: Path,
+                   progress: Callable[[str, int, int], None] | None) -> dict[str, dict[str, Any]]:
+    """Segment every case into ``pred_dir`` and place its scoring ground truth in ``gt_dir``.
+
+    Returns:
+        case id -> ``{"prompts", "slices", "seconds", "ground_truth"}`` (for ``baseline.json``).
+    """
+    from ragsam.data.slices import slices_to_volume
+    from ragsam.data.volume import write_labels
+
+    per_case: dict[str, dict[str, Any]] = {}
+    for index, case in enumerate(run.todo):
+        if progress is not None:
+            progress(case.case_id, index, len(run.todo))
+        t0 = time.perf_counter()
+        stack = case.load()
+        pred, n_prompts = segment_slices(run.model, stack.images, stack.labels, run.organ_ids, run.prompt_settings,
+                                         case.case_id, run.normalization, config.embed_batch)
+        volume = slices_to_volume(pred, stack.grid)
+        write_labels(volume, stack.grid.geometry, pred_dir / f"{case.case_id}.nii.gz")
+        _scoring_ground_truth(case, run.lmap, gt_dir)
+        per_case[case.case_id] = {"prompts": n_prompts, "slices": int(stack.images.shape[0]),
+                                  "seconds": round(time.perf_counter() - t0, 3),
+                                  "ground_truth": str(case.gt_path)}
+    return per_case
+
+
+def _score(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_dir: Path, out: Path, tmp: Path) -> Any:
+    """Evaluate the predictions, draw the overlays and write the report into ``tmp`` (final place ``out``)."""
+    from ragsam.evaluation.evaluate import evaluate
+    from ragsam.evaluation.report import write_report
+
+    result = evaluate(pred_dir, gt_dir, label_map=run.lmap, organs=config.organs,
+                      nsd_tolerance_mm=config.nsd_tolerance_mm)
+    if config.organs is None:
+        _keep_present_organs(result)
+    gt_files = [str(c.gt_path) for c in run.todo]
+    result.settings.update(pred=str(out / "predictions"),
+                           gt=gt_files[0] if len(gt_files) == 1 else os.path.commonpath(gt_files))
+    if config.overlays:
+        _draw_overlays(run.todo, pred_dir, tmp, run.lmap.labels, result)
+    write_report(result, tmp)
+    return result
+
+
+def run_baseline(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: BaselineConfig | None = None,
+    *,
+    force: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> BaselineSummary:
+    """Segment every case with prompted SAM / MedSAM and evaluate against the ground truth.
+
+    Stages: :func:`_prepare_inputs` (checks, cases, model), :func:`_segment_cases`,
+    :func:`_score` (evaluation, overlays, report), then ``baseline.json``; all written
+    inside one atomic folder.
+
+    Args:
+        data: raw dataset folder, image file or DICOM folder (with ``config.labels``), or a prepared cache.
+        out_dir: output folder (layout in the module docstring); refused if it exists unless ``force``.
+        config: :class:`BaselineConfig` (default: all defaults, i.e. box prompts on random weights).
+        force: replace an existing ``out_dir``.
         progress: called as ``progress(case_id, index, total)`` before each case.
     Returns:
         :class:`BaselineSummary`.
     Raises:
         InputError: bad prompt kind / IoU / seed / device / weights / data; OutputExistsError.
     """
-    import torch
-    from transformers import __version__ as transformers_version
-
-    from ragsam import __version__ as ragsam_version
-    from ragsam.data.label_maps import load_label_map
-    from ragsam.data.slices import SliceSettings, slices_to_volume
-    from ragsam.data.volume import write_labels
-    from ragsam.evaluation.evaluate import evaluate
-    from ragsam.evaluation.report import write_report
-    from ragsam.models.promptable_sam import load_prompt_sam
-    from ragsam.utils.device import resolve_device
-
+    config = config or BaselineConfig()
     start = time.perf_counter()
-    settings = PromptSettings(kind=prompt, box_iou=box_iou, seed=seed)  # validates first
     out = Path(out_dir)
-    check_writable(out, force)
-    dev = resolve_device(device)
-    norm = resolve_normalization(str(weights), normalization)
-    slice_settings = slice_settings or SliceSettings()
-    todo, skipped, meta = _collect(data, labels, layout, split, cases, slice_settings, series_uid)
-    todo = _nonempty(todo, data)
-    if label_map is None:
-        label_map = Path(data) / "label_map.json" if meta is not None else "btcv"
-    lmap = load_label_map(label_map)
-    organ_ids = prompt_organs(lmap, organs)
-    model, load_report = load_prompt_sam(arch, str(weights), image_size, seed=seed)
-    model.to(dev)
-    apply_threads(model)
-    run_settings: dict[str, Any] = {
-        "data": str(Path(data).resolve()), "labels": None if labels is None else str(Path(labels).resolve()),
-        "prepared_cache": meta is not None, "prompt": prompt, "box_iou": box_iou if prompt == "box" else None,
-        "seed": seed, "weights": str(weights), "arch": arch, "image_size": load_report.image_size,
-        "resized_position_tensors": load_report.resized, "normalization": norm,
-        "mask_choice": MULTIMASK_RULE[prompt], "threshold": "logit > 0 (probability 0.5)",
-        "overlaps": "highest logit wins", "label_map": lmap.name, "organ_ids": organ_ids, "split": split,
-        "slices": meta.settings if meta is not None else slice_settings.to_json(), "device": str(dev),
-        "versions": {"ragsam": ragsam_version, "torch": torch.__version__, "transformers": transformers_version},
-    }
-    per_case: dict[str, dict[str, Any]] = {}
+    run = _prepare_inputs(data, out, config, force)
+    run_settings = _run_settings(data, config, run)
     with atomic_dir(out, force=force) as tmp, tempfile.TemporaryDirectory(prefix="ragsam-baseline-") as scratch:
-        pred_dir = tmp / "predictions"
-        for index, case in enumerate(todo):
-            if progress is not None:
-                progress(case.case_id, index, len(todo))
-            t0 = time.perf_counter()
-            stack = case.load()
-            pred, n_prompts = segment_slices(model, stack.images, stack.labels, organ_ids, settings,
-                                             case.case_id, norm, embed_batch)
-            volume = slices_to_volume(pred, stack.grid)
-            write_labels(volume, stack.grid.geometry, pred_dir / f"{case.case_id}.nii.gz")
-            _scoring_ground_truth(case, lmap, Path(scratch) / "gt")
-            per_case[case.case_id] = {"prompts": n_prompts, "slices": int(stack.images.shape[0]),
-                                      "seconds": round(time.perf_counter() - t0, 3),
-                                      "ground_truth": str(case.gt_path)}
-        result = evaluate(pred_dir, Path(scratch) / "gt", label_map=lmap, organs=organs,
-                          nsd_tolerance_mm=nsd_tolerance_mm)
-        if organs is None:
-            _keep_present_organs(result)
-        gt_files = [str(c.gt_path) for c in todo]
-        result.settings.update(pred=str(out / "predictions"),
-                               gt=gt_files[0] if len(gt_files) == 1 else os.path.commonpath(gt_files))
-        if overlays:
-            _draw_overlays(todo, pred_dir, tmp, lmap.labels, result)
-        write_report(result, tmp)
+        pred_dir, gt_dir = tmp / "predictions", Path(scratch) / "gt"
+        per_case = _segment_cases(run, config, pred_dir, gt_dir, progress)
+        result = _score(run, config, pred_dir, gt_dir, out, tmp)
         run_settings["cases"] = per_case
-        run_settings["skipped_unlabelled"] = skipped
+        run_settings["skipped_unlabelled"] = run.skipped
         run_settings["seconds"] = round(time.perf_counter() - start, 3)
         write_json(tmp / "baseline.json", run_settings)
     result.out_dir = out
+    todo = run.todo
     return BaselineSummary(out_dir=out, cases=[c.case_id for c in todo],
                            predictions=[out / "predictions" / f"{c.case_id}.nii.gz" for c in todo],
                            evaluation=result, prompts={k: v["prompts"] for k, v in per_case.items()},
-                           skipped_unlabelled=skipped, settings=run_settings,
+                           skipped_unlabelled=run.skipped, settings=run_settings,
                            seconds=time.perf_counter() - start)

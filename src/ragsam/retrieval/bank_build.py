@@ -141,15 +141,12 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """
     from ragsam.data.slice_dataset import read_manifest
     from ragsam.retrieval.embedder import build_embedder
-    from ragsam.retrieval.faiss_index import INDEX_KINDS, build_index, save_index
+    from ragsam.retrieval.faiss_index import build_index, save_index
 
     start = time.perf_counter()
     prepared = Path(prepared_dir).resolve()
     out = Path(out_dir)
-    if kind not in INDEX_KINDS:
-        raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
-    if out.resolve() == prepared or prepared in out.resolve().parents:
-        raise InputError(out, "the bank must not be written inside the prepared cache")
+    _check_request(prepared, out, kind)
     with folder_lock(out):  # one writer per bank; a second `index build` is refused
         remove_stale_temporaries(out)  # left by a killed build
         check_writable(out, force)
@@ -158,40 +155,15 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         chosen = _select_cases(prepared, records, labelled_only, split, cases)
         if not chosen:
             raise InputError(prepared, "no cases to embed")
-        by_case: dict[str, dict[int, Any]] = {}
-        for r in records:
-            by_case.setdefault(r.case_id, {})[r.z] = r
         if embedder is None:
             embedder = build_embedder(embedder_weights, pooling=pooling, image_size=image_size, device=device,
                                       batch_size=batch_size)
         apply_threads(getattr(embedder, "model", None))
-
         arrays = {c: case_arrays(prepared, c, with_labels=(prepared / "cases" / c / "label.npy").is_file())
                   for c in chosen}
-        total = sum(a[0].shape[0] for a in arrays.values())
-        vectors = np.zeros((total, embedder.dim), dtype=np.float32)
-        rows: list[tuple] = []
-        for case_id in chosen:
-            image, label = arrays[case_id]
-            depth = image.shape[0]
-            organs = slice_organs(label) if label is not None else [()] * depth
-            for first in range(0, depth, batch_size):
-                batch = np.asarray(image[first:first + batch_size], dtype=np.float32)
-                vectors[len(rows):len(rows) + len(batch)] = embedder.embed(batch, batch_size=batch_size)
-                for z in range(first, first + len(batch)):
-                    rec = by_case[case_id].get(z)
-                    rel_z = float(rec.rel_z) if rec is not None else (z / (depth - 1) if depth > 1 else 0.0)
-                    rows.append((len(rows), case_id, z, rel_z, ";".join(map(str, organs[z])),
-                                 rec.split if rec is not None else ""))
-                if progress is not None:
-                    progress(len(rows), total)
-
+        vectors, rows = _embed_slices(arrays, chosen, records, embedder, batch_size, progress)
         index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search)
         identity = embedder.identity
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(METADATA_COLUMNS)
-        writer.writerows((r[0], r[1], r[2], repr(r[3]), r[4], r[5]) for r in rows)
         info = BankInfo(
             prepared_dir=str(prepared), prepared_dir_relative=os.path.relpath(prepared, out.resolve()),
             prepare_sha256=file_sha256(prepared / "prepare.json"),
@@ -206,10 +178,63 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         )
         with atomic_dir(out, force=force) as tmp:
             save_index(index, tmp / "index.faiss", force=True)
-            write_text(tmp / "metadata.csv", text.getvalue())
+            write_text(tmp / "metadata.csv", _metadata_csv(rows))
             write_json(tmp / "embedder.json", identity)
             info.write(tmp)
             pause_at("index-build:before-publish")
         return BankSummary(path=out, count=len(rows), cases=len(chosen), dim=embedder.dim,
                            kind=index_settings["kind"], embedder=identity["weights"],
                            seconds=time.perf_counter() - start)
+
+
+def _check_request(prepared: Path, out: Path, kind: str) -> None:
+    """Refuse an unknown index kind and a bank inside the prepared cache (before the lock is taken)."""
+    from ragsam.retrieval.faiss_index import INDEX_KINDS
+
+    if kind not in INDEX_KINDS:
+        raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
+    if out.resolve() == prepared or prepared in out.resolve().parents:
+        raise InputError(out, "the bank must not be written inside the prepared cache")
+
+
+def _embed_slices(arrays: dict[str, tuple[np.ndarray, np.ndarray | None]], chosen: list[str], records: list,
+                  embedder: Any, batch_size: int, progress: Callable[[int, int], None] | None,
+                  ) -> tuple[np.ndarray, list[tuple]]:
+    """Embed every slice of the chosen cases, in case order then z order.
+
+    Args:
+        arrays: case id -> ``(image (Z, S, S), label (Z, S, S) or None)`` (:func:`case_arrays`).
+        records: the cache's manifest rows (give ``rel_z`` and ``split``; missing rows: ``z / (Z - 1)``, "").
+    Returns:
+        ``(vectors float32 (N, D), rows)``; row ``i`` is ``(i, case_id, z, rel_z, organs ";"-joined, split)``.
+    """
+    by_case: dict[str, dict[int, Any]] = {}
+    for r in records:
+        by_case.setdefault(r.case_id, {})[r.z] = r
+    total = sum(a[0].shape[0] for a in arrays.values())
+    vectors = np.zeros((total, embedder.dim), dtype=np.float32)
+    rows: list[tuple] = []
+    for case_id in chosen:
+        image, label = arrays[case_id]
+        depth = image.shape[0]
+        organs = slice_organs(label) if label is not None else [()] * depth
+        for first in range(0, depth, batch_size):
+            batch = np.asarray(image[first:first + batch_size], dtype=np.float32)
+            vectors[len(rows):len(rows) + len(batch)] = embedder.embed(batch, batch_size=batch_size)
+            for z in range(first, first + len(batch)):
+                rec = by_case[case_id].get(z)
+                rel_z = float(rec.rel_z) if rec is not None else (z / (depth - 1) if depth > 1 else 0.0)
+                rows.append((len(rows), case_id, z, rel_z, ";".join(map(str, organs[z])),
+                             rec.split if rec is not None else ""))
+            if progress is not None:
+                progress(len(rows), total)
+    return vectors, rows
+
+
+def _metadata_csv(rows: list[tuple]) -> str:
+    """The text of ``metadata.csv`` (:data:`METADATA_COLUMNS`; ``rel_z`` written with ``repr``)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(METADATA_COLUMNS)
+    writer.writerows((r[0], r[1], r[2], repr(r[3]), r[4], r[5]) for r in rows)
+    return text.getvalue()
