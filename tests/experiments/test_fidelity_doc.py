@@ -45,12 +45,14 @@ def _doc_variant(cells: list[str]) -> tuple:
         return name, kind, _code(setup)[0], _code(overrides), row
     if kind == "rag":
         return name, kind, setup.removeprefix("base:").strip(), _code(overrides), row
+    if kind == "retrieval":  # `train-rag` preset, or "training-free"
+        return name, kind, (_code(setup) or [None])[0], _code(overrides), row
     weights, prompt = _code(setup)
     return name, kind, (weights, prompt), _code(overrides), row
 
 
 def _plan_variant(v: Variant) -> tuple:
-    setup = {"finetune": v.preset, "rag": v.base, "baseline": (v.weights, v.prompt)}[v.kind]
+    setup = {"finetune": v.preset, "rag": v.base, "baseline": (v.weights, v.prompt), "retrieval": v.preset}[v.kind]
     return v.name, v.kind, setup, list(v.overrides), v.paper_row
 
 
