@@ -16,6 +16,7 @@ Organs per slice are computed from ``label.npy`` itself (the source of truth).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -32,6 +33,7 @@ import numpy as np
 from ragsam.data.cache_meta import CacheMeta
 from ragsam.errors import InputError
 from ragsam.retrieval.bank_info import BankInfo
+from ragsam.utils import ranks
 from ragsam.utils.atomic import atomic_dir, check_writable, remove_stale_temporaries, write_json, write_text
 from ragsam.utils.fault_points import pause_at
 from ragsam.utils.locking import folder_lock
@@ -111,6 +113,44 @@ def _select_cases(prepared: Path, records: list, labelled_only: bool, split: str
     return ordered
 
 
+def _metadata_rows(chosen: Sequence[str], arrays: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                   by_case: dict[str, dict[int, Any]]) -> list[tuple]:
+    """One ``METADATA_COLUMNS`` row per slice, in bank order (cases in order, z ascending)."""
+    rows: list[tuple] = []
+    for case_id in chosen:
+        image, label = arrays[case_id]
+        depth = image.shape[0]
+        organs = slice_organs(label) if label is not None else [()] * depth
+        for z in range(depth):
+            rec = by_case[case_id].get(z)
+            rel_z = float(rec.rel_z) if rec is not None else (z / (depth - 1) if depth > 1 else 0.0)
+            rows.append((len(rows), case_id, z, rel_z, ";".join(map(str, organs[z])),
+                         rec.split if rec is not None else ""))
+    return rows
+
+
+def _embed_chunks(embedder: Any, arrays: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                  chunks: list[tuple[str, int]], batch_size: int,
+                  progress: Callable[[int, int], None] | None) -> np.ndarray:
+    """Embeddings float32 (slices, D) of every chunk ``(case_id, first z)`` of ``batch_size``
+    slices, in chunk order. Under torchrun the chunks are sharded by rank
+    (:func:`ragsam.utils.ranks.gather_results`): each chunk is the same forward pass as in
+    one process, so the gathered vectors are identical to a one-process build."""
+    def embed(mine: list[tuple[str, int]]) -> list[np.ndarray]:
+        total = sum(len(arrays[c][0][first:first + batch_size]) for c, first in mine)
+        out, done = [], 0
+        for case_id, first in mine:
+            batch = np.asarray(arrays[case_id][0][first:first + batch_size], dtype=np.float32)
+            out.append(np.asarray(embedder.embed(batch, batch_size=batch_size), dtype=np.float32))
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+        return out
+
+    parts = ranks.gather_results(embed, chunks)
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, embedder.dim), np.float32)
+
+
 def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
                embedder_weights: str = "facebook/dinov2-small", kind: str = "auto", pooling: str = "cls",
                labelled_only: bool = True, batch_size: int = 32, force: bool = False, *,
@@ -150,8 +190,11 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
     if out.resolve() == prepared or prepared in out.resolve().parents:
         raise InputError(out, "the bank must not be written inside the prepared cache")
-    with folder_lock(out):  # one writer per bank; a second `index build` is refused
-        remove_stale_temporaries(out)  # left by a killed build
+    here = ranks.current()
+    # torchrun: rank 0 holds the bank's lock and writes the bank; every rank embeds its share.
+    with folder_lock(out) if here.is_main else contextlib.nullcontext():
+        if here.is_main:
+            remove_stale_temporaries(out)  # left by a killed build
         check_writable(out, force)
         meta = CacheMeta.read(prepared)
         records = read_manifest(prepared)
@@ -168,48 +211,39 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
         arrays = {c: case_arrays(prepared, c, with_labels=(prepared / "cases" / c / "label.npy").is_file())
                   for c in chosen}
-        total = sum(a[0].shape[0] for a in arrays.values())
-        vectors = np.zeros((total, embedder.dim), dtype=np.float32)
-        rows: list[tuple] = []
-        for case_id in chosen:
-            image, label = arrays[case_id]
-            depth = image.shape[0]
-            organs = slice_organs(label) if label is not None else [()] * depth
-            for first in range(0, depth, batch_size):
-                batch = np.asarray(image[first:first + batch_size], dtype=np.float32)
-                vectors[len(rows):len(rows) + len(batch)] = embedder.embed(batch, batch_size=batch_size)
-                for z in range(first, first + len(batch)):
-                    rec = by_case[case_id].get(z)
-                    rel_z = float(rec.rel_z) if rec is not None else (z / (depth - 1) if depth > 1 else 0.0)
-                    rows.append((len(rows), case_id, z, rel_z, ";".join(map(str, organs[z])),
-                                 rec.split if rec is not None else ""))
-                if progress is not None:
-                    progress(len(rows), total)
+        rows = _metadata_rows(chosen, arrays, by_case)
+        chunks = [(c, first) for c in chosen for first in range(0, arrays[c][0].shape[0], batch_size)]
+        vectors = _embed_chunks(embedder, arrays, chunks, batch_size, progress)
 
-        index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search)
-        identity = embedder.identity
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(METADATA_COLUMNS)
-        writer.writerows((r[0], r[1], r[2], repr(r[3]), r[4], r[5]) for r in rows)
-        info = BankInfo(
-            prepared_dir=str(prepared), prepared_dir_relative=os.path.relpath(prepared, out.resolve()),
-            prepare_sha256=file_sha256(prepared / "prepare.json"),
-            case_keys={c: meta.cases[c].key for c in chosen if c in meta.cases and meta.cases[c].key},
-            slice_size=int(meta.settings.get("size", arrays[chosen[0]][0].shape[-1])),
-            kind=index_settings["kind"], dim=embedder.dim, count=len(rows),
-            cases=chosen, case_depths={c: int(arrays[c][0].shape[0]) for c in chosen},
-            labelled_cases=[c for c in chosen if arrays[c][1] is not None],
-            settings={"labelled_only": labelled_only, "split": split, "batch_size": batch_size,
-                      "pooling": identity["pooling"], "image_size": identity["image_size"], "index": index_settings},
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        with atomic_dir(out, force=force) as tmp:
-            save_index(index, tmp / "index.faiss", force=True)
-            write_text(tmp / "metadata.csv", text.getvalue())
-            write_json(tmp / "embedder.json", identity)
-            info.write(tmp)
-            pause_at("index-build:before-publish")
+        def write() -> str:
+            index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search)
+            identity = embedder.identity
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(METADATA_COLUMNS)
+            writer.writerows((r[0], r[1], r[2], repr(r[3]), r[4], r[5]) for r in rows)
+            info = BankInfo(
+                prepared_dir=str(prepared), prepared_dir_relative=os.path.relpath(prepared, out.resolve()),
+                prepare_sha256=file_sha256(prepared / "prepare.json"),
+                case_keys={c: meta.cases[c].key for c in chosen if c in meta.cases and meta.cases[c].key},
+                slice_size=int(meta.settings.get("size", arrays[chosen[0]][0].shape[-1])),
+                kind=index_settings["kind"], dim=embedder.dim, count=len(rows),
+                cases=chosen, case_depths={c: int(arrays[c][0].shape[0]) for c in chosen},
+                labelled_cases=[c for c in chosen if arrays[c][1] is not None],
+                settings={"labelled_only": labelled_only, "split": split, "batch_size": batch_size,
+                          "pooling": identity["pooling"], "image_size": identity["image_size"],
+                          "index": index_settings},
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            )
+            with atomic_dir(out, force=force) as tmp:
+                save_index(index, tmp / "index.faiss", force=True)
+                write_text(tmp / "metadata.csv", text.getvalue())
+                write_json(tmp / "embedder.json", identity)
+                info.write(tmp)
+                pause_at("index-build:before-publish")
+            return str(index_settings["kind"])
+
+        resolved_kind = ranks.from_main(write)  # every rank returns once the bank is published
         return BankSummary(path=out, count=len(rows), cases=len(chosen), dim=embedder.dim,
-                           kind=index_settings["kind"], embedder=identity["weights"],
+                           kind=resolved_kind, embedder=embedder.identity["weights"],
                            seconds=time.perf_counter() - start)
