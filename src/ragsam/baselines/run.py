@@ -8,6 +8,11 @@ Output folder (written as a whole: it appears complete or not at all)::
       overlays/<case_id>.png         ground truth beside prediction (optional)
       baseline.json                  settings, weights, prompt counts and timings per case
 
+Under ``torchrun --nproc_per_node N`` the cases are sharded by rank (``ragsam.utils.ranks``):
+rank 0 creates the temporary output folder, every rank writes its cases' predictions into
+it and scores its share (``evaluate`` is torchrun-aware), rank 0 writes the shared files
+and publishes the folder; the result is the one-process folder (timings aside).
+
 MedSAM is the same code with other weights (Hugging Face
 ``flaviagiammarino/medsam-vit-base`` or the official ``medsam_vit_b.pth``, both
 ``sam_vit_b``); it was trained with box prompts, so ``--prompt box`` is its
@@ -18,9 +23,10 @@ Its pixel normalisation differs from SAM's and is chosen automatically (see
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ from ragsam.baselines.sources import BaselineCase, cached_cases, is_prepared_cac
 from ragsam.data.cache_meta import CacheMeta
 from ragsam.data.cases import IMAGE_SUFFIXES
 from ragsam.errors import InputError
+from ragsam.utils import ranks
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json
 from ragsam.utils.threads import apply_threads
 
@@ -243,7 +250,7 @@ def run_baseline(
     settings = PromptSettings(kind=prompt, box_iou=box_iou, seed=seed)  # validates first
     out = Path(out_dir)
     check_writable(out, force)
-    dev = resolve_device(device)
+    dev = resolve_device(device, ranks.local_gpu())  # torchrun: one GPU per local rank
     norm = resolve_normalization(str(weights), normalization)
     slice_settings = slice_settings or SliceSettings()
     todo, skipped, meta = _collect(data, labels, layout, split, cases, slice_settings, series_uid)
@@ -265,36 +272,54 @@ def run_baseline(
         "slices": meta.settings if meta is not None else slice_settings.to_json(), "device": str(dev),
         "versions": {"ragsam": ragsam_version, "torch": torch.__version__, "transformers": transformers_version},
     }
-    per_case: dict[str, dict[str, Any]] = {}
-    with atomic_dir(out, force=force) as tmp, tempfile.TemporaryDirectory(prefix="ragsam-baseline-") as scratch:
-        pred_dir = tmp / "predictions"
-        for index, case in enumerate(todo):
-            if progress is not None:
-                progress(case.case_id, index, len(todo))
-            t0 = time.perf_counter()
-            stack = case.load()
-            pred, n_prompts = segment_slices(model, stack.images, stack.labels, organ_ids, settings,
-                                             case.case_id, norm, embed_batch)
-            volume = slices_to_volume(pred, stack.grid)
-            write_labels(volume, stack.grid.geometry, pred_dir / f"{case.case_id}.nii.gz")
-            _scoring_ground_truth(case, lmap, Path(scratch) / "gt")
-            per_case[case.case_id] = {"prompts": n_prompts, "slices": int(stack.images.shape[0]),
-                                      "seconds": round(time.perf_counter() - t0, 3),
-                                      "ground_truth": str(case.gt_path)}
-        result = evaluate(pred_dir, Path(scratch) / "gt", label_map=lmap, organs=organs,
-                          nsd_tolerance_mm=nsd_tolerance_mm)
+    here = ranks.current()
+    # torchrun: rank 0 owns the temporary output folder; every rank writes the predictions of
+    # its own cases into it, every rank scores its share, and rank 0 writes the shared files.
+    with atomic_dir(out, force=force) if here.is_main else contextlib.nullcontext(None) as own_tmp:
+        tmp = Path(ranks.gather_objects(str(own_tmp) if here.is_main else "")[0])
+        pred_dir, gt_dir = tmp / "predictions", tmp / ".scoring-gt"  # the latter removed before publishing
+
+        def segment_cases(mine: list[BaselineCase]) -> list[tuple[str, dict[str, Any]]]:
+            done = []
+            for index, case in enumerate(mine):
+                if progress is not None:
+                    progress(case.case_id, index, len(mine))
+                t0 = time.perf_counter()
+                stack = case.load()
+                pred, n_prompts = segment_slices(model, stack.images, stack.labels, organ_ids, settings,
+                                                 case.case_id, norm, embed_batch)
+                volume = slices_to_volume(pred, stack.grid)
+                write_labels(volume, stack.grid.geometry, pred_dir / f"{case.case_id}.nii.gz")
+                _scoring_ground_truth(case, lmap, gt_dir)
+                done.append((case.case_id, {"prompts": n_prompts, "slices": int(stack.images.shape[0]),
+                                            "seconds": round(time.perf_counter() - t0, 3),
+                                            "ground_truth": str(case.gt_path)}))
+            return done
+
+        per_case: dict[str, dict[str, Any]] = dict(ranks.gather_results(segment_cases, todo))
+        # every rank scores its share of the cases (evaluate is torchrun-aware) and gets all rows
+        result = evaluate(pred_dir, gt_dir, label_map=lmap, organs=organs, nsd_tolerance_mm=nsd_tolerance_mm)
         if organs is None:
             _keep_present_organs(result)
+        by_id = {c.case_id: c for c in todo}  # record the published prediction and the original ground truth
+        result.cases = [dataclasses.replace(c, pred=out / "predictions" / c.pred.name,
+                                            gt=by_id[c.pred.name[: -len(".nii.gz")]].gt_path) for c in result.cases]
         gt_files = [str(c.gt_path) for c in todo]
         result.settings.update(pred=str(out / "predictions"),
                                gt=gt_files[0] if len(gt_files) == 1 else os.path.commonpath(gt_files))
-        if overlays:
-            _draw_overlays(todo, pred_dir, tmp, lmap.labels, result)
-        write_report(result, tmp)
         run_settings["cases"] = per_case
         run_settings["skipped_unlabelled"] = skipped
-        run_settings["seconds"] = round(time.perf_counter() - start, 3)
-        write_json(tmp / "baseline.json", run_settings)
+
+        def report() -> None:  # rank 0: the shared files
+            shutil.rmtree(gt_dir)
+            if overlays:
+                _draw_overlays(todo, pred_dir, tmp, lmap.labels, result)
+            write_report(result, tmp)
+            run_settings["seconds"] = round(time.perf_counter() - start, 3)
+            write_json(tmp / "baseline.json", run_settings)
+
+        ranks.on_main(report)
+    ranks.barrier()  # rank 0 has published the folder
     result.out_dir = out
     return BaselineSummary(out_dir=out, cases=[c.case_id for c in todo],
                            predictions=[out / "predictions" / f"{c.case_id}.nii.gz" for c in todo],

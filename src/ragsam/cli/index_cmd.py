@@ -45,6 +45,10 @@ def build_cmd(
                              labelled_only=not include_unlabelled, batch_size=batch_size, force=force,
                              image_size=image_size, split=split, device=device,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    from ragsam.utils import ranks
+
+    if not ranks.current().is_main:  # torchrun: rank 0 prints
+        return
     typer.echo(f"{summary.path}: {summary.count} slices from {summary.cases} cases, {summary.dim}-d "
                f"{summary.embedder} embeddings, {summary.kind} index ({summary.seconds:.1f} s)")
 

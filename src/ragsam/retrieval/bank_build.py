@@ -12,6 +12,11 @@ Every slice of every labelled case is embedded, including slices without any
 organ: they are legitimate neighbours for a query slice above or below the
 abdomen, and queries can require organs (``SupportBank.query(require_organs=...)``).
 Organs per slice are computed from ``label.npy`` itself (the source of truth).
+
+Under ``torchrun --nproc_per_node N`` the slices are embedded in chunks of ``batch_size``
+(the one-process forward passes) sharded by rank; the embeddings are gathered in bank
+order and rank 0 builds, writes and publishes the bank (byte-identical index and
+metadata to one process); every rank returns once it is published.
 """
 
 from __future__ import annotations
