@@ -7,6 +7,7 @@ The bank is a folder, written atomically as a whole (``ragsam.utils.atomic.atomi
       metadata.csv    row,case_id,z,rel_z,organs,split   (organs: ;-joined label ids present in the slice)
       embedder.json   the embedder identity (weights hash, pooling, input size, dim)
       bank.json       prepared cache path + prepare.json hash, index kind/settings, counts
+      embeddings.npy  float32 (n, D) unit vectors, row i = index id i (memory-mapped when read)
 
 Every slice of every labelled case is embedded, including slices without any
 organ: they are legitimate neighbours for a query slice above or below the
@@ -46,6 +47,7 @@ from ragsam.utils.paths import resolve_inside
 from ragsam.utils.threads import apply_threads
 
 METADATA_COLUMNS = ("row", "case_id", "z", "rel_z", "organs", "split")
+EMBEDDINGS_FILE = "embeddings.npy"  # the one name; read by ragsam.retrieval.bank.open_embeddings
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,7 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
             )
             with atomic_dir(out, force=force) as tmp:
                 save_index(index, tmp / "index.faiss", force=True)
+                np.save(tmp / EMBEDDINGS_FILE, vectors)
                 write_text(tmp / "metadata.csv", text.getvalue())
                 write_json(tmp / "embedder.json", identity)
                 info.write(tmp)
