@@ -1,6 +1,7 @@
 # Two set-up commands do everything from a fresh clone:
 #   make demo   # builds .venv, installs ragsam, runs the demo
-#   make test   # builds .venv, installs ragsam with test extras, runs ruff and pytest
+#   make test   # builds .venv, installs ragsam with test extras (and Debian's chromium for the
+#               # browser tests, when missing and run as root), runs ruff and pytest
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/ragsam demo --out demo-output --force
 
 test: $(STAMP)
+	bash tools/ensure-chromium.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 

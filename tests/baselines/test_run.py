@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ragsam.baselines.run import BaselineSummary, prompt_organs, run_baseline
+from ragsam.baselines.run import BaselineConfig, BaselineSummary, prompt_organs, run_baseline
 from ragsam.data.label_maps import load_label_map
 from ragsam.data.slices import SliceSettings
 from ragsam.errors import InputError, OutputExistsError
@@ -22,8 +22,9 @@ from ragsam.errors import InputError, OutputExistsError
 def ct_run(tmp_path_factory: pytest.TempPathFactory, ct3mm: dict[str, Path]) -> BaselineSummary:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("baseline") / "out"
-    return run_baseline(ct3mm["image"], out, prompt="box", weights="random", arch="tiny", labels=ct3mm["labels"],
-                        seed=0, device="cpu", slice_settings=SliceSettings(size=128))
+    config = BaselineConfig(prompt="box", weights="random", arch="tiny", labels=ct3mm["labels"], seed=0,
+                            device="cpu", slice_settings=SliceSettings(size=128))
+    return run_baseline(ct3mm["image"], out, config)
 
 
 def _array(path: Path) -> np.ndarray:
@@ -82,8 +83,8 @@ def test_prompts_do_not_leak_beyond_ground_truth_slices(ct_run: BaselineSummary,
 def test_existing_output_is_not_overwritten(ct_run: BaselineSummary, ct3mm: dict[str, Path]) -> None:
     before = (ct_run.out_dir / "metrics.csv").read_bytes()
     with pytest.raises(OutputExistsError):
-        run_baseline(ct3mm["image"], ct_run.out_dir, prompt="point1", weights="random", arch="tiny",
-                     labels=ct3mm["labels"], device="cpu")
+        run_baseline(ct3mm["image"], ct_run.out_dir, BaselineConfig(prompt="point1", weights="random", arch="tiny",
+                                                                    labels=ct3mm["labels"], device="cpu"))
     assert (ct_run.out_dir / "metrics.csv").read_bytes() == before
 
 
@@ -105,16 +106,17 @@ def test_prepared_cache_split_and_original_geometry(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     prepare_dataset(source, cache, SliceSettings(size=48), split="none")
     with pytest.raises(InputError, match="split 'test' is empty"):  # --split none: everything is train
-        run_baseline(cache, tmp_path / "bad", weights="random", arch="tiny", split="test", device="cpu")
+        run_baseline(cache, tmp_path / "bad", BaselineConfig(arch="tiny", split="test", device="cpu"))
     with pytest.raises(InputError, match="no split 'val' \\(available: train, test\\)"):
-        run_baseline(cache, tmp_path / "bad", weights="random", arch="tiny", split="val", device="cpu")
+        run_baseline(cache, tmp_path / "bad", BaselineConfig(arch="tiny", split="val", device="cpu"))
     with pytest.raises(InputError, match=r"unknown case id\(s\) \['9999'\]"):
-        run_baseline(cache, tmp_path / "bad", weights="random", arch="tiny", cases=["9999"], device="cpu")
+        run_baseline(cache, tmp_path / "bad", BaselineConfig(arch="tiny", cases=["9999"], device="cpu"))
     with pytest.raises(InputError, match="no cases selected"):
-        run_baseline(cache, tmp_path / "bad", weights="random", arch="tiny", cases=[], device="cpu")
+        run_baseline(cache, tmp_path / "bad", BaselineConfig(arch="tiny", cases=[], device="cpu"))
     assert not (tmp_path / "bad").exists()
-    summary = run_baseline(cache, tmp_path / "out", prompt="point3", weights="random", arch="tiny",
-                           cases=["0002"], organs=[1, 6], device="cpu", overlays=False)
+    config = BaselineConfig(prompt="point3", weights="random", arch="tiny", cases=["0002"], organs=[1, 6],
+                            device="cpu", overlays=False)
+    summary = run_baseline(cache, tmp_path / "out", config)
     assert summary.cases == ["0002"]
     pred = sitk.ReadImage(str(summary.predictions[0]))
     image = sitk.ReadImage(str(source / "img" / "img0002.nii.gz"))
@@ -195,7 +197,7 @@ def test_tight_box_prompts_come_back_as_boxes_on_the_original_grid(ct3mm: dict[s
 
 
 def _baseline_fields(cache: str, out: str) -> tuple:
-    s = run_baseline(cache, out, prompt="point3", weights="random", arch="tiny", device="cpu", seed=0)
+    s = run_baseline(cache, out, BaselineConfig(prompt="point3", weights="random", arch="tiny", device="cpu", seed=0))
     return s.cases, s.prompts, [(r.case_id, r.organ_id, r.dice) for r in s.evaluation.rows]
 
 

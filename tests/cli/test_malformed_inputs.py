@@ -198,6 +198,18 @@ def fractional_labels(d: Path) -> Path:
 BAD_LABELS = {f.__name__: f for f in (nan_labels_nifti, nan_labels_mha, negative_labels, fractional_labels)}
 
 
+def constant_image(d: Path) -> Path:
+    return _write(np.zeros((6, 32, 32), np.int16), d / "constant.nii.gz")
+
+
+def normalised_image(d: Path) -> Path:
+    return _write(np.random.default_rng(0).random((6, 32, 32), dtype=np.float32), d / "normalised.nii.gz")
+
+
+#: Readable files that are not CT in HU: every command that reads a scan gives the same answer.
+NOT_CT = {f.__name__: f for f in (constant_image, normalised_image)}
+
+
 # -- cases -------------------------------------------------------------------------------------------
 
 #: A refused ``prepare`` into a new folder leaves nothing (the output lifecycle of #16).
@@ -249,6 +261,18 @@ def _image_cases() -> list[Case]:
         cases.append(Case(f"baseline-{name}", lambda b, d, make=make: (
             ["baseline", str(make(d)), "--gt", str(b.labels), "-o", str(d / "bl"), "--prompt", "box",
              "--weights", "random", "--arch", "tiny", "--device", "cpu"], make(d).name, d / "bl")))
+    for name, make in NOT_CT.items():
+        cases.append(Case(f"predict-{name}", lambda b, d, make=make: (
+            ["predict", str(b.run), str(make(d)), "-o", str(d / "out"), "--device", "cpu"], make(d).name, d / "out")))
+        cases.append(Case(f"segment-{name}", lambda b, d, make=make: (
+            ["segment", str(make(d)), "-o", str(d / "out.nii.gz"), "--index", str(b.bank), "--sam2", "tiny",
+             "--device", "cpu"], make(d).name, d / "out.nii.gz")))
+        cases.append(Case(f"index-query-{name}", lambda b, d, make=make: (
+            ["index", "query", str(b.bank), "--image", str(make(d)), "--z", "0", "--device", "cpu"],
+            make(d).name, None)))
+        cases.append(Case(f"prepare-image-{name}", lambda b, d, make=make: (
+            ["prepare", str(_dataset_with(b, d, image=make)), "-o", str(d / "prep"), "--size", "32"],
+            "img0002", d / "prep")))
     for name, make in BAD_LABELS.items():
         cases.append(Case(f"evaluate-gt-{name}", lambda b, d, make=make: (
             ["evaluate", "-p", str(b.labels), "-g", str(make(d)), "-o", str(d / "ev")], make(d).name, d / "ev")))

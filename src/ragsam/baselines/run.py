@@ -176,37 +176,11 @@ def _keep_present_organs(result: Any) -> None:
                                                if int(k) in present}
 
 
-def run_baseline(
-    data: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    prompt: str = "box",
-    weights: str = "random",
-    arch: str = "sam_vit_b",
-    label_map: str | os.PathLike | None = None,
-    seed: int = 0,
-    box_iou: float = 0.5,
-    device: str = "auto",
-    force: bool = False,
-    *,
-    labels: str | os.PathLike | None = None,
-    organs: str | Sequence[int | str] | None = None,
-    split: str | None = None,
-    cases: list[str] | None = None,
-    layout: str = "auto",
-    slice_settings: Any = None,
-    image_size: int | None = None,
-    normalization: str = "auto",
-    nsd_tolerance_mm: float | str = "flare22",
-    overlays: bool = True,
-    embed_batch: int = 4,
-    series_uid: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> BaselineSummary:
-    """Segment every case with prompted SAM / MedSAM and evaluate against the ground truth.
+@dataclass(frozen=True)
+class BaselineConfig:
+    """How :func:`run_baseline` prompts, segments and scores (everything but where from and where to).
 
-    Args:
-        data: raw dataset folder, image file or DICOM folder (with ``labels``), or a prepared cache.
-        out_dir: output folder (layout in the module docstring); refused if it exists unless ``force``.
+    Attributes:
         prompt: ``point1``, ``point3`` or ``box``.
         weights: Hugging Face id or folder, Meta SAM / MedSAM ``.pth``, or ``"random"`` (tests).
         arch: ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` / ``tiny``; must match the weights.
@@ -214,7 +188,6 @@ def run_baseline(
         seed: prompt seed (and the initialisation of ``"random"`` weights), >= 0.
         box_iou: IoU of box prompts with the organ's tight box.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        force: replace an existing ``out_dir``.
         labels: ground-truth file when ``data`` is a single image.
         organs: organs to prompt and score (a named subset such as ``paper-8`` or ids); default the
             organs of the label map present in the ground truth of at least one case.
@@ -228,101 +201,207 @@ def run_baseline(
         overlays: draw one PNG per case.
         embed_batch: slices per image-encoder call.
         series_uid: DICOM series to read when a folder holds several.
+    """
+
+    prompt: str = "box"
+    weights: str = "random"
+    arch: str = "sam_vit_b"
+    label_map: str | os.PathLike | None = None
+    seed: int = 0
+    box_iou: float = 0.5
+    device: str = "auto"
+    labels: str | os.PathLike | None = None
+    organs: str | Sequence[int | str] | None = None
+    split: str | None = None
+    cases: list[str] | None = None
+    layout: str = "auto"
+    slice_settings: Any = None
+    image_size: int | None = None
+    normalization: str = "auto"
+    nsd_tolerance_mm: float | str = "flare22"
+    overlays: bool = True
+    embed_batch: int = 4
+    series_uid: str | None = None
+
+
+@dataclass
+class _Prepared:
+    """The checked inputs of one baseline run: cases, label map, organs, model and its settings."""
+
+    todo: list[BaselineCase]
+    skipped: list[str]
+    meta: CacheMeta | None
+    lmap: Any
+    organ_ids: list[int]
+    prompt_settings: PromptSettings
+    normalization: str
+    model: Any
+    load_report: Any
+    device: Any
+    slice_settings: Any
+
+
+def _prepare_inputs(data: str | os.PathLike, out: Path, config: BaselineConfig, force: bool) -> _Prepared:
+    """Validate the settings, select the cases and load the model (before anything is written)."""
+    from ragsam.data.label_maps import load_label_map
+    from ragsam.data.slices import SliceSettings
+    from ragsam.models.promptable_sam import load_prompt_sam
+    from ragsam.utils.device import resolve_device
+
+    prompt_settings = PromptSettings(kind=config.prompt, box_iou=config.box_iou, seed=config.seed)  # validates first
+    check_writable(out, force)
+    dev = resolve_device(config.device, ranks.local_gpu())  # torchrun: one GPU per local rank
+    norm = resolve_normalization(str(config.weights), config.normalization)
+    slice_settings = config.slice_settings or SliceSettings()
+    todo, skipped, meta = _collect(data, config.labels, config.layout, config.split, config.cases, slice_settings,
+                                   config.series_uid)
+    todo = _nonempty(todo, data)
+    label_map = config.label_map
+    if label_map is None:
+        label_map = Path(data) / "label_map.json" if meta is not None else "btcv"
+    lmap = load_label_map(label_map)
+    organ_ids = prompt_organs(lmap, config.organs)
+    model, load_report = load_prompt_sam(config.arch, str(config.weights), config.image_size, seed=config.seed)
+    model.to(dev)
+    apply_threads(model)
+    return _Prepared(todo=todo, skipped=skipped, meta=meta, lmap=lmap, organ_ids=organ_ids,
+                     prompt_settings=prompt_settings, normalization=norm, model=model, load_report=load_report,
+                     device=dev, slice_settings=slice_settings)
+
+
+def _run_settings(data: str | os.PathLike, config: BaselineConfig, run: _Prepared) -> dict[str, Any]:
+    """The settings recorded in ``baseline.json`` (cases, skips and time are added at the end)."""
+    import torch
+    from transformers import __version__ as transformers_version
+
+    from ragsam import __version__ as ragsam_version
+
+    prompt, labels, meta = config.prompt, config.labels, run.meta
+    return {
+        "data": str(Path(data).resolve()), "labels": None if labels is None else str(Path(labels).resolve()),
+        "prepared_cache": meta is not None, "prompt": prompt,
+        "box_iou": config.box_iou if prompt == "box" else None,
+        "seed": config.seed, "weights": str(config.weights), "arch": config.arch,
+        "image_size": run.load_report.image_size,
+        "resized_position_tensors": run.load_report.resized, "normalization": run.normalization,
+        "mask_choice": MULTIMASK_RULE[prompt], "threshold": "logit > 0 (probability 0.5)",
+        "overlaps": "highest logit wins", "label_map": run.lmap.name, "organ_ids": run.organ_ids,
+        "split": config.split,
+        "slices": meta.settings if meta is not None else run.slice_settings.to_json(), "device": str(run.device),
+        "versions": {"ragsam": ragsam_version, "torch": torch.__version__, "transformers": transformers_version},
+    }
+
+
+def _segment_cases(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_dir: Path,
+                   progress: Callable[[str, int, int], None] | None,
+                   cases: list[BaselineCase]) -> list[tuple[str, dict[str, Any]]]:
+    """Segment ``cases`` (this rank's share of ``run.todo``) into ``pred_dir`` and place their
+    scoring ground truth in ``gt_dir``.
+
+    Returns:
+        ``(case id, {"prompts", "slices", "seconds", "ground_truth"})`` per case (for ``baseline.json``).
+    """
+    from ragsam.data.slices import slices_to_volume
+    from ragsam.data.volume import write_labels
+
+    per_case: dict[str, dict[str, Any]] = {}
+    for index, case in enumerate(cases):
+        if progress is not None:
+            progress(case.case_id, index, len(cases))
+        t0 = time.perf_counter()
+        stack = case.load()
+        pred, n_prompts = segment_slices(run.model, stack.images, stack.labels, run.organ_ids, run.prompt_settings,
+                                         case.case_id, run.normalization, config.embed_batch)
+        volume = slices_to_volume(pred, stack.grid)
+        write_labels(volume, stack.grid.geometry, pred_dir / f"{case.case_id}.nii.gz")
+        _scoring_ground_truth(case, run.lmap, gt_dir)
+        per_case[case.case_id] = {"prompts": n_prompts, "slices": int(stack.images.shape[0]),
+                                  "seconds": round(time.perf_counter() - t0, 3),
+                                  "ground_truth": str(case.gt_path)}
+    return list(per_case.items())
+
+
+def _score(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_dir: Path, out: Path) -> Any:
+    """Evaluate the predictions (under torchrun each rank scores its share; every rank gets
+    every row), naming the published predictions and the original ground truth."""
+    from ragsam.evaluation.evaluate import evaluate
+
+    result = evaluate(pred_dir, gt_dir, label_map=run.lmap, organs=config.organs,
+                      nsd_tolerance_mm=config.nsd_tolerance_mm)
+    if config.organs is None:
+        _keep_present_organs(result)
+    by_id = {c.case_id: c for c in run.todo}  # not the temporary folders the files were scored in
+    result.cases = [dataclasses.replace(c, pred=out / "predictions" / c.pred.name,
+                                        gt=by_id[c.pred.name[: -len(".nii.gz")]].gt_path) for c in result.cases]
+    gt_files = [str(c.gt_path) for c in run.todo]
+    result.settings.update(pred=str(out / "predictions"),
+                           gt=gt_files[0] if len(gt_files) == 1 else os.path.commonpath(gt_files))
+    return result
+
+
+def _write_report(run: _Prepared, config: BaselineConfig, result: Any, pred_dir: Path, tmp: Path) -> None:
+    """Draw the overlays and write the report into ``tmp`` (rank 0)."""
+    from ragsam.evaluation.report import write_report
+
+    if config.overlays:
+        _draw_overlays(run.todo, pred_dir, tmp, run.lmap.labels, result)
+    write_report(result, tmp)
+
+
+def run_baseline(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: BaselineConfig | None = None,
+    *,
+    force: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> BaselineSummary:
+    """Segment every case with prompted SAM / MedSAM and evaluate against the ground truth.
+
+    Stages: :func:`_prepare_inputs` (checks, cases, model), :func:`_segment_cases`,
+    :func:`_score` (evaluation, overlays, report), then ``baseline.json``; all written
+    inside one atomic folder.
+
+    Args:
+        data: raw dataset folder, image file or DICOM folder (with ``config.labels``), or a prepared cache.
+        out_dir: output folder (layout in the module docstring); refused if it exists unless ``force``.
+        config: :class:`BaselineConfig` (default: all defaults, i.e. box prompts on random weights).
+        force: replace an existing ``out_dir``.
         progress: called as ``progress(case_id, index, total)`` before each case.
     Returns:
         :class:`BaselineSummary`.
     Raises:
         InputError: bad prompt kind / IoU / seed / device / weights / data; OutputExistsError.
     """
-    import torch
-    from transformers import __version__ as transformers_version
-
-    from ragsam import __version__ as ragsam_version
-    from ragsam.data.label_maps import load_label_map
-    from ragsam.data.slices import SliceSettings, slices_to_volume
-    from ragsam.data.volume import write_labels
-    from ragsam.evaluation.evaluate import evaluate
-    from ragsam.evaluation.report import write_report
-    from ragsam.models.promptable_sam import load_prompt_sam
-    from ragsam.utils.device import resolve_device
-
+    config = config or BaselineConfig()
     start = time.perf_counter()
-    settings = PromptSettings(kind=prompt, box_iou=box_iou, seed=seed)  # validates first
     out = Path(out_dir)
-    check_writable(out, force)
-    dev = resolve_device(device, ranks.local_gpu())  # torchrun: one GPU per local rank
-    norm = resolve_normalization(str(weights), normalization)
-    slice_settings = slice_settings or SliceSettings()
-    todo, skipped, meta = _collect(data, labels, layout, split, cases, slice_settings, series_uid)
-    todo = _nonempty(todo, data)
-    if label_map is None:
-        label_map = Path(data) / "label_map.json" if meta is not None else "btcv"
-    lmap = load_label_map(label_map)
-    organ_ids = prompt_organs(lmap, organs)
-    model, load_report = load_prompt_sam(arch, str(weights), image_size, seed=seed)
-    model.to(dev)
-    apply_threads(model)
-    run_settings: dict[str, Any] = {
-        "data": str(Path(data).resolve()), "labels": None if labels is None else str(Path(labels).resolve()),
-        "prepared_cache": meta is not None, "prompt": prompt, "box_iou": box_iou if prompt == "box" else None,
-        "seed": seed, "weights": str(weights), "arch": arch, "image_size": load_report.image_size,
-        "resized_position_tensors": load_report.resized, "normalization": norm,
-        "mask_choice": MULTIMASK_RULE[prompt], "threshold": "logit > 0 (probability 0.5)",
-        "overlaps": "highest logit wins", "label_map": lmap.name, "organ_ids": organ_ids, "split": split,
-        "slices": meta.settings if meta is not None else slice_settings.to_json(), "device": str(dev),
-        "versions": {"ragsam": ragsam_version, "torch": torch.__version__, "transformers": transformers_version},
-    }
+    run = _prepare_inputs(data, out, config, force)
+    run_settings = _run_settings(data, config, run)
     here = ranks.current()
-    # torchrun: rank 0 owns the temporary output folder; every rank writes the predictions of
-    # its own cases into it, every rank scores its share, and rank 0 writes the shared files.
+    # torchrun: rank 0 creates the temporary output folder and shares its path; every rank
+    # writes its cases' predictions into it and scores its share; rank 0 writes the shared files.
     with atomic_dir(out, force=force) if here.is_main else contextlib.nullcontext(None) as own_tmp:
         tmp = Path(ranks.gather_objects(str(own_tmp) if here.is_main else "")[0])
         pred_dir, gt_dir = tmp / "predictions", tmp / ".scoring-gt"  # the latter removed before publishing
-
-        def segment_cases(mine: list[BaselineCase]) -> list[tuple[str, dict[str, Any]]]:
-            done = []
-            for index, case in enumerate(mine):
-                if progress is not None:
-                    progress(case.case_id, index, len(mine))
-                t0 = time.perf_counter()
-                stack = case.load()
-                pred, n_prompts = segment_slices(model, stack.images, stack.labels, organ_ids, settings,
-                                                 case.case_id, norm, embed_batch)
-                volume = slices_to_volume(pred, stack.grid)
-                write_labels(volume, stack.grid.geometry, pred_dir / f"{case.case_id}.nii.gz")
-                _scoring_ground_truth(case, lmap, gt_dir)
-                done.append((case.case_id, {"prompts": n_prompts, "slices": int(stack.images.shape[0]),
-                                            "seconds": round(time.perf_counter() - t0, 3),
-                                            "ground_truth": str(case.gt_path)}))
-            return done
-
-        per_case: dict[str, dict[str, Any]] = dict(ranks.gather_results(segment_cases, todo))
-        # every rank scores its share of the cases (evaluate is torchrun-aware) and gets all rows
-        result = evaluate(pred_dir, gt_dir, label_map=lmap, organs=organs, nsd_tolerance_mm=nsd_tolerance_mm)
-        if organs is None:
-            _keep_present_organs(result)
-        by_id = {c.case_id: c for c in todo}  # record the published prediction and the original ground truth
-        result.cases = [dataclasses.replace(c, pred=out / "predictions" / c.pred.name,
-                                            gt=by_id[c.pred.name[: -len(".nii.gz")]].gt_path) for c in result.cases]
-        gt_files = [str(c.gt_path) for c in todo]
-        result.settings.update(pred=str(out / "predictions"),
-                               gt=gt_files[0] if len(gt_files) == 1 else os.path.commonpath(gt_files))
+        per_case = dict(ranks.gather_results(
+            lambda mine: _segment_cases(run, config, pred_dir, gt_dir, progress, mine), run.todo))
+        result = _score(run, config, pred_dir, gt_dir, out)
         run_settings["cases"] = per_case
-        run_settings["skipped_unlabelled"] = skipped
+        run_settings["skipped_unlabelled"] = run.skipped
 
-        def report() -> None:  # rank 0: the shared files
+        def shared_files() -> None:
             shutil.rmtree(gt_dir)
-            if overlays:
-                _draw_overlays(todo, pred_dir, tmp, lmap.labels, result)
-            write_report(result, tmp)
+            _write_report(run, config, result, pred_dir, tmp)
             run_settings["seconds"] = round(time.perf_counter() - start, 3)
             write_json(tmp / "baseline.json", run_settings)
 
-        ranks.on_main(report)
+        ranks.on_main(shared_files)
     ranks.barrier()  # rank 0 has published the folder
     result.out_dir = out
+    todo = run.todo
     return BaselineSummary(out_dir=out, cases=[c.case_id for c in todo],
                            predictions=[out / "predictions" / f"{c.case_id}.nii.gz" for c in todo],
                            evaluation=result, prompts={k: v["prompts"] for k, v in per_case.items()},
-                           skipped_unlabelled=skipped, settings=run_settings,
+                           skipped_unlabelled=run.skipped, settings=run_settings,
                            seconds=time.perf_counter() - start)

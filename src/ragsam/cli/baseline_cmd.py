@@ -48,7 +48,7 @@ def baseline_command(
     """
     from rich.console import Console
 
-    from ragsam.baselines.run import run_baseline
+    from ragsam.baselines.run import BaselineConfig, run_baseline
     from ragsam.data.slices import SliceSettings
     from ragsam.evaluation.report import print_table
 
@@ -64,12 +64,12 @@ def baseline_command(
     def progress(case_id: str, index: int, total: int) -> None:
         console.print(f"  [{index + 1}/{total}] {case_id}", highlight=False)
 
-    summary = run_baseline(
-        data, out, prompt=prompt, weights=weights, arch=arch, label_map=labels, seed=seed, box_iou=box_iou,
-        device=device, force=force, labels=gt, organs=organ_list, split=split, cases=case_list, layout=layout,
+    config = BaselineConfig(
+        prompt=prompt, weights=weights, arch=arch, label_map=labels, seed=seed, box_iou=box_iou, device=device,
+        labels=gt, organs=organ_list, split=split, cases=case_list, layout=layout,
         slice_settings=SliceSettings(window=parse_window(window), size=size), image_size=image_size,
-        normalization=normalize, nsd_tolerance_mm=tolerance, overlays=overlays, series_uid=series,
-        progress=progress)
+        normalization=normalize, nsd_tolerance_mm=tolerance, overlays=overlays, series_uid=series)
+    summary = run_baseline(data, out, config, force=force, progress=progress)
     from ragsam.utils import ranks
 
     if not ranks.current().is_main:  # torchrun: every rank holds the summary; rank 0 prints

@@ -30,7 +30,10 @@ def add_cmd(
 
 @index_app.command("list")
 def list_cmd(bank: Path = typer.Argument(..., help="Support bank folder.")) -> None:
-    """List the slices added to a bank since it was built (one line each)."""
+    """List the slices added to a bank since it was built (one line each).
+
+    Example: ragsam index list banks/btcv
+    """
     from ragsam.retrieval.bank_edit import addition_summary, list_additions
 
     additions = list_additions(bank)
@@ -45,7 +48,10 @@ def remove_cmd(
     bank: Path = typer.Argument(..., help="Support bank folder."),
     addition_id: str = typer.Argument(..., help="Addition id shown by `ragsam index list` (e.g. added-0001)."),
 ) -> None:
-    """Remove one addition (its vectors, rows and slices) from a bank, atomically."""
+    """Remove one addition (its vectors, rows and slices) from a bank, atomically.
+
+    Example: ragsam index remove banks/btcv added-0001
+    """
     from ragsam.retrieval.bank_edit import addition_summary, remove_addition
 
     addition = remove_addition(bank, addition_id)

@@ -170,3 +170,31 @@ def check_finite(array: np.ndarray, path: Path) -> None:
         if not finite.all():
             raise InputError(path, f"{int((~finite).sum())} voxel(s) are not finite (e.g. "
                                    f"{float(array[~finite].flat[0])!r}); replace NaN/Inf before using this image")
+
+
+#: A CT volume in Hounsfield units reaches this or lower somewhere (air, lung or fat) ...
+MIN_HU = -200.0
+#: ... and spans at least this many HU.
+MIN_HU_SPAN = 300.0
+
+
+def check_ct_values(array: np.ndarray, path: str | os.PathLike | None) -> None:
+    """Refuse an image that is not CT in HU: every command that reads a scan applies this one rule.
+
+    A constant image, a normalised one ([0, 1]), an 8-bit picture (0..255) or an MR volume
+    would otherwise be windowed into nonsense (and prepared, predicted or retrieved from).
+
+    Args:
+        array: the image voxels (any shape), in the file's units.
+        path: the file, for the message.
+    Raises:
+        InputError: no voxel at or below :data:`MIN_HU`, or a range under :data:`MIN_HU_SPAN`.
+    """
+    arr = np.asarray(array)
+    if arr.size == 0:
+        raise InputError(path, "the image has no voxels")
+    low, high = float(np.min(arr)), float(np.max(arr))
+    if low > MIN_HU or high - low < MIN_HU_SPAN:
+        kind = "a constant image" if low == high else "values"
+        raise InputError(path, f"{kind} {low:.4g} .. {high:.4g} do not look like CT in HU (expected some voxels "
+                               f"<= {MIN_HU:.0f} HU and a range of at least {MIN_HU_SPAN:.0f} HU)")

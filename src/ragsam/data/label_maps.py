@@ -1,6 +1,6 @@
 """Label maps: which integer id is which organ, built-in maps, the paper's subsets, remapping.
 
-JSON format (the same as ``../shared/data/labels-btcv.json``)::
+JSON format (the same as ``tests/assets/real-ct/labels-btcv.json``)::
 
     {"name": "btcv", "labels": {"0": "background", "1": "spleen", ...},
      "source_label_map": {"<other id scheme>": {"<source id>": <id here>, ...}}}

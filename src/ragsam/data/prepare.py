@@ -36,7 +36,6 @@ feeds training and the retrieval support bank, which both need labels.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -50,7 +49,8 @@ from typing import Any
 import numpy as np
 
 from ragsam import __version__
-from ragsam.data.cache_meta import CACHE_VERSION, CachedCase, CacheMeta
+from ragsam.data.cache_meta import CachedCase, CacheMeta
+from ragsam.data.fingerprint import fingerprint_case, settings_key
 from ragsam.data.slice_dataset import MANIFEST_COLUMNS
 from ragsam.data.slices import SliceGrid, SliceSettings, volume_to_slices
 from ragsam.errors import InputError
@@ -88,76 +88,6 @@ class PrepareSummary:
     organ_slices: dict[int, int] = field(default_factory=dict)
     splits: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def _sha1_file(path: Path) -> str:
-    digest = hashlib.sha1()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _with_data_file(role: str, path: Path) -> list[tuple[str, Path]]:
-    """A file plus, for MetaImage/NRRD detached headers (.mhd/.nhdr), the data file it names.
-
-    The data file gets role ``<role>-data`` so ``image``/``labels`` always name the file
-    a reader opens (other modules look the ground truth up by role in ``prepare.json``).
-    """
-    files = [(role, path)]
-    if path.suffix.lower() in (".mhd", ".nhdr"):
-        for line in path.read_text(encoding="latin-1", errors="replace").splitlines():
-            name, sep, value = line.partition("=" if path.suffix.lower() == ".mhd" else ":")
-            if sep and name.strip().lower().replace(" ", "") in ("elementdatafile", "datafile"):
-                data = path.parent / value.strip()
-                if data.is_file():
-                    files.append((f"{role}-data", data))
-    return files
-
-
-def _input_files(ref: Any) -> list[tuple[str, Path]]:
-    """``(role, path)`` of every file a case is read from (a DICOM folder: all its files)."""
-    files: list[tuple[str, Path]] = []
-    image = Path(ref.image)
-    if image.is_dir():
-        files += [("image", p) for p in sorted(image.iterdir()) if p.is_file()]
-    else:
-        files += _with_data_file("image", image)
-    if ref.labels is not None:
-        files += _with_data_file("labels", Path(ref.labels))
-    return files
-
-
-def fingerprint_case(ref: Any, settings_key: str, known: list[dict[str, Any]] | None = None) -> tuple[str, list[dict]]:
-    """Content fingerprint of one case's inputs under ``settings_key``.
-
-    Args:
-        ref: a ``CaseRef`` (``image``: file or DICOM folder, ``labels``: file or None).
-        settings_key: :func:`settings_key` of the run.
-        known: file records from the previous run (path, size, mtime_ns, sha1); a file whose
-            path, size and mtime are unchanged keeps its recorded sha1 instead of being re-read.
-    Returns:
-        ``(key, files)``: the case key (hex SHA-1) and the file records to store.
-    """
-    cache = {(r["path"], r["size"], r["mtime_ns"]): r["sha1"] for r in (known or [])}
-    records = []
-    for role, path in _input_files(ref):
-        st = path.stat()
-        entry = {"role": role, "path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        sha1 = cache.get((entry["path"], entry["size"], entry["mtime_ns"])) or _sha1_file(path)
-        records.append({**entry, "sha1": sha1})
-    content = sorted((r["role"], r["sha1"]) for r in records)  # content only: moving the data keeps the key
-    key = hashlib.sha1(json.dumps([settings_key, content]).encode()).hexdigest()
-    return key, records
-
-
-def settings_key(settings: SliceSettings, label_map: Any, series_uid: str | None) -> str:
-    """Everything besides the input files that changes a cached case (context does not)."""
-    payload = {"version": CACHE_VERSION, "window": list(settings.window), "size": int(settings.size),
-               "labels": {str(k): v for k, v in sorted(label_map.labels.items())},
-               "source_maps": {k: {str(a): b for a, b in sorted(m.items())} for k, m in label_map.source_maps.items()},
-               "series_uid": series_uid}
-    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _check_output(out_dir: Path, force: bool) -> CacheMeta | None:
@@ -216,9 +146,11 @@ def _build_cases(out: Path, tmp: Path, plan: dict[str, dict[str, Any]], old_case
 def _build_case(task: tuple[Any, str | None, Any, SliceSettings, Path]) -> str:
     """Read, convert, slice and write one case (a worker of ``--jobs``); returns its id."""
     from ragsam.data.cases import load_case
+    from ragsam.data.file_checks import check_ct_values
 
     ref, series_uid, lmap, settings, case_dir = task
     case = load_case(ref, series_uid=series_uid)
+    check_ct_values(case.image.array, ref.image)
     _write_case(case_dir, volume_to_slices(case.image, convert_labels(case.labels, lmap), settings))
     return case_dir.name
 
@@ -349,29 +281,70 @@ def prepare_dataset(
 def _prepare_locked(source: str | os.PathLike, out: Path, settings: SliceSettings, layout: str, label_map: str,
                     split: str, seed: int, force: bool, series_uid: str | None,
                     progress: Callable[[str, int, int], None] | None, jobs: int | None = None) -> PrepareSummary:
-    """:func:`prepare_dataset` while holding the cache's lock."""
+    """:func:`prepare_dataset` while holding the cache's lock.
+
+    Stages: :func:`_check_not_inside` and :func:`_check_output` (refusals before any work),
+    :func:`_labelled_cases`, :func:`make_splits`, :func:`_plan_cases` (fingerprints: reuse or
+    rebuild), then in one atomic folder :func:`_build_cases` and :func:`_write_index_files`.
+    """
     from ragsam.data.label_maps import load_label_map
-    from ragsam.data.layouts import discover_cases
-    from ragsam.data.splits import save_splits
 
     start = time.perf_counter()
-    src_root, out_root = Path(source).resolve(), out.resolve()
-    if src_root.is_dir() and (out_root == src_root or src_root in out_root.parents):
-        raise InputError(out, f"the cache must not be inside the dataset folder {src_root} "
-                              "(it would be read as data on the next run); choose another output folder")
+    _check_not_inside(source, out)
     old = _check_output(out, force)
     lmap = load_label_map(label_map)
-    refs = discover_cases(source, layout)
-    labelled = [r for r in refs if r.labels is not None]
-    skipped = [r.case_id for r in refs if r.labels is None]
-    if not labelled:
-        raise InputError(source, f"no labelled cases found ({len(refs)} unlabelled); the slice cache needs labels")
+    labelled, skipped = _labelled_cases(source, layout)
     base_name = lmap.name.split(":")[-1] if ":" in lmap.name else lmap.name.split("-")[0]
     splits, split_of = make_splits([r.case_id for r in labelled], split, seed, (layout, lmap.name, base_name))
     key_settings = settings_key(settings, lmap, series_uid)
     label_map_json = lmap.to_json()  # keeps source_label_map, so subset maps can convert raw labels later
     old_cases: dict[str, CachedCase] = old.cases if old is not None else {}
+    plan = _plan_cases(source, out, labelled, old_cases, key_settings, force)
 
+    meta = CacheMeta(settings=settings.to_json(), label_map=label_map_json, complete=False, ragsam=__version__,
+                     source=str(Path(source).resolve()), layout=layout, series_uid=series_uid, split=split,
+                     seed=seed)
+    with atomic_dir(out, force=True) as tmp:
+        built, removed = _build_cases(out, tmp, plan, old_cases, lmap, settings, series_uid, progress, jobs)
+        meta.skipped_unlabelled = skipped
+        rows = _write_index_files(tmp, plan, split_of, splits, meta)
+    organ_slices: dict[int, int] = {}
+    for row in rows:
+        for organ in filter(None, row[3].split(";")):
+            organ_slices[int(organ)] = organ_slices.get(int(organ), 0) + 1
+    return PrepareSummary(out_dir=out, cases=sorted(plan), built=built,
+                          reused=sorted(c for c in plan if plan[c]["reuse"]),
+                          removed=removed, skipped_unlabelled=skipped, slices=len(rows),
+                          organ_slices=dict(sorted(organ_slices.items())), splits=splits,
+                          seconds=time.perf_counter() - start)
+
+
+def _check_not_inside(source: str | os.PathLike, out: Path) -> None:
+    """Refuse a cache folder inside the dataset folder (it would be read as data on the next run)."""
+    src_root, out_root = Path(source).resolve(), out.resolve()
+    if src_root.is_dir() and (out_root == src_root or src_root in out_root.parents):
+        raise InputError(out, f"the cache must not be inside the dataset folder {src_root} "
+                              "(it would be read as data on the next run); choose another output folder")
+
+
+def _labelled_cases(source: str | os.PathLike, layout: str) -> tuple[list[Any], list[str]]:
+    """``(labelled CaseRefs, ids of unlabelled cases)``; refuses a source without any labelled case."""
+    from ragsam.data.layouts import discover_cases
+
+    refs = discover_cases(source, layout)
+    labelled = [r for r in refs if r.labels is not None]
+    skipped = [r.case_id for r in refs if r.labels is None]
+    if not labelled:
+        raise InputError(source, f"no labelled cases found ({len(refs)} unlabelled); the slice cache needs labels")
+    return labelled, skipped
+
+
+def _plan_cases(source: str | os.PathLike, out: Path, labelled: list[Any], old_cases: dict[str, CachedCase],
+                key_settings: str, force: bool) -> dict[str, dict[str, Any]]:
+    """Case id -> ``{"ref", "key", "files", "reuse", "inputs"}``: its fingerprint and whether the old copy stays.
+
+    A case is reused when not ``force``, its key is unchanged and all of :data:`CASE_FILES` exist.
+    """
     plan: dict[str, dict[str, Any]] = {}
     for ref in labelled:
         if not ref.case_id or ref.case_id.startswith(".") or "/" in ref.case_id or os.sep in ref.case_id:
@@ -384,31 +357,30 @@ def _prepare_locked(source: str | os.PathLike, out: Path, settings: SliceSetting
         plan[ref.case_id] = {"ref": ref, "key": key, "files": files, "reuse": reuse,
                              "inputs": {"image": str(Path(ref.image).resolve()),
                                         "labels": str(Path(ref.labels).resolve())}}
+    return plan
 
-    meta = CacheMeta(settings=settings.to_json(), label_map=label_map_json, complete=False, ragsam=__version__,
-                     source=str(Path(source).resolve()), layout=layout, series_uid=series_uid, split=split,
-                     seed=seed)
-    with atomic_dir(out, force=True) as tmp:
-        built, removed = _build_cases(out, tmp, plan, old_cases, lmap, settings, series_uid, progress, jobs)
-        ids = sorted(plan)
-        rows = [row for cid in ids for row in _case_rows(tmp / "cases" / cid, cid, split_of.get(cid, ""))]
-        organ_slices: dict[int, int] = {}
-        for row in rows:
-            for organ in filter(None, row[3].split(";")):
-                organ_slices[int(organ)] = organ_slices.get(int(organ), 0) + 1
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(rows)
-        save_splits(tmp / "splits.json", splits, force=True)
-        write_json(tmp / "label_map.json", label_map_json)
-        write_text(tmp / "manifest.csv", buffer.getvalue())
-        per_case = Counter(row[0] for row in rows)
-        meta.complete, meta.skipped_unlabelled = True, skipped
-        meta.cases = {cid: CachedCase(p["key"], p["files"], slices=per_case[cid], **p["inputs"])
-                      for cid, p in sorted(plan.items())}
-        meta.write(tmp)
-    return PrepareSummary(out_dir=out, cases=ids, built=built, reused=sorted(c for c in plan if plan[c]["reuse"]),
-                          removed=removed, skipped_unlabelled=skipped, slices=len(rows),
-                          organ_slices=dict(sorted(organ_slices.items())), splits=splits,
-                          seconds=time.perf_counter() - start)
+
+def _write_index_files(tmp: Path, plan: dict[str, dict[str, Any]], split_of: dict[str, str],
+                       splits: dict[str, Any], meta: CacheMeta) -> list[list[Any]]:
+    """Write ``splits.json``, ``label_map.json``, ``manifest.csv`` and the completed ``prepare.json`` into ``tmp``.
+
+    Returns:
+        the manifest rows (one per slice, :data:`MANIFEST_COLUMNS`).
+    """
+    from ragsam.data.splits import save_splits
+
+    ids = sorted(plan)
+    rows = [row for cid in ids for row in _case_rows(tmp / "cases" / cid, cid, split_of.get(cid, ""))]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(rows)
+    save_splits(tmp / "splits.json", splits, force=True)
+    write_json(tmp / "label_map.json", meta.label_map)
+    write_text(tmp / "manifest.csv", buffer.getvalue())
+    per_case = Counter(row[0] for row in rows)
+    meta.complete = True
+    meta.cases = {cid: CachedCase(p["key"], p["files"], slices=per_case[cid], **p["inputs"])
+                  for cid, p in sorted(plan.items())}
+    meta.write(tmp)
+    return rows

@@ -151,11 +151,15 @@ def check_cache_arrays(prepared_dir: str | os.PathLike, records: list[SliceRecor
     Raises:
         InputError: naming the file at fault.
     """
-    from ragsam.data.label_maps import load_label_map
+    from ragsam.data.label_maps import LabelMap, load_label_map
 
     root = Path(prepared_dir)
-    size = CacheMeta.read(root).settings.get("size")
-    max_id = max(load_label_map(root / "label_map.json").labels)
+    meta = CacheMeta.read(root)
+    size = meta.settings.get("size")
+    label_file = root / "label_map.json"
+    label_map = (load_label_map(label_file) if label_file.is_file()
+                 else LabelMap.from_json(meta.label_map, root / "prepare.json"))
+    max_id = max(label_map.labels)
     zs: dict[str, int] = {}
     for rec in records:
         if rec.z < 0:
@@ -165,6 +169,8 @@ def check_cache_arrays(prepared_dir: str | os.PathLike, records: list[SliceRecor
         folder = root / "cases" / case_id
         arrays = {}
         for name in ("image.npy", "label.npy"):
+            if name == "label.npy" and not (folder / name).exists():
+                continue  # an unlabelled case (kept for retrieval queries) has no labels
             try:
                 arrays[name] = np.load(folder / name, mmap_mode="r", allow_pickle=False)
             except FileNotFoundError:
@@ -172,8 +178,9 @@ def check_cache_arrays(prepared_dir: str | os.PathLike, records: list[SliceRecor
                                                 "run `ragsam prepare` again") from None
             except (OSError, ValueError) as exc:
                 raise InputError(folder / name, f"not a readable array ({exc})") from None
-        image, label = arrays["image.npy"], arrays["label.npy"]
-        if image.ndim != 3 or image.shape[1:] != (size, size) or label.shape != image.shape:
+        image = arrays["image.npy"]
+        label = arrays.get("label.npy", image[:0].astype(np.uint8))
+        if image.ndim != 3 or image.shape[1:] != (size, size) or ("label.npy" in arrays and label.shape != image.shape):
             raise InputError(folder / "image.npy", f"shape {tuple(image.shape)} with label.npy "
                                                    f"{tuple(label.shape)}; expected both (Z, {size}, {size})")
         if max_z >= image.shape[0]:

@@ -383,16 +383,16 @@ class ExperimentRunner:
         return run_dir
 
     def _baseline(self, variant: Variant, folder: Path, predictions: Path) -> None:
-        from ragsam.baselines.run import run_baseline
+        from ragsam.baselines.run import BaselineConfig, run_baseline
 
         tiny = self.settings.tiny
         weights = "random" if tiny else (self.settings.medsam_weights if variant.weights == "medsam"
                                          else self.settings.sam_weights)
         work = folder / "baseline"
-        summary = run_baseline(self.prepared, work, prompt=variant.prompt, weights=weights,
-                               arch="tiny" if tiny else "sam_vit_b", seed=self.settings.seed,
-                               device=self.settings.device, force=True, cases=self.test_cases(),
-                               overlays=False)
+        config = BaselineConfig(prompt=variant.prompt, weights=weights, arch="tiny" if tiny else "sam_vit_b",
+                                seed=self.settings.seed, device=self.settings.device, cases=self.test_cases(),
+                                overlays=False)
+        summary = run_baseline(self.prepared, work, config, force=True)
         for source in summary.predictions:
             os.replace(source, predictions / Path(source).name)
 

@@ -25,7 +25,7 @@ from ragsam.experiments.plans import Plan
 
 #: Largest gap between a printed mean and the average of printed organ values explained by rounding.
 MEAN_TOLERANCE = 0.001
-MISMATCH_MARK = "≠"
+MISMATCH_MARK = "*"
 
 
 @dataclass

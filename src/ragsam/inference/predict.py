@@ -343,6 +343,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         InputError / OutputExistsError: bad run, no cases, outputs that are not ragsam's.
         CasesFailedError: after every case ran, when some failed (each one named).
     """
+    from ragsam.data.file_checks import check_ct_values
     from ragsam.data.layouts import discover_cases
     from ragsam.data.slices import SliceSettings, lazy_slices
     from ragsam.data.volume import read_image, write_labels
@@ -372,6 +373,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
 
     def load(job):
         image = stages.timed("read", read_image, job.ref.image, series_uid)
+        check_ct_values(image.array, job.ref.image)
         return image, stages.timed("slice", lazy_slices, image, settings)  # slices are prepared per batch
 
     def segment(stack):

@@ -121,8 +121,13 @@ def _select_cases(prepared: Path, records: list, labelled_only: bool, split: str
 
 
 def _metadata_rows(chosen: Sequence[str], arrays: dict[str, tuple[np.ndarray, np.ndarray | None]],
-                   by_case: dict[str, dict[int, Any]]) -> list[tuple]:
-    """One ``METADATA_COLUMNS`` row per slice, in bank order (cases in order, z ascending)."""
+                   records: list) -> list[tuple]:
+    """One ``METADATA_COLUMNS`` row per slice, in bank order (cases in order, z ascending):
+    ``(i, case_id, z, rel_z, organs ";"-joined, split)``; ``rel_z`` and ``split`` from the
+    manifest ``records`` (missing rows: ``z / (Z - 1)`` and "")."""
+    by_case: dict[str, dict[int, Any]] = {}
+    for r in records:
+        by_case.setdefault(r.case_id, {})[r.z] = r
     rows: list[tuple] = []
     for case_id in chosen:
         image, label = arrays[case_id]
@@ -188,15 +193,12 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """
     from ragsam.data.slice_dataset import read_manifest
     from ragsam.retrieval.embedder import build_embedder
-    from ragsam.retrieval.faiss_index import INDEX_KINDS, build_index, save_index
+    from ragsam.retrieval.faiss_index import build_index, save_index
 
     start = time.perf_counter()
     prepared = Path(prepared_dir).resolve()
     out = Path(out_dir)
-    if kind not in INDEX_KINDS:
-        raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
-    if out.resolve() == prepared or prepared in out.resolve().parents:
-        raise InputError(out, "the bank must not be written inside the prepared cache")
+    _check_request(prepared, out, kind)
     here = ranks.current()
     # torchrun: rank 0 holds the bank's lock and writes the bank; every rank embeds its share.
     with folder_lock(out) if here.is_main else contextlib.nullcontext():
@@ -208,27 +210,19 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         chosen = _select_cases(prepared, records, labelled_only, split, cases)
         if not chosen:
             raise InputError(prepared, "no cases to embed")
-        by_case: dict[str, dict[int, Any]] = {}
-        for r in records:
-            by_case.setdefault(r.case_id, {})[r.z] = r
         if embedder is None:
             embedder = build_embedder(embedder_weights, pooling=pooling, image_size=image_size, device=device,
                                       batch_size=batch_size)
         apply_threads(getattr(embedder, "model", None))
-
         arrays = {c: case_arrays(prepared, c, with_labels=(prepared / "cases" / c / "label.npy").is_file())
                   for c in chosen}
-        rows = _metadata_rows(chosen, arrays, by_case)
+        rows = _metadata_rows(chosen, arrays, records)
         chunks = [(c, first) for c in chosen for first in range(0, arrays[c][0].shape[0], batch_size)]
         vectors = _embed_chunks(embedder, arrays, chunks, batch_size, progress)
 
         def write() -> str:
             index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search)
             identity = embedder.identity
-            text = io.StringIO()
-            writer = csv.writer(text, lineterminator="\n")
-            writer.writerow(METADATA_COLUMNS)
-            writer.writerows((r[0], r[1], r[2], repr(r[3]), r[4], r[5]) for r in rows)
             info = BankInfo(
                 prepared_dir=str(prepared), prepared_dir_relative=os.path.relpath(prepared, out.resolve()),
                 prepare_sha256=file_sha256(prepared / "prepare.json"),
@@ -245,7 +239,7 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
             with atomic_dir(out, force=force) as tmp:
                 save_index(index, tmp / "index.faiss", force=True)
                 np.save(tmp / EMBEDDINGS_FILE, vectors)
-                write_text(tmp / "metadata.csv", text.getvalue())
+                write_text(tmp / "metadata.csv", _metadata_csv(rows))
                 write_json(tmp / "embedder.json", identity)
                 info.write(tmp)
                 pause_at("index-build:before-publish")
@@ -255,3 +249,22 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         return BankSummary(path=out, count=len(rows), cases=len(chosen), dim=embedder.dim,
                            kind=resolved_kind, embedder=embedder.identity["weights"],
                            seconds=time.perf_counter() - start)
+
+
+def _check_request(prepared: Path, out: Path, kind: str) -> None:
+    """Refuse an unknown index kind and a bank inside the prepared cache (before the lock is taken)."""
+    from ragsam.retrieval.faiss_index import INDEX_KINDS
+
+    if kind not in INDEX_KINDS:
+        raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
+    if out.resolve() == prepared or prepared in out.resolve().parents:
+        raise InputError(out, "the bank must not be written inside the prepared cache")
+
+
+def _metadata_csv(rows: list[tuple]) -> str:
+    """The text of ``metadata.csv`` (:data:`METADATA_COLUMNS`; ``rel_z`` written with ``repr``)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(METADATA_COLUMNS)
+    writer.writerows((r[0], r[1], r[2], repr(r[3]), r[4], r[5]) for r in rows)
+    return text.getvalue()

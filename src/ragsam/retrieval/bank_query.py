@@ -37,10 +37,13 @@ class SliceQuery:
 
 def volume_slices(bank: SupportBank, image: str | os.PathLike) -> np.ndarray:
     """Slices of a CT file made as the bank's cache made them: float32 ``(Z, S, S)`` in [0, 1]."""
+    from ragsam.data.file_checks import check_ct_values
     from ragsam.data.slices import volume_to_slices
     from ragsam.data.volume import read_image
 
-    images = volume_to_slices(read_image(image), None, bank.prepare_meta().slice_settings).images
+    volume = read_image(image)
+    check_ct_values(volume.array, image)
+    images = volume_to_slices(volume, None, bank.prepare_meta().slice_settings).images
     return images.astype(np.float16).astype(np.float32)  # the cache stores float16
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ragsam.data.file_checks import check_ct_values
 from ragsam.errors import InputError
 from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
 from ragsam.retrieval.support_retrieval import retrieve_supports, support_memories
@@ -41,8 +42,6 @@ from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.threads import apply_threads
 
-MIN_HU = -200.0
-MIN_HU_SPAN = 300.0
 DEFAULT_Z_PRIOR = 0.5
 
 
@@ -146,10 +145,7 @@ def check_ct_like(array: np.ndarray, path: str | os.PathLike) -> None:
     if arr.ndim != 3 or arr.shape[0] < 2:
         raise InputError(path, f"not a 3D volume (array shape {tuple(arr.shape)}); segment needs a CT volume "
                                "with at least 2 slices")
-    low, high = float(np.min(arr)), float(np.max(arr))
-    if low > MIN_HU or high - low < MIN_HU_SPAN:
-        raise InputError(path, f"values {low:.4g} .. {high:.4g} do not look like CT in HU (expected some voxels "
-                               f"<= {MIN_HU:.0f} HU and a range of at least {MIN_HU_SPAN:.0f} HU)")
+    check_ct_values(arr, path)
 
 
 def _embedder_for(bank: Any, embedder: Any, device: str) -> Any:
