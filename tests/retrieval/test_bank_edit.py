@@ -136,8 +136,8 @@ def test_refusals(bank):
     with pytest.raises(InputError, match=r"do not fit the bank's \(32, 32\) slices"):
         add_slices(bank, images[:, :16], labels[:, :16], "x", [0, 1], [0.0, 1.0])
     bad = labels.copy()
-    bad[0, 0, 0] = 9
-    with pytest.raises(InputError, match=r"label ids \[9\] are not in the bank's label map"):
+    bad[0, 0, 0] = 99  # outside the BTCV map the fixture writes (ids 0-13)
+    with pytest.raises(InputError, match=r"label ids \[99\] are not in the bank's label map"):
         add_slices(bank, images, bad, "x", [0, 1], [0.0, 1.0])
     with pytest.raises(InputError, match="hold no organ label"):
         add_slices(bank, images, np.zeros_like(labels), "x", [0, 1], [0.0, 1.0])
