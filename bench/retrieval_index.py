@@ -9,10 +9,12 @@ mixture.
 
 * ``reference``: exact top-k in NumPy (one matrix-vector product and a partial
   sort per query, no index), one query at a time.
-* ``flat`` / ``ivf`` / ``hnsw``: ragsam's Faiss indexes; latency of single
+* ``flat`` / ``ivf`` / ``ivfpq`` / ``hnsw``: ragsam's Faiss indexes (``index_bytes``: the
+  serialised index, i.e. its memory, beside ``float32_bytes`` = 4 n D); latency of single
   queries (what segmenting one slice needs) and throughput of a batch of
   queries; recall@10 against the exact neighbours. IVF's ``build_s`` includes
-  the build-time ``nprobe`` calibration (also given alone as ``calibrate_s``);
+  the build-time ``nprobe`` calibration (also given alone as ``calibrate_s``; IVF-PQ's
+  target capped at 0.99 of its all-lists recall, as ``build_index`` does);
   ``sweep`` gives its recall and latency at other ``nprobe`` values.
 
 ``--spread`` sets how far points lie from their cluster direction (0.6: cosine
@@ -55,7 +57,7 @@ from common import bench_parser, emit, machine  # noqa: E402
 from modes import load_average  # noqa: E402
 
 K = 10
-KINDS = ("flat", "ivf", "hnsw")
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 SWEEP_NPROBE = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -117,7 +119,9 @@ def nprobe_sweep(index, q: np.ndarray, truth: np.ndarray) -> list[dict]:
 def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, seed: int = 0,
                spread: float = 0.6, target_recall: float = 0.95) -> dict:
     """All index kinds at one (n, D)."""
-    from ragsam.retrieval.faiss_index import build_index, calibrate_nprobe, search
+    import faiss
+
+    from ragsam.retrieval.faiss_index import PQ_CEILING_FRACTION, build_index, calibrate_nprobe, search
 
     vectors, centres = clustered_unit_vectors(n, dim, seed, spread=spread)
     q, _ = clustered_unit_vectors(queries, dim, seed + 1, centres, spread=spread)
@@ -139,9 +143,10 @@ def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, 
         start = time.perf_counter()
         index, settings = build_index(vectors, kind, seed=seed, target_recall=None)  # calibration timed apart
         calibrate_s = None
-        if kind == "ivf":
+        if kind in ("ivf", "ivfpq"):
             calibrated = time.perf_counter()
-            nprobe, recall = calibrate_nprobe(index, vectors, target_recall, seed=seed)
+            nprobe, recall = calibrate_nprobe(index, vectors, target_recall, seed=seed,
+                                              ceiling_fraction=PQ_CEILING_FRACTION if kind == "ivfpq" else None)
             calibrate_s = round(time.perf_counter() - calibrated, 3)
             settings.update(nprobe=nprobe, calibration={"target_recall": target_recall, "recall_at_k": round(recall, 4)})
         build_s = time.perf_counter() - start
@@ -156,7 +161,10 @@ def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, 
                      "recall_at_10": round(recall_at_k(found, truth), 4),
                      "speedup_vs_reference": round(ref_ms / query_ms, 2) if query_ms else None,
                      "load_average": load}
-        if kind == "ivf":
+        index_bytes = int(faiss.serialize_index(index).nbytes)  # what the index holds in memory, as written
+        row[kind].update(index_bytes=index_bytes, index_bytes_per_vector=round(index_bytes / n, 1),
+                         float32_bytes=4 * n * dim)
+        if kind in ("ivf", "ivfpq"):
             row[kind].update(calibrate_s=calibrate_s, sweep=nprobe_sweep(index, q, truth))
         del index
     row["load_average_end"] = load_average()

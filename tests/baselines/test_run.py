@@ -194,3 +194,37 @@ def test_tight_box_prompts_come_back_as_boxes_on_the_original_grid(ct3mm: dict[s
             if ys.size:
                 expected[z, ys.min():ys.max() + 1, xs.min():xs.max() + 1] = organ
     np.testing.assert_array_equal(volume, expected)
+
+
+def _baseline_fields(cache: str, out: str) -> tuple:
+    s = run_baseline(cache, out, BaselineConfig(prompt="point3", weights="random", arch="tiny", device="cpu", seed=0))
+    return s.cases, s.prompts, [(r.case_id, r.organ_id, r.dice) for r in s.evaluation.rows]
+
+
+def _without_timings(meta: dict) -> dict:
+    meta.pop("seconds")
+    for case in meta["cases"].values():
+        case.pop("seconds")
+    return meta
+
+
+def test_two_gloo_ranks_write_the_folder_one_process_writes(tmp_path: Path, monkeypatch) -> None:
+    from ragsam.data.phantom import write_phantom_dataset
+    from ragsam.data.prepare import prepare_dataset
+    from two_ranks import run_ranks
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    source = write_phantom_dataset(tmp_path / "raw", n_cases=3, layout="btcv", seed=0, shape=(6, 40, 40),
+                                   spacing_mm=(5.0, 4.0, 4.0))
+    cache = prepare_dataset(source, tmp_path / "cache", SliceSettings(size=48), split="none").out_dir
+    one = _baseline_fields(str(cache), str(tmp_path / "one"))
+    assert len(one[0]) == 3 and len(one[2]) > 0
+    assert run_ranks(_baseline_fields, str(cache), str(tmp_path / "two")) == {0: ("ok", one), 1: ("ok", one)}
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    for name in files:
+        a = (tmp_path / "one" / name).read_bytes()
+        b = (tmp_path / "two" / name).read_bytes().replace(str(tmp_path / "two").encode(), str(tmp_path / "one").encode())
+        if name.name == "baseline.json":
+            a, b = (_without_timings(json.loads(x)) for x in (a, b))
+        assert a == b, name

@@ -101,3 +101,17 @@ def test_query_errors_are_one_line(bank, capsys, argv, message):
 def test_query_of_a_folder_that_is_no_bank(tmp_path, capsys):
     assert run_cli(["index", "query", str(tmp_path), "--case", "a", "--z", "0"]) == 2
     assert "not a support bank" in capsys.readouterr().err
+
+
+def test_ivfpq_bank_builds_and_answers_queries(cache, capsys):
+    import json
+
+    out = cache.parent / "bank-pq"
+    assert run_cli(["index", "build", str(cache), "-o", str(out), "--embedder", "tiny", "--image-size", "28",
+                    "--kind", "ivfpq"]) == 0
+    assert "35 slices from 2 cases, 32-d tiny embeddings, ivfpq index" in capsys.readouterr().out
+    index = json.loads((out / "bank.json").read_text())["settings"]["index"]
+    # 35 slices: nlist = min(4 sqrt(35), 35 // 39) -> 1 list; m = 32 / 8 = 4 codes of 1 bit (35 // 32 = 1)
+    assert (index["kind"], index["nlist"], index["pq_m"], index["pq_nbits"]) == ("ivfpq", 1, 4, 1)
+    assert run_cli(["index", "query", str(out), "--case", "ct3mm", "--z", "10", "--k", "3"]) == 0
+    assert len(_rows(capsys.readouterr().out)) == 3

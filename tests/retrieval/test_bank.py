@@ -14,7 +14,7 @@ from bank_fixtures import synthetic_cases, write_prepared
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.retrieval.bank import SupportBank, build_bank
 from ragsam.retrieval.embedder import build_embedder
-from ragsam.retrieval.faiss_index import build_index
+from ragsam.retrieval.faiss_index import build_index, reconstruct_all
 
 EMBEDDER = {"embedder_weights": "tiny", "image_size": 28}
 
@@ -38,7 +38,8 @@ def _query_vec(built: dict, case: str, z: int) -> np.ndarray:
 def test_build_writes_the_bank_folder(built):
     s = built["summary"]
     assert (s.count, s.cases, s.dim, s.kind, s.embedder) == (18, 3, 32, "flat", "tiny")
-    assert sorted(p.name for p in built["bank"].iterdir()) == ["bank.json", "embedder.json", "index.faiss", "metadata.csv"]
+    assert sorted(p.name for p in built["bank"].iterdir()) == ["bank.json", "embedder.json", "embeddings.npy",
+                                                               "index.faiss", "metadata.csv"]
     lines = (built["bank"] / "metadata.csv").read_text().splitlines()
     assert lines[0] == "row,case_id,z,rel_z,organs,split"
     assert lines[1] == "0,case0,0,0.0,6,train"  # organ 6 only in z <= 3, organ 1 from z >= 2
@@ -47,6 +48,25 @@ def test_build_writes_the_bank_folder(built):
     info = json.loads((built["bank"] / "bank.json").read_text())
     assert info["prepared_dir"] == str(built["prepared"].resolve()) and info["count"] == 18
     assert json.loads((built["bank"] / "embedder.json").read_text()) == built["embedder"].identity
+
+
+def test_embeddings_are_memory_mapped_and_banks_without_them_still_load(built, tmp_path):
+    bank = SupportBank.load(built["bank"])
+    assert isinstance(bank.embeddings, np.memmap) and bank.embeddings.dtype == np.float32
+    everything = np.concatenate([built["embedder"].embed(built["cases"][c][0]) for c in ("case0", "case1", "case2")])
+    np.testing.assert_allclose(bank.embeddings, everything, atol=1e-6)  # row i = slice i of metadata.csv
+    np.testing.assert_array_equal(bank.vectors(), reconstruct_all(bank.index))  # flat: the same vectors
+    old = tmp_path / "old-bank"  # a bank built before embeddings.npy existed
+    shutil.copytree(built["bank"], old)
+    (old / "embeddings.npy").unlink()
+    legacy = SupportBank.load(old)
+    assert legacy.embeddings is None
+    np.testing.assert_array_equal(legacy.vectors(), bank.vectors())
+    vec = _query_vec(built, "case0", 1)
+    assert legacy.query(vec, 5, built["embedder"].identity) == bank.query(vec, 5, built["embedder"].identity)
+    np.save(old / "embeddings.npy", everything[:5])
+    with pytest.raises(InputError, match=r"embeddings.npy: holds float32 \(5, 32\); expected float32 \(18, 32\)"):
+        SupportBank.load(old)
 
 
 def test_a_slice_finds_itself_first_and_scores_match_brute_force(built):

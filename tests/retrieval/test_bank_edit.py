@@ -49,6 +49,11 @@ def test_added_slices_are_retrieved_and_served_as_supports(bank):
     assert np.array_equal(reconstruct_all(grown.index)[:len(before)], reconstruct_all(before.index))
     embedder = grown.embedder()
     vector = embedder.embed(images[1:].astype(np.float16).astype(np.float32))
+    # embeddings.npy grows with the index: old rows kept, the new ones appended
+    assert grown.embeddings.shape == (len(before) + 2, 32)
+    np.testing.assert_array_equal(grown.embeddings[:len(before)], before.embeddings)
+    np.testing.assert_allclose(grown.embeddings[-1:], vector, atol=1e-6)
+    np.testing.assert_array_equal(grown.embeddings, reconstruct_all(grown.index))
     hit = grown.query(vector, 1, embedder.identity)[0][0]
     assert (hit.case_id, hit.z) == ("added-0001", 1) and hit.similarity == pytest.approx(1.0, abs=1e-5)
     got_images, got_labels = grown.support_slices([hit])
@@ -75,6 +80,8 @@ def test_remove_restores_the_built_bank(bank):
                                                                                if p.name == "index.faiss")]
     assert now[next(p for p in now if p.name == "metadata.csv")] == original[next(p for p in original
                                                                                 if p.name == "metadata.csv")]
+    assert now[next(p for p in now if p.name == "embeddings.npy")] == original[next(p for p in original
+                                                                                  if p.name == "embeddings.npy")]
     assert not any("additions" in str(p) for p in now)
     # ids are never reused, so a cache keyed by (case id, z) cannot serve a removed slice
     assert add_slices(bank, *_new_slices(3), "c", [0, 1], [0.0, 1.0]).id == "added-0003"

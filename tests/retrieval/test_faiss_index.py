@@ -14,6 +14,8 @@ from ragsam.retrieval.faiss_index import (
     default_nlist,
     default_nprobe,
     load_index,
+    pq_bits,
+    pq_subquantizers,
     reconstruct_all,
     save_index,
     search,
@@ -77,7 +79,35 @@ def test_recall_at_10_against_flat():
     assert _recall(search(ivf32, q32, 10)[1], search(build_index(base32, "flat")[0], q32, 10)[1]) >= 0.93
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_ivfpq_code_size_and_recall_on_clustered_vectors():
+    """m = D / 8 sub-quantizers of 8 bits (m bytes a vector); fewer bits for a small sample; the
+    nprobe calibration judges found rows by their exact cosines, not the PQ estimates."""
+    assert (pq_subquantizers(768), pq_subquantizers(384), pq_subquantizers(64)) == (96, 48, 8)
+    assert pq_subquantizers(100) == 10 and pq_subquantizers(7) == 1  # 100 / 8 = 12 is no divisor; 10 is
+    assert (pq_bits(160_000), pq_bits(2000), pq_bits(40)) == (8, 5, 1)  # 2000 // 32 = 62 -> 2**5 centroids
+    rng = np.random.default_rng(3)
+    n, nq = 4000, 100
+    centres = rng.standard_normal((40, 64))
+    base = _unit(centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, 64)))
+    queries = _unit(centres[rng.integers(0, 40, nq)] + 0.5 * rng.standard_normal((nq, 64)))
+    index, settings = build_index(base, "ivfpq")
+    assert settings["kind"] == "ivfpq" and settings["nlist"] == default_nlist(n) == 102
+    assert (settings["pq_m"], settings["pq_nbits"], settings["bytes_per_vector"]) == (8, 6, 6)  # 4000 // 32 = 125 -> 2**6
+    assert index.ntotal == n and index.pq.M == 8 and index.pq.nbits == 6
+    calibration = settings["calibration"]
+    assert calibration["ceiling_fraction"] == 0.99 and settings["nprobe"] == calibration["nprobe"]
+    best_scores = search(build_index(base, "flat")[0], queries, 10)[0]
+    found_rows = search(index, queries, 10)[1]
+    found_scores = np.einsum("qkd,qd->qk", base[found_rows], queries)  # exact cosines of what PQ found
+    # measured: mean cosine of the true top 10 0.851, of IVF-PQ's top 10 0.827; held-out recall@10 0.318
+    assert found_scores.mean() >= best_scores.mean() - 0.05
+    # 6-bit codes of 8 dims on tight clusters cap recall far below 0.95: the calibration settles at
+    # 0.99 of the all-lists recall (measured with exact cosines) instead of scanning all 102 lists
+    assert 0.2 < calibration["recall_at_k"] < 0.95 and settings["nprobe"] < 102 / 4
+    assert reconstruct_all(index).shape == (n, 64)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_save_load_gives_identical_results(tmp_path, kind):
     rng = np.random.default_rng(1)
     base, queries = _unit(rng.standard_normal((400, 16))), _unit(rng.standard_normal((20, 16)))
@@ -88,7 +118,7 @@ def test_save_load_gives_identical_results(tmp_path, kind):
     after = search(loaded, queries, 7)
     np.testing.assert_array_equal(before[1], after[1])
     np.testing.assert_array_equal(before[0], after[0])
-    if kind == "ivf":
+    if kind in ("ivf", "ivfpq"):
         assert loaded.nprobe == 3
     if kind == "hnsw":
         assert loaded.hnsw.efSearch == 40

@@ -8,6 +8,11 @@ Output folder (written as a whole: it appears complete or not at all)::
       overlays/<case_id>.png         ground truth beside prediction (optional)
       baseline.json                  settings, weights, prompt counts and timings per case
 
+Under ``torchrun --nproc_per_node N`` the cases are sharded by rank (``ragsam.utils.ranks``):
+rank 0 creates the temporary output folder, every rank writes its cases' predictions into
+it and scores its share (``evaluate`` is torchrun-aware), rank 0 writes the shared files
+and publishes the folder; the result is the one-process folder (timings aside).
+
 MedSAM is the same code with other weights (Hugging Face
 ``flaviagiammarino/medsam-vit-base`` or the official ``medsam_vit_b.pth``, both
 ``sam_vit_b``); it was trained with box prompts, so ``--prompt box`` is its
@@ -18,9 +23,10 @@ Its pixel normalisation differs from SAM's and is chosen automatically (see
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ from ragsam.baselines.sources import BaselineCase, cached_cases, is_prepared_cac
 from ragsam.data.cache_meta import CacheMeta
 from ragsam.data.cases import IMAGE_SUFFIXES
 from ragsam.errors import InputError
+from ragsam.utils import ranks
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json
 from ragsam.utils.threads import apply_threads
 
@@ -243,7 +250,7 @@ def _prepare_inputs(data: str | os.PathLike, out: Path, config: BaselineConfig, 
 
     prompt_settings = PromptSettings(kind=config.prompt, box_iou=config.box_iou, seed=config.seed)  # validates first
     check_writable(out, force)
-    dev = resolve_device(config.device)
+    dev = resolve_device(config.device, ranks.local_gpu())  # torchrun: one GPU per local rank
     norm = resolve_normalization(str(config.weights), config.normalization)
     slice_settings = config.slice_settings or SliceSettings()
     todo, skipped, meta = _collect(data, config.labels, config.layout, config.split, config.cases, slice_settings,
@@ -286,19 +293,21 @@ def _run_settings(data: str | os.PathLike, config: BaselineConfig, run: _Prepare
 
 
 def _segment_cases(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_dir: Path,
-                   progress: Callable[[str, int, int], None] | None) -> dict[str, dict[str, Any]]:
-    """Segment every case into ``pred_dir`` and place its scoring ground truth in ``gt_dir``.
+                   progress: Callable[[str, int, int], None] | None,
+                   cases: list[BaselineCase]) -> list[tuple[str, dict[str, Any]]]:
+    """Segment ``cases`` (this rank's share of ``run.todo``) into ``pred_dir`` and place their
+    scoring ground truth in ``gt_dir``.
 
     Returns:
-        case id -> ``{"prompts", "slices", "seconds", "ground_truth"}`` (for ``baseline.json``).
+        ``(case id, {"prompts", "slices", "seconds", "ground_truth"})`` per case (for ``baseline.json``).
     """
     from ragsam.data.slices import slices_to_volume
     from ragsam.data.volume import write_labels
 
     per_case: dict[str, dict[str, Any]] = {}
-    for index, case in enumerate(run.todo):
+    for index, case in enumerate(cases):
         if progress is not None:
-            progress(case.case_id, index, len(run.todo))
+            progress(case.case_id, index, len(cases))
         t0 = time.perf_counter()
         stack = case.load()
         pred, n_prompts = segment_slices(run.model, stack.images, stack.labels, run.organ_ids, run.prompt_settings,
@@ -309,25 +318,34 @@ def _segment_cases(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_di
         per_case[case.case_id] = {"prompts": n_prompts, "slices": int(stack.images.shape[0]),
                                   "seconds": round(time.perf_counter() - t0, 3),
                                   "ground_truth": str(case.gt_path)}
-    return per_case
+    return list(per_case.items())
 
 
-def _score(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_dir: Path, out: Path, tmp: Path) -> Any:
-    """Evaluate the predictions, draw the overlays and write the report into ``tmp`` (final place ``out``)."""
+def _score(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_dir: Path, out: Path) -> Any:
+    """Evaluate the predictions (under torchrun each rank scores its share; every rank gets
+    every row), naming the published predictions and the original ground truth."""
     from ragsam.evaluation.evaluate import evaluate
-    from ragsam.evaluation.report import write_report
 
     result = evaluate(pred_dir, gt_dir, label_map=run.lmap, organs=config.organs,
                       nsd_tolerance_mm=config.nsd_tolerance_mm)
     if config.organs is None:
         _keep_present_organs(result)
+    by_id = {c.case_id: c for c in run.todo}  # not the temporary folders the files were scored in
+    result.cases = [dataclasses.replace(c, pred=out / "predictions" / c.pred.name,
+                                        gt=by_id[c.pred.name[: -len(".nii.gz")]].gt_path) for c in result.cases]
     gt_files = [str(c.gt_path) for c in run.todo]
     result.settings.update(pred=str(out / "predictions"),
                            gt=gt_files[0] if len(gt_files) == 1 else os.path.commonpath(gt_files))
+    return result
+
+
+def _write_report(run: _Prepared, config: BaselineConfig, result: Any, pred_dir: Path, tmp: Path) -> None:
+    """Draw the overlays and write the report into ``tmp`` (rank 0)."""
+    from ragsam.evaluation.report import write_report
+
     if config.overlays:
         _draw_overlays(run.todo, pred_dir, tmp, run.lmap.labels, result)
     write_report(result, tmp)
-    return result
 
 
 def run_baseline(
@@ -360,14 +378,26 @@ def run_baseline(
     out = Path(out_dir)
     run = _prepare_inputs(data, out, config, force)
     run_settings = _run_settings(data, config, run)
-    with atomic_dir(out, force=force) as tmp, tempfile.TemporaryDirectory(prefix="ragsam-baseline-") as scratch:
-        pred_dir, gt_dir = tmp / "predictions", Path(scratch) / "gt"
-        per_case = _segment_cases(run, config, pred_dir, gt_dir, progress)
-        result = _score(run, config, pred_dir, gt_dir, out, tmp)
+    here = ranks.current()
+    # torchrun: rank 0 creates the temporary output folder and shares its path; every rank
+    # writes its cases' predictions into it and scores its share; rank 0 writes the shared files.
+    with atomic_dir(out, force=force) if here.is_main else contextlib.nullcontext(None) as own_tmp:
+        tmp = Path(ranks.gather_objects(str(own_tmp) if here.is_main else "")[0])
+        pred_dir, gt_dir = tmp / "predictions", tmp / ".scoring-gt"  # the latter removed before publishing
+        per_case = dict(ranks.gather_results(
+            lambda mine: _segment_cases(run, config, pred_dir, gt_dir, progress, mine), run.todo))
+        result = _score(run, config, pred_dir, gt_dir, out)
         run_settings["cases"] = per_case
         run_settings["skipped_unlabelled"] = run.skipped
-        run_settings["seconds"] = round(time.perf_counter() - start, 3)
-        write_json(tmp / "baseline.json", run_settings)
+
+        def shared_files() -> None:
+            shutil.rmtree(gt_dir)
+            _write_report(run, config, result, pred_dir, tmp)
+            run_settings["seconds"] = round(time.perf_counter() - start, 3)
+            write_json(tmp / "baseline.json", run_settings)
+
+        ranks.on_main(shared_files)
+    ranks.barrier()  # rank 0 has published the folder
     result.out_dir = out
     todo = run.todo
     return BaselineSummary(out_dir=out, cases=[c.case_id for c in todo],

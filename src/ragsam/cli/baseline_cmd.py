@@ -70,6 +70,10 @@ def baseline_command(
         slice_settings=SliceSettings(window=parse_window(window), size=size), image_size=image_size,
         normalization=normalize, nsd_tolerance_mm=tolerance, overlays=overlays, series_uid=series)
     summary = run_baseline(data, out, config, force=force, progress=progress)
+    from ragsam.utils import ranks
+
+    if not ranks.current().is_main:  # torchrun: every rank holds the summary; rank 0 prints
+        return
     print_table(summary.evaluation, console)
     n_prompts = sum(summary.prompts.values())
     console.print(f"{len(summary.cases)} case(s), {n_prompts} prompts ({prompt}), {summary.seconds:.1f} s -> "

@@ -18,7 +18,8 @@ def build_cmd(
                                  "preset (dinov2-small), official .pth, 'random' or 'tiny'."),
     kind: str = typer.Option("auto", help="Faiss index: auto (exact flat below 100k slices, else IVF with "
                              "nprobe calibrated to recall@10 0.95, or flat when IVF would need more than a "
-                             "quarter of its lists), flat, ivf or hnsw."),
+                             "quarter of its lists), flat, ivf, ivfpq (product-quantised, m = D/8 bytes a slice, approximate "
+                             "scores: for banks that do not fit in memory) or hnsw."),
     pooling: str = typer.Option("cls", help="Slice descriptor: cls token or mean of patch tokens."),
     image_size: int = typer.Option(224, help="Embedder input side in pixels (multiple of 14)."),
     batch_size: int = typer.Option(32, help="Slices per embedder forward pass."),
@@ -45,6 +46,10 @@ def build_cmd(
                              labelled_only=not include_unlabelled, batch_size=batch_size, force=force,
                              image_size=image_size, split=split, device=device,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    from ragsam.utils import ranks
+
+    if not ranks.current().is_main:  # torchrun: rank 0 prints
+        return
     typer.echo(f"{summary.path}: {summary.count} slices from {summary.cases} cases, {summary.dim}-d "
                f"{summary.embedder} embeddings, {summary.kind} index ({summary.seconds:.1f} s)")
 

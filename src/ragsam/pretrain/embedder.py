@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ragsam.pretrain.corpus_slices import NUM_ORGANS, CorpusSlices, neighbour_quality
 from ragsam.pretrain.settings import PretrainSettings
+from ragsam.utils.threads import apply_threads
 
 
 def _embed_all(embedder, corpus: CorpusSlices) -> np.ndarray:
@@ -35,6 +36,7 @@ def pretrain_embedder(settings: PretrainSettings, corpus: CorpusSlices, out_dir:
 
     embedder = build_embedder("tiny", image_size=settings.embedder_image_size, device="cpu",
                               seed=settings.seed)
+    apply_threads(embedder.model)  # the thread rule (one thread for a tiny model unless overridden)
     before = neighbour_quality(_embed_all(embedder, corpus), corpus)
     model = embedder.model
     torch.manual_seed(settings.seed)  # the stage does not depend on what ran before it

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ragsam.pretrain.corpus_slices import CorpusSlices
 from ragsam.pretrain.settings import PretrainSettings
+from ragsam.utils.threads import apply_threads
 
 OBJECT_SCORE_BIAS = 2.0  # start with every organ "visible", so masks get gradients from step one
 
@@ -101,6 +102,7 @@ def pretrain_sam2(settings: PretrainSettings, corpus: CorpusSlices, bank_dir: Pa
 
     supports = retrieve_supports(bank_dir, corpus, settings.k, z_prior)
     model = new_tiny_sam2(settings.sam2_image_size, settings.seed).train()
+    apply_threads(model)  # the thread rule (one thread for a tiny model unless overridden)
     seg = Sam2MemorySegmenter(model)
     seg.differentiable = True
     torch.manual_seed(settings.seed)  # memory-attention dropout: independent of the stages before

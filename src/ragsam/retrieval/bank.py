@@ -18,7 +18,10 @@ is ``cosine - z_prior * |rel_z_query - rel_z_support|``; the search is widened
 (doubling) until the lowest cosine fetched is no higher than the k-th best
 ranking score, so no unfetched slice can outrank the result: the re-ranking is
 exact for a flat index. Approximate indexes (IVF, HNSW) that run out of
-candidates fall back to exact scoring of the eligible rows' stored vectors.
+candidates fall back to exact scoring of the eligible rows' stored vectors:
+``embeddings.npy`` (float32 ``(n, D)``, row i = index id i), memory-mapped, so a bank
+larger than memory is not loaded whole; banks built before it existed have no such
+file and use the index's own vectors (:func:`ragsam.retrieval.faiss_index.reconstruct_all`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from ragsam.data.cache_meta import CacheMeta
 from ragsam.errors import InputError
 from ragsam.retrieval.bank_build import (  # noqa: F401  (re-exported API)
+    EMBEDDINGS_FILE,
     METADATA_COLUMNS,
     BankSummary,
     build_bank,
@@ -102,6 +106,26 @@ def _check_slices_exist(metadata: Path, case_ids: list[str], zs: list[int], prep
             raise InputError(metadata, f"case {cid!r} row z={z} is outside the {depth} slices of {image}")
 
 
+def open_embeddings(path: Path, count: int, dim: int) -> np.ndarray | None:
+    """``path/embeddings.npy`` memory-mapped read-only (float32 ``(count, dim)``), or ``None``
+    for a bank without one.
+
+    Raises:
+        InputError: unreadable, or not float32 ``(count, dim)``.
+    """
+    file = path / EMBEDDINGS_FILE
+    if not file.is_file():
+        return None
+    try:
+        vectors = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(file, f"not a readable array ({str(exc)[:160]}); rebuild with `ragsam index build`") from None
+    if vectors.dtype != np.float32 or vectors.shape != (count, dim):
+        raise InputError(file, f"holds {vectors.dtype} {vectors.shape}; expected float32 ({count}, {dim}) "
+                               "(one row per index vector); rebuild with `ragsam index build`")
+    return vectors
+
+
 class SupportBank:
     """A loaded support bank (see :mod:`ragsam.retrieval.bank_build` for the folder layout)."""
 
@@ -121,6 +145,7 @@ class SupportBank:
         for row, ids in enumerate(organs):
             self._presence[row, list(ids)] = True
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.embeddings = open_embeddings(path, int(index.ntotal), int(index.d))  # memory map or None
         self._checked: set[str] = set()  # cases verified unchanged in the prepared cache
 
     @classmethod
@@ -177,6 +202,11 @@ class SupportBank:
         _check_slices_exist(path / "metadata.csv", case_ids, zs, prepared, added)
         return cls(path, index, info, identity, np.asarray(case_ids), np.asarray(zs, dtype=np.int64),
                    np.asarray(rel, dtype=np.float64), organs, prepared)
+
+    def vectors(self) -> np.ndarray:
+        """The bank's exact embeddings, float32 ``(n, D)`` in row order: the memory map of
+        ``embeddings.npy``, or (older banks) the vectors the index holds."""
+        return self.embeddings if self.embeddings is not None else reconstruct_all(self.index)
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -293,7 +323,7 @@ class SupportBank:
             sims, rows = (a[0] for a in search(self.index, vector[None], fetch))
         if len(hits) < k:  # an approximate index ran out of candidates: score eligible rows exactly
             rows = np.flatnonzero(eligible)
-            sims = (reconstruct_all(self.index)[rows] @ vector).astype(np.float32)
+            sims = (np.asarray(self.vectors()[rows]) @ vector).astype(np.float32)
             hits = self._rank(rows, sims, weight, qz, k)
         return hits
 

@@ -7,15 +7,22 @@ The bank is a folder, written atomically as a whole (``ragsam.utils.atomic.atomi
       metadata.csv    row,case_id,z,rel_z,organs,split   (organs: ;-joined label ids present in the slice)
       embedder.json   the embedder identity (weights hash, pooling, input size, dim)
       bank.json       prepared cache path + prepare.json hash, index kind/settings, counts
+      embeddings.npy  float32 (n, D) unit vectors, row i = index id i (memory-mapped when read)
 
 Every slice of every labelled case is embedded, including slices without any
 organ: they are legitimate neighbours for a query slice above or below the
 abdomen, and queries can require organs (``SupportBank.query(require_organs=...)``).
 Organs per slice are computed from ``label.npy`` itself (the source of truth).
+
+Under ``torchrun --nproc_per_node N`` the slices are embedded in chunks of ``batch_size``
+(the one-process forward passes) sharded by rank; the embeddings are gathered in bank
+order and rank 0 builds, writes and publishes the bank (byte-identical index and
+metadata to one process); every rank returns once it is published.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -32,6 +39,7 @@ import numpy as np
 from ragsam.data.cache_meta import CacheMeta
 from ragsam.errors import InputError
 from ragsam.retrieval.bank_info import BankInfo
+from ragsam.utils import ranks
 from ragsam.utils.atomic import atomic_dir, check_writable, remove_stale_temporaries, write_json, write_text
 from ragsam.utils.fault_points import pause_at
 from ragsam.utils.locking import folder_lock
@@ -39,6 +47,7 @@ from ragsam.utils.paths import resolve_inside
 from ragsam.utils.threads import apply_threads
 
 METADATA_COLUMNS = ("row", "case_id", "z", "rel_z", "organs", "split")
+EMBEDDINGS_FILE = "embeddings.npy"  # the one name; read by ragsam.retrieval.bank.open_embeddings
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,49 @@ def _select_cases(prepared: Path, records: list, labelled_only: bool, split: str
     return ordered
 
 
+def _metadata_rows(chosen: Sequence[str], arrays: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                   records: list) -> list[tuple]:
+    """One ``METADATA_COLUMNS`` row per slice, in bank order (cases in order, z ascending):
+    ``(i, case_id, z, rel_z, organs ";"-joined, split)``; ``rel_z`` and ``split`` from the
+    manifest ``records`` (missing rows: ``z / (Z - 1)`` and "")."""
+    by_case: dict[str, dict[int, Any]] = {}
+    for r in records:
+        by_case.setdefault(r.case_id, {})[r.z] = r
+    rows: list[tuple] = []
+    for case_id in chosen:
+        image, label = arrays[case_id]
+        depth = image.shape[0]
+        organs = slice_organs(label) if label is not None else [()] * depth
+        for z in range(depth):
+            rec = by_case[case_id].get(z)
+            rel_z = float(rec.rel_z) if rec is not None else (z / (depth - 1) if depth > 1 else 0.0)
+            rows.append((len(rows), case_id, z, rel_z, ";".join(map(str, organs[z])),
+                         rec.split if rec is not None else ""))
+    return rows
+
+
+def _embed_chunks(embedder: Any, arrays: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                  chunks: list[tuple[str, int]], batch_size: int,
+                  progress: Callable[[int, int], None] | None) -> np.ndarray:
+    """Embeddings float32 (slices, D) of every chunk ``(case_id, first z)`` of ``batch_size``
+    slices, in chunk order. Under torchrun the chunks are sharded by rank
+    (:func:`ragsam.utils.ranks.gather_results`): each chunk is the same forward pass as in
+    one process, so the gathered vectors are identical to a one-process build."""
+    def embed(mine: list[tuple[str, int]]) -> list[np.ndarray]:
+        total = sum(len(arrays[c][0][first:first + batch_size]) for c, first in mine)
+        out, done = [], 0
+        for case_id, first in mine:
+            batch = np.asarray(arrays[case_id][0][first:first + batch_size], dtype=np.float32)
+            out.append(np.asarray(embedder.embed(batch, batch_size=batch_size), dtype=np.float32))
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+        return out
+
+    parts = ranks.gather_results(embed, chunks)
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, embedder.dim), np.float32)
+
+
 def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
                embedder_weights: str = "facebook/dinov2-small", kind: str = "auto", pooling: str = "cls",
                labelled_only: bool = True, batch_size: int = 32, force: bool = False, *,
@@ -147,8 +199,11 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     prepared = Path(prepared_dir).resolve()
     out = Path(out_dir)
     _check_request(prepared, out, kind)
-    with folder_lock(out):  # one writer per bank; a second `index build` is refused
-        remove_stale_temporaries(out)  # left by a killed build
+    here = ranks.current()
+    # torchrun: rank 0 holds the bank's lock and writes the bank; every rank embeds its share.
+    with folder_lock(out) if here.is_main else contextlib.nullcontext():
+        if here.is_main:
+            remove_stale_temporaries(out)  # left by a killed build
         check_writable(out, force)
         meta = CacheMeta.read(prepared)
         records = read_manifest(prepared)
@@ -161,29 +216,38 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         apply_threads(getattr(embedder, "model", None))
         arrays = {c: case_arrays(prepared, c, with_labels=(prepared / "cases" / c / "label.npy").is_file())
                   for c in chosen}
-        vectors, rows = _embed_slices(arrays, chosen, records, embedder, batch_size, progress)
-        index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search)
-        identity = embedder.identity
-        info = BankInfo(
-            prepared_dir=str(prepared), prepared_dir_relative=os.path.relpath(prepared, out.resolve()),
-            prepare_sha256=file_sha256(prepared / "prepare.json"),
-            case_keys={c: meta.cases[c].key for c in chosen if c in meta.cases and meta.cases[c].key},
-            slice_size=int(meta.settings.get("size", arrays[chosen[0]][0].shape[-1])),
-            kind=index_settings["kind"], dim=embedder.dim, count=len(rows),
-            cases=chosen, case_depths={c: int(arrays[c][0].shape[0]) for c in chosen},
-            labelled_cases=[c for c in chosen if arrays[c][1] is not None],
-            settings={"labelled_only": labelled_only, "split": split, "batch_size": batch_size,
-                      "pooling": identity["pooling"], "image_size": identity["image_size"], "index": index_settings},
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        with atomic_dir(out, force=force) as tmp:
-            save_index(index, tmp / "index.faiss", force=True)
-            write_text(tmp / "metadata.csv", _metadata_csv(rows))
-            write_json(tmp / "embedder.json", identity)
-            info.write(tmp)
-            pause_at("index-build:before-publish")
+        rows = _metadata_rows(chosen, arrays, records)
+        chunks = [(c, first) for c in chosen for first in range(0, arrays[c][0].shape[0], batch_size)]
+        vectors = _embed_chunks(embedder, arrays, chunks, batch_size, progress)
+
+        def write() -> str:
+            index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search)
+            identity = embedder.identity
+            info = BankInfo(
+                prepared_dir=str(prepared), prepared_dir_relative=os.path.relpath(prepared, out.resolve()),
+                prepare_sha256=file_sha256(prepared / "prepare.json"),
+                case_keys={c: meta.cases[c].key for c in chosen if c in meta.cases and meta.cases[c].key},
+                slice_size=int(meta.settings.get("size", arrays[chosen[0]][0].shape[-1])),
+                kind=index_settings["kind"], dim=embedder.dim, count=len(rows),
+                cases=chosen, case_depths={c: int(arrays[c][0].shape[0]) for c in chosen},
+                labelled_cases=[c for c in chosen if arrays[c][1] is not None],
+                settings={"labelled_only": labelled_only, "split": split, "batch_size": batch_size,
+                          "pooling": identity["pooling"], "image_size": identity["image_size"],
+                          "index": index_settings},
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            )
+            with atomic_dir(out, force=force) as tmp:
+                save_index(index, tmp / "index.faiss", force=True)
+                np.save(tmp / EMBEDDINGS_FILE, vectors)
+                write_text(tmp / "metadata.csv", _metadata_csv(rows))
+                write_json(tmp / "embedder.json", identity)
+                info.write(tmp)
+                pause_at("index-build:before-publish")
+            return str(index_settings["kind"])
+
+        resolved_kind = ranks.from_main(write)  # every rank returns once the bank is published
         return BankSummary(path=out, count=len(rows), cases=len(chosen), dim=embedder.dim,
-                           kind=index_settings["kind"], embedder=identity["weights"],
+                           kind=resolved_kind, embedder=embedder.identity["weights"],
                            seconds=time.perf_counter() - start)
 
 
@@ -195,40 +259,6 @@ def _check_request(prepared: Path, out: Path, kind: str) -> None:
         raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
     if out.resolve() == prepared or prepared in out.resolve().parents:
         raise InputError(out, "the bank must not be written inside the prepared cache")
-
-
-def _embed_slices(arrays: dict[str, tuple[np.ndarray, np.ndarray | None]], chosen: list[str], records: list,
-                  embedder: Any, batch_size: int, progress: Callable[[int, int], None] | None,
-                  ) -> tuple[np.ndarray, list[tuple]]:
-    """Embed every slice of the chosen cases, in case order then z order.
-
-    Args:
-        arrays: case id -> ``(image (Z, S, S), label (Z, S, S) or None)`` (:func:`case_arrays`).
-        records: the cache's manifest rows (give ``rel_z`` and ``split``; missing rows: ``z / (Z - 1)``, "").
-    Returns:
-        ``(vectors float32 (N, D), rows)``; row ``i`` is ``(i, case_id, z, rel_z, organs ";"-joined, split)``.
-    """
-    by_case: dict[str, dict[int, Any]] = {}
-    for r in records:
-        by_case.setdefault(r.case_id, {})[r.z] = r
-    total = sum(a[0].shape[0] for a in arrays.values())
-    vectors = np.zeros((total, embedder.dim), dtype=np.float32)
-    rows: list[tuple] = []
-    for case_id in chosen:
-        image, label = arrays[case_id]
-        depth = image.shape[0]
-        organs = slice_organs(label) if label is not None else [()] * depth
-        for first in range(0, depth, batch_size):
-            batch = np.asarray(image[first:first + batch_size], dtype=np.float32)
-            vectors[len(rows):len(rows) + len(batch)] = embedder.embed(batch, batch_size=batch_size)
-            for z in range(first, first + len(batch)):
-                rec = by_case[case_id].get(z)
-                rel_z = float(rec.rel_z) if rec is not None else (z / (depth - 1) if depth > 1 else 0.0)
-                rows.append((len(rows), case_id, z, rel_z, ";".join(map(str, organs[z])),
-                             rec.split if rec is not None else ""))
-            if progress is not None:
-                progress(len(rows), total)
-    return vectors, rows
 
 
 def _metadata_csv(rows: list[tuple]) -> str:

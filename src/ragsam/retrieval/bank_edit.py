@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ragsam.errors import InputError
-from ragsam.retrieval.bank import ADDITIONS_DIR, METADATA_COLUMNS, SupportBank
+from ragsam.retrieval.bank import ADDITIONS_DIR, EMBEDDINGS_FILE, METADATA_COLUMNS, SupportBank
 from ragsam.retrieval.bank_info import BankInfo
 from ragsam.utils.atomic import atomic_dir, write_text
 from ragsam.utils.locking import folder_lock
@@ -134,7 +134,8 @@ def add_slices(bank_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarr
                        additions=[*(bank.info.additions or []), asdict(addition)],
                        labelled_cases=[*bank.info.labelled_cases, addition.id],
                        case_depths={**bank.info.case_depths, addition.id: len(rows)})
-        _swap(bank, index, _metadata_rows(bank) + rows, info, add=(addition.id, images, labels))
+        _swap(bank, index, _metadata_rows(bank) + rows, info, add=(addition.id, images, labels),
+              embeddings=None if bank.embeddings is None else (bank.embeddings, np.asarray(vectors, np.float32)))
     return addition
 
 
@@ -189,9 +190,7 @@ def remove_addition(bank_dir: str | os.PathLike, addition_id: str) -> Addition:
         keep = bank.case_ids != addition_id
         if not keep.any():
             raise InputError(bank.path, f"removing {addition_id!r} would leave the bank empty")
-        from ragsam.retrieval.faiss_index import reconstruct_all
-
-        vectors = reconstruct_all(bank.index)[keep]
+        vectors = np.asarray(bank.vectors()[keep], dtype=np.float32)  # exact (embeddings.npy) where stored
         index = faiss.clone_index(bank.index)
         index.reset()  # keeps IVF training; rows are renumbered 0..n-1 in the old order
         index.add(np.ascontiguousarray(vectors))
@@ -200,7 +199,8 @@ def remove_addition(bank_dir: str | os.PathLike, addition_id: str) -> Addition:
         info = replace(bank.info, count=len(rows), additions=[d for d in entries if d.get("id") != addition_id],
                        labelled_cases=[c for c in bank.info.labelled_cases if c != addition_id],
                        case_depths={c: d for c, d in bank.info.case_depths.items() if c != addition_id})
-        _swap(bank, index, rows, info, drop=addition_id)
+        _swap(bank, index, rows, info, drop=addition_id,
+              embeddings=None if bank.embeddings is None else (vectors, np.zeros((0, bank.dim), np.float32)))
     return Addition.from_json(found[0])
 
 
@@ -230,8 +230,13 @@ def _metadata_rows(bank: SupportBank) -> list[tuple]:
 
 
 def _swap(bank: SupportBank, index, rows: list[tuple], info: BankInfo,
-          add: tuple[str, np.ndarray, np.ndarray] | None = None, drop: str | None = None) -> None:
-    """Write the edited bank next to the old one and swap it in (old files hard-linked)."""
+          add: tuple[str, np.ndarray, np.ndarray] | None = None, drop: str | None = None,
+          embeddings: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Write the edited bank next to the old one and swap it in (old files hard-linked).
+
+    ``embeddings``: ``(kept, appended)`` float32 rows of the new ``embeddings.npy``
+    (``kept`` may be the old memory map: copied in chunks, never loaded whole); ``None``
+    for a bank without the file."""
     from ragsam.retrieval.faiss_index import save_index
 
     text = io.StringIO()
@@ -240,7 +245,7 @@ def _swap(bank: SupportBank, index, rows: list[tuple], info: BankInfo,
     writer.writerows((r[0], r[1], r[2], repr(float(r[3])), r[4], r[5]) for r in rows)
     with atomic_dir(bank.path, force=True) as tmp:
         shutil.copytree(bank.path, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
-                        ignore=shutil.ignore_patterns("index.faiss", "metadata.csv", "bank.json"))
+                        ignore=shutil.ignore_patterns("index.faiss", "metadata.csv", "bank.json", EMBEDDINGS_FILE))
         if drop is not None:
             shutil.rmtree(tmp / ADDITIONS_DIR / "cases" / drop, ignore_errors=True)
         if add is not None:
@@ -249,8 +254,22 @@ def _swap(bank: SupportBank, index, rows: list[tuple], info: BankInfo,
             np.save(folder / "image.npy", np.asarray(add[1], dtype=np.float16))
             np.save(folder / "label.npy", np.asarray(add[2], dtype=np.uint8))
         save_index(index, tmp / "index.faiss", force=True)
+        if embeddings is not None:
+            _write_embeddings(tmp / EMBEDDINGS_FILE, *embeddings)
         write_text(tmp / "metadata.csv", text.getvalue())
         info.write(tmp)
+
+
+def _write_embeddings(path: Path, kept: np.ndarray, appended: np.ndarray, chunk: int = 65536) -> None:
+    """``kept`` then ``appended`` rows as one float32 ``.npy``, copied ``chunk`` rows at a time."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                    shape=(len(kept) + len(appended), kept.shape[1]))
+    for start in range(0, len(kept), chunk):
+        stop = min(start + chunk, len(kept))
+        out[start:stop] = kept[start:stop]
+    out[len(kept):] = appended
+    out.flush()
+    del out
 
 
 def _link_or_copy(src: str, dst: str) -> None:

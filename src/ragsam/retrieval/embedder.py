@@ -29,6 +29,7 @@ from transformers import Dinov2Model
 
 from ragsam.errors import InputError
 from ragsam.models.dinov2 import NAMED_DINOV2, load_dinov2
+from ragsam.utils import ranks
 from ragsam.utils.device import resolve_device
 from ragsam.utils.precision import autocast
 
@@ -68,7 +69,7 @@ class SliceEmbedder:
         patch = int(model.config.patch_size)
         if image_size <= 0 or image_size % patch:
             raise InputError(None, f"image size {image_size} is not a positive multiple of the patch size {patch}")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, ranks.local_gpu())  # torchrun: one GPU per local rank
         self.model = model.eval().to(self.device)
         self.weights = weights
         self.pooling = pooling

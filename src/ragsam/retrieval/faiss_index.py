@@ -17,6 +17,20 @@ Kinds (``build_index(kind=...)``):
   finds are exact. Measured on one core (bench/results/cpu/retrieval_index_1e6_s2.json,
   1e6 clustered vectors): build 118 s (D = 384) / 227 s (D = 768), calibration
   included; 0.19 / 0.34 ms per query at recall@10 0.995 / 0.999 (flat: 64 / 162 ms).
+* ``"ivfpq"`` - ``IndexIVFPQ`` for banks that do not fit in memory as float32
+  (1e7 x 768 = 30 GB): the IVF lists of ``"ivf"`` (same ``nlist``, training sample,
+  spherical k-means and build-time ``nprobe`` calibration) holding product-quantised
+  residuals instead of the vectors: ``m = D / 8`` sub-quantizers (:func:`pq_subquantizers`;
+  8 dimensions each, the largest divisor of ``D`` not above ``D / 8`` otherwise) of
+  ``nbits = 8`` (256 centroids each; fewer for tiny banks, :func:`pq_bits`, so each
+  centroid keeps ~32 training points), i.e. ``m`` bytes a vector: 96 B for D = 768
+  (32x less than float32), 48 B for D = 384. Scores are PQ approximations, so
+  recall@10 can stay below the target at any ``nprobe``; the calibration records what
+  it reached (``calibration.recall_at_k``): ``nprobe`` is the smallest reaching
+  the target or, when the recall scanning every list is below it, 0.99 of that recall
+  (``calibration.ceiling_fraction``). ``auto`` never picks it. Measured at 1e5 clustered
+  vectors on one core (bench/results/cpu/retrieval_index_ivfpq_1e5.json): 151 B a vector
+  in memory at D = 768 (flat: 3072), 0.25 ms a query, recall@10 0.39 (IVF: 0.999).
 * ``"hnsw"`` - ``IndexHNSWFlat`` (``M = 32`` links, ``efConstruction = 200``,
   ``efSearch`` default 128), metric inner product. No training, but slow to
   build on CPU (1e5 x 768: 287 s on one core); memory ``n (4 D + 8 M)`` bytes.
@@ -45,7 +59,11 @@ import numpy as np
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_path
 
-INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+PQ_DIMS_PER_SUBQUANTIZER = 8
+PQ_MAX_BITS = 8
+PQ_POINTS_PER_CENTROID = 32
+PQ_CEILING_FRACTION = 0.99
 FLAT_MAX = 100_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
@@ -74,6 +92,18 @@ def default_nlist(n: int) -> int:
 def default_nprobe(nlist: int) -> int:
     """Lists scanned per query without calibration: ``nlist / 16`` clamped to ``[8, nlist]``."""
     return min(nlist, max(8, nlist // 16))
+
+
+def pq_subquantizers(dim: int) -> int:
+    """Sub-quantizers for ``dim``: the largest divisor of ``dim`` not above ``dim / 8`` (at least 1)."""
+    top = max(1, dim // PQ_DIMS_PER_SUBQUANTIZER)
+    return next(m for m in range(top, 0, -1) if dim % m == 0)
+
+
+def pq_bits(train_points: int) -> int:
+    """Bits per sub-quantizer code: 8, or fewer so that each of the ``2**nbits`` centroids
+    keeps about :data:`PQ_POINTS_PER_CENTROID` training points (tiny banks), at least 1."""
+    return max(1, min(PQ_MAX_BITS, int(math.log2(max(2, train_points // PQ_POINTS_PER_CENTROID)))))
 
 
 def training_sample(x: np.ndarray, nlist: int, seed: int) -> np.ndarray:
@@ -147,13 +177,19 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
     settings: dict = {"kind": resolved, "requested_kind": kind, "metric": "inner_product", "dim": dim, "count": n}
     if resolved == "flat":
         index = faiss.IndexFlatIP(dim)
-    elif resolved == "ivf":
+    elif resolved in ("ivf", "ivfpq"):
         lists = int(nlist) if nlist else default_nlist(n)
         if not 1 <= lists <= n:
             raise InputError(None, f"nlist {lists} must be between 1 and the number of vectors {n}")
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
         sample = training_sample(x, lists, seed)
+        if resolved == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+        else:
+            m, nbits = pq_subquantizers(dim), pq_bits(len(sample))
+            index = faiss.IndexIVFPQ(quantizer, dim, lists, m, nbits, faiss.METRIC_INNER_PRODUCT)
+            index.pq.cp.seed = int(seed)
+            settings.update(pq_m=m, pq_nbits=nbits, bytes_per_vector=index.code_size)
         index.cp.spherical = True  # centroids on the unit sphere suit cosine data
         index.cp.seed = int(seed)
         index.cp.niter = IVF_KMEANS_ITERATIONS
@@ -166,10 +202,13 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         settings.update(hnsw_m=int(hnsw_m), ef_construction=HNSW_EF_CONSTRUCTION)
     index.add(x)
-    if resolved == "ivf" and not nprobe and target_recall is not None:
+    if resolved in ("ivf", "ivfpq") and not nprobe and target_recall is not None:
         limit = max(1, int(AUTO_MAX_PROBE_FRACTION * index.nlist)) if kind == "auto" else None
-        nprobe, recall = calibrate_nprobe(index, x, target_recall, seed=seed, max_nprobe=limit)
+        ceiling = PQ_CEILING_FRACTION if resolved == "ivfpq" else None
+        nprobe, recall = calibrate_nprobe(index, x, target_recall, seed=seed, max_nprobe=limit,
+                                          ceiling_fraction=ceiling)
         calibration = {"target_recall": float(target_recall), "recall_at_k": round(recall, 4), "nprobe": nprobe,
+                       **({"ceiling_fraction": ceiling} if ceiling else {}),
                        "k": min(CALIBRATION_K, n - 1), "queries": min(CALIBRATION_QUERIES, n), "seed": int(seed)}
         if recall < target_recall and limit is not None:  # no usable cluster structure: exact search instead
             index = faiss.IndexFlatIP(dim)
@@ -208,7 +247,7 @@ def held_out_recall(found: tuple[np.ndarray, np.ndarray], exact: tuple[np.ndarra
 
 def calibrate_nprobe(index, vectors: np.ndarray, target_recall: float = TARGET_RECALL,
                      queries: int = CALIBRATION_QUERIES, k: int = CALIBRATION_K, seed: int = 0,
-                     max_nprobe: int | None = None) -> tuple[int, float]:
+                     max_nprobe: int | None = None, ceiling_fraction: float | None = None) -> tuple[int, float]:
     """Smallest ``nprobe`` (up to 1/8 more above 8) whose held-out recall@``k`` reaches ``target_recall``.
 
     ``queries`` bank vectors (seeded choice) search the filled IVF index with their own
@@ -221,6 +260,9 @@ def calibrate_nprobe(index, vectors: np.ndarray, target_recall: float = TARGET_R
         index: a filled ``faiss.IndexIVF`` (its ``nprobe`` is left at the result).
         vectors: float32 ``(n, D)``, the vectors the index holds, in id order.
         max_nprobe: largest value tried (default ``nlist``).
+        ceiling_fraction: lower the target to this fraction of the recall at ``max_nprobe``
+            when that is below it (IVF-PQ: quantised scores cap the recall at any ``nprobe``,
+            and scanning every list to chase an unreachable target gains nothing).
     Returns:
         ``(nprobe, recall)``; the largest value tried and its recall if the target is
         not reached (``(nlist, 1.0)`` if the index holds fewer than two vectors).
@@ -240,10 +282,14 @@ def calibrate_nprobe(index, vectors: np.ndarray, target_recall: float = TARGET_R
     def recall(p: int) -> float:
         if p not in measured:
             index.nprobe = p
-            measured[p] = held_out_recall(index.search(q, k + 1), exact, rows, k)
+            _, ids = index.search(q, k + 1)  # judged by exact cosines (IVF-PQ's own scores are approximate)
+            scores = np.einsum("qkd,qd->qk", vectors[np.maximum(ids, 0)], q)
+            measured[p] = held_out_recall((np.where(ids >= 0, scores, -np.inf), ids), exact, rows, k)
         return measured[p]
 
     limit = nlist if max_nprobe is None else max(1, min(int(max_nprobe), nlist))
+    if ceiling_fraction is not None:
+        target_recall = min(target_recall, ceiling_fraction * recall(limit))
     low, high = 0, 1  # recall(low) < target (0: not tried); recall(high) >= target once found
     while high < limit and recall(high) < target_recall:
         low, high = high, min(2 * high, limit)
@@ -287,7 +333,8 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reconstruct_all(index) -> np.ndarray:
-    """All stored vectors, float32 ``(n, D)`` in id order (exact for flat, IVF-flat and HNSW-flat)."""
+    """All stored vectors, float32 ``(n, D)`` in id order (exact for flat, IVF-flat and HNSW-flat;
+    the PQ reconstructions, approximate, for IVF-PQ)."""
     import faiss
 
     if isinstance(index, faiss.IndexIVF):

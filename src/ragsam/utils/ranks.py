@@ -134,6 +134,15 @@ def on_main(fn: Callable[[], T]) -> T | None:
     return results[0] if ranks.is_main else None
 
 
+def from_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only (shared files, as :func:`on_main`) and return its value on
+    every rank (alone: ``fn()``)."""
+    ranks = current()
+    if ranks.world == 1:
+        return fn()
+    return _run_and_exchange(lambda: fn() if ranks.is_main else None)[0]
+
+
 def gather_objects(obj: T) -> list[T]:
     """Every rank's ``obj``, in rank order, on every rank (``[obj]`` alone)."""
     if current().world == 1:
