@@ -28,7 +28,6 @@ from ragsam.cli import (  # noqa: F401
     evaluate_cmd,
     experiment_cmd,
     index_cmd,
-    index_edit_cmd,
     model_cmd,
     predict_cmd,
     prepare_cmd,
