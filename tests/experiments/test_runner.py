@@ -119,7 +119,7 @@ def test_plan_with_every_kind_of_variant(tmp_path, shared_data):
 
 
 def test_tiny_plan_without_data_runs_on_a_phantom(tmp_path, monkeypatch, capsys):
-    """``experiment --tiny`` needs no dataset: it writes a phantom into OUT/data (never ../shared).
+    """``experiment --tiny`` needs no dataset: it writes a phantom into OUT/data (never a folder outside the project).
 
     The plan's own running is covered above; here the runner is stubbed to record what it got.
     """

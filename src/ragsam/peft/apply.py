@@ -77,7 +77,8 @@ def _encoder_lora(model: nn.Module, cfg: PeftConfig) -> None:
             wrap_linear(layer.mlp, "lin2", cfg.rank, scale)
 
 
-def _decoder_attentions(model: nn.Module) -> list[nn.Module]:
+def decoder_attentions(model: nn.Module) -> list[nn.Module]:
+    """The attention modules of a SAM / SAM 2 mask decoder's two-way transformer (same layout in both)."""
     transformer = model.mask_decoder.transformer
     attns = []
     for layer in transformer.layers:
@@ -105,7 +106,7 @@ def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
     decoder.requires_grad_(cfg.decoder != "frozen")
     if cfg.decoder == "lora":
         decoder.transformer.requires_grad_(False)
-        for attn in _decoder_attentions(model):
+        for attn in decoder_attentions(model):
             wrap_linear(attn, "q_proj", cfg.decoder_rank, _scale(cfg, cfg.decoder_rank))
             wrap_linear(attn, "v_proj", cfg.decoder_rank, _scale(cfg, cfg.decoder_rank))
     if cfg.decoder_adapters:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ragsam.peft.apply import decoder_attentions
 from ragsam.peft.lora import wrap_linear
 
 if TYPE_CHECKING:
@@ -57,14 +58,6 @@ def _memory_attention_lora(model: nn.Module, cfg: Sam2PeftConfig) -> None:
                 wrap_linear(attn, _MEMORY_NAMES[target], cfg.rank, _scale(cfg.alpha, cfg.rank))
 
 
-def _decoder_attentions(model: nn.Module) -> list[nn.Module]:
-    transformer = model.mask_decoder.transformer
-    attns = []
-    for layer in transformer.layers:
-        attns += [layer.self_attn, layer.cross_attn_token_to_image, layer.cross_attn_image_to_token]
-    return attns + [transformer.final_attn_token_to_image]
-
-
 def apply_sam2_peft(model: nn.Module, cfg: Sam2PeftConfig) -> nn.Module:
     """Insert LoRA into a ``Sam2VideoModel`` per ``cfg`` (in place) and set ``requires_grad``; returns it.
 
@@ -83,7 +76,7 @@ def apply_sam2_peft(model: nn.Module, cfg: Sam2PeftConfig) -> nn.Module:
         decoder.requires_grad_(cfg.decoder != "frozen")
         if cfg.decoder == "lora":
             decoder.transformer.requires_grad_(False)
-            for attn in _decoder_attentions(model):
+            for attn in decoder_attentions(model):
                 wrap_linear(attn, "q_proj", cfg.decoder_rank, _scale(cfg.alpha, cfg.decoder_rank))
                 wrap_linear(attn, "v_proj", cfg.decoder_rank, _scale(cfg.alpha, cfg.decoder_rank))
         for name, param in model.named_parameters():
