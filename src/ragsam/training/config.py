@@ -99,6 +99,12 @@ class OptimConfig:
     bf16: bool = True
     bf16_cpu: bool = False
 
+    @property
+    def last_iteration(self) -> int:
+        """Number of optimiser steps a run takes when not stopped early (``stop_iteration`` caps it)."""
+        stop = self.stop_iteration
+        return self.max_iterations if stop is None else min(stop, self.max_iterations)
+
 
 @dataclass
 class ValConfig:
@@ -158,8 +164,7 @@ class TrainConfig:
     @property
     def last_iteration(self) -> int:
         """Number of optimiser steps the run takes when not stopped early."""
-        stop = self.optim.stop_iteration
-        return self.optim.max_iterations if stop is None else min(stop, self.optim.max_iterations)
+        return self.optim.last_iteration
 
 
 RAG_PRESET_PREFIX = "rag_"  # presets of ``ragsam train-rag`` (RagTrainConfig), not of ``ragsam train``

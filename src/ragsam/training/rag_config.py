@@ -110,8 +110,7 @@ class RagTrainConfig:
     @property
     def last_iteration(self) -> int:
         """Number of optimiser steps the run takes when not stopped early."""
-        stop = self.optim.stop_iteration
-        return self.optim.max_iterations if stop is None else min(stop, self.optim.max_iterations)
+        return self.optim.last_iteration
 
 
 def validate_rag(cfg: RagTrainConfig, source: str = "<config>") -> RagTrainConfig:
