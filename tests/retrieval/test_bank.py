@@ -183,6 +183,39 @@ def test_approximate_kinds_find_the_slice_itself(built, tmp_path, kind):
     assert len(hits) == 4 and all(h.case_id != "case0" for h in hits)
 
 
+def test_ivfpq_bank_reranks_to_the_flat_neighbours(built, tmp_path):
+    """18 slices: one IVF list, so refine x k >= 18 makes the shortlist the whole bank and
+    the re-ranked answer is exact search; a shorter shortlist reads only its rows."""
+    build_bank(built["prepared"], tmp_path / "pq", kind="ivfpq", **EMBEDDER)
+    bank, flat = SupportBank.load(tmp_path / "pq"), SupportBank.load(built["bank"])
+    assert (bank.kind, bank.refine, bank.info.index_settings["refine"], bank.index.nlist) == ("ivfpq", 10, 10, 1)
+    assert isinstance(bank.embeddings, np.memmap)
+    identity = built["embedder"].identity
+    for case, z in (("case0", 1), ("case1", 4), ("case2", 5)):
+        vec = _query_vec(built, case, z)
+        hits, truth = bank.query(vec, 4, identity)[0], flat.query(vec, 4, identity)[0]
+        assert [h.row for h in hits] == [h.row for h in truth]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in truth], atol=1e-6)
+        np.testing.assert_allclose([h.score for h in hits], bank.embeddings[[h.row for h in hits]] @ vec[0], atol=1e-6)
+        assert [(h.case_id, h.z) for h in bank.query(vec, 3, identity, exclude_cases=[case])[0]] == [
+            (h.case_id, h.z) for h in flat.query(vec, 3, identity, exclude_cases=[case])[0]]
+    short = SupportBank.load(tmp_path / "pq", refine=2)  # shortlist 2 x k rows of 18
+    assert short.refine == 2
+    reads: list[np.ndarray] = []
+
+    class Recorder(np.memmap):
+        def __getitem__(self, key):
+            reads.append(np.array(key, copy=True))
+            return super().__getitem__(key)
+
+    short.embeddings = short.embeddings.view(Recorder)
+    vec = _query_vec(built, "case1", 3)
+    hit = short.query(vec, 3, identity)[0]
+    assert len(reads) == 1 and len(set(reads[0].tolist())) == 6 and {h.row for h in hit} <= set(reads[0].tolist())
+    with pytest.raises(InputError, match="refine 0 must be at least 1"):
+        SupportBank.load(tmp_path / "pq", refine=0)
+
+
 def test_support_slices_read_the_cache_and_notice_changes(built, tmp_path):
     bank = SupportBank.load(built["bank"])
     hits = bank.query(_query_vec(built, "case1", 3), 3, built["embedder"].identity, exclude_cases=["case1"])[0]

@@ -81,7 +81,8 @@ def test_recall_at_10_against_flat():
 
 def test_ivfpq_code_size_and_recall_on_clustered_vectors():
     """m = D / 8 sub-quantizers of 8 bits (m bytes a vector); fewer bits for a small sample; the
-    nprobe calibration judges found rows by their exact cosines, not the PQ estimates."""
+    nprobe calibration judges found rows by their exact cosines, not the PQ estimates, and
+    measures the recall after re-ranking (test_ivfpq_rerank.py)."""
     assert (pq_subquantizers(768), pq_subquantizers(384), pq_subquantizers(64)) == (96, 48, 8)
     assert pq_subquantizers(100) == 10 and pq_subquantizers(7) == 1  # 100 / 8 = 12 is no divisor; 10 is
     assert (pq_bits(160_000), pq_bits(2000), pq_bits(40)) == (8, 5, 1)  # 2000 // 32 = 62 -> 2**5 centroids
@@ -90,10 +91,10 @@ def test_ivfpq_code_size_and_recall_on_clustered_vectors():
     centres = rng.standard_normal((40, 64))
     base = _unit(centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, 64)))
     queries = _unit(centres[rng.integers(0, 40, nq)] + 0.5 * rng.standard_normal((nq, 64)))
-    index, settings = build_index(base, "ivfpq")
+    index, settings = build_index(base, "ivfpq", refine=1)  # shortlist k: PQ's own ranking, as without re-ranking
     assert settings["kind"] == "ivfpq" and settings["nlist"] == default_nlist(n) == 102
     assert (settings["pq_m"], settings["pq_nbits"], settings["bytes_per_vector"]) == (8, 6, 6)  # 4000 // 32 = 125 -> 2**6
-    assert index.ntotal == n and index.pq.M == 8 and index.pq.nbits == 6
+    assert index.ntotal == n and index.pq.M == 8 and index.pq.nbits == 6 and settings["refine"] == 1
     calibration = settings["calibration"]
     assert calibration["ceiling_fraction"] == 0.99 and settings["nprobe"] == calibration["nprobe"]
     best_scores = search(build_index(base, "flat")[0], queries, 10)[0]
@@ -104,6 +105,9 @@ def test_ivfpq_code_size_and_recall_on_clustered_vectors():
     # 6-bit codes of 8 dims on tight clusters cap recall far below 0.95: the calibration settles at
     # 0.99 of the all-lists recall (measured with exact cosines) instead of scanning all 102 lists
     assert 0.2 < calibration["recall_at_k"] < 0.95 and settings["nprobe"] < 102 / 4
+    # the default re-ranks 10 x k rows exactly, and is calibrated that way: measured held-out 0.972
+    _, reranked = build_index(base, "ivfpq")
+    assert reranked["refine"] == 10 and reranked["calibration"]["recall_at_k"] >= 0.95
     assert reconstruct_all(index).shape == (n, 64)
 
 

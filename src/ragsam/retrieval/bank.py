@@ -22,6 +22,15 @@ candidates fall back to exact scoring of the eligible rows' stored vectors:
 ``embeddings.npy`` (float32 ``(n, D)``, row i = index id i), memory-mapped, so a bank
 larger than memory is not loaded whole; banks built before it existed have no such
 file and use the index's own vectors (:func:`ragsam.retrieval.faiss_index.reconstruct_all`).
+
+Every search of the index goes through :meth:`SupportBank._search`. An IVF-PQ bank
+(approximate PQ scores) re-ranks there: a shortlist of ``refine x fetch`` rows
+(``refine`` from the index settings, default
+:data:`ragsam.retrieval.faiss_index.PQ_REFINE`, overridable in :meth:`SupportBank.load`)
+is re-scored with the exact vectors of the memory-mapped ``embeddings.npy`` (only those
+rows are read), so scores are exact cosines and the ranking is exact whenever the true
+neighbours are in the shortlist. An IVF-PQ bank without ``embeddings.npy`` cannot re-rank
+and returns the PQ ranking. Flat, IVF and HNSW banks search as they are.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from ragsam.retrieval.bank_build import (  # noqa: F401  (re-exported API)
 )
 from ragsam.retrieval.bank_info import BankInfo
 from ragsam.retrieval.faiss_index import (
+    PQ_REFINE,
     check_unit_vectors,
     load_index,
     reconstruct_all,
@@ -146,19 +156,23 @@ class SupportBank:
             self._presence[row, list(ids)] = True
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         self.embeddings = open_embeddings(path, int(index.ntotal), int(index.d))  # memory map or None
+        self.refine: int | None = None  # IVF-PQ: shortlist refine x k rows, re-ranked exactly (set by load)
         self._checked: set[str] = set()  # cases verified unchanged in the prepared cache
 
     @classmethod
     def load(cls, path: str | os.PathLike, prepared_dir: str | os.PathLike | None = None,
-             nprobe: int | None = None, ef_search: int | None = None) -> SupportBank:
+             nprobe: int | None = None, ef_search: int | None = None,
+             refine: int | None = None) -> SupportBank:
         """Open a bank folder.
 
         Args:
             prepared_dir: where the prepared cache is now (default: the recorded absolute
                 path, else the recorded path relative to the bank).
             nprobe, ef_search: override the stored IVF / HNSW search settings.
+            refine: override the stored IVF-PQ shortlist length (a multiple of k, at least 1;
+                ignored by other kinds).
         Raises:
-            InputError: not a bank, an empty bank, or metadata that disagrees with the index.
+            InputError: not a bank, an empty bank, metadata that disagrees with the index, refine < 1.
         """
         path = Path(path)
         if not path.is_dir():
@@ -200,8 +214,13 @@ class SupportBank:
         prepared = _locate_prepared(path, info, prepared_dir)
         added = {d["id"]: path / ADDITIONS_DIR for d in info.additions or []}
         _check_slices_exist(path / "metadata.csv", case_ids, zs, prepared, added)
-        return cls(path, index, info, identity, np.asarray(case_ids), np.asarray(zs, dtype=np.int64),
+        bank = cls(path, index, info, identity, np.asarray(case_ids), np.asarray(zs, dtype=np.int64),
                    np.asarray(rel, dtype=np.float64), organs, prepared)
+        if refine is not None and int(refine) < 1:
+            raise InputError(path, f"refine {refine} must be at least 1 (shortlist refine x k rows)")
+        if info.kind == "ivfpq" and bank.embeddings is not None:
+            bank.refine = int(refine or stored.get("refine") or PQ_REFINE)
+        return bank
 
     def vectors(self) -> np.ndarray:
         """The bank's exact embeddings, float32 ``(n, D)`` in row order: the memory map of
@@ -218,7 +237,7 @@ class SupportBank:
 
     @property
     def kind(self) -> str:
-        """Resolved index kind (``flat``, ``ivf`` or ``hnsw``)."""
+        """Resolved index kind (``flat``, ``ivf``, ``ivfpq`` or ``hnsw``)."""
         return self.info.kind
 
     def prepare_meta(self) -> CacheMeta:
@@ -287,9 +306,14 @@ class SupportBank:
                                         f"{sorted(set(exclude_cases))} and requiring organs {sorted(set(require_organs))}")
         # enough for an exact index to hold k eligible rows; with a prior, room to re-rank
         fetch = min(n, (n - n_eligible) + (max(8 * k, 64) if weight else k))
-        sims, rows = search(self.index, q, fetch)  # one batched search; widened per query if needed
+        sims, rows = self._search(q, fetch)  # one batched search; widened per query if needed
         return [self._query_one(q[i], k, eligible, weight, float(qz[i]), fetch, (sims[i], rows[i]))
                 for i in range(len(q))]
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bank's one index search: top ``k`` of float32 ``(Q, D)`` queries as
+        ``(cosines float32 (Q, k), rows int64 (Q, k))``; IVF-PQ re-ranked (module docstring)."""
+        return search(self.index, q, k, vectors=self.embeddings if self.refine else None, refine=self.refine)
 
     def _eligible(self, exclude: set[str], organs: tuple[int, ...]) -> np.ndarray:
         """Bool ``(n,)``: rows not in an excluded case and containing every required organ."""
@@ -320,7 +344,7 @@ class SupportBank:
             if complete or fetch >= n:
                 break
             fetch = min(n, 2 * fetch)
-            sims, rows = (a[0] for a in search(self.index, vector[None], fetch))
+            sims, rows = (a[0] for a in self._search(vector[None], fetch))
         if len(hits) < k:  # an approximate index ran out of candidates: score eligible rows exactly
             rows = np.flatnonzero(eligible)
             sims = (np.asarray(self.vectors()[rows]) @ vector).astype(np.float32)

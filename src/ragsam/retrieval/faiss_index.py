@@ -24,13 +24,19 @@ Kinds (``build_index(kind=...)``):
   8 dimensions each, the largest divisor of ``D`` not above ``D / 8`` otherwise) of
   ``nbits = 8`` (256 centroids each; fewer for tiny banks, :func:`pq_bits`, so each
   centroid keeps ~32 training points), i.e. ``m`` bytes a vector: 96 B for D = 768
-  (32x less than float32), 48 B for D = 384. Scores are PQ approximations, so
-  recall@10 can stay below the target at any ``nprobe``; the calibration records what
-  it reached (``calibration.recall_at_k``): ``nprobe`` is the smallest reaching
-  the target or, when the recall scanning every list is below it, 0.99 of that recall
-  (``calibration.ceiling_fraction``). ``auto`` never picks it. Measured at 1e5 clustered
-  vectors on one core (bench/results/cpu/retrieval_index_ivfpq_1e5.json): 151 B a vector
-  in memory at D = 768 (flat: 3072), 0.25 ms a query, recall@10 0.39 (IVF: 0.999).
+  (32x less than float32), 48 B for D = 384. PQ scores are approximations (alone:
+  recall@10 0.39 at 1e5 clustered vectors, bench/results/cpu/retrieval_index_ivfpq_1e5.json),
+  so a bank re-ranks (:func:`search` with ``vectors``): the index gives a shortlist of
+  ``refine x k`` rows (``settings["refine"]``, default :data:`PQ_REFINE`), their exact
+  inner products are computed from the float32 vectors (the bank's memory-mapped
+  ``embeddings.npy``: only the shortlisted rows are read) and the top ``k`` of those are
+  returned, scores exact. The ``nprobe`` calibration measures recall with this re-ranking.
+  Recall can still stay below the target at any ``nprobe`` (a true neighbour PQ ranks
+  below the shortlist is never seen), so when scanning every list misses the target,
+  ``nprobe`` is the smallest reaching 0.99 of that all-lists recall
+  (``calibration.ceiling_fraction``); the all-lists search is made only then (with
+  re-ranking the target is usually reached well below ``nlist``, and that search, the
+  most expensive one, was wasted). ``auto`` never picks ``ivfpq``.
 * ``"hnsw"`` - ``IndexHNSWFlat`` (``M = 32`` links, ``efConstruction = 200``,
   ``efSearch`` default 128), metric inner product. No training, but slow to
   build on CPU (1e5 x 768: 287 s on one core); memory ``n (4 D + 8 M)`` bytes.
@@ -64,6 +70,7 @@ PQ_DIMS_PER_SUBQUANTIZER = 8
 PQ_MAX_BITS = 8
 PQ_POINTS_PER_CENTROID = 32
 PQ_CEILING_FRACTION = 0.99
+PQ_REFINE = 10  # IVF-PQ shortlist: refine x k rows re-scored exactly
 FLAT_MAX = 100_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
@@ -147,7 +154,7 @@ def check_unit_vectors(vectors: np.ndarray, what: str = "vectors") -> np.ndarray
 
 def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = None,
                 nprobe: int | None = None, hnsw_m: int = HNSW_M, ef_search: int | None = None,
-                seed: int = 0, target_recall: float | None = TARGET_RECALL):
+                seed: int = 0, target_recall: float | None = TARGET_RECALL, refine: int = PQ_REFINE):
     """Build and fill an inner-product index.
 
     Args:
@@ -159,6 +166,8 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
         hnsw_m, ef_search: HNSW settings.
         seed: seeds the IVF training sample, k-means and the calibration queries.
         target_recall: recall@10 the calibrated ``nprobe`` must reach on held-out bank vectors.
+        refine: IVF-PQ only: shortlist ``refine x k`` rows per search, re-scored exactly
+            (stored as ``settings["refine"]``, used by the calibration and by the bank).
     Returns:
         ``(index, settings)``; ``settings`` is a JSON-able dict with the resolved kind and
         parameters (for IVF also ``train_points``, ``kmeans_iterations`` and ``calibration``).
@@ -172,6 +181,8 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
         raise InputError(None, "cannot build an index of zero vectors")
     if target_recall is not None and not 0.0 < target_recall <= 1.0:
         raise InputError(None, f"target recall {target_recall} must be in (0, 1]")
+    if int(refine) < 1:
+        raise InputError(None, f"refine {refine} must be at least 1 (shortlist refine x k rows)")
     n, dim = x.shape
     resolved = choose_kind(n) if kind == "auto" else kind
     settings: dict = {"kind": resolved, "requested_kind": kind, "metric": "inner_product", "dim": dim, "count": n}
@@ -189,7 +200,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
             m, nbits = pq_subquantizers(dim), pq_bits(len(sample))
             index = faiss.IndexIVFPQ(quantizer, dim, lists, m, nbits, faiss.METRIC_INNER_PRODUCT)
             index.pq.cp.seed = int(seed)
-            settings.update(pq_m=m, pq_nbits=nbits, bytes_per_vector=index.code_size)
+            settings.update(pq_m=m, pq_nbits=nbits, bytes_per_vector=index.code_size, refine=int(refine))
         index.cp.spherical = True  # centroids on the unit sphere suit cosine data
         index.cp.seed = int(seed)
         index.cp.niter = IVF_KMEANS_ITERATIONS
@@ -206,7 +217,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
         limit = max(1, int(AUTO_MAX_PROBE_FRACTION * index.nlist)) if kind == "auto" else None
         ceiling = PQ_CEILING_FRACTION if resolved == "ivfpq" else None
         nprobe, recall = calibrate_nprobe(index, x, target_recall, seed=seed, max_nprobe=limit,
-                                          ceiling_fraction=ceiling)
+                                          ceiling_fraction=ceiling, refine=settings.get("refine"))
         calibration = {"target_recall": float(target_recall), "recall_at_k": round(recall, 4), "nprobe": nprobe,
                        **({"ceiling_fraction": ceiling} if ceiling else {}),
                        "k": min(CALIBRATION_K, n - 1), "queries": min(CALIBRATION_QUERIES, n), "seed": int(seed)}
@@ -247,22 +258,28 @@ def held_out_recall(found: tuple[np.ndarray, np.ndarray], exact: tuple[np.ndarra
 
 def calibrate_nprobe(index, vectors: np.ndarray, target_recall: float = TARGET_RECALL,
                      queries: int = CALIBRATION_QUERIES, k: int = CALIBRATION_K, seed: int = 0,
-                     max_nprobe: int | None = None, ceiling_fraction: float | None = None) -> tuple[int, float]:
+                     max_nprobe: int | None = None, ceiling_fraction: float | None = None,
+                     refine: int | None = None) -> tuple[int, float]:
     """Smallest ``nprobe`` (up to 1/8 more above 8) whose held-out recall@``k`` reaches ``target_recall``.
 
     ``queries`` bank vectors (seeded choice) search the filled IVF index with their own
-    row left out (:func:`held_out_recall`); exact neighbours come from ``faiss.knn``.
-    Recall cannot fall as ``nprobe`` grows (more lists, exact scores), so doubling
-    ``nprobe`` and then bisecting finds it in ``O(log nlist)`` searches; bisection
-    stops within 1/8 because searches with large ``nprobe`` cost nearly a full scan each.
+    row left out (:func:`held_out_recall`), as the bank searches (:func:`search`; with
+    ``refine``, re-ranked exactly with ``vectors``); exact neighbours come from ``faiss.knn``.
+    Recall does not fall as ``nprobe`` grows (IVF-flat: more lists, exact scores; IVF-PQ
+    nearly so), so doubling ``nprobe`` and then bisecting finds it in ``O(log nlist)``
+    searches; bisection stops within 1/8 because searches with large ``nprobe`` cost
+    nearly a full scan each.
 
     Args:
         index: a filled ``faiss.IndexIVF`` (its ``nprobe`` is left at the result).
         vectors: float32 ``(n, D)``, the vectors the index holds, in id order.
         max_nprobe: largest value tried (default ``nlist``).
-        ceiling_fraction: lower the target to this fraction of the recall at ``max_nprobe``
-            when that is below it (IVF-PQ: quantised scores cap the recall at any ``nprobe``,
-            and scanning every list to chase an unreachable target gains nothing).
+        ceiling_fraction: when the recall at ``max_nprobe`` is below the target, lower the
+            target to this fraction of it (IVF-PQ: a true neighbour that PQ ranks below the
+            shortlist is missed at any ``nprobe``, and scanning every list to chase an
+            unreachable target gains nothing). The recall at ``max_nprobe`` is measured only
+            when the doubling reaches it without meeting the target.
+        refine: re-rank a shortlist of ``refine x (k + 1)`` rows exactly (IVF-PQ; see :func:`search`).
     Returns:
         ``(nprobe, recall)``; the largest value tried and its recall if the target is
         not reached (``(nlist, 1.0)`` if the index holds fewer than two vectors).
@@ -282,17 +299,19 @@ def calibrate_nprobe(index, vectors: np.ndarray, target_recall: float = TARGET_R
     def recall(p: int) -> float:
         if p not in measured:
             index.nprobe = p
-            _, ids = index.search(q, k + 1)  # judged by exact cosines (IVF-PQ's own scores are approximate)
-            scores = np.einsum("qkd,qd->qk", vectors[np.maximum(ids, 0)], q)
+            _, ids = search(index, q, k + 1, vectors=vectors if refine else None, refine=refine)
+            scores = np.einsum("qkd,qd->qk", vectors[np.maximum(ids, 0)], q)  # exact, whatever the index scored
             measured[p] = held_out_recall((np.where(ids >= 0, scores, -np.inf), ids), exact, rows, k)
         return measured[p]
 
     limit = nlist if max_nprobe is None else max(1, min(int(max_nprobe), nlist))
-    if ceiling_fraction is not None:
-        target_recall = min(target_recall, ceiling_fraction * recall(limit))
     low, high = 0, 1  # recall(low) < target (0: not tried); recall(high) >= target once found
     while high < limit and recall(high) < target_recall:
         low, high = high, min(2 * high, limit)
+    if recall(high) < target_recall and ceiling_fraction is not None:  # high == limit: the target is out of reach
+        target_recall = ceiling_fraction * recall(limit)
+        high = min(p for p, r in measured.items() if r >= target_recall)
+        low = max((p for p, r in measured.items() if r < target_recall and p < high), default=0)
     if recall(high) >= target_recall:
         while high - low > max(1, high // 8):
             mid = (low + high) // 2
@@ -315,21 +334,59 @@ def set_search_params(index, nprobe: int | None = None, ef_search: int | None = 
     return {}
 
 
-def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` by inner product.
+def search(index, queries: np.ndarray, k: int, *, vectors: np.ndarray | None = None,
+           refine: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` by inner product; with ``vectors`` and ``refine``, re-ranked exactly.
+
+    Re-ranking (IVF-PQ banks): the index returns a shortlist of ``min(n, refine x k)``
+    rows by its own (approximate) scores; :func:`exact_rerank` scores them with the exact
+    inner products of ``vectors`` and keeps the best ``k``. The result is exact search
+    whenever the true top ``k`` lie in the shortlist.
 
     Args:
         queries: float32 ``(Q, D)`` unit vectors.
+        vectors: float32 ``(n, D)``, the indexed vectors in id order (e.g. the bank's
+            memory-mapped ``embeddings.npy``); only shortlisted rows are read.
+        refine: shortlist length as a multiple of ``k`` (``None``: no re-ranking).
     Returns:
-        ``(scores float32 (Q, k), rows int64 (Q, k))`` best first; row ``-1`` (score
-        ``-inf``-like) where an approximate index found fewer than ``k``.
+        ``(scores float32 (Q, k), rows int64 (Q, k))`` best first (re-ranked: ties by
+        row); row ``-1`` (score ``-inf``-like) where an approximate index found fewer than ``k``.
     """
     q = check_unit_vectors(queries, "query vectors")
     if q.shape[1] != index.d:
         raise InputError(None, f"query vectors have dimension {q.shape[1]}, the index {index.d}")
-    k = max(1, min(int(k), int(index.ntotal)))
-    scores, rows = index.search(q, k)
-    return scores.astype(np.float32), rows.astype(np.int64)
+    n = int(index.ntotal)
+    k = max(1, min(int(k), n))
+    if vectors is None or not refine:
+        scores, rows = index.search(q, k)
+        return scores.astype(np.float32), rows.astype(np.int64)
+    _, shortlist = index.search(q, min(n, int(refine) * k))
+    return exact_rerank(vectors, q, shortlist.astype(np.int64), k)
+
+
+def exact_rerank(vectors: np.ndarray, queries: np.ndarray, shortlist: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of each shortlist with the largest exact inner products.
+
+    One query at a time, so a memory map only has ``s`` rows read per query (and the
+    working set is ``s x D`` floats, not ``Q x s x D``).
+
+    Args:
+        vectors: float32 ``(n, D)`` (a memory map is fine).
+        queries: float32 ``(Q, D)``.
+        shortlist: int64 ``(Q, s)`` candidate rows, ``-1`` for none.
+    Returns:
+        ``(scores float32 (Q, k), rows int64 (Q, k))``, by exact score, ties by row;
+        missing candidates as row ``-1``, score ``-inf``.
+    """
+    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for i, (query, rows) in enumerate(zip(queries, shortlist, strict=True)):
+        rows = rows[rows >= 0]
+        scores = np.asarray(vectors[rows], dtype=np.float32) @ query
+        best = np.lexsort((rows, -scores))[:k]
+        out_scores[i, :len(best)], out_rows[i, :len(best)] = scores[best], rows[best]
+    return out_scores, out_rows
 
 
 def reconstruct_all(index) -> np.ndarray:
