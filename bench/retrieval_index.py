@@ -14,8 +14,13 @@ mixture.
   queries (what segmenting one slice needs) and throughput of a batch of
   queries; recall@10 against the exact neighbours. IVF's ``build_s`` includes
   the build-time ``nprobe`` calibration (also given alone as ``calibrate_s``; IVF-PQ's
-  target capped at 0.99 of its all-lists recall, as ``build_index`` does);
+  target capped at 0.99 of its all-lists recall when out of reach, as ``build_index`` does);
   ``sweep`` gives its recall and latency at other ``nprobe`` values.
+* ``ivfpq_refine`` (measured with ``ivfpq``, on the same trained index; ``build_s`` = that
+  index's train + add time plus its own calibration): what an IVF-PQ bank does, a shortlist
+  of ``--refine x k`` rows re-scored with exact inner products of the vectors, read from a
+  memory-mapped ``.npy`` (written to ``--tmp``; ``embeddings_bytes`` on disk). Plain
+  ``ivfpq`` in the same run is its reference.
 
 ``--spread`` sets how far points lie from their cluster direction (0.6: cosine
 ~0.74 within a cluster; larger is harder for IVF, which then needs more lists).
@@ -91,25 +96,27 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
                                                                                                    strict=True)]))
 
 
-def single_queries(index, q: np.ndarray) -> tuple[list[float], np.ndarray]:
-    """Seconds of each one-query search and the rows found, ``(Q, K)``."""
+def single_queries(index, q: np.ndarray, vectors: np.ndarray | None = None,
+                   refine: int | None = None) -> tuple[list[float], np.ndarray]:
+    """Seconds of each one-query search and the rows found, ``(Q, K)`` (re-ranked with ``vectors`` and ``refine``)."""
     from ragsam.retrieval.faiss_index import search
 
     times, found = [], np.empty((len(q), K), dtype=np.int64)
     for i in range(len(q)):
         start = time.perf_counter()
-        _, rows = search(index, q[i:i + 1], K)
+        _, rows = search(index, q[i:i + 1], K, vectors=vectors, refine=refine)
         times.append(time.perf_counter() - start)
         found[i] = rows[0]
     return times, found
 
 
-def nprobe_sweep(index, q: np.ndarray, truth: np.ndarray) -> list[dict]:
+def nprobe_sweep(index, q: np.ndarray, truth: np.ndarray, vectors: np.ndarray | None = None,
+                 refine: int | None = None) -> list[dict]:
     """Recall@10 and median single-query ms of an IVF index at :data:`SWEEP_NPROBE` (restores its nprobe)."""
     chosen, out = index.nprobe, []
     for nprobe in (p for p in SWEEP_NPROBE if p <= index.nlist):
         index.nprobe = nprobe
-        times, found = single_queries(index, q)
+        times, found = single_queries(index, q, vectors, refine)
         out.append({"nprobe": nprobe, "query_ms_median": round(1e3 * statistics.median(times), 3),
                     "recall_at_10": round(recall_at_k(found, truth), 4)})
     index.nprobe = chosen
@@ -117,11 +124,9 @@ def nprobe_sweep(index, q: np.ndarray, truth: np.ndarray) -> list[dict]:
 
 
 def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, seed: int = 0,
-               spread: float = 0.6, target_recall: float = 0.95) -> dict:
+               spread: float = 0.6, target_recall: float = 0.95, refine: int = 10, tmp: str | None = None) -> dict:
     """All index kinds at one (n, D)."""
-    import faiss
-
-    from ragsam.retrieval.faiss_index import PQ_CEILING_FRACTION, build_index, calibrate_nprobe, search
+    import tempfile
 
     vectors, centres = clustered_unit_vectors(n, dim, seed, spread=spread)
     q, _ = clustered_unit_vectors(queries, dim, seed + 1, centres, spread=spread)
@@ -139,36 +144,61 @@ def bench_size(n: int, dim: int, kinds: list[str], queries: int, hnsw_max: int, 
             row[kind] = {"skipped": f"n > --hnsw-max {hnsw_max} (HNSW took 186-287 s to build at 1e5 on one "
                                     "core; the build grows faster than n)"}
             continue
-        load = load_average()
-        start = time.perf_counter()
-        index, settings = build_index(vectors, kind, seed=seed, target_recall=None)  # calibration timed apart
-        calibrate_s = None
+        with tempfile.TemporaryDirectory(dir=tmp) as folder:
+            stored = None
+            if kind == "ivfpq" and refine:
+                np.save(Path(folder) / "embeddings.npy", vectors)
+                stored = np.load(Path(folder) / "embeddings.npy", mmap_mode="r")  # as the bank reads it
+            row.update(bench_kind(kind, vectors, q, truth, row["reference"]["query_ms_median"], seed,
+                                  target_recall, refine, stored))
+            del stored
+    row["load_average_end"] = load_average()
+    return row
+
+
+def bench_kind(kind: str, vectors: np.ndarray, q: np.ndarray, truth: np.ndarray, ref_ms: float, seed: int,
+               target_recall: float, refine: int, stored: np.ndarray | None) -> dict:
+    """``{kind: figures}``; for ``ivfpq`` with ``stored`` (memory map) also ``ivfpq_refine`` on the same index."""
+    import faiss
+
+    from ragsam.retrieval.faiss_index import PQ_CEILING_FRACTION, build_index, calibrate_nprobe, search
+
+    n, dim = vectors.shape
+    load = load_average()
+    start = time.perf_counter()
+    index, built = build_index(vectors, kind, seed=seed, target_recall=None, refine=refine)  # calibration timed apart
+    train_s = time.perf_counter() - start
+    index_bytes = int(faiss.serialize_index(index).nbytes)  # what the index holds in memory, as written
+    modes = [(kind, None)] + ([("ivfpq_refine", refine)] if stored is not None else [])
+    out = {}
+    for name, shortlist in modes:
+        settings, calibrate_s = dict(built), None
         if kind in ("ivf", "ivfpq"):
             calibrated = time.perf_counter()
-            nprobe, recall = calibrate_nprobe(index, vectors, target_recall, seed=seed,
+            nprobe, recall = calibrate_nprobe(index, vectors, target_recall, seed=seed, refine=shortlist,
                                               ceiling_fraction=PQ_CEILING_FRACTION if kind == "ivfpq" else None)
             calibrate_s = round(time.perf_counter() - calibrated, 3)
             settings.update(nprobe=nprobe, calibration={"target_recall": target_recall, "recall_at_k": round(recall, 4)})
-        build_s = time.perf_counter() - start
-        single, found = single_queries(index, q)
+        settings["refine"] = shortlist
+        exact = stored if shortlist else None
+        single, found = single_queries(index, q, exact, shortlist)
         start = time.perf_counter()
-        search(index, q, K)
+        search(index, q, K, vectors=exact, refine=shortlist)
         batch_s = time.perf_counter() - start
-        ref_ms = row["reference"]["query_ms_median"]
         query_ms = 1e3 * statistics.median(single)
-        row[kind] = {"settings": settings, "build_s": round(build_s, 3), "query_ms_median": round(query_ms, 3),
-                     "batch_queries_per_s": round(queries / batch_s, 1),
+        out[name] = {"settings": settings, "build_s": round(train_s + (calibrate_s or 0.0), 3),
+                     "query_ms_median": round(query_ms, 3), "batch_queries_per_s": round(len(q) / batch_s, 1),
                      "recall_at_10": round(recall_at_k(found, truth), 4),
                      "speedup_vs_reference": round(ref_ms / query_ms, 2) if query_ms else None,
-                     "load_average": load}
-        index_bytes = int(faiss.serialize_index(index).nbytes)  # what the index holds in memory, as written
-        row[kind].update(index_bytes=index_bytes, index_bytes_per_vector=round(index_bytes / n, 1),
-                         float32_bytes=4 * n * dim)
+                     "load_average": load, "index_bytes": index_bytes,
+                     "index_bytes_per_vector": round(index_bytes / n, 1), "float32_bytes": 4 * n * dim}
+        if shortlist:
+            out[name]["embeddings_bytes"] = int(stored.nbytes)  # on disk, memory-mapped: rows read per query
         if kind in ("ivf", "ivfpq"):
-            row[kind].update(calibrate_s=calibrate_s, sweep=nprobe_sweep(index, q, truth))
-        del index
-    row["load_average_end"] = load_average()
-    return row
+            out[name].update(train_s=round(train_s, 3), calibrate_s=calibrate_s,
+                             sweep=nprobe_sweep(index, q, truth, exact, shortlist))
+        load = load_average()
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -181,6 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="skip HNSW above this many vectors (1e6 takes tens of minutes on 2 cores)")
     parser.add_argument("--spread", type=float, default=0.6, help="distance of points from their cluster direction")
     parser.add_argument("--target-recall", type=float, default=0.95, help="recall@10 IVF's nprobe is calibrated to")
+    parser.add_argument("--refine", type=int, default=10,
+                        help="ivfpq_refine: shortlist refine x k rows re-ranked exactly (0: no ivfpq_refine row)")
+    parser.add_argument("--tmp", default=None, help="folder for ivfpq_refine's memory-mapped vectors (default: system temp)")
     parser.add_argument("--max-bytes", type=float, default=4e9,
                         help="skip (n, D) whose vectors exceed this many bytes (1e6 x 768 float32 = 3.1e9)")
     args = parser.parse_args(argv)
@@ -197,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
                 skipped.append({"n": n, "dim": dim, "why": f"{4 * n * dim / 1e9:.1f} GB > --max-bytes"})
                 continue
             results.append(bench_size(n, dim, args.kinds, args.queries, args.hnsw_max, spread=args.spread,
-                                      target_recall=args.target_recall))
+                                      target_recall=args.target_recall, refine=args.refine, tmp=args.tmp))
     result = {"benchmark": "retrieval_index", "machine": machine(), "device": "cpu", "quick": args.quick,
               "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(), "k": K,
               "results": results, "skipped": skipped}
