@@ -18,8 +18,9 @@ def build_cmd(
                                  "preset (dinov2-small), official .pth, 'random' or 'tiny'."),
     kind: str = typer.Option("auto", help="Faiss index: auto (exact flat below 100k slices, else IVF with "
                              "nprobe calibrated to recall@10 0.95, or flat when IVF would need more than a "
-                             "quarter of its lists), flat, ivf, ivfpq (product-quantised, m = D/8 bytes a slice, approximate "
-                             "scores: for banks that do not fit in memory) or hnsw."),
+                             "quarter of its lists), flat, ivf, ivfpq (product-quantised, m = D/8 bytes a slice, a 10 x k "
+                             "shortlist re-ranked exactly from the memory-mapped embeddings: for banks that "
+                             "do not fit in memory) or hnsw."),
     pooling: str = typer.Option("cls", help="Slice descriptor: cls token or mean of patch tokens."),
     image_size: int = typer.Option(224, help="Embedder input side in pixels (multiple of 14)."),
     batch_size: int = typer.Option(32, help="Slices per embedder forward pass."),

@@ -175,7 +175,8 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         prepared_dir: folder written by ``ragsam prepare``.
         out_dir: the bank folder to create (replaced only with ``force``).
         embedder_weights: see :func:`ragsam.retrieval.embedder.build_embedder`.
-        kind: Faiss index kind (``auto``, ``flat``, ``ivf``, ``hnsw``).
+        kind: Faiss index kind (``auto``, ``flat``, ``ivf``, ``ivfpq``, ``hnsw``; ``ivfpq`` banks
+            re-rank a shortlist from ``embeddings.npy``, see :mod:`ragsam.retrieval.bank`).
         pooling: ``cls`` or ``mean``.
         labelled_only: only cases with ``label.npy`` (otherwise unlabelled cases are
             embedded too; they can be retrieved but not used as supports).
