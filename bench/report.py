@@ -90,14 +90,14 @@ def retrieval_index(d: dict[str, Any]) -> list[str]:
         ref = r["reference"]
         out.append(f"| {r['n']:.0e} | {r['dim']} | reference (NumPy exact) | - | {ref['query_ms_median']:.3f} | - | "
                    f"1.0 | 1.00x | {_load(r['load_average_start'])} |")
-        for kind in ("flat", "ivf", "hnsw"):
+        for kind in ("flat", "ivf", "ivfpq", "ivfpq_refine", "hnsw"):
             if kind not in r:
                 continue
             x = r[kind]
             if "skipped" in x:
                 out.append(f"| {r['n']:.0e} | {r['dim']} | {kind} | skipped: {x['skipped']} | | | | | |")
                 continue
-            extra = ", ".join(f"{k}={v}" for k, v in x["settings"].items() if k in ("nlist", "nprobe", "ef_search"))
+            extra = ", ".join(f"{k}={v}" for k, v in x["settings"].items() if k in ("nlist", "nprobe", "ef_search", "refine") and v)
             out.append(f"| {r['n']:.0e} | {r['dim']} | {kind}{' (' + extra + ')' if extra else ''} | {x['build_s']:.2f} | "
                        f"{x['query_ms_median']:.3f} | {x['batch_queries_per_s']:.0f} | {x['recall_at_10']:.3f} | "
                        f"{x['speedup_vs_reference']}x | {_load(r['load_average_end'])} |")
