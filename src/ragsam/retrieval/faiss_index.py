@@ -36,7 +36,11 @@ Kinds (``build_index(kind=...)``):
   ``nprobe`` is the smallest reaching 0.99 of that all-lists recall
   (``calibration.ceiling_fraction``); the all-lists search is made only then (with
   re-ranking the target is usually reached well below ``nlist``, and that search, the
-  most expensive one, was wasted). ``auto`` never picks ``ivfpq``.
+  most expensive one, was wasted). ``auto`` never picks ``ivfpq``. Measured on one core
+  (bench/results/cpu/retrieval_index_ivfpq_refine_*.json, clustered vectors): re-ranked
+  recall@10 0.995 / 0.999 at 1e5 x 384 / 768 (PQ alone 0.38), 0.985 / 0.999 at 1e6
+  (PQ alone 0.29 / 0.30); 0.17-0.68 ms a query once the memory map's pages are touched
+  (+0.08-0.13 ms over PQ alone); 63-151 B a vector in memory.
 * ``"hnsw"`` - ``IndexHNSWFlat`` (``M = 32`` links, ``efConstruction = 200``,
   ``efSearch`` default 128), metric inner product. No training, but slow to
   build on CPU (1e5 x 768: 287 s on one core); memory ``n (4 D + 8 M)`` bytes.
