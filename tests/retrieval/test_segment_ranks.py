@@ -130,16 +130,17 @@ def test_two_gloo_ranks_segment_what_one_process_segments(setup, tmp_path, monke
     assert rag.shape == hybrid.shape == (6, 101, 122) and (rag != hybrid).any()  # the run's term took part
 
 
-@pytest.mark.parametrize("failed", [0, 1])  # rank 0 also hosts the rendezvous
-def test_a_rank_that_fails_on_its_input_fails_every_rank_at_once(setup, tmp_path, failed):
-    missing = tmp_path / "not-on-this-node"  # this rank's copy of the input folder is missing
-    argvs = [[_argv(setup, missing if rank == failed else setup / "cases", tmp_path / "out", False)]
-             for rank in (0, 1)]
-    # the failure happens before the failed rank's first exchange: the other rank loads the
-    # models and would wait for it in a collective; it must learn of it there, well within the
-    # process group timeout (a rank still running at the deadline fails the test)
+def test_a_rank_that_fails_on_its_input_fails_every_rank_at_once(setup, tmp_path):
+    missing = tmp_path / "not-on-this-node"  # the failed rank's copy of the input folder is missing
+    # command 1: rank 0 fails, before its first exchange and before the process group exists
+    # (it hosts the rendezvous); command 2, in the same processes: rank 1 fails. Each time the
+    # other rank loads the models and waits in a collective: it must learn of the failure
+    # there, well within the process group's timeout (a rank still running at the deadline
+    # fails the test), and the next command must still line up.
+    argvs = [[_argv(setup, missing if rank == failed else setup / "cases", tmp_path / f"out{failed}", False)
+              for failed in (0, 1)] for rank in (0, 1)]
     results = run_ranks(_commands, argvs, pg_timeout_s=60, deadline_s=50)
-    line = f"{missing}: does not exist"
-    assert results[failed] == ("ok", [(2, "", f"ragsam: error: {line}\n", [])])
-    assert results[1 - failed] == ("ok", [(2, "", f"ragsam: error: rank {failed}: {line}\n", [])])  # no case ran
+    own, peer = (2, "", f"ragsam: error: {missing}: does not exist\n", []), "ragsam: error: rank {}: {}: does not exist\n"
+    assert results == {0: ("ok", [own, (2, "", peer.format(1, missing), [])]),
+                       1: ("ok", [(2, "", peer.format(0, missing), []), own])}  # no case ran
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing written, half or whole

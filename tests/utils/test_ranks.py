@@ -148,12 +148,13 @@ def test_a_failure_outside_any_exchange_reaches_every_rank_and_the_next_command_
         monkeypatch) -> None:
     from two_ranks import run_ranks
 
-    plan = [(0, "before"), (1, "after"), (None, ""), (1, "before"), (0, "after"), (None, "")]
+    # rank 1 first fails before the process group exists (rank 0 waits in its rendezvous)
+    plan = [(1, "before"), (0, "after"), (None, ""), (0, "before"), (1, "after"), (None, "")]
     results = run_ranks(_commands_in_turn, plan, pg_timeout_s=60, deadline_s=50)
     own, peer = "InputError: case{}.nii.gz: unreadable", "RankFailedError: rank {0}: case{0}.nii.gz: unreadable"
     assert results == {
-        0: ("ok", [own.format(0), peer.format(1), "[0, 1]", peer.format(1), own.format(0), "[0, 1]"]),
-        1: ("ok", [peer.format(0), own.format(1), "[0, 1]", own.format(1), peer.format(0), "[0, 1]"]),
+        0: ("ok", [peer.format(1), own.format(0), "[0, 1]", own.format(0), peer.format(1), "[0, 1]"]),
+        1: ("ok", [own.format(1), peer.format(0), "[0, 1]", peer.format(0), own.format(1), "[0, 1]"]),
     }
     monkeypatch.delenv("WORLD_SIZE", raising=False)  # alone: the function itself, no exchange
     assert _one_exchange_command(None, "") == [0]
