@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from ragsam.data.geometry import Geometry
 from ragsam.data.volume import write_labels
+from ragsam.errors import InputError, RagsamError
 from ragsam.evaluation.evaluate import evaluate
 from ragsam.utils import ranks
 
@@ -118,3 +119,42 @@ def test_shard_todo_follows_the_full_case_list_not_the_plan() -> None:
     todo = [Job(c) for c in ["b", "c", "d"]]
     assert [j.case_id for j in ranks.shard_todo(todo, ids, ranks.Ranks(1, 2))] == ["b", "d"]
     assert [j.case_id for j in ranks.shard_todo(todo, ids, ranks.Ranks(0, 2))] == ["c"]
+
+
+@ranks.fail_together
+def _one_exchange_command(fail_rank: int | None, when: str) -> list[int]:
+    """A command with one exchange (every rank's rank); ``fail_rank`` raises ``when`` = "before" or "after" it."""
+    rank = ranks.current().rank
+    if rank == fail_rank and when == "before":
+        raise InputError(f"case{rank}.nii.gz", "unreadable")
+    got = ranks.gather_objects(rank)
+    if rank == fail_rank and when == "after":
+        raise InputError(f"case{rank}.nii.gz", "unreadable")
+    return got
+
+
+def _commands_in_turn(plan: list[tuple[int | None, str]]) -> list[str]:
+    """Rank target: run :func:`_one_exchange_command` once per ``plan`` entry; each outcome as text."""
+    outcomes = []
+    for fail_rank, when in plan:
+        try:
+            outcomes.append(repr(_one_exchange_command(fail_rank, when)))
+        except RagsamError as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+    return outcomes
+
+
+def test_a_failure_outside_any_exchange_reaches_every_rank_and_the_next_command_still_lines_up(
+        monkeypatch) -> None:
+    from two_ranks import run_ranks
+
+    # rank 1 first fails before the process group exists (rank 0 waits in its rendezvous)
+    plan = [(1, "before"), (0, "after"), (None, ""), (0, "before"), (1, "after"), (None, "")]
+    results = run_ranks(_commands_in_turn, plan, pg_timeout_s=60, deadline_s=50)
+    own, peer = "InputError: case{}.nii.gz: unreadable", "RankFailedError: rank {0}: case{0}.nii.gz: unreadable"
+    assert results == {
+        0: ("ok", [peer.format(1), own.format(0), "[0, 1]", own.format(0), peer.format(1), "[0, 1]"]),
+        1: ("ok", [own.format(1), peer.format(0), "[0, 1]", peer.format(0), own.format(1), "[0, 1]"]),
+    }
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # alone: the function itself, no exchange
+    assert _one_exchange_command(None, "") == [0]

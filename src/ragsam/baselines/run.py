@@ -348,6 +348,7 @@ def _write_report(run: _Prepared, config: BaselineConfig, result: Any, pred_dir:
     write_report(result, tmp)
 
 
+@ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
 def run_baseline(
     data: str | os.PathLike,
     out_dir: str | os.PathLike,

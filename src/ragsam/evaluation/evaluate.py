@@ -310,6 +310,7 @@ def _score_case(task: _CaseTask) -> tuple[list[MetricRow], str | None]:
     return rows, f"overlays/{png.name}"
 
 
+@ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
 def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, label_map: Any = "btcv",
              out_dir: str | os.PathLike | None = None, nsd_tolerance_mm: float | str = "flare22",
              absent: Absent = "strict", organs: str | Sequence[int | str] | None = None, overlays: bool = True,

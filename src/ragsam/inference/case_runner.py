@@ -231,6 +231,7 @@ def run_cases(plan: CasePlan, work: Callable[[CaseJob], tuple[Any, dict[str, Any
     recorder = CaseRecorder(plan.case_ids)
     for job, recorded in plan.done:
         recorder.skip(job, from_json(job, recorded))
+    ranks.barrier()  # torchrun: a rank that failed to plan or load stops every rank before any case runs
     for job in ranks.shard_todo(plan.todo, plan.case_ids, ranks.current()):  # torchrun: this rank's cases
         try:
             recorder.begin(job)

@@ -313,6 +313,7 @@ def _organs(labels: np.ndarray) -> list[int]:
     return [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v != 0]
 
 
+@ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
 def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike,
             force: bool = False, batch_size: int = 8, device: str = "auto", layout: str = "auto",
             series_uid: str | None = None, cpu_bf16: bool = False, overlap: bool | None = None,
@@ -386,6 +387,7 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         recorder.finish(job, {"slices": result.slices, "organs": result.organs}, result)
         pause_at("predict:case-written")
 
+    ranks.barrier()  # torchrun: a rank that failed to plan or load stops every rank before any case runs
     todo = ranks.shard_todo(plan.todo, plan.case_ids, ranks.current())  # torchrun: this rank's cases
     _pipeline(todo, recorder, load, segment, write, overlap)
     ranks.merge_outcomes(recorder)

@@ -163,6 +163,7 @@ def _embed_chunks(embedder: Any, arrays: dict[str, tuple[np.ndarray, np.ndarray 
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, embedder.dim), np.float32)
 
 
+@ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
 def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
                embedder_weights: str = "facebook/dinov2-small", kind: str = "auto", pooling: str = "cls",
                labelled_only: bool = True, batch_size: int = 32, force: bool = False, *,

@@ -38,6 +38,7 @@ from ragsam.data.file_checks import check_ct_values
 from ragsam.errors import InputError
 from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
 from ragsam.retrieval.support_retrieval import retrieve_supports, support_memories
+from ragsam.utils import ranks
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.threads import apply_threads
@@ -380,6 +381,7 @@ def segment_volume(
                              run_dir, hybrid_weight, progress)
 
 
+@ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
 def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike, bank_dir: str | os.PathLike,
                   sam2_weights: str = "facebook/sam2.1-hiera-tiny", layout: str = "auto",
                   force: bool = False, embedder: Any = None, cache_size: int = 256, device: str = "auto",

@@ -9,12 +9,20 @@ writes those files. A rank that fails sends its error instead of its results, so
 every rank learns of it in the same collective and the command fails on all
 ranks with that message (no rank waits at a barrier for a dead peer).
 
+Every collective here is the same one (an all-gather of ``(status, payload)``), so a
+rank that fails *outside* an exchange (a missing input, a model that does not load,
+before the process group even exists) can still meet its peers: a command wrapped in
+:func:`fail_together` sends that error in one more exchange, which is the one the other
+ranks wait in, and they fail at once with its message instead of at the gloo timeout.
+
 Without torchrun (``WORLD_SIZE`` unset or 1) nothing here imports torch: one
 rank, every item, results returned as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +31,9 @@ from typing import Any, TypeVar
 from ragsam.errors import RagsamError
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SHARED = "_ragsam_sent_to_ranks"  # set on an exception the other ranks already know of
 
 
 @dataclass(frozen=True)
@@ -87,26 +98,73 @@ def _ensure_group() -> None:
         dist.init_process_group(backend="gloo")  # results are Python objects: CPU collectives
 
 
-def _run_and_exchange(work: Callable[[], Any]) -> list[Any]:
-    """Run ``work`` here and all-gather every rank's outcome; raise if any rank failed."""
+def _exchange(payload: tuple[str, Any]) -> list[tuple[str, Any]]:
+    """All-gather this rank's ``(status, payload)``: every rank's, in rank order (the only collective)."""
     import torch.distributed as dist
 
     _ensure_group()
-    ranks = current()
-    error: BaseException | None = None
+    gathered: list[Any] = [None] * current().world
+    dist.all_gather_object(gathered, payload)
+    return gathered
+
+
+def _send_failure(exc: BaseException) -> None:
+    """Send this rank's error in one exchange, once: the exchange the other ranks wait in.
+
+    An exception already known to every rank (sent, or a :class:`RankFailedError`) is not
+    sent again, so each rank takes part in the same number of exchanges."""
+    if getattr(exc, _SHARED, False):
+        return
+    with contextlib.suppress(Exception):  # a dead peer: this rank's own error still stands
+        _exchange(("error", f"rank {current().rank}: {exc}"))
+    _mark_sent(exc)
+
+
+def _mark_sent(exc: BaseException) -> BaseException:
+    with contextlib.suppress(AttributeError):
+        setattr(exc, _SHARED, True)
+    return exc
+
+
+def _run_and_exchange(work: Callable[[], Any]) -> list[Any]:
+    """Run ``work`` here and all-gather every rank's outcome; raise if any rank failed."""
     try:
         payload: tuple[str, Any] = ("ok", work())
     except Exception as exc:  # sent to the other ranks, then raised here
-        error = exc
-        payload = ("error", f"rank {ranks.rank}: {exc}")
-    gathered: list[Any] = [None] * ranks.world
-    dist.all_gather_object(gathered, payload)
-    if error is not None:
-        raise error
+        _send_failure(exc)
+        raise
+    gathered = _exchange(payload)
     failed = [msg for status, msg in gathered if status == "error"]
     if failed:
-        raise RankFailedError(failed[0])
+        raise _mark_sent(RankFailedError(failed[0]))
     return [value for _, value in gathered]
+
+
+def fail_together(fn: F) -> F:
+    """Decorate a command that runs on every rank so that a rank failing anywhere in it fails
+    every rank, promptly, with its message.
+
+    Under torchrun a rank that raises outside an exchange (before its first one included)
+    sends its error in one more exchange: the other ranks wait in their next exchange, meet
+    it there and raise :class:`RankFailedError` with ``"rank r: <message>"``. A rank that
+    finishes joins one last exchange, so a peer failing after the last shared step still
+    reaches it. Every rank must call ``fn`` (the same number of exchanges on each). Alone:
+    ``fn`` itself.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if current().world == 1:
+            return fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            _send_failure(exc)
+            raise
+        barrier()
+        return result
+
+    return wrapper  # type: ignore[return-value]
 
 
 def gather_results(fn: Callable[[list[T]], list[Any]], items: Sequence[T]) -> list[Any]:
@@ -170,9 +228,6 @@ def merge_outcomes(recorder: Any) -> None:
 
 
 def barrier() -> None:
-    """Wait for every rank (nothing alone)."""
+    """Wait for every rank (nothing alone); fails, as every exchange, when a rank failed."""
     if current().world > 1:
-        import torch.distributed as dist
-
-        _ensure_group()
-        dist.barrier()
+        _run_and_exchange(lambda: None)
