@@ -168,7 +168,9 @@ def bench_kind(kind: str, vectors: np.ndarray, q: np.ndarray, truth: np.ndarray,
     start = time.perf_counter()
     index, built = build_index(vectors, kind, seed=seed, target_recall=None, refine=refine)  # calibration timed apart
     train_s = time.perf_counter() - start
-    index_bytes = int(faiss.serialize_index(index).nbytes)  # what the index holds in memory, as written
+    writer = faiss.VectorIOWriter()  # not faiss.serialize_index: its vector_to_array fails once SimpleITK's
+    faiss.write_index(index, writer)  # SWIG std::vector<uint8> proxy is registered in the same process
+    index_bytes = int(writer.data.size())  # what the index holds in memory, as written
     modes = [(kind, None)] + ([("ivfpq_refine", refine)] if stored is not None else [])
     out = {}
     for name, shortlist in modes:
