@@ -116,15 +116,21 @@ def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
     train_prompt = cfg.train_prompt_encoder or cfg.method == "none"
     model.prompt_encoder.requires_grad_(train_prompt)
     model.shared_image_embedding.requires_grad_(train_prompt)
-    for name, param in model.named_parameters():  # new PEFT modules train, whatever was frozen above
-        if _PEFT_NAME.search(name):
+    unfreeze_and_freeze(model, _PEFT_NAME, cfg.freeze)
+    model.peft_config = cfg
+    return model
+
+
+def unfreeze_and_freeze(model: nn.Module, trainable: re.Pattern[str], freeze: list[str]) -> None:
+    """Parameters whose names match ``trainable`` (the PEFT modules just added) train, whatever
+    was frozen before; then those matching any regular expression in ``freeze`` are frozen (last word)."""
+    for name, param in model.named_parameters():
+        if trainable.search(name):
             param.requires_grad_(True)
-    for pattern in cfg.freeze:
+    for pattern in freeze:
         for name, param in model.named_parameters():
             if re.search(pattern, name):
                 param.requires_grad_(False)
-    model.peft_config = cfg
-    return model
 
 
 def is_peft_parameter(name: str) -> bool:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ragsam.peft.apply import decoder_attentions
+from ragsam.peft.apply import decoder_attentions, unfreeze_and_freeze
 from ragsam.peft.lora import wrap_linear
 
 if TYPE_CHECKING:
@@ -79,12 +79,6 @@ def apply_sam2_peft(model: nn.Module, cfg: Sam2PeftConfig) -> nn.Module:
             for attn in decoder_attentions(model):
                 wrap_linear(attn, "q_proj", cfg.decoder_rank, _scale(cfg.alpha, cfg.decoder_rank))
                 wrap_linear(attn, "v_proj", cfg.decoder_rank, _scale(cfg.alpha, cfg.decoder_rank))
-        for name, param in model.named_parameters():
-            if _LORA_NAME.search(name):
-                param.requires_grad_(True)
-    for pattern in cfg.freeze:
-        for name, param in model.named_parameters():
-            if re.search(pattern, name):
-                param.requires_grad_(False)
+    unfreeze_and_freeze(model, _LORA_NAME, cfg.freeze)
     model.sam2_peft_config = cfg
     return model
