@@ -37,15 +37,13 @@ def train_rag_command(
     from ragsam.training.distributed import env_world
     from ragsam.training.rag_config import RagTrainConfig, load_rag_config
     from ragsam.training.rag_run import train_rag
+    from ragsam.training.run import requested_config
     from ragsam.training.run_info import RunInfo
 
     items = list(overrides or [])
     if bank is not None:
         items.append(f"data.bank={bank}")
-    if resume and config is None and (out / "config.yaml").is_file():
-        cfg = load_rag_config(out / "config.yaml", items) if items else None
-    else:
-        cfg = load_rag_config(config, items)
+    cfg = requested_config(config, items, out, resume, load=load_rag_config)
     run_dir = train_rag(cfg, out, resume=resume, force=force)
     if env_world()[0] == 0:
         run = RunInfo.read(run_dir, RagTrainConfig)

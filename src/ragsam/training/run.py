@@ -67,8 +67,11 @@ def _flat(d: dict, prefix: str = "") -> dict[str, object]:
 
 
 def requested_config(config: str | Path | None, overrides: list[str], out: str | Path,
-                     resume: bool) -> TrainConfig | None:
-    """The configuration a ``train`` request gives :func:`train` (the one place that decides it).
+                     resume: bool, load: Callable[..., Any] | None = None) -> Any:
+    """The configuration a ``train`` / ``train-rag`` request gives :func:`train` (the one place that decides it).
+
+    ``load(path_or_preset, overrides)`` reads a configuration (default
+    :func:`~ragsam.training.config.load_train_config`; ``train-rag`` passes ``load_rag_config``).
 
     A new run: ``config`` (a preset name or YAML file) plus ``overrides``. ``--resume``
     without ``config``: the run's own ``config.yaml`` plus ``overrides`` (only harmless
@@ -76,10 +79,11 @@ def requested_config(config: str | Path | None, overrides: list[str], out: str |
     run wrote its ``config.yaml`` (:func:`train` then reads the saved one, or asks for
     ``--config`` again).
     """
+    load = load or load_train_config
     if resume and config is None:
         saved = Path(out) / CONFIG_FILE
-        return load_train_config(saved, overrides) if overrides and saved.is_file() else None
-    return load_train_config(config, overrides)
+        return load(saved, overrides) if overrides and saved.is_file() else None
+    return load(config, overrides)
 
 
 @dataclass(frozen=True)
