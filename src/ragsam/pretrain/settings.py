@@ -41,8 +41,8 @@ class PretrainSettings:
     embedder_batch: int = 64
     embedder_lr: float = 0.002
     embedder_image_size: int = 56
-    sam2_iterations: int = 240
-    sam2_lr: float = 0.003
+    sam2_iterations: int = 800
+    sam2_lr: float = 0.001
     sam2_image_size: int = 64
     k: int = 2
     seed: int = 0
