@@ -11,12 +11,15 @@ Data (``--data``):
 
 For each direction: 3D Dice per organ (validation slices stacked, on the prepared grid) of
 the retrieval segmenter before training (training-free SAM 2) and after ``--iterations``
-steps of ``train-rag`` (same retrieval, same k, same bank). The SAM 2, embedder and bank
-are the tiny random ones: a rise shows the episodic training path learning, not what real
-SAM 2 weights would reach.
+steps of ``train-rag`` (same retrieval, same k, same bank). ``--models random``: the tiny
+randomly initialised SAM 2 and embedder (a rise shows the episodic training path learning);
+``--models pretrained``: ragsam's shipped tiny models (``ragsam/resources/tiny_models``,
+pre-trained on synthetic phantoms only), what the demo uses. Neither says what real SAM 2
+weights would reach on CT.
 
 Example:
     python bench/rag_learning.py --data real-ct --json bench/results/rag_learning_ct.json
+    python bench/rag_learning.py --data real-ct --models pretrained --peft lora --iterations 60
 """
 
 from __future__ import annotations
@@ -35,7 +38,17 @@ from modes import load_average  # noqa: E402
 REAL_CT = Path(__file__).resolve().parents[1] / "tests" / "assets" / "real-ct"
 
 
-def _dataset(kind: str, work: Path, size: int, cases: int) -> tuple[Path, list[tuple[list[str], str]]]:
+def _weights(models: str) -> tuple[str, str, int]:
+    """``(sam2 weights, embedder weights, embedder input side)`` of ``--models``."""
+    if models == "random":
+        return "tiny", "tiny", 56
+    from ragsam.hub.tiny_models import tiny_models
+
+    shipped = tiny_models()
+    return str(shipped.sam2), str(shipped.embedder), shipped.embedder_image_size
+
+
+def _dataset(kind: str, work: Path, size: int, cases: int, models: str) -> tuple[Path, list[tuple[list[str], str]]]:
     """Prepared cache + bank; the (train cases, test case) directions."""
     from ragsam.data.phantom import write_phantom_dataset
     from ragsam.data.prepare import prepare_dataset
@@ -49,7 +62,8 @@ def _dataset(kind: str, work: Path, size: int, cases: int) -> tuple[Path, list[t
         write_phantom_dataset(source, n_cases=cases, shape=(16, 64, 64), spacing_mm=(8.0, 6.0, 6.0), seed=7)
     summary = prepare_dataset(source, work / "prep", SliceSettings(size=size), label_map="btcv", split="none")
     ids = sorted(summary.cases)
-    build_bank(work / "prep", work / "bank", embedder_weights="tiny", image_size=56)
+    _, embedder, embedder_size = _weights(models)
+    build_bank(work / "prep", work / "bank", embedder_weights=embedder, image_size=embedder_size)
     if kind == "real-ct":
         return work / "bank", [([ids[0]], ids[1]), ([ids[1]], ids[0])]
     return work / "bank", [(ids[:-1], ids[-1])]
@@ -66,7 +80,7 @@ def run_direction(bank: Path, train: list[str], test: str, args, work: Path) -> 
 
     listed = ",".join(f"'{c}'" for c in train)
     overrides = [f"data.bank={bank}", f"data.train=[{listed}]", f"data.val=['{test}']", f"data.k={args.k}",
-                 "model.weights=tiny", f"model.peft.method={args.peft}", f"optim.max_iterations={args.iterations}",
+                 f"model.weights={_weights(args.models)[0]}", f"model.peft.method={args.peft}", f"optim.max_iterations={args.iterations}",
                  f"optim.batch_size={args.batch}", f"optim.lr={args.lr}", "optim.warmup=5", "optim.grad_clip=1.0",
                  "val.every=0", f"checkpoint_every={args.iterations}", "device=cpu", "log.progress=false",
                  "log.tensorboard=false", f"seed={args.seed}"]
@@ -95,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=64, help="slice side (px)")
     parser.add_argument("--cases", type=int, default=4, help="phantom cases (the last is held out)")
     parser.add_argument("--k", type=int, default=1)
+    parser.add_argument("--models", choices=["random", "pretrained"], default="random")
     parser.add_argument("--peft", default="none", choices=["none", "lora"])
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--batch", type=int, default=2)
@@ -106,11 +121,13 @@ def main(argv: list[str] | None = None) -> dict:
         args.iterations, args.size, args.cases = 2, 32, 2
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        bank, directions = _dataset(args.data, Path(tmp), args.size, args.cases)
+        bank, directions = _dataset(args.data, Path(tmp), args.size, args.cases, args.models)
         rows = [run_direction(bank, train, test, args, Path(tmp)) for train, test in directions]
     result = {"benchmark": "rag_learning", "machine": machine(), "quick": args.quick, "data": args.data,
               "slice_side": args.size, "k": args.k, "peft": args.peft, "iterations": args.iterations,
-              "batch": args.batch, "lr": args.lr, "sam2": "tiny (random init)", "embedder": "tiny (random init)",
+              "batch": args.batch, "lr": args.lr, "models": args.models,
+              "sam2": "tiny (random init)" if args.models == "random" else "shipped tiny SAM 2 (pre-trained on phantoms)",
+              "embedder": "tiny (random init)" if args.models == "random" else "shipped tiny embedder",
               "results": rows}
     emit(result, args.json)
     return result

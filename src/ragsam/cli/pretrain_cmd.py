@@ -15,7 +15,7 @@ from ragsam.cli.app import app
         "Pre-train the tiny foundation models the demo ships with (tiny SAM, tiny SAM 2, tiny "
         "DINOv2-architecture slice embedder) on a synthetic phantom corpus that shares no case with "
         "the demo, with a fixed seed. --preset shipped reproduces src/ragsam/resources/tiny_models "
-        "(about 10 min of CPU time on 2 cores); --preset micro runs every stage in seconds.\n\n"
+        "(about 3 min of CPU time, 1 thread); --preset micro runs every stage in seconds.\n\n"
         "Example: ragsam pretrain-tiny --out tiny_models --force"
     ),
 )
