@@ -257,3 +257,19 @@ def test_second_writer_refused_and_dead_build_cleared(built, tmp_path):
     build_bank(built["prepared"], out, **EMBEDDER)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
     assert (out / "metadata.csv").read_bytes() == (built["bank"] / "metadata.csv").read_bytes()
+
+
+def test_index_build_refine_option_is_stored_and_refused_where_it_means_nothing(built, tmp_path, capsys):
+    from ragsam.cli.main import run_cli
+
+    common = ["index", "build", str(built["prepared"]), "--embedder", "tiny", "--image-size", "28"]
+    assert run_cli([*common, "-o", str(tmp_path / "pq3"), "--kind", "ivfpq", "--refine", "3"]) == 0
+    bank = SupportBank.load(tmp_path / "pq3")
+    assert (bank.kind, bank.refine, bank.info.index_settings["refine"]) == ("ivfpq", 3, 3)
+    capsys.readouterr()
+    assert run_cli([*common, "-o", str(tmp_path / "flat"), "--kind", "flat", "--refine", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refine applies to --kind ivfpq only" in err[0]
+    assert run_cli([*common, "-o", str(tmp_path / "pq0"), "--kind", "ivfpq", "--refine", "0"]) == 2
+    assert "refine 0 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "flat").exists() and not (tmp_path / "pq0").exists()

@@ -21,6 +21,8 @@ def build_cmd(
                              "quarter of its lists), flat, ivf, ivfpq (product-quantised, m = D/8 bytes a slice, a 10 x k "
                              "shortlist re-ranked exactly from the memory-mapped embeddings: for banks that "
                              "do not fit in memory) or hnsw."),
+    refine: int | None = typer.Option(None, help="ivfpq only: re-rank a shortlist of refine x k slices "
+                                      "exactly (default 10; 1 = only the k that PQ ranks first, re-ordered)."),
     pooling: str = typer.Option("cls", help="Slice descriptor: cls token or mean of patch tokens."),
     image_size: int = typer.Option(224, help="Embedder input side in pixels (multiple of 14)."),
     batch_size: int = typer.Option(32, help="Slices per embedder forward pass."),
@@ -45,7 +47,7 @@ def build_cmd(
         task = bar.add_task("embed", total=None)
         summary = build_bank(prepared, out, embedder_weights=embedder, kind=kind, pooling=pooling,
                              labelled_only=not include_unlabelled, batch_size=batch_size, force=force,
-                             image_size=image_size, split=split, device=device,
+                             image_size=image_size, split=split, device=device, refine=refine,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     from ragsam.utils import ranks
 

@@ -169,7 +169,8 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
                labelled_only: bool = True, batch_size: int = 32, force: bool = False, *,
                image_size: int = 224, split: str | None = None, cases: Sequence[str] | None = None,
                embedder=None, device: str | None = None, nprobe: int | None = None,
-               ef_search: int | None = None, progress: Callable[[int, int], None] | None = None) -> BankSummary:
+               ef_search: int | None = None, progress: Callable[[int, int], None] | None = None,
+               refine: int | None = None) -> BankSummary:
     """Embed the slices of a prepared cache and save a support bank folder.
 
     Args:
@@ -188,6 +189,8 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         cases: only these case ids.
         embedder: a ready :class:`SliceEmbedder` (overrides ``embedder_weights``/``pooling``/``image_size``).
         nprobe, ef_search: IVF / HNSW search settings stored with the index.
+        refine: ``ivfpq`` only: shortlist ``refine x k`` rows per query, re-ranked exactly
+            (default :data:`~ragsam.retrieval.faiss_index.PQ_REFINE`); refused for other kinds.
         progress: called as ``progress(done_slices, total_slices)``.
     Raises:
         InputError: not a prepared cache, no labelled cases, bad settings.
@@ -200,7 +203,7 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     start = time.perf_counter()
     prepared = Path(prepared_dir).resolve()
     out = Path(out_dir)
-    _check_request(prepared, out, kind)
+    _check_request(prepared, out, kind, refine)
     here = ranks.current()
     # torchrun: rank 0 holds the bank's lock and writes the bank; every rank embeds its share.
     with folder_lock(out) if here.is_main else contextlib.nullcontext():
@@ -223,7 +226,8 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         vectors = _embed_chunks(embedder, arrays, chunks, batch_size, progress)
 
         def write() -> str:
-            index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search)
+            extra = {} if refine is None else {"refine": refine}
+            index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search, **extra)
             identity = embedder.identity
             info = BankInfo(
                 prepared_dir=str(prepared), prepared_dir_relative=os.path.relpath(prepared, out.resolve()),
@@ -253,12 +257,17 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
                            seconds=time.perf_counter() - start)
 
 
-def _check_request(prepared: Path, out: Path, kind: str) -> None:
-    """Refuse an unknown index kind and a bank inside the prepared cache (before the lock is taken)."""
+def _check_request(prepared: Path, out: Path, kind: str, refine: int | None = None) -> None:
+    """Refuse an unknown index kind, a re-ranking setting for a kind that does not re-rank, and a
+    bank inside the prepared cache (before the lock is taken)."""
     from ragsam.retrieval.faiss_index import INDEX_KINDS
 
     if kind not in INDEX_KINDS:
         raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
+    if refine is not None and kind != "ivfpq":
+        raise InputError(None, f"refine applies to --kind ivfpq only (got kind {kind!r})")
+    if refine is not None and refine < 1:
+        raise InputError(None, f"refine {refine} must be at least 1 (shortlist refine x k rows)")
     if out.resolve() == prepared or prepared in out.resolve().parents:
         raise InputError(out, "the bank must not be written inside the prepared cache")
 
