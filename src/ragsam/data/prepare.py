@@ -261,7 +261,9 @@ def prepare_dataset(
         series_uid: DICOM series to read when a folder holds several.
         progress: called as ``progress(case_id, n_built, n_to_build)`` after each built case.
         jobs: worker processes, one case each at a time (default: the cores available;
-            :mod:`ragsam.utils.jobs`); the cache is the same for any number.
+            :mod:`ragsam.utils.jobs`); the cache is the same for any number. Workers are
+            spawned, so a script that calls this with ``jobs != 1`` needs the usual
+            ``if __name__ == "__main__":`` guard (or pass ``jobs=1``).
     Returns:
         :class:`PrepareSummary`.
     Raises:

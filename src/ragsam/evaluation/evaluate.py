@@ -333,7 +333,9 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, label_map: Any = "b
         images: CT image(s) to draw under the overlays (see :func:`match_cases`).
         hd95_units: ``"mm"`` or ``"voxels"`` (SAMed's unit-less HD95).
         jobs: worker processes, one case each at a time (default: the cores available;
-            :mod:`ragsam.utils.jobs`); the result is the same for any number.
+            :mod:`ragsam.utils.jobs`); the result is the same for any number. Workers are
+            spawned, so a script that calls this with ``jobs != 1`` needs the usual
+            ``if __name__ == "__main__":`` guard (or pass ``jobs=1``).
     Returns:
         :class:`EvaluationResult`.
     Raises:

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from ragsam.errors import InputError
@@ -68,10 +69,16 @@ def map_cases(fn: Callable[[T], R], items: Iterable[T], jobs: int,
                 on_result(results[-1])
         return results
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=context,
-                             initializer=_one_thread_worker) as pool:
-        for result in pool.map(fn, items):
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+    try:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=context,
+                                 initializer=_one_thread_worker) as pool:
+            for result in pool.map(fn, items):
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+    except BrokenProcessPool:
+        raise RuntimeError(
+            "a worker process died before finishing its case (killed, out of memory, or a script that "
+            "starts workers without an `if __name__ == \"__main__\":` guard: spawned workers re-run the "
+            "calling script); run with --jobs 1 / jobs=1 to do the work in this process") from None
     return results
