@@ -8,6 +8,7 @@ import pytest
 
 from ragsam.cli.main import run_cli
 from ragsam.experiments.runner import ExperimentSettings, run_experiment
+from ragsam.hub.tiny_models import tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_retrieval_variants_training_free_and_fine_tuned(tmp_path):
     from ragsam.training.rag_model import read_rag_run_config
 
     cfg = read_rag_run_config(run)
-    assert (cfg.data.k, cfg.model.weights, cfg.optim.max_iterations) == (1, "tiny", 2)
+    assert (cfg.data.k, cfg.model.weights, cfg.optim.max_iterations) == (1, str(tiny_models().sam2), 2)
     assert cfg.data.bank == str(out / "bank") and cfg.model.num_classes == 8  # paper-8 organs
     for name in ("free", "tuned"):
         assert len(list((out / "variants" / name / "predictions").glob("*.nii.gz"))) == 1

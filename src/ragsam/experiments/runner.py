@@ -49,7 +49,10 @@ class ExperimentSettings:
 
     Attributes:
         data: dataset folder (any layout ``ragsam prepare`` reads).
-        tiny: tiny random models and short training (CPU smoke run of the protocol).
+        tiny: tiny models and short training (CPU run of the protocol): tiny SAMs from random
+            weights; for retrieval, ragsam's shipped tiny SAM 2 and slice embedder
+            (pre-trained on synthetic phantoms, :mod:`ragsam.hub.tiny_models`), so the
+            retrieval rows read their memory instead of sitting at chance.
         sam_weights / medsam_weights / sam2_weights / embedder: weights for each role;
             ``sam_h_weights`` for finetune presets on ViT-H (Med-SA).
         base_config: training preset of finetune variants that name none.
@@ -319,13 +322,23 @@ class ExperimentRunner:
                     device=self.settings.device)
         return trainable_size(run_dir)
 
+    def _retrieval_models(self) -> tuple[str, str, int]:
+        """``(SAM 2 weights, embedder weights, embedder input side)`` of the retrieval variants."""
+        if not self.settings.tiny:
+            return self.settings.sam2_weights, self.settings.embedder, 224
+        from ragsam.hub.tiny_models import tiny_models
+
+        shipped = tiny_models()
+        return str(shipped.sam2), str(shipped.embedder), shipped.embedder_image_size
+
     def _bank(self) -> Path:
         from ragsam.retrieval.bank_build import build_bank
 
         bank = self.out / "bank"
         if not (bank / "bank.json").is_file():
-            embedder = "tiny" if self.settings.tiny else self.settings.embedder
-            build_bank(self.prepared, bank, embedder_weights=embedder, split="train", force=True)
+            _, embedder, image_size = self._retrieval_models()
+            build_bank(self.prepared, bank, embedder_weights=embedder, image_size=image_size, split="train",
+                       force=True)
         return bank
 
     def _rag(self, variant: Variant, predictions: Path) -> tuple[int | None, float | None]:
@@ -336,7 +349,7 @@ class ExperimentRunner:
         if not (base_run / "model.safetensors").is_file():
             raise InputError(base_run, f"variant {variant.name!r} needs {base.name!r} trained first")
         bank = self._bank()
-        sam2 = "tiny" if self.settings.tiny else self.settings.sam2_weights
+        sam2 = self._retrieval_models()[0]
         segmenter = RagSegmenter(bank, sam2, device=self.settings.device)  # models and supports shared by the cases
         for cid in self.test_cases():
             segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k,
@@ -352,7 +365,7 @@ class ExperimentRunner:
         run_dir = None
         if variant.preset is not None:
             run_dir = self._train_sam2(variant, folder / "run", bank)
-        sam2 = "tiny" if self.settings.tiny else self.settings.sam2_weights
+        sam2 = self._retrieval_models()[0]
         segmenter = RagSegmenter(bank, sam2, device=self.settings.device, sam2_run=run_dir)
         for cid in self.test_cases():
             segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k, force=True,
@@ -371,7 +384,7 @@ class ExperimentRunner:
         overrides = [f"data.bank={bank}", "data.train=[train]", "data.val=[]", f"data.k={s.k}",
                      f"data.z_prior={s.z_prior or 'null'}", f"seed={s.seed}", f"device={s.device}",
                      f"model.num_classes={load_label_map(self.label_map).num_classes - 1}", "log.progress=false",
-                     f"model.weights={'tiny' if s.tiny else s.sam2_weights}", *variant.overrides]
+                     f"model.weights={self._retrieval_models()[0]}", *variant.overrides]
         if s.tiny:
             overrides += ["optim.max_iterations=20", "optim.warmup=2", "optim.lr=0.002", "checkpoint_every=10"]
         if s.iterations is not None:
@@ -425,8 +438,9 @@ class ExperimentRunner:
         table = build_table(self.plan, {n: r.dice for n, r in results.items()},
                             {n: r.trainable_parameters for n, r in results.items()},
                             {n: r.trainable_mib for n, r in results.items()})
-        note = ("\n> Tiny randomly initialised models on small data: these numbers show the protocol "
-                "working, not the method's accuracy.\n" if self.settings.tiny else "")
+        note = ("\n> Tiny models on small data (SAMs trained from random weights for a few steps; retrieval "
+                "with ragsam's tiny SAM 2 and embedder, pre-trained on synthetic phantoms only): these numbers "
+                "show the protocol working, not the method's accuracy.\n" if self.settings.tiny else "")
         write_text(self.out / "table.md", table_markdown(table) + note, force=True)
         write_text(self.out / "table.csv", table_csv(table), force=True)
         self._figures(table, results)
