@@ -57,6 +57,7 @@ from ragsam.retrieval.bank_build import (  # noqa: F401  (re-exported API)
 from ragsam.retrieval.bank_info import BankInfo
 from ragsam.retrieval.faiss_index import (
     PQ_REFINE,
+    check_refine,
     check_unit_vectors,
     load_index,
     reconstruct_all,
@@ -216,8 +217,8 @@ class SupportBank:
         _check_slices_exist(path / "metadata.csv", case_ids, zs, prepared, added)
         bank = cls(path, index, info, identity, np.asarray(case_ids), np.asarray(zs, dtype=np.int64),
                    np.asarray(rel, dtype=np.float64), organs, prepared)
-        if refine is not None and int(refine) < 1:
-            raise InputError(path, f"refine {refine} must be at least 1 (shortlist refine x k rows)")
+        if refine is not None:
+            check_refine(refine, path)
         if info.kind == "ivfpq" and bank.embeddings is not None:
             bank.refine = int(refine or stored.get("refine") or PQ_REFINE)
         return bank

@@ -260,14 +260,14 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
 def _check_request(prepared: Path, out: Path, kind: str, refine: int | None = None) -> None:
     """Refuse an unknown index kind, a re-ranking setting for a kind that does not re-rank, and a
     bank inside the prepared cache (before the lock is taken)."""
-    from ragsam.retrieval.faiss_index import INDEX_KINDS
+    from ragsam.retrieval.faiss_index import INDEX_KINDS, check_refine
 
     if kind not in INDEX_KINDS:
         raise InputError(None, f"index kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
     if refine is not None and kind != "ivfpq":
         raise InputError(None, f"refine applies to --kind ivfpq only (got kind {kind!r})")
-    if refine is not None and refine < 1:
-        raise InputError(None, f"refine {refine} must be at least 1 (shortlist refine x k rows)")
+    if refine is not None:
+        check_refine(refine)
     if out.resolve() == prepared or prepared in out.resolve().parents:
         raise InputError(out, "the bank must not be written inside the prepared cache")
 

@@ -156,6 +156,13 @@ def check_unit_vectors(vectors: np.ndarray, what: str = "vectors") -> np.ndarray
     return x
 
 
+def check_refine(refine: int, source: object = None) -> int:
+    """The IVF-PQ shortlist multiple ``refine`` as an int; refuses values below 1 (naming ``source``)."""
+    if int(refine) < 1:
+        raise InputError(source, f"refine {refine} must be at least 1 (shortlist refine x k rows)")
+    return int(refine)
+
+
 def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = None,
                 nprobe: int | None = None, hnsw_m: int = HNSW_M, ef_search: int | None = None,
                 seed: int = 0, target_recall: float | None = TARGET_RECALL, refine: int = PQ_REFINE):
@@ -185,8 +192,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
         raise InputError(None, "cannot build an index of zero vectors")
     if target_recall is not None and not 0.0 < target_recall <= 1.0:
         raise InputError(None, f"target recall {target_recall} must be in (0, 1]")
-    if int(refine) < 1:
-        raise InputError(None, f"refine {refine} must be at least 1 (shortlist refine x k rows)")
+    check_refine(refine)
     n, dim = x.shape
     resolved = choose_kind(n) if kind == "auto" else kind
     settings: dict = {"kind": resolved, "requested_kind": kind, "metric": "inner_product", "dim": dim, "count": n}
