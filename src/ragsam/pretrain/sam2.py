@@ -11,8 +11,10 @@ paper's weights) plus binary cross-entropy on SAM 2's object score ("the organ i
 query slice"), which gates the mask and cannot learn from the mask loss alone.
 
 Every weight trains, from a random initialisation of the tiny SAM 2 structure at the
-corpus' slice size. This is the stop-gap until ragsam's episodic trainer
-(``ragsam train-rag``, ``full`` mode) takes over this stage.
+corpus' slice size with memory attention set up to read its memory
+(:func:`init_memory_reading`). This loop, not ``ragsam train-rag``, does it because it
+also trains the object score: ``train-rag``'s class-logit loss sees a gated organ only
+as SAM 2's constant no-object logits, which carry no gradient.
 """
 
 from __future__ import annotations
