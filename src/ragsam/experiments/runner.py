@@ -24,6 +24,7 @@ The numbers then show the protocol working, not the method.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -322,8 +323,10 @@ class ExperimentRunner:
                     device=self.settings.device)
         return trainable_size(run_dir)
 
+    @functools.cached_property
     def _retrieval_models(self) -> tuple[str, str, int]:
-        """``(SAM 2 weights, embedder weights, embedder input side)`` of the retrieval variants."""
+        """``(SAM 2 weights, embedder weights, embedder input side)`` of the retrieval variants
+        (once per run: the shipped tiny models are checksummed when resolved)."""
         if not self.settings.tiny:
             return self.settings.sam2_weights, self.settings.embedder, 224
         from ragsam.hub.tiny_models import tiny_models
@@ -336,7 +339,7 @@ class ExperimentRunner:
 
         bank = self.out / "bank"
         if not (bank / "bank.json").is_file():
-            _, embedder, image_size = self._retrieval_models()
+            _, embedder, image_size = self._retrieval_models
             build_bank(self.prepared, bank, embedder_weights=embedder, image_size=image_size, split="train",
                        force=True)
         return bank
@@ -349,7 +352,7 @@ class ExperimentRunner:
         if not (base_run / "model.safetensors").is_file():
             raise InputError(base_run, f"variant {variant.name!r} needs {base.name!r} trained first")
         bank = self._bank()
-        sam2 = self._retrieval_models()[0]
+        sam2 = self._retrieval_models[0]
         segmenter = RagSegmenter(bank, sam2, device=self.settings.device)  # models and supports shared by the cases
         for cid in self.test_cases():
             segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k,
@@ -365,7 +368,7 @@ class ExperimentRunner:
         run_dir = None
         if variant.preset is not None:
             run_dir = self._train_sam2(variant, folder / "run", bank)
-        sam2 = self._retrieval_models()[0]
+        sam2 = self._retrieval_models[0]
         segmenter = RagSegmenter(bank, sam2, device=self.settings.device, sam2_run=run_dir)
         for cid in self.test_cases():
             segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k, force=True,
@@ -384,7 +387,7 @@ class ExperimentRunner:
         overrides = [f"data.bank={bank}", "data.train=[train]", "data.val=[]", f"data.k={s.k}",
                      f"data.z_prior={s.z_prior or 'null'}", f"seed={s.seed}", f"device={s.device}",
                      f"model.num_classes={load_label_map(self.label_map).num_classes - 1}", "log.progress=false",
-                     f"model.weights={self._retrieval_models()[0]}", *variant.overrides]
+                     f"model.weights={self._retrieval_models[0]}", *variant.overrides]
         if s.tiny:
             overrides += ["optim.max_iterations=20", "optim.warmup=2", "optim.lr=0.002", "checkpoint_every=10"]
         if s.iterations is not None:
