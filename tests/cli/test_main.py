@@ -23,7 +23,7 @@ def test_unknown_command_is_usage_error(capsys):
 def test_every_subcommand_help_has_an_example(capsys):
     import typer.main
 
-    from ragsam.cli.app import app, index_app, weights_app
+    from ragsam.cli.root import app, index_app, weights_app
 
     groups = {"": app, "index ": index_app, "weights ": weights_app}
     missing = []

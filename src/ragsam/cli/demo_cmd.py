@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ragsam.cli.app import app
+from ragsam.cli.root import app
 
 SHORT_TITLES = {"finetuned": "Fine-tuned", "rag": "RAG", "hybrid": "Hybrid", "rag-trained": "RAG trained"}
 

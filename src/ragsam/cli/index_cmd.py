@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ragsam.cli.app import index_app
 from ragsam.cli.options import parse_label_ids
+from ragsam.cli.root import index_app
 
 
 @index_app.command("build")

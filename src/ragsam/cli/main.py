@@ -37,7 +37,7 @@ from ragsam.cli import (  # noqa: F401
     train_rag_cmd,
     weights_cmd,
 )
-from ragsam.cli.app import app
+from ragsam.cli.root import app
 from ragsam.errors import CasesFailedError, RagsamError
 from ragsam.utils.threads import prefer_passive_wait
 

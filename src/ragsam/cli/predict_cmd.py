@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ragsam.cli.app import app
+from ragsam.cli.root import app
 
 
 @app.command(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ragsam.cli.app import app
 from ragsam.cli.options import parse_numbers, parse_window
+from ragsam.cli.root import app
 
 
 @app.command("prepare")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ragsam.cli.app import weights_app
+from ragsam.cli.root import weights_app
 
 
 @weights_app.command("list")
