@@ -28,7 +28,7 @@ from common import machine  # noqa: E402
 CHILD = """
 import json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from ragsam.demo import run_demo
+from ragsam.demo.run import run_demo
 s = run_demo(out_dir=sys.argv[3], force=True, budget=sys.argv[4], seed=int(sys.argv[2]))
 print(json.dumps({"methods": {m.method: {"mean": m.mean_dice, "organs": m.organ_dice} for m in s.methods},
                   "stages": s.stages, "weights": s.weights.sam_label}))

@@ -51,7 +51,7 @@ COMMAND_IMPORTS: dict[str, list[str]] = {
     "segment": ["ragsam.retrieval.segment"],
     "baseline": ["ragsam.baselines.run", "ragsam.data.slices", "ragsam.evaluation.report"],
     "experiment": ["ragsam.experiments.runner"],
-    "demo": ["ragsam.demo", "ragsam.demo_report"],
+    "demo": ["ragsam.demo.run", "ragsam.demo.report"],
     "info": ["ragsam.models", "ragsam.peft.apply", "ragsam.models.export"],
     "weights pull": ["ragsam.hub.fetch"],
 }

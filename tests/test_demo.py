@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from ragsam.cli.main import run_cli
-from ragsam.demo import BUDGETS, DemoBudget, cached_hf_folder, detect_weights, run_demo
-from ragsam.demo_report import MethodScore, WeightsUsed, dice_table, fmt_dice, weights_statement
+from ragsam.demo.budget import BUDGETS, DemoBudget
+from ragsam.demo.report import dice_table, fmt_dice, weights_statement
+from ragsam.demo.run import run_demo
+from ragsam.demo.summary import MethodScore
+from ragsam.demo.weights import WeightsUsed, cached_hf_folder, detect_weights
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.hub.tiny_models import TINY_MODELS_DIR
 

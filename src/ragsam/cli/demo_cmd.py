@@ -33,12 +33,12 @@ def demo_command(
     label_map: str = typer.Option("btcv", "--label-map", help="Label ids of --data: btcv, flare22 or a JSON file."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:
-    """Parse, call :func:`ragsam.demo.run_demo` with rich stage progress, print the Dice table."""
+    """Parse, call :func:`ragsam.demo.run.run_demo` with rich stage progress, print the Dice table."""
     from rich.console import Console
     from rich.table import Table
 
-    from ragsam.demo import run_demo
-    from ragsam.demo_report import dice_table, weights_statement
+    from ragsam.demo.report import dice_table, weights_statement
+    from ragsam.demo.run import run_demo
 
     console = Console(stderr=True)
     status = console.status("starting", spinner="dots")

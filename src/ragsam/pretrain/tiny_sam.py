@@ -9,25 +9,36 @@ which ``model.weights=<folder>`` loads strictly like any published SAM checkpoin
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ragsam.pretrain.settings import PretrainSettings
 
+if TYPE_CHECKING:
+    from ragsam.training.config import TrainConfig
 
-def sam_overrides(settings: PretrainSettings, prepared: Path) -> list[str]:
-    """``key=value`` overrides of the ``tiny`` training preset for corpus pre-training."""
+
+def sam_config(settings: PretrainSettings, prepared: Path) -> TrainConfig:
+    """The ``tiny`` training preset changed for corpus pre-training (random start, every weight trained)."""
+    from ragsam.training.config import load_train_config, validate
+
+    base = load_train_config("tiny")
     n = settings.sam_iterations
-    return [
-        f"data.prepared={prepared}", "data.train=[train]", "data.val=[]", "data.num_workers=0",
-        "model.arch=tiny", "model.weights=random", "model.num_classes=13", f"model.image_size={settings.size}",
-        "model.peft.method=none",
-        f"optim.max_iterations={n}", "optim.stop_iteration=null", f"optim.batch_size={settings.sam_batch}",
-        f"optim.lr={settings.sam_lr}", f"optim.warmup={max(1, n // 20)}", "optim.weight_decay=0.01",
+    cfg = replace(
+        base,
+        data=replace(base.data, prepared=str(prepared), train=["train"], val=[], num_workers=0),
+        model=replace(base.model, arch="tiny", weights="random", num_classes=13, image_size=settings.size,
+                      peft=replace(base.model.peft, method="none")),
+        optim=replace(base.optim, max_iterations=n, stop_iteration=None, batch_size=settings.sam_batch,
+                      lr=settings.sam_lr, warmup=max(1, n // 20), weight_decay=0.01),
         # slices are in one canonical orientation (LPS): rot90 / flips would swap left and right organs
-        "augment.enabled=false",
-        "val.every=0", f"checkpoint_every={n}", f"log.every={max(1, n // 20)}", "log.progress=false",
-        "log.tensorboard=false", "device=cpu", f"seed={settings.seed}",
-    ]
+        augment=replace(base.augment, enabled=False),
+        val=replace(base.val, every=0), checkpoint_every=n,
+        log=replace(base.log, every=max(1, n // 20), progress=False, tensorboard=False),
+        device="cpu", seed=settings.seed,
+    )
+    return validate(cfg, "<pretrain settings>")
 
 
 def pretrain_sam(settings: PretrainSettings, prepared: Path, run_dir: Path, out_dir: Path) -> dict[str, float]:
@@ -37,10 +48,9 @@ def pretrain_sam(settings: PretrainSettings, prepared: Path, run_dir: Path, out_
         ``{"first_loss", "last_loss"}``: the training loss of the first and last logged rows.
     """
     from ragsam.models.export import merge_run
-    from ragsam.training import load_train_config, train
+    from ragsam.training import train
 
-    cfg = load_train_config("tiny", sam_overrides(settings, prepared))
-    train(cfg, run_dir)
+    train(sam_config(settings, prepared), run_dir)
     merge_run(run_dir, out_dir)
     with open(run_dir / "log.csv", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r.get("loss")]

@@ -2,7 +2,9 @@
 
 Each function runs one row of the demo's table through the public API of its module
 (:mod:`ragsam.training`, :mod:`ragsam.inference`, :mod:`ragsam.retrieval.segment`,
-:mod:`ragsam.evaluation.evaluate`); :func:`ragsam.demo.run_demo` calls them in order.
+:mod:`ragsam.evaluation.evaluate`); :func:`ragsam.demo.run.run_demo` calls them in order.
+The training runs start from a packaged preset changed as a typed configuration
+(:func:`train_config`, :func:`rag_config`: ``dataclasses.replace``, then the preset's validator).
 """
 
 from __future__ import annotations
@@ -10,46 +12,78 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragsam.demo_report import MethodScore, WeightsUsed
+from ragsam.demo.budget import DemoBudget
+from ragsam.demo.summary import MethodScore
+from ragsam.demo.weights import WeightsUsed
 from ragsam.errors import InputError
 
 if TYPE_CHECKING:
-    from ragsam.demo import DemoBudget
+    from ragsam.training.config import TrainConfig
+    from ragsam.training.rag_config import RagTrainConfig
 
 PRETRAINED_SIZE = 256
 
 
-def train_overrides(budget: DemoBudget, weights: WeightsUsed, prepared: Path, device: str, seed: int) -> list[str]:
-    """``key=value`` overrides of the ``tiny`` training preset for the demo run."""
+def train_config(budget: DemoBudget, weights: WeightsUsed, prepared: Path, device: str, seed: int) -> TrainConfig:
+    """The ``tiny`` training preset changed for the demo run: SAMed's LoRA rank 4 on the demo's SAM."""
+    from ragsam.training.config import load_train_config, validate
+
+    base = load_train_config("tiny")
+    n = budget.iterations
     # ViT-B at a demo-sized 64 px would see 4 x 4 patches; pretrained SAM gets 256 px (16 x 16)
     size = max(budget.size, PRETRAINED_SIZE) if weights.pretrained["sam"] else budget.size
-    common = [
-        f"data.prepared={prepared}", "data.train=[train]", "data.val=[]",
-        f"model.image_size={size}", f"model.arch={weights.sam_arch}", f"model.weights={weights.sam_weights}",
-        f"optim.max_iterations={budget.iterations}", "optim.stop_iteration=null",
-        f"optim.batch_size={budget.batch_size}", f"optim.lr={budget.lr}",
-        f"optim.warmup={max(1, budget.iterations // 20)}", "optim.weight_decay=0.01",
-        # the slices are in one canonical orientation (LPS): rot90/flip would swap left and right organs
-        "augment.enabled=false",
-        "val.every=0", f"checkpoint_every={budget.iterations}", f"log.every={max(1, budget.iterations // 20)}",
-        "log.progress=false", "log.tensorboard=false", f"device={device}", f"seed={seed}",
-    ]
     # SAMed: LoRA rank 4 on q, v; the decoder fully trainable (on SAM ViT-B or the tiny pre-trained SAM)
-    return common + ["model.peft.method=lora", "model.peft.rank=4", "model.peft.decoder=full"]
+    peft = replace(base.model.peft, method="lora", rank=4, decoder="full")
+    cfg = replace(
+        base,
+        data=replace(base.data, prepared=str(prepared), train=["train"], val=[]),
+        model=replace(base.model, image_size=size, arch=weights.sam_arch, weights=weights.sam_weights, peft=peft),
+        optim=replace(base.optim, max_iterations=n, stop_iteration=None, batch_size=budget.batch_size,
+                      lr=budget.lr, warmup=max(1, n // 20), weight_decay=0.01),
+        # the slices are in one canonical orientation (LPS): rot90/flip would swap left and right organs
+        augment=replace(base.augment, enabled=False),
+        val=replace(base.val, every=0), checkpoint_every=n,
+        log=replace(base.log, every=max(1, n // 20), progress=False, tensorboard=False),
+        device=device, seed=seed,
+    )
+    return validate(cfg, "<demo budget>")
 
+
+def rag_config(budget: DemoBudget, weights: WeightsUsed, bank: Path, device: str, seed: int) -> RagTrainConfig:
+    """The ``rag_tiny`` preset changed for the demo: LoRA r=4 + full decoder on the demo's SAM 2.
+
+    Episodes come from the demo's training cases with the demo's bank (the query's own case
+    excluded from its supports, as ``segment``), ``k`` as the RAG row; no validation split.
+    """
+    from ragsam.training.rag_config import load_rag_config, validate_rag
+
+    base = load_rag_config("rag_tiny")
+    n = budget.rag_iterations
+    cfg = replace(
+        base,
+        data=replace(base.data, bank=str(bank), train=["train"], val=[], k=budget.k),
+        model=replace(base.model, weights=weights.sam2_weights,
+                      peft=replace(base.model.peft, method="lora", rank=4, decoder="full")),
+        optim=replace(base.optim, max_iterations=n, stop_iteration=None, batch_size=budget.rag_batch_size,
+                      lr=budget.rag_lr, warmup=max(1, n // 20)),
+        val=replace(base.val, every=0), checkpoint_every=n,
+        log=replace(base.log, every=max(1, n // 10), progress=False, tensorboard=False),
+        device=device, seed=seed,
+    )
+    return validate_rag(cfg, "<demo budget>")
 
 
 def fine_tune_and_predict(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, seed: int,
                            cases: dict, test_ids: list[str], stage: Callable, done: Callable) -> list[tuple[str, float]]:
     """Train the run in ``tmp/run`` and predict the test cases; returns ``[("finetuned", seconds)]``."""
     from ragsam.inference import predict
-    from ragsam.training import load_train_config, train
+    from ragsam.training import train
 
-    cfg = load_train_config("tiny", train_overrides(plan, weights, tmp / "prepared", device, seed))
-    train(cfg, tmp / "run")
+    train(train_config(plan, weights, tmp / "prepared", device, seed), tmp / "run")
     done()
     finish = stage("predict", f"predicting {len(test_ids)} test case(s) with the fine-tuned model")
     t0 = time.perf_counter()
@@ -102,31 +136,11 @@ def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, see
     return results
 
 
-def rag_overrides(plan: DemoBudget, weights: WeightsUsed, bank: Path, device: str, seed: int) -> list[str]:
-    """``key=value`` overrides of the ``rag_tiny`` preset: LoRA r=4 + full decoder on the demo's SAM 2.
-
-    Episodes come from the demo's training cases with the demo's bank (the query's own case
-    excluded from its supports, as ``segment``), ``k`` as the RAG row; no validation split.
-    """
-    return [
-        f"data.bank={bank}", "data.train=[train]", "data.val=[]", f"data.k={plan.k}",
-        f"model.weights={weights.sam2_weights}", "model.peft.method=lora", "model.peft.rank=4",
-        "model.peft.decoder=full",
-        f"optim.max_iterations={plan.rag_iterations}", "optim.stop_iteration=null",
-        f"optim.batch_size={plan.rag_batch_size}", f"optim.lr={plan.rag_lr}",
-        f"optim.warmup={max(1, plan.rag_iterations // 20)}",
-        "val.every=0", f"checkpoint_every={plan.rag_iterations}", f"log.every={max(1, plan.rag_iterations // 10)}",
-        "log.progress=false", "log.tensorboard=false", f"device={device}", f"seed={seed}",
-    ]
-
-
 def train_retrieval(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, seed: int) -> Path:
     """Episodic fine-tuning of the demo's SAM 2 (``ragsam train-rag``) into ``tmp/rag_run``."""
-    from ragsam.training.rag_config import load_rag_config
     from ragsam.training.rag_run import train_rag
 
-    cfg = load_rag_config("rag_tiny", rag_overrides(plan, weights, tmp / "bank", device, seed))
-    return train_rag(cfg, tmp / "rag_run")
+    return train_rag(rag_config(plan, weights, tmp / "bank", device, seed), tmp / "rag_run")
 
 
 def evaluate_method(tmp: Path, method: str, organs: list[int], images: Path, seconds: float,

@@ -1,17 +1,15 @@
 """The demo's ``report.md``: which weights were used, what the numbers mean, a Dice table per method.
 
-Kept apart from :mod:`ragsam.demo` (which runs the stages) so the wording can be
+Kept apart from :mod:`ragsam.demo.run` (which runs the stages) so the wording can be
 read and tested on its own.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ragsam.demo import DemoSummary
+from ragsam.demo.summary import DemoSummary, MethodScore
+from ragsam.demo.weights import WeightsUsed
 
 METHOD_TITLES = {
     "finetuned": "Fine-tuned SAM",
@@ -19,57 +17,6 @@ METHOD_TITLES = {
     "hybrid": "Hybrid (fine-tuned + retrieval)",
     "rag-trained": "RAG, SAM 2 fine-tuned episodically (LoRA rank 4)",
 }
-
-
-@dataclass
-class WeightsUsed:
-    """Which weights each stage of the demo used.
-
-    Attributes:
-        sam_arch / sam_weights / sam_label: the fine-tuned model (``model.arch``,
-            ``model.weights``, a readable name).
-        sam2_weights / sam2_label: SAM 2 for retrieval-augmented segmentation.
-        embedder_weights / embedder_label: the slice embedder of the support bank.
-        pretrained: ``{"sam", "sam2", "embedder"} -> bool``, true for public pretrained weights;
-            false for ragsam's tiny models pre-trained on synthetic phantoms.
-        embedder_image_size: the embedder's input side in pixels.
-    """
-
-    sam_arch: str
-    sam_weights: str
-    sam_label: str
-    sam2_weights: str
-    sam2_label: str
-    embedder_weights: str
-    embedder_label: str
-    pretrained: dict[str, bool] = field(default_factory=dict)
-    embedder_image_size: int = 224
-
-    @property
-    def all_pretrained(self) -> bool:
-        return bool(self.pretrained) and all(self.pretrained.values())
-
-
-@dataclass
-class MethodScore:
-    """Dice of one method on the test cases.
-
-    Attributes:
-        method: ``finetuned``, ``rag``, ``hybrid`` or ``rag-trained``.
-        mean_dice: mean over organs of the per-organ mean over cases (fraction, NaN = no organ scored).
-        organ_dice: organ name -> mean Dice over the test cases.
-        predictions / evaluation: folders relative to the demo folder.
-        overlays: case id -> overlay PNG relative to the demo folder.
-        seconds: wall time of the method's segmentation of the test cases.
-    """
-
-    method: str
-    mean_dice: float
-    organ_dice: dict[str, float]
-    predictions: str
-    evaluation: str
-    overlays: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 def fmt_dice(value: float) -> str:

@@ -45,12 +45,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ragsam.demo_report import MethodScore, WeightsUsed, render_report
-from ragsam.demo_stages import evaluate_method, fine_tune_and_predict, retrieve
+from ragsam.demo.budget import DemoBudget, resolve_budget
+from ragsam.demo.report import render_report
+from ragsam.demo.stages import evaluate_method, fine_tune_and_predict, retrieve
+from ragsam.demo.summary import DemoSummary
+from ragsam.demo.weights import detect_weights
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json, write_text
 
@@ -59,145 +61,6 @@ if TYPE_CHECKING:
 
 STAGES = ("data", "prepare", "fine-tune", "predict", "bank", "rag", "hybrid", "train-rag", "rag-trained",
           "evaluate")
-
-
-@dataclass(frozen=True)
-class DemoBudget:
-    """How much work the demo does (named presets in :data:`BUDGETS`).
-
-    Attributes:
-        cases: phantom cases written (ignored with ``data``); the BTCV paper split of
-            ``prepare`` keeps one test case in five (6 cases -> 5 train / 1 test).
-        shape: phantom ``(z, y, x)`` voxels. spacing_mm: phantom ``(z, y, x)`` spacing (mm).
-        size: slice side S in pixels fed to the fine-tuned model (multiple of 16).
-        iterations: fine-tuning optimiser steps. batch_size: slices per step. lr: peak learning rate.
-        k: retrieved support slices per query slice.
-        max_test_cases: at most this many test cases are predicted and evaluated.
-        rag_iterations, rag_batch_size, rag_lr: episodic fine-tuning of SAM 2 (``ragsam train-rag``,
-            LoRA rank 4 + full decoder): optimiser steps, episodes per step, peak learning rate.
-    """
-
-    cases: int = 6
-    shape: tuple[int, int, int] = (24, 96, 96)
-    spacing_mm: tuple[float, float, float] = (6.0, 4.0, 4.0)
-    size: int = 64
-    iterations: int = 300
-    batch_size: int = 8
-    lr: float = 0.005
-    k: int = 2
-    max_test_cases: int = 1
-    rag_iterations: int = 60
-    rag_batch_size: int = 2
-    rag_lr: float = 0.002
-
-
-BUDGETS: dict[str, DemoBudget] = {
-    # 6 phantoms (5 train / 1 test); LoRA rank 4 on the pre-trained tiny SAM: 300 steps of 8 slices
-    # take ~19 s of CPU (1 thread). Retrieval costs ~0.2 s of CPU per slice with k = 2.
-    "standard": DemoBudget(),
-    # smaller phantoms, one small test case, k = 1: the CI smoke run
-    "quick": DemoBudget(cases=4, shape=(16, 64, 64), spacing_mm=(8.0, 6.0, 6.0), size=64, iterations=150,
-                        k=1, max_test_cases=1),
-}
-
-
-@dataclass
-class DemoSummary:
-    """What :func:`run_demo` did (JSON-serialisable through :meth:`to_json`).
-
-    Attributes:
-        out_dir: the demo folder. report: its ``report.md``.
-        source: ``"phantom"`` or the dataset path given.
-        train_cases / test_cases: case ids used for fine-tuning + the bank / for evaluation.
-        weights: which weights every stage used.
-        methods: one Dice summary per evaluated method (``finetuned``, ``rag``, ``hybrid``, ``rag-trained``).
-        stages: stage name -> wall seconds. seconds: total wall seconds.
-        notes: stages left out and why.
-        budget: the :class:`DemoBudget` used.
-    """
-
-    out_dir: Path
-    report: Path
-    source: str
-    train_cases: list[str]
-    test_cases: list[str]
-    weights: WeightsUsed
-    methods: list[MethodScore]
-    stages: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    budget: DemoBudget = field(default_factory=DemoBudget)
-
-    def method(self, name: str) -> MethodScore:
-        """The score of method ``name``. Raises KeyError when it was not run."""
-        for m in self.methods:
-            if m.method == name:
-                return m
-        raise KeyError(name)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["out_dir"], d["report"] = str(self.out_dir), str(self.report)
-        return d
-
-
-def cached_hf_folder(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
-    """The local snapshot of a Hugging Face repository if it is in the cache, else ``None``.
-
-    Never touches the network (``local_files_only``), so the demo stays offline.
-    ``cache_dir`` defaults to the Hugging Face cache (``HF_HUB_CACHE``).
-    """
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
-    except Exception:  # not cached, partially cached, or no huggingface_hub: all mean "not available"
-        return None
-
-
-def detect_weights(cache_dir: str | os.PathLike | None = None,
-                   tiny_root: str | os.PathLike | None = None) -> WeightsUsed:
-    """Public weights already in the Hugging Face cache; ragsam's shipped tiny models otherwise.
-
-    The tiny models (:mod:`ragsam.hub.tiny_models`, pre-trained by ``ragsam pretrain-tiny`` on
-    synthetic phantoms) are checked against their manifest before use. ``tiny_root`` replaces
-    the shipped folder (tests).
-    """
-    from ragsam.hub.presets import get_preset
-    from ragsam.hub.tiny_models import TINY_MODELS_DIR, tiny_models
-
-    found = {name: cached_hf_folder(get_preset(name).hf_repo or "", cache_dir)
-             for name in ("sam-vit-b", "sam2.1-tiny", "dinov2-small")}
-    sam, sam2, dino = found["sam-vit-b"], found["sam2.1-tiny"], found["dinov2-small"]
-    tiny = None if sam and sam2 and dino else tiny_models(tiny_root or TINY_MODELS_DIR)
-    synthetic = "pre-trained by ragsam on synthetic phantoms (resources/tiny_models)"
-    return WeightsUsed(
-        sam_arch="sam_vit_b" if sam else "tiny",
-        sam_weights=str(sam) if sam else str(tiny.sam),
-        sam_label="SAM ViT-B (facebook/sam-vit-base), LoRA rank 4" if sam
-        else f"tiny SAM {synthetic}, LoRA rank 4",
-        sam2_weights=str(sam2) if sam2 else str(tiny.sam2),
-        sam2_label="SAM 2.1 Hiera-T (facebook/sam2.1-hiera-tiny)" if sam2 else f"tiny SAM 2 {synthetic}",
-        embedder_weights=str(dino) if dino else str(tiny.embedder),
-        embedder_label="DINOv2 ViT-S/14 (facebook/dinov2-small)" if dino
-        else f"tiny DINOv2-architecture slice embedder {synthetic}",
-        pretrained={"sam": sam is not None, "sam2": sam2 is not None, "embedder": dino is not None},
-        embedder_image_size=224 if dino else tiny.embedder_image_size,
-    )
-
-
-def _budget(budget: DemoBudget | str, iterations: int | None) -> DemoBudget:
-    if isinstance(budget, str):
-        if budget not in BUDGETS:
-            raise InputError(None, f"unknown demo budget {budget!r} (choose {', '.join(BUDGETS)})")
-        budget = BUDGETS[budget]
-    if iterations is not None:
-        if iterations < 1:
-            raise InputError(None, f"iterations must be >= 1, got {iterations}")
-        budget = replace(budget, iterations=int(iterations))
-    if budget.size % 16 or budget.size < 32:
-        raise InputError(None, f"slice size must be a multiple of 16 and >= 32, got {budget.size}")
-    return budget
 
 
 def _copy_labels(cases: dict[str, CachedCase], ids: list[str], folder: Path) -> None:
@@ -237,7 +100,7 @@ def run_demo(
         out_dir: the demo folder (see the module docstring).
         force: replace an existing ``out_dir``.
         device: ``cpu``, ``auto``, ``cuda`` or ``cuda:N`` for training and inference.
-        budget: ``"standard"``, ``"quick"`` (see :data:`BUDGETS` for timings) or a
+        budget: ``"standard"``, ``"quick"`` (see :data:`ragsam.demo.budget.BUDGETS` for timings) or a
             :class:`DemoBudget`.
         iterations: override the budget's fine-tuning iterations.
         seed: phantom and training seed.
@@ -255,7 +118,7 @@ def run_demo(
     from ragsam.data.slices import SliceSettings
 
     start = time.perf_counter()
-    plan = _budget(budget, iterations)
+    plan = resolve_budget(budget, iterations)
     out = Path(out_dir)
     check_writable(out, force)
     if data is not None and not Path(data).exists():
