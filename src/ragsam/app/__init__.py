@@ -59,7 +59,7 @@ def create_app(bank: str | os.PathLike | None = None, run: str | os.PathLike | N
     if bank is None and run is None and data is None:
         raise InputError(None, "give at least one of --bank, --run, --data")
     if sam2_weights == "auto":
-        from ragsam.demo.weights import detect_weights
+        from ragsam.hub.detect import detect_weights
 
         sam2_weights = detect_weights().sam2_weights
     work_dir = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="ragsam-app-"))

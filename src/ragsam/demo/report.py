@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from ragsam.demo.summary import DemoSummary, MethodScore
-from ragsam.demo.weights import WeightsUsed
+from ragsam.hub.detect import WeightsUsed
 
 METHOD_TITLES = {
     "finetuned": "Fine-tuned SAM",

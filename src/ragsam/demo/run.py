@@ -52,8 +52,8 @@ from ragsam.demo.budget import DemoBudget, resolve_budget
 from ragsam.demo.report import render_report
 from ragsam.demo.stages import evaluate_method, fine_tune_and_predict, retrieve
 from ragsam.demo.summary import DemoSummary
-from ragsam.demo.weights import detect_weights
 from ragsam.errors import InputError
+from ragsam.hub.detect import detect_weights
 from ragsam.utils.atomic import atomic_dir, check_writable, write_json, write_text
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from ragsam.demo.budget import DemoBudget
 from ragsam.demo.summary import MethodScore
-from ragsam.demo.weights import WeightsUsed
 from ragsam.errors import InputError
+from ragsam.hub.detect import WeightsUsed
 
 if TYPE_CHECKING:
     from ragsam.training.config import TrainConfig

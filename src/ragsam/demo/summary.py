@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ragsam.demo.budget import DemoBudget
-from ragsam.demo.weights import WeightsUsed
+from ragsam.hub.detect import WeightsUsed
 
 
 @dataclass

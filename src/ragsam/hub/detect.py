@@ -1,5 +1,8 @@
-"""Which weights the demo (and the app's ``--sam2-weights auto``) uses: public ones from the Hugging Face
-cache when present, else ragsam's shipped tiny models. Offline: nothing is downloaded."""
+"""The weights to use when none are named: public ones already in the Hugging Face cache, else ragsam's
+shipped tiny models (:mod:`ragsam.hub.tiny_models`). Offline: nothing is downloaded.
+
+Used by ``ragsam demo`` (every stage) and the app (``--sam2-weights auto``).
+"""
 
 from __future__ import annotations
 
