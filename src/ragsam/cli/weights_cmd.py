@@ -18,7 +18,7 @@ def list_cmd() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ragsam.hub.presets import PRESETS
+    from ragsam.models.presets import PRESETS
 
     table = Table(title="Weight presets (use the name or the Hugging Face id with --weights)")
     for column in ("name", "family", "Hugging Face id", "official file", "description"):

@@ -62,8 +62,8 @@ def detect_weights(cache_dir: str | os.PathLike | None = None,
     synthetic phantoms) are checked against their manifest before use. ``tiny_root`` replaces
     the shipped folder (tests).
     """
-    from ragsam.hub.presets import get_preset
     from ragsam.hub.tiny_models import TINY_MODELS_DIR, tiny_models
+    from ragsam.models.presets import get_preset
 
     found = {name: cached_hf_folder(get_preset(name).hf_repo or "", cache_dir)
              for name in ("sam-vit-b", "sam2.1-tiny", "dinov2-small")}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ragsam.errors import InputError, MissingWeightsError
-from ragsam.hub.presets import WeightPreset, get_preset
+from ragsam.models.presets import WeightPreset, get_preset
 
 
 def pull_weights(name: str, cache_dir: str | None = None) -> Path:

@@ -117,7 +117,7 @@ def _load_official(path: Path) -> Dinov2Model:
 
 def _preset_repo(name: str) -> str | None:
     """The Hugging Face id of a DINOv2 weight preset (``dinov2-small`` ...), if ``name`` is one."""
-    from ragsam.hub.presets import PRESETS
+    from ragsam.models.presets import PRESETS
 
     preset = PRESETS.get(name)
     return preset.hf_repo if preset is not None and preset.family == "dinov2" else None

@@ -162,7 +162,7 @@ def build_sam2(weights: str, device: str | torch.device = "cpu", seed: int = 0) 
         InputError: unreadable / non-SAM 2 / incomplete weights, CUDA unavailable.
         MissingWeightsError: a Hub id that cannot be downloaded.
     """
-    from ragsam.hub.presets import PRESETS, resolve_weights
+    from ragsam.models.presets import PRESETS, resolve_weights
 
     dev = resolve_device(device)
     if weights in PRESETS and not Path(weights).exists():

@@ -99,7 +99,7 @@ def _download(repo_id: str) -> Path:
 def read_state_dict(weights: str) -> dict[str, Tensor]:
     """Weights from ``weights`` in the transformers SAM layout (pretrained resolution).
 
-    ``weights`` may also be a preset name of :mod:`ragsam.hub.presets`.
+    ``weights`` may also be a preset name of :mod:`ragsam.models.presets`.
 
     Raises:
         InputError: missing, corrupt, unsafe or non-SAM file.
@@ -107,7 +107,7 @@ def read_state_dict(weights: str) -> dict[str, Tensor]:
     """
     path = Path(weights).expanduser()
     if not path.exists():  # a preset name ("sam-vit-b", "medsam-vit-b") means its Hub id
-        from ragsam.hub.presets import resolve_weights
+        from ragsam.models.presets import resolve_weights
 
         weights = resolve_weights(weights)
     if path.is_dir():

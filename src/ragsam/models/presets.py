@@ -2,7 +2,7 @@
 
 A preset names a Hugging Face repository (loaded with ``from_pretrained``),
 the official download address where one exists, and facts about the
-architecture that :func:`ragsam.hub.verify.verify_weights` checks a local copy
+architecture that :func:`ragsam.hub.fetch.verify_weights` checks a local copy
 against. Meta names its checkpoint files ``<name>_<first 6 hex of sha256>.pth``
 (the torch.hub convention), so that prefix is checked where the file carries it.
 """
