@@ -116,7 +116,7 @@ def test_dataset_folder_shares_models_and_supports_across_cases(rag, tmp_path):
     with pytest.raises(OutputExistsError):
         segment_cases(folder, tmp_path / "again", rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
     assert not (tmp_path / "again" / "a.nii.gz").exists()
-    # a rerun skips the finished cases (the rules: tests/inference/test_case_runner.py)
+    # a rerun skips the finished cases (the rules: tests/utils/test_case_runner.py)
     before = (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns
     again = segment_cases(folder, tmp_path / "out", rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
     assert [(s.skipped, s.organs) for s in again] == [(True, s.organs) for s in summaries]

@@ -50,12 +50,13 @@ import numpy as np
 
 from ragsam import __version__
 from ragsam.data.cache_meta import CachedCase, CacheMeta
-from ragsam.data.fingerprint import fingerprint_case, settings_key
+from ragsam.data.fingerprint import settings_key
 from ragsam.data.slice_dataset import MANIFEST_COLUMNS
 from ragsam.data.slices import SliceGrid, SliceSettings, volume_to_slices
 from ragsam.errors import InputError
 from ragsam.utils.atomic import atomic_dir, remove_stale_temporaries, write_json, write_text
 from ragsam.utils.fault_points import pause_at
+from ragsam.utils.file_fingerprint import fingerprint_case
 from ragsam.utils.folders import copy_entries, link_tree
 from ragsam.utils.jobs import map_cases, resolve_jobs
 from ragsam.utils.locking import folder_lock

@@ -33,7 +33,7 @@ Outputs: ``<output>/<case_id>.nii.gz`` for each case; for a single input case an
 ``output`` ending in ``.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.mha`` names the file
 itself. A folder of cases runs past a failed case and resumes where an earlier run
 stopped (finished cases with unchanged inputs and model are skipped): see
-:mod:`ragsam.inference.case_runner`. An existing file that ragsam did not write for
+:mod:`ragsam.utils.case_runner`. An existing file that ragsam did not write for
 that case is replaced only with ``force`` (checked before any work starts).
 """
 
@@ -53,9 +53,9 @@ import torch
 from torch import nn
 
 from ragsam.errors import InputError
-from ragsam.inference.case_runner import CaseRecorder, file_digest, model_key, plan_cases
 from ragsam.inference.run_loader import load_run
 from ragsam.utils import ranks
+from ragsam.utils.case_runner import CaseRecorder, file_digest, model_key, plan_cases
 from ragsam.utils.device import resolve_device
 from ragsam.utils.fault_points import pause_at
 from ragsam.utils.paths import case_output_paths

@@ -36,10 +36,10 @@ import torch
 
 from ragsam.data.file_checks import check_ct_values
 from ragsam.errors import InputError
-from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
 from ragsam.retrieval.support_retrieval import retrieve_supports, support_memories
 from ragsam.utils import ranks
 from ragsam.utils.atomic import check_writable
+from ragsam.utils.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
 from ragsam.utils.paths import case_output_paths
 from ragsam.utils.threads import apply_threads
 

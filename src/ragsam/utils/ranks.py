@@ -210,7 +210,7 @@ def gather_objects(obj: T) -> list[T]:
 
 def merge_outcomes(recorder: Any) -> None:
     """Give every rank the outcomes of all ranks' cases (a ``CaseRecorder`` of
-    ``ragsam.inference.case_runner``: its ``results`` and ``failures`` lists), so each
+    ``ragsam.utils.case_runner``: its ``results`` and ``failures`` lists), so each
     rank returns, or fails with, the same list as a one-process run. Cases found
     finished (``skip``) are recorded by every rank and kept once."""
     if current().world == 1:

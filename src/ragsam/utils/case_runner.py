@@ -139,7 +139,7 @@ def plan_cases(refs: Sequence[Any], outputs: Sequence[Path], key: str, force: bo
         OutputExistsError: an output that ragsam did not write for this case exists and
             ``force`` is false (checked for every case before any work).
     """
-    from ragsam.data.fingerprint import fingerprint_case
+    from ragsam.utils.file_fingerprint import fingerprint_case
 
     todo: list[CaseJob] = []
     done: list[tuple[CaseJob, dict[str, Any]]] = []

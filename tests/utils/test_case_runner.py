@@ -9,7 +9,7 @@ import pytest
 
 from ragsam.data.cases import CaseRef
 from ragsam.errors import CasesFailedError, InputError, OutputExistsError
-from ragsam.inference.case_runner import model_key, plan_cases, run_cases, sidecar_path
+from ragsam.utils.case_runner import model_key, plan_cases, run_cases, sidecar_path
 
 
 def _setup(tmp_path: Path, n: int = 3) -> tuple[list[CaseRef], list[Path]]:
