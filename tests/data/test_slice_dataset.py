@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from ragsam.data.cache_meta import CACHE_FORMAT, CACHE_VERSION
+from ragsam.data.slice_arrays import nearest_exact_indices, resize_labels
 from ragsam.data.slice_dataset import (
     MANIFEST_COLUMNS,
     SliceDataset,
     load_splits,
-    nearest_exact_indices,
     read_manifest,
-    resize_labels,
 )
 from ragsam.errors import InputError
 

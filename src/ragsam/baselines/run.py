@@ -55,7 +55,7 @@ class BaselineSummary:
         out_dir: the output folder.
         cases: case ids segmented (sorted).
         predictions: ``out_dir/predictions/<case_id>.nii.gz`` per case.
-        evaluation: the :class:`ragsam.evaluation.evaluate.EvaluationResult`.
+        evaluation: the :class:`ragsam.evaluation.results.EvaluationResult`.
         prompts: case id -> number of (slice, organ) prompts.
         skipped_unlabelled: raw cases without labels (not segmented).
         settings: what was run (also in ``baseline.json``).

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ragsam.data.geometry import Geometry
-from ragsam.data.slice_dataset import resize_images, resize_labels, slice_channels
+from ragsam.data.slice_arrays import resize_images, resize_labels, slice_channels
 from ragsam.errors import InputError
 
 if TYPE_CHECKING:

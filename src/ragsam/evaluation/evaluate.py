@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,8 @@ from ragsam.evaluation.metrics import (
     nsd_tolerances,
     spacing_zyx,
 )
-from ragsam.evaluation.report import AggregateTable, aggregate, write_report
+from ragsam.evaluation.report import write_report
+from ragsam.evaluation.results import CasePaths, EvaluationResult, MetricRow
 from ragsam.utils import ranks
 from ragsam.utils.atomic import atomic_dir
 from ragsam.utils.jobs import map_cases, resolve_jobs
@@ -54,61 +55,6 @@ SUFFIXES = IMAGE_SUFFIXES
 _ROLE = r"(?:prediction|pred|segmentation|seg|gt|labels|label|mask|images|image|img)"
 _ROLE_SUFFIX = re.compile(rf"[_\-.]{_ROLE}$", re.IGNORECASE)
 _ROLE_PREFIX = re.compile(rf"^{_ROLE}(?:[_\-.]|(?=\d))", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class CasePaths:
-    """The files of one case: prediction, ground truth and (optional) CT image."""
-
-    case_id: str
-    pred: Path
-    gt: Path
-    image: Path | None = None
-
-
-@dataclass(frozen=True)
-class MetricRow:
-    """One case x organ: ``dice``/``nsd`` fractions, ``hd95`` in mm (or voxels), NaN = n/a."""
-
-    case_id: str
-    organ_id: int
-    organ: str
-    dice: float
-    hd95: float
-    nsd: float
-    gt_voxels: int
-    pred_voxels: int
-    nsd_tolerance_mm: float
-
-
-@dataclass
-class EvaluationResult:
-    """Everything an evaluation produced.
-
-    Attributes:
-        rows: one :class:`MetricRow` per case x organ (cases sorted, organs in ``organ_ids`` order).
-        cases: the evaluated files, sorted by case id.
-        organ_ids / organ_names: the evaluated organs (columns of the tables).
-        settings: JSON-able settings (inputs, label map, tolerances, absent rule, units).
-        overlays: case id -> overlay PNG path relative to ``out_dir``.
-        out_dir: where the report was written, or ``None``.
-    """
-
-    rows: list[MetricRow]
-    cases: list[CasePaths]
-    organ_ids: list[int]
-    organ_names: list[str]
-    settings: dict[str, Any]
-    overlays: dict[str, str] = field(default_factory=dict)
-    out_dir: Path | None = None
-
-    @property
-    def case_ids(self) -> list[str]:
-        return [c.case_id for c in self.cases]
-
-    def table(self) -> AggregateTable:
-        """The aggregate table (organs as columns, mean over organs last)."""
-        return aggregate(self.rows, self.organ_ids, self.organ_names)
 
 
 def _strip_extension(name: str) -> str | None:

@@ -1,11 +1,7 @@
 """Tables and report files for an evaluation: console table, metrics.csv, metrics.json, report.md.
 
-The aggregate table follows the paper's layout: organs as columns, the mean
-last; rows Dice (%), HD95 (mm) and NSD (%). Each organ's value is the mean over
-the cases where the metric is defined (NaN = "n/a" is left out, see
-:mod:`ragsam.evaluation.metrics`); the Mean column is the mean of the organ
-means (the paper's Eq. 4: average over classes), again leaving out organs that
-are "n/a" in every case.
+The tables are :class:`ragsam.evaluation.results.AggregateTable` (the paper's layout and
+averaging rule are documented there).
 """
 
 from __future__ import annotations
@@ -14,62 +10,14 @@ import csv
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from ragsam.evaluation.results import METRICS, AggregateTable, EvaluationResult, nanmean
 from ragsam.utils.atomic import write_json, write_text
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-    from ragsam.evaluation.evaluate import EvaluationResult, MetricRow
-
-METRICS = ("dice", "hd95", "nsd")
-
-
-@dataclass(frozen=True)
-class AggregateTable:
-    """Per-organ means over cases (``dice``/``nsd`` fractions, ``hd95`` mm or voxels).
-
-    Each of ``mean``, ``std`` and ``n`` maps a metric name to one value per organ
-    (in ``organ_ids`` order); ``overall`` maps a metric name to the mean over organs.
-    """
-
-    organ_ids: list[int]
-    organ_names: list[str]
-    mean: dict[str, list[float]]
-    std: dict[str, list[float]]
-    n: dict[str, list[int]]
-    overall: dict[str, float]
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def _nanstd(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.std(finite)) if finite else float("nan")
-
-
-def aggregate(rows: Sequence[MetricRow], organ_ids: Sequence[int], organ_names: Sequence[str]) -> AggregateTable:
-    """Average per-case rows into the organ x metric table (see module docstring)."""
-    mean: dict[str, list[float]] = {m: [] for m in METRICS}
-    std: dict[str, list[float]] = {m: [] for m in METRICS}
-    n: dict[str, list[int]] = {m: [] for m in METRICS}
-    for oid in organ_ids:
-        organ_rows = [r for r in rows if r.organ_id == oid]
-        for m in METRICS:
-            values = [float(getattr(r, m)) for r in organ_rows]
-            mean[m].append(_nanmean(values))
-            std[m].append(_nanstd(values))
-            n[m].append(sum(not math.isnan(v) for v in values))
-    overall = {m: _nanmean(mean[m]) for m in METRICS}
-    return AggregateTable(list(organ_ids), list(organ_names), mean, std, n, overall)
 
 
 def _fmt(value: float, percent: bool) -> str:
@@ -227,7 +175,7 @@ def report_markdown(result: EvaluationResult) -> str:
         rows = []
         for cid in result.case_ids:
             values = [getattr(r, metric) for r in result.rows if r.case_id == cid]
-            rows.append([cid, *(_fmt(v, percent) for v in values), _fmt(_nanmean(values), percent)])
+            rows.append([cid, *(_fmt(v, percent) for v in values), _fmt(nanmean(values), percent)])
         parts += [f"## Per case: {title}", "", _markdown_table(["Case", *table.organ_names, "Mean"], rows), ""]
     if result.overlays:
         parts += ["## Overlays", "", "Ground truth (left) and prediction (right); axial, coronal and sagittal "
