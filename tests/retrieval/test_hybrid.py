@@ -12,9 +12,9 @@ from ragsam.config import dump_config
 from ragsam.data.slices import SliceSettings, volume_to_slices
 from ragsam.data.volume import read_image, read_labels
 from ragsam.errors import InputError
+from ragsam.inference.rag_segment import segment_volume
 from ragsam.retrieval.bank import build_bank
 from ragsam.retrieval.hybrid import fuse_slice
-from ragsam.retrieval.segment import segment_volume
 
 
 def test_fuse_slice_hand_computed():

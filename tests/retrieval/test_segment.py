@@ -13,6 +13,7 @@ from bank_fixtures import write_prepared
 from ragsam.data.slices import SliceSettings, volume_to_slices
 from ragsam.data.volume import read_image, read_labels
 from ragsam.errors import InputError, OutputExistsError
+from ragsam.inference.rag_segment import segment_cases, segment_volume
 from ragsam.retrieval.bank import build_bank
 from ragsam.retrieval.embedder import build_embedder
 from ragsam.retrieval.segment import (
@@ -20,8 +21,6 @@ from ragsam.retrieval.segment import (
     SegmentOptions,
     SupportCache,
     check_ct_like,
-    segment_cases,
-    segment_volume,
 )
 
 SIZE = 64  # slice size of the bank (the tiny SAM 2 resizes to its 128 px input)
@@ -158,7 +157,7 @@ def test_support_cache_is_lru():
 
 
 def test_own_supports_keep_their_labels_and_change_the_neighbours(rag):
-    segmenter = RagSegmenter(rag["bank"], sam2_weights="tiny")
+    segmenter = RagSegmenter(rag["bank"], sam2="tiny")
     image = read_image(rag["image"])
     plain = rag["root"] / "own" / "plain.nii.gz"
     segmenter.segment(rag["image"], plain, k=2)

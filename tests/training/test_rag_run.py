@@ -83,6 +83,7 @@ def _initial(cfg):
 
 
 def test_segment_uses_the_trained_sam2_run(bank, tmp_path):
+    from ragsam.inference.rag_segment import load_segmenter
     from ragsam.retrieval.segment import RagSegmenter
 
     run = train_rag(_cfg(bank, "data.train=['0001','0002']", "optim.max_iterations=2", "optim.lr=0.01"),
@@ -90,7 +91,7 @@ def test_segment_uses_the_trained_sam2_run(bank, tmp_path):
     image = bank.parent / "src" / "img" / "img0003.nii.gz"
     if not image.exists():
         image = next((bank.parent / "src").rglob("*0003*.nii.gz"))
-    trained = RagSegmenter(bank, sam2_run=run, device="cpu")
+    trained = load_segmenter(bank, sam2_run=run, device="cpu")
     plain = RagSegmenter(bank, "tiny", device="cpu")
     assert trained.info["run"] == str(run) and len(trained.info["run_weights"]) == 64
     assert trained.cache.model_key != plain.cache.model_key  # cached memories are per run

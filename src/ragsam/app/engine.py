@@ -60,13 +60,13 @@ class Engine:
 
     # ----------------------------------------------------------------- models
     def segmenter(self):
-        from ragsam.retrieval.segment import RagSegmenter
+        from ragsam.inference.rag_segment import load_segmenter
 
         if self.bank_dir is None:
             raise InputError(None, "no support bank (start the app with --bank)")
         with self.lock:
             if self._segmenter is None:
-                self._segmenter = RagSegmenter(self.bank_dir, self.sam2_weights, device=self.device)
+                self._segmenter = load_segmenter(self.bank_dir, self.sam2_weights, device=self.device)
             return self._segmenter
 
     def settings(self):

@@ -55,7 +55,8 @@ def segment_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ragsam.errors import CasesFailedError
-    from ragsam.retrieval.segment import SegmentOptions, segment_cases
+    from ragsam.inference.rag_segment import segment_cases
+    from ragsam.retrieval.segment import SegmentOptions
 
     columns = (TextColumn("segmenting {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:

@@ -101,7 +101,7 @@ def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, see
     Before the trained-RAG row, :func:`train_retrieval` fine-tunes SAM 2 episodically on the
     training cases (``tmp/rag_run``); its segmenter loads that run (``sam2_run``).
     """
-    from ragsam.retrieval.segment import RagSegmenter
+    from ragsam.inference.rag_segment import load_segmenter
     from ragsam.utils.device import resolve_device
 
     seg_device = str(resolve_device(device))
@@ -119,7 +119,7 @@ def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, see
         done = stage(name, f"segmenting {len(test_ids)} test case(s): {labels[name]}")
         t0 = time.perf_counter()
         try:
-            segmenter = RagSegmenter(tmp / "bank", weights.sam2_weights, device=seg_device,
+            segmenter = load_segmenter(tmp / "bank", weights.sam2_weights, device=seg_device,
                                      sam2_run=sam2_run)  # shared by the cases
             for cid in test_ids:
                 segmenter.segment(str(cases[cid].image), tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,

@@ -345,7 +345,7 @@ class ExperimentRunner:
         return bank
 
     def _rag(self, variant: Variant, predictions: Path) -> tuple[int | None, float | None]:
-        from ragsam.retrieval.segment import RagSegmenter
+        from ragsam.inference.rag_segment import load_segmenter
 
         base = next(v for v in self.plan.variants if v.name == variant.base)
         base_run = self.variant_dir(base) / "run"
@@ -353,7 +353,7 @@ class ExperimentRunner:
             raise InputError(base_run, f"variant {variant.name!r} needs {base.name!r} trained first")
         bank = self._bank()
         sam2 = self._retrieval_models[0]
-        segmenter = RagSegmenter(bank, sam2, device=self.settings.device)  # models and supports shared by the cases
+        segmenter = load_segmenter(bank, sam2, device=self.settings.device)  # models and supports shared by the cases
         for cid in self.test_cases():
             segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k,
                               run_dir=base_run, force=True, z_prior=self.settings.z_prior or None,
@@ -362,14 +362,14 @@ class ExperimentRunner:
 
     def _retrieval(self, variant: Variant, folder: Path, predictions: Path) -> tuple[int | None, float | None]:
         """Retrieval alone; with a ``train-rag`` preset, SAM 2 is first fine-tuned on the bank's episodes."""
-        from ragsam.retrieval.segment import RagSegmenter
+        from ragsam.inference.rag_segment import load_segmenter
 
         bank = self._bank()
         run_dir = None
         if variant.preset is not None:
             run_dir = self._train_sam2(variant, folder / "run", bank)
         sam2 = self._retrieval_models[0]
-        segmenter = RagSegmenter(bank, sam2, device=self.settings.device, sam2_run=run_dir)
+        segmenter = load_segmenter(bank, sam2, device=self.settings.device, sam2_run=run_dir)
         for cid in self.test_cases():
             segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k, force=True,
                               z_prior=self.settings.z_prior or None)

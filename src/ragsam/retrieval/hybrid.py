@@ -11,22 +11,18 @@ organs present in the retrieved neighbours (the gate):
   organs the run does not know (id >= C) are left to the fine-tuned model.
 
 The label is the argmax of ``p`` (the fused scores need not sum to one). ``w = 0``
-gives the fine-tuned model's labels exactly.
+gives the fine-tuned model's labels exactly. ``p_ft`` is handed in: the run that makes it
+is loaded above this floor (:func:`ragsam.inference.rag_segment.run_probabilities`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from ragsam.errors import InputError
-
-if TYPE_CHECKING:
-    from ragsam.data.slices import SliceGrid
-    from ragsam.data.volume import Volume
 
 
 def fuse_slice(p_ft: Tensor, organ_ids: Sequence[int], p_rag: Tensor, weight: float) -> Tensor:
@@ -51,23 +47,3 @@ def fuse_slice(p_ft: Tensor, organ_ids: Sequence[int], p_rag: Tensor, weight: fl
     fused[channels] = (1.0 - weight) * p_ft[channels] + weight * rag
     fused[0] = (1.0 - weight) * p_ft[0] + weight * (1.0 - rag.max(dim=0).values)
     return fused
-
-
-def run_probabilities(run_dir: str, image: Volume, device: str, batch_size: int) -> tuple[Tensor, SliceGrid]:
-    """Fine-tuned class probabilities of every slice of ``image`` with the run's own slicing.
-
-    Returns:
-        ``(probabilities float32 (Z, C, S, S) on the CPU, slice grid)``.
-    """
-    from ragsam.data.slices import SliceSettings, volume_to_slices
-    from ragsam.inference.predict import predict_probabilities
-    from ragsam.inference.run_loader import load_run
-
-    model, cfg = load_run(run_dir, device, merge=True)
-    if cfg.data.window is None:
-        raise InputError(run_dir, "the run's data.window is not set (was it started by ragsam train?)")
-    settings = SliceSettings(window=tuple(cfg.data.window), size=cfg.model.image_size, context=cfg.data.context)
-    stack = volume_to_slices(image, None, settings)
-    dev = next(model.parameters()).device
-    probs = predict_probabilities(model, stack.model_input(channels=3), batch_size, dev, cfg.optim.bf16)
-    return probs.float().cpu(), stack.grid

@@ -13,7 +13,12 @@ slices back on the input's grid -> write atomically. With a fine-tuned run
 Support memories are cached (least recently used first out): neighbouring query
 slices mostly retrieve the same support slices, whose image-encoder pass and
 memory encoding are then done once. :class:`RagSegmenter` keeps the models and
-that cache across volumes; :func:`segment_cases` uses one for a whole dataset.
+that cache across volumes. The models are built above this floor and handed in, as
+``SAM2ImagePredictor(model)`` receives its model: a built SAM 2 (or weights that
+:func:`ragsam.models.sam2.build_sam2` reads) and, for the hybrid, the source of a
+fine-tuned run's probabilities. :mod:`ragsam.inference.rag_segment` builds them
+(``load_segmenter``: SAM 2 weights or a ``train-rag`` run, ``ragsam train`` runs) and
+holds ``segment_volume`` / ``segment_cases``.
 
 The input must look like CT in Hounsfield units: a volume with at least two
 slices whose values reach -200 HU or lower (air, lung or fat) and span at least
@@ -29,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -37,18 +42,31 @@ import torch
 from ragsam.data.file_checks import check_ct_values
 from ragsam.errors import InputError
 from ragsam.retrieval.support_retrieval import retrieve_supports, support_memories
-from ragsam.utils import ranks
 from ragsam.utils.atomic import check_writable
-from ragsam.utils.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
-from ragsam.utils.paths import case_output_paths
 from ragsam.utils.threads import apply_threads
 
+if TYPE_CHECKING:
+    from ragsam.data.slices import SliceGrid
+    from ragsam.data.volume import Volume
+
 DEFAULT_Z_PRIOR = 0.5
+DEFAULT_SAM2 = "facebook/sam2.1-hiera-tiny"
+
+
+class FineTunedSource(Protocol):
+    """The fine-tuned half of the hybrid, handed to :class:`RagSegmenter` by the floor that loads runs
+    (:class:`ragsam.inference.rag_segment.FineTunedRuns`)."""
+
+    def check(self, run_dir: str | os.PathLike) -> None:
+        """Refuse a folder that is not a usable run (before any model loads)."""
+
+    def probabilities(self, run_dir: str, image: Volume, device: str, batch_size: int) -> tuple[torch.Tensor, SliceGrid]:
+        """Class probabilities float32 ``(Z, C, S, S)`` of every slice of ``image`` and the run's slice grid."""
 
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """How each volume of :func:`segment_cases` is segmented (see :func:`segment_volume`).
+    """How each volume of ``segment_cases`` is segmented (see :func:`ragsam.inference.rag_segment.segment_volume`).
 
     Attributes:
         k: support slices per query slice.
@@ -68,9 +86,9 @@ class SegmentOptions:
     run_dir: str | os.PathLike | None = None
     hybrid_weight: float = 0.5
 
-    def check(self) -> None:
-        """Refuse bad values before any model loads."""
-        _check_call(self.hybrid_weight, self.batch_size, self.run_dir)
+    def check(self, fine_tuned: FineTunedSource | None = None) -> None:
+        """Refuse bad values before any model loads (``fine_tuned`` checks ``run_dir``)."""
+        check_request(self.hybrid_weight, self.batch_size, self.run_dir, fine_tuned)
 
     def output_key(self) -> dict[str, Any]:
         """The options that change an output (batch size does not; the run enters by its files)."""
@@ -86,7 +104,7 @@ class SegmentOptions:
 
 @dataclass
 class SegmentSummary:
-    """What :func:`segment_volume` did (all JSON-serialisable via :meth:`to_json`)."""
+    """What :meth:`RagSegmenter.segment` did (all JSON-serialisable via :meth:`to_json`)."""
 
     input: str
     output: str
@@ -164,16 +182,26 @@ def _embedder_for(bank: Any, embedder: Any, device: str) -> Any:
     return embedder
 
 
-def _check_call(hybrid_weight: float, batch_size: int, run_dir: str | os.PathLike | None) -> None:
+def check_request(hybrid_weight: float, batch_size: int, run_dir: str | os.PathLike | None,
+                  fine_tuned: FineTunedSource | None) -> None:
     """Cheap argument checks, done before any model is loaded."""
     if not 0.0 <= hybrid_weight <= 1.0:
         raise InputError(None, f"hybrid weight must be in [0, 1], got {hybrid_weight!r}")
     if batch_size < 1:
         raise InputError(None, f"batch_size must be >= 1, got {batch_size}")
     if run_dir is not None:
-        from ragsam.inference.run_loader import read_run_config
+        if fine_tuned is None:
+            raise InputError(run_dir, "this segmenter was given no fine-tuned model source for the hybrid "
+                                      "(build it with ragsam.inference.rag_segment.load_segmenter)")
+        fine_tuned.check(run_dir)  # a bad run folder fails before any work
 
-        read_run_config(run_dir)  # a bad run folder fails before any work
+
+def check_settings(pointer_positions: str, cache_size: int) -> None:
+    """Refuse bad :class:`RagSegmenter` settings before any model is loaded."""
+    if pointer_positions not in ("sequential", "shared"):
+        raise InputError(None, f"pointer positions must be 'sequential' or 'shared', got {pointer_positions!r}")
+    if cache_size < 1:
+        raise InputError(None, f"cache_size must be >= 1, got {cache_size}")
 
 
 class RagSegmenter:
@@ -186,43 +214,42 @@ class RagSegmenter:
 
     Args:
         bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
-        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
+        sam2: a built SAM 2 ``(model, info)`` on ``device`` (:func:`ragsam.models.sam2.build_sam2`, or
+            :func:`ragsam.training.rag_model.load_sam2_run` for a ``train-rag`` run, whose ``info``
+            carries the ``pointer_positions`` / ``use_empty_supports`` it was trained with: those apply),
+            or weights for :func:`~ragsam.models.sam2.build_sam2`.
         embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
             it must be the embedder the bank was built with.
         cache_size: encoded support slices kept in memory.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
-        sam2_run: a ``ragsam train-rag`` run folder: its fine-tuned SAM 2 replaces ``sam2_weights``
-            (and its ``pointer_positions`` / ``use_empty_supports``, those it was trained with, apply).
+        fine_tuned: the hybrid's fine-tuned probabilities (:class:`FineTunedSource`); ``None``: no
+            ``run_dir`` in :meth:`segment`.
     Raises:
         InputError: bad bank, other embedder, bad weights, bad settings.
     """
 
-    def __init__(self, bank_dir: str | os.PathLike, sam2_weights: str = "facebook/sam2.1-hiera-tiny",
+    def __init__(self, bank_dir: str | os.PathLike, sam2: str | tuple[Any, dict[str, Any]] = DEFAULT_SAM2,
                  embedder: Any = None, cache_size: int = 256, device: str = "auto",
                  pointer_positions: str = "sequential", use_empty_supports: bool = True,
-                 sam2_run: str | os.PathLike | None = None) -> None:
+                 fine_tuned: FineTunedSource | None = None) -> None:
         from ragsam.models.sam2 import build_sam2
         from ragsam.retrieval.bank import SupportBank
         from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter
         from ragsam.utils.device import resolve_device
 
-        if pointer_positions not in ("sequential", "shared"):
-            raise InputError(None, f"pointer positions must be 'sequential' or 'shared', got {pointer_positions!r}")
-        if cache_size < 1:
-            raise InputError(None, f"cache_size must be >= 1, got {cache_size}")
+        check_settings(pointer_positions, cache_size)
         self.device = str(resolve_device(device))
+        self.fine_tuned = fine_tuned
         self.bank_dir = str(bank_dir)
         self.bank = SupportBank.load(bank_dir)
         self.embedder = _embedder_for(self.bank, embedder, self.device)
-        if sam2_run is not None:
-            from ragsam.training.rag_model import load_sam2_run
-
-            self.model, self.info = load_sam2_run(sam2_run, device=self.device)
-            pointer_positions = self.info["pointer_positions"]
-            use_empty_supports = self.info["use_empty_supports"]
+        if isinstance(sam2, str):
+            self.model, self.info = build_sam2(sam2, device=self.device)  # bad weights fail before slices
         else:
-            self.model, self.info = build_sam2(sam2_weights, device=self.device)  # bad weights fail before slices
+            self.model, self.info = sam2
+        pointer_positions = self.info.get("pointer_positions", pointer_positions)  # a train-rag run's own
+        use_empty_supports = self.info.get("use_empty_supports", use_empty_supports)
         apply_threads(self.model, getattr(self.embedder, "model", None))
         self.seg = Sam2MemorySegmenter(self.model, pointer_positions=pointer_positions,  # type: ignore[arg-type]
                                        use_empty_supports=use_empty_supports)
@@ -257,7 +284,8 @@ class RagSegmenter:
         progress: Callable[[int, int], None] | None = None,
         own_supports: Mapping[int, np.ndarray] | None = None,
     ) -> SegmentSummary:
-        """Segment one volume and write its label map; arguments as :func:`segment_volume`.
+        """Segment one volume and write its label map; arguments as
+        :func:`ragsam.inference.rag_segment.segment_volume` (``run_dir``: needs ``fine_tuned``).
 
         Args:
             own_supports: labelled slices of this very volume (canonical z -> uint8 ``(S, S)``
@@ -270,7 +298,7 @@ class RagSegmenter:
         from ragsam.data.volume import read_image, write_labels
 
         start = time.perf_counter()
-        _check_call(hybrid_weight, batch_size, run_dir)
+        check_request(hybrid_weight, batch_size, run_dir, self.fine_tuned)
         output_path = Path(output_path)
         check_writable(output_path, force)
         bank = self.bank
@@ -290,9 +318,10 @@ class RagSegmenter:
         hits = retrieve_supports(bank, self.embedder, stack.images, k, excluded, z_prior, batch_size)
         fused = grid_ft = None
         if run_dir is not None:
-            from ragsam.retrieval.hybrid import fuse_slice, run_probabilities
+            from ragsam.retrieval.hybrid import fuse_slice
 
-            fused, grid_ft = run_probabilities(str(run_dir), image, self.device, batch_size)
+            assert self.fine_tuned is not None  # check_request refused run_dir without one
+            fused, grid_ft = self.fine_tuned.probabilities(str(run_dir), image, self.device, batch_size)
             if fused.shape[0] != depth:
                 raise InputError(run_dir, f"the run slices the volume into {fused.shape[0]} slices, the bank {depth}")
 
@@ -320,120 +349,6 @@ class RagSegmenter:
                               str(self.embedder.identity.get("weights")), excluded,
                               None if run_dir is None else str(run_dir),
                               None if run_dir is None else hybrid_weight)
-
-
-def segment_volume(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    bank_dir: str | os.PathLike,
-    sam2_weights: str = "facebook/sam2.1-hiera-tiny",
-    k: int = 4,
-    embedder: Any = None,
-    exclude_cases: Iterable[str] = (),
-    batch_size: int = 8,
-    cache_size: int = 256,
-    device: str = "auto",
-    force: bool = False,
-    series_uid: str | None = None,
-    z_prior: float | None = DEFAULT_Z_PRIOR,
-    pointer_positions: str = "sequential",
-    use_empty_supports: bool = True,
-    run_dir: str | os.PathLike | None = None,
-    hybrid_weight: float = 0.5,
-    progress: Callable[[int, int], None] | None = None,
-    sam2_run: str | os.PathLike | None = None,
-) -> SegmentSummary:
-    """Segment one CT volume with retrieval-augmented SAM 2 and write its label map.
-
-    For several volumes use :func:`segment_cases` (or one :class:`RagSegmenter`):
-    the models load once and encoded supports are shared between volumes.
-
-    Args:
-        input_path: CT image file or DICOM series folder (HU).
-        output_path: label file to write (``.nii.gz`` recommended), on the input's grid.
-        bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
-        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
-        k: support slices per query slice (each adds a memory of (image_size/16)^2 tokens).
-        embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
-            it must be the embedder the bank was built with.
-        exclude_cases: bank cases never used as supports (e.g. the query's own case).
-        batch_size: query slices per image-encoder / embedder pass.
-        cache_size: encoded support slices kept in memory.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        force: replace an existing output.
-        series_uid: DICOM series to read when a folder holds several.
-        z_prior: weight of the relative-z penalty in retrieval (``None`` / 0: off).
-        pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
-        sam2_run: a ``ragsam train-rag`` run whose fine-tuned SAM 2 is used (see :class:`RagSegmenter`).
-        run_dir: a fine-tuned run (``ragsam train``): fuse its class probabilities with the
-            retrieval probabilities (see :mod:`ragsam.retrieval.hybrid`); ``None``: retrieval only.
-        hybrid_weight: ``w`` of the retrieval term in the hybrid fusion.
-        progress: called as ``progress(done_slices, total_slices)``.
-    Raises:
-        InputError: bad input image, k out of range, other embedder, bad weights.
-        OutputExistsError: the output exists and ``force`` is false (checked before any work).
-    """
-    _check_call(hybrid_weight, batch_size, run_dir)
-    check_writable(Path(output_path), force)
-    segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports, sam2_run)
-    return segmenter.segment(input_path, output_path, k, exclude_cases, batch_size, force, series_uid, z_prior,
-                             run_dir, hybrid_weight, progress)
-
-
-@ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
-def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike, bank_dir: str | os.PathLike,
-                  sam2_weights: str = "facebook/sam2.1-hiera-tiny", layout: str = "auto",
-                  force: bool = False, embedder: Any = None, cache_size: int = 256, device: str = "auto",
-                  pointer_positions: str = "sequential", use_empty_supports: bool = True,
-                  progress: Callable[[str, int, int], None] | None = None, sam2_run: str | os.PathLike | None = None,
-                  options: SegmentOptions | None = None) -> list[SegmentSummary]:
-    """Segment every case of a file, DICOM folder or dataset folder with one :class:`RagSegmenter`.
-
-    Args:
-        input_path: an image file, a DICOM series folder, or a dataset folder (any layout
-            :func:`ragsam.data.layouts.discover_cases` understands).
-        output_path: output folder (``<case_id>.nii.gz`` per case), or a file for a single case.
-        layout: dataset layout of ``input_path`` (``auto`` detects it).
-        progress: called as ``progress(case_id, done_slices, total_slices)``.
-        options: how each volume is segmented (:class:`SegmentOptions`; default: its defaults).
-        Others: as :func:`segment_volume`.
-    Returns:
-        One summary per case, in case-id order.
-    Raises:
-        InputError / OutputExistsError: as :func:`segment_volume`; every output is checked
-        before any model is loaded.
-    """
-    from ragsam.data.layouts import discover_cases
-
-    refs = discover_cases(input_path, layout=layout)
-    if not refs:
-        raise InputError(input_path, "no images found")
-    outputs = case_output_paths([ref.case_id for ref in refs], output_path)
-    options = options or SegmentOptions()
-    options.check()
-    key = model_key(command="segment", bank=[file_digest(p) for p in sorted(Path(bank_dir).glob("*")) if p.is_file()],
-                    sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
-                    run=None if options.run_dir is None else
-                    [file_digest(Path(options.run_dir) / n) for n in ("model.safetensors", "config.yaml")],
-                    sam2_run=None if sam2_run is None else
-                    [file_digest(Path(sam2_run) / n) for n in ("model.safetensors", "config.yaml")],
-                    **options.output_key())
-    plan = plan_cases(refs, outputs, key, force)  # refuses outputs that are not ragsam's before any model loads
-    segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports, sam2_run) if plan.todo else None
-
-    def work(job: Any) -> tuple[SegmentSummary, dict[str, Any]]:
-        assert segmenter is not None
-        report = None if progress is None else (lambda done, total, cid=job.case_id: progress(cid, done, total))
-        summary = segmenter.segment(job.ref.image, job.output, force=True, progress=report,
-                                    **options.segment_kwargs())
-        return summary, summary.to_json()
-
-    def from_json(job: Any, recorded: dict[str, Any]) -> SegmentSummary:
-        return SegmentSummary(**{**recorded, "skipped": True})
-
-    return run_cases(plan, work, from_json)
 
 
 def _own_memories(seg: Any, images: np.ndarray, own: Mapping[int, np.ndarray],

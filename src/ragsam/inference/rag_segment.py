@@ -1,0 +1,211 @@
+"""Retrieval-augmented segmentation of volumes and dataset folders (``ragsam segment``), models built here.
+
+This floor loads what :class:`ragsam.retrieval.segment.RagSegmenter` is handed: SAM 2
+from weights or a ``ragsam train-rag`` run (:func:`ragsam.training.rag_model.load_sam2_run`),
+and, for the hybrid, a ``ragsam train`` run's class probabilities (:class:`FineTunedRuns`,
+:mod:`ragsam.retrieval.hybrid` fuses them). :func:`segment_volume` segments one volume;
+:func:`segment_cases` a dataset folder with one segmenter, resuming through
+:mod:`ragsam.utils.case_runner`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ragsam.errors import InputError
+from ragsam.retrieval.segment import (
+    DEFAULT_SAM2,
+    DEFAULT_Z_PRIOR,
+    RagSegmenter,
+    SegmentOptions,
+    SegmentSummary,
+    check_request,
+    check_settings,
+)
+from ragsam.utils import ranks
+from ragsam.utils.atomic import check_writable
+from ragsam.utils.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
+from ragsam.utils.paths import case_output_paths
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ragsam.data.slices import SliceGrid
+    from ragsam.data.volume import Volume
+
+
+def run_probabilities(run_dir: str, image: Volume, device: str, batch_size: int) -> tuple[Tensor, SliceGrid]:
+    """Fine-tuned class probabilities of every slice of ``image`` with the run's own slicing.
+
+    Returns:
+        ``(probabilities float32 (Z, C, S, S) on the CPU, slice grid)``.
+    """
+    from ragsam.data.slices import SliceSettings, volume_to_slices
+    from ragsam.inference.predict import predict_probabilities
+    from ragsam.inference.run_loader import load_run
+
+    model, cfg = load_run(run_dir, device, merge=True)
+    if cfg.data.window is None:
+        raise InputError(run_dir, "the run's data.window is not set (was it started by ragsam train?)")
+    settings = SliceSettings(window=tuple(cfg.data.window), size=cfg.model.image_size, context=cfg.data.context)
+    stack = volume_to_slices(image, None, settings)
+    dev = next(model.parameters()).device
+    probs = predict_probabilities(model, stack.model_input(channels=3), batch_size, dev, cfg.optim.bf16)
+    return probs.float().cpu(), stack.grid
+
+
+class FineTunedRuns:
+    """``ragsam train`` run folders as the hybrid's fine-tuned half
+    (:class:`ragsam.retrieval.segment.FineTunedSource`)."""
+
+    def check(self, run_dir: str | os.PathLike) -> None:
+        from ragsam.inference.run_loader import read_run_config
+
+        read_run_config(run_dir)
+
+    def probabilities(self, run_dir: str, image: Volume, device: str, batch_size: int) -> tuple[Tensor, SliceGrid]:
+        return run_probabilities(run_dir, image, device, batch_size)
+
+
+FINE_TUNED_RUNS = FineTunedRuns()
+
+
+def load_segmenter(bank_dir: str | os.PathLike, sam2_weights: str = DEFAULT_SAM2, embedder: Any = None,
+                   cache_size: int = 256, device: str = "auto", pointer_positions: str = "sequential",
+                   use_empty_supports: bool = True, sam2_run: str | os.PathLike | None = None) -> RagSegmenter:
+    """A :class:`RagSegmenter` with its SAM 2 built and ``ragsam train`` runs usable for the hybrid.
+
+    Args:
+        sam2_run: a ``ragsam train-rag`` run folder: its fine-tuned SAM 2 (LoRA merged) replaces
+            ``sam2_weights``, and the ``pointer_positions`` / ``use_empty_supports`` it was trained
+            with apply.
+        Others: as :class:`RagSegmenter`.
+    Raises:
+        InputError: bad bank, other embedder, bad weights or run, bad settings.
+    """
+    sam2: str | tuple[Any, dict[str, Any]] = sam2_weights
+    if sam2_run is not None:
+        from ragsam.training.rag_model import load_sam2_run
+        from ragsam.utils.device import resolve_device
+
+        check_settings(pointer_positions, cache_size)
+        sam2 = load_sam2_run(sam2_run, device=str(resolve_device(device)))
+    return RagSegmenter(bank_dir, sam2, embedder, cache_size, device, pointer_positions, use_empty_supports,
+                        fine_tuned=FINE_TUNED_RUNS)
+
+
+def segment_volume(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    bank_dir: str | os.PathLike,
+    sam2_weights: str = DEFAULT_SAM2,
+    k: int = 4,
+    embedder: Any = None,
+    exclude_cases: Iterable[str] = (),
+    batch_size: int = 8,
+    cache_size: int = 256,
+    device: str = "auto",
+    force: bool = False,
+    series_uid: str | None = None,
+    z_prior: float | None = DEFAULT_Z_PRIOR,
+    pointer_positions: str = "sequential",
+    use_empty_supports: bool = True,
+    run_dir: str | os.PathLike | None = None,
+    hybrid_weight: float = 0.5,
+    progress: Callable[[int, int], None] | None = None,
+    sam2_run: str | os.PathLike | None = None,
+) -> SegmentSummary:
+    """Segment one CT volume with retrieval-augmented SAM 2 and write its label map.
+
+    For several volumes use :func:`segment_cases` (or one :class:`RagSegmenter`):
+    the models load once and encoded supports are shared between volumes.
+
+    Args:
+        input_path: CT image file or DICOM series folder (HU).
+        output_path: label file to write (``.nii.gz`` recommended), on the input's grid.
+        bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
+        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
+        k: support slices per query slice (each adds a memory of (image_size/16)^2 tokens).
+        embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
+            it must be the embedder the bank was built with.
+        exclude_cases: bank cases never used as supports (e.g. the query's own case).
+        batch_size: query slices per image-encoder / embedder pass.
+        cache_size: encoded support slices kept in memory.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        force: replace an existing output.
+        series_uid: DICOM series to read when a folder holds several.
+        z_prior: weight of the relative-z penalty in retrieval (``None`` / 0: off).
+        pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
+        sam2_run: a ``ragsam train-rag`` run whose fine-tuned SAM 2 is used (see :func:`load_segmenter`).
+        run_dir: a fine-tuned run (``ragsam train``): fuse its class probabilities with the
+            retrieval probabilities (see :mod:`ragsam.retrieval.hybrid`); ``None``: retrieval only.
+        hybrid_weight: ``w`` of the retrieval term in the hybrid fusion.
+        progress: called as ``progress(done_slices, total_slices)``.
+    Raises:
+        InputError: bad input image, k out of range, other embedder, bad weights.
+        OutputExistsError: the output exists and ``force`` is false (checked before any work).
+    """
+    check_request(hybrid_weight, batch_size, run_dir, FINE_TUNED_RUNS)
+    check_writable(Path(output_path), force)
+    segmenter = load_segmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
+                             use_empty_supports, sam2_run)
+    return segmenter.segment(input_path, output_path, k, exclude_cases, batch_size, force, series_uid, z_prior,
+                             run_dir, hybrid_weight, progress)
+
+
+@ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
+def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike, bank_dir: str | os.PathLike,
+                  sam2_weights: str = DEFAULT_SAM2, layout: str = "auto",
+                  force: bool = False, embedder: Any = None, cache_size: int = 256, device: str = "auto",
+                  pointer_positions: str = "sequential", use_empty_supports: bool = True,
+                  progress: Callable[[str, int, int], None] | None = None, sam2_run: str | os.PathLike | None = None,
+                  options: SegmentOptions | None = None) -> list[SegmentSummary]:
+    """Segment every case of a file, DICOM folder or dataset folder with one :class:`RagSegmenter`.
+
+    Args:
+        input_path: an image file, a DICOM series folder, or a dataset folder (any layout
+            :func:`ragsam.data.layouts.discover_cases` understands).
+        output_path: output folder (``<case_id>.nii.gz`` per case), or a file for a single case.
+        layout: dataset layout of ``input_path`` (``auto`` detects it).
+        progress: called as ``progress(case_id, done_slices, total_slices)``.
+        options: how each volume is segmented (:class:`SegmentOptions`; default: its defaults).
+        Others: as :func:`segment_volume`.
+    Returns:
+        One summary per case, in case-id order.
+    Raises:
+        InputError / OutputExistsError: as :func:`segment_volume`; every output is checked
+        before any model is loaded.
+    """
+    from ragsam.data.layouts import discover_cases
+
+    refs = discover_cases(input_path, layout=layout)
+    if not refs:
+        raise InputError(input_path, "no images found")
+    outputs = case_output_paths([ref.case_id for ref in refs], output_path)
+    options = options or SegmentOptions()
+    options.check(FINE_TUNED_RUNS)
+    key = model_key(command="segment", bank=[file_digest(p) for p in sorted(Path(bank_dir).glob("*")) if p.is_file()],
+                    sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
+                    run=None if options.run_dir is None else
+                    [file_digest(Path(options.run_dir) / n) for n in ("model.safetensors", "config.yaml")],
+                    sam2_run=None if sam2_run is None else
+                    [file_digest(Path(sam2_run) / n) for n in ("model.safetensors", "config.yaml")],
+                    **options.output_key())
+    plan = plan_cases(refs, outputs, key, force)  # refuses outputs that are not ragsam's before any model loads
+    segmenter = load_segmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
+                             use_empty_supports, sam2_run) if plan.todo else None
+
+    def work(job: Any) -> tuple[SegmentSummary, dict[str, Any]]:
+        assert segmenter is not None
+        report = None if progress is None else (lambda done, total, cid=job.case_id: progress(cid, done, total))
+        summary = segmenter.segment(job.ref.image, job.output, force=True, progress=report,
+                                    **options.segment_kwargs())
+        return summary, summary.to_json()
+
+    def from_json(job: Any, recorded: dict[str, Any]) -> SegmentSummary:
+        return SegmentSummary(**{**recorded, "skipped": True})
+
+    return run_cases(plan, work, from_json)
