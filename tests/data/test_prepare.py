@@ -11,8 +11,9 @@ import pytest
 
 from ragsam.data.phantom import make_phantom, write_phantom_dataset
 from ragsam.data.prepare import prepare_dataset
-from ragsam.data.slice_dataset import MANIFEST_COLUMNS, SliceDataset, load_splits, read_manifest
+from ragsam.data.slice_dataset import MANIFEST_COLUMNS, SliceDataset, read_manifest
 from ragsam.data.slices import SliceGrid, SliceSettings, slices_to_volume, volume_to_slices
+from ragsam.data.splits import Splits
 from ragsam.data.volume import read_image, read_labels, write_labels
 from ragsam.errors import InputError
 
@@ -58,7 +59,7 @@ def test_manifest_rows_and_auto_split(dataset, tmp_path):
     header = (out / "manifest.csv").read_text().splitlines()[0]
     assert tuple(header.split(",")) == MANIFEST_COLUMNS
     # btcv layout -> the paper's 24/6 rule scaled to 4 cases: 1 test case, at sorted position floor(0.5 * 4)
-    assert load_splits(out) == {"train": ["0001", "0002", "0004"], "test": ["0003"]}
+    assert Splits.read(out).to_json() == {"train": ["0001", "0002", "0004"], "test": ["0003"]}
     records = read_manifest(out)
     assert len(records) == 24
     for r in records:
@@ -128,7 +129,7 @@ def test_subset_label_map_converts_and_kfold_split(dataset, tmp_path):
     # paper-8 order: 1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder, 5 liver, 6 stomach, 7 aorta, 8 pancreas
     for btcv_id, paper_id in {1: 1, 2: 2, 3: 3, 4: 4, 6: 5, 7: 6, 8: 7, 11: 8, 5: 0, 9: 0}.items():
         assert np.array_equal(labels[src.array == btcv_id], np.full((src.array == btcv_id).sum(), paper_id))
-    splits = load_splits(out)
+    splits = Splits.read(out).to_json()
     assert splits["train"] == summary.cases and len(splits["folds"]) == 2
     fold_of = {c: f"fold{i}" for i, f in enumerate(splits["folds"]) for c in f["val"]}
     assert {(r.case_id, r.split) for r in read_manifest(out)} == set(fold_of.items())

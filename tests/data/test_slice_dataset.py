@@ -14,9 +14,9 @@ from ragsam.data.slice_arrays import nearest_exact_indices, resize_labels
 from ragsam.data.slice_dataset import (
     MANIFEST_COLUMNS,
     SliceDataset,
-    load_splits,
     read_manifest,
 )
+from ragsam.data.splits import Splits
 from ragsam.errors import InputError
 
 
@@ -96,7 +96,7 @@ def test_resize_on_the_fly(cache):
 
 
 def test_case_selection_loader_and_transform(cache):
-    ds = SliceDataset(cache, case_ids=load_splits(cache)["test"],
+    ds = SliceDataset(cache, case_ids=Splits.read(cache).test,
                       transform=lambda it: {**it, "image": it["image"] * 2})
     assert len(ds) == 1 and torch.equal(ds[0]["image"], torch.full((3, 4, 4), 2.0))
     batch = next(iter(torch.utils.data.DataLoader(SliceDataset(cache), batch_size=3)))

@@ -126,10 +126,21 @@ def test_one_hot_probabilities_at_twice_the_size_are_exact(phantom):
     assert np.array_equal(slices_to_volume(one_hot * 5.0 - 2.0, stack.grid), lab_o.array)  # logits too
 
 
-def test_grid_json_round_trip_and_shape_checks(phantom):
+def test_grid_json_round_trip_and_shape_checks(phantom, tmp_path):
     stack = volume_to_slices(*phantom, SliceSettings(size=32, context=1))
     grid = SliceGrid.from_json(json.loads(json.dumps(stack.grid.to_json())))
     assert grid == stack.grid
+    # grid.json: the one reader, versioned (none recorded = 1), refusing newer and malformed files
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "grid.json").write_text(json.dumps(stack.grid.to_json()))
+    assert SliceGrid.read(case) == stack.grid
+    (case / "grid.json").write_text(json.dumps({**stack.grid.to_json(), "format_version": 2}))
+    with pytest.raises(InputError, match="format version 2 is written by a newer ragsam"):
+        SliceGrid.read(case)
+    (case / "grid.json").write_text(json.dumps({"size": 32}))
+    with pytest.raises(InputError, match="malformed slice grid"):
+        SliceGrid.read(case)
     with pytest.raises(ValueError, match="Z=10"):
         slices_to_volume(np.zeros((9, 32, 32), np.uint8), grid)
     # 2.5D model input: neighbours clamped at the volume ends

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ragsam.data.splits import kfold, load_splits, paper_split, save_splits
+from ragsam.data.splits import Splits, kfold, paper_split, save_splits
 from ragsam.errors import InputError, OutputExistsError
 
 BTCV_IDS = [f"{i:04d}" for i in [*range(1, 11), *range(21, 41)]]  # the 30 BTCV training scans
@@ -99,11 +99,11 @@ def test_kfold_partitions_and_is_seeded() -> None:
 def test_save_load_round_trip_and_validation(tmp_path: Path) -> None:
     splits = {**paper_split(BTCV_IDS, "btcv-even"), "folds": kfold(BTCV_IDS, 5)}
     path = save_splits(tmp_path / "splits.json", splits)
-    assert load_splits(path, case_ids=BTCV_IDS) == splits
+    assert Splits.read(path, case_ids=BTCV_IDS).to_json() == splits
     with pytest.raises(OutputExistsError):
         save_splits(path, splits)
     with pytest.raises(InputError, match=r"'train' names unknown case ids \['0002', '0004'"):
-        load_splits(path, case_ids=["0001"])
+        Splits.read(path, case_ids=["0001"])
     bad = tmp_path / "bad.json"
     for content, message in [
         ({"train": ["a", "b"], "test": ["b"]}, "in both train and test: ['b']"),
@@ -113,8 +113,24 @@ def test_save_load_round_trip_and_validation(tmp_path: Path) -> None:
     ]:
         bad.write_text(json.dumps(content))
         with pytest.raises(InputError) as err:
-            load_splits(bad)
+            Splits.read(bad)
         assert err.value.path == str(bad) and message in err.value.problem
     with pytest.raises(InputError, match="in both train and test"):
         save_splits(tmp_path / "x.json", {"train": ["a"], "test": ["a"]})
     assert not (tmp_path / "x.json").exists()
+
+
+def test_splits_reader_types_the_file_and_refuses_a_newer_version(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with pytest.raises(InputError, match="missing; run `ragsam prepare` again"):
+        Splits.read(cache)
+    save_splits(cache / "splits.json", {"train": ["0002", "0001"], "test": ["0003"], "extra": ["0004"]})
+    splits = Splits.read(cache)  # a prepared cache folder or the file itself
+    assert (splits.train, splits.test, splits.named["extra"], splits.folds) == (["0002", "0001"], ["0003"],
+                                                                                ["0004"], [])
+    assert splits.names() == ["train", "test", "extra"] and splits.format_version == 1
+    assert Splits.read(cache / "splits.json") == splits
+    (cache / "splits.json").write_text(json.dumps({"format_version": 2, "train": ["a"]}))
+    with pytest.raises(InputError, match="format version 2 is written by a newer ragsam"):
+        Splits.read(cache)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from ragsam.config import dump_config
 from ragsam.errors import InputError
 from ragsam.training import load_train_config
-from ragsam.training.run_info import RunInfo
+from ragsam.training.run_info import RunFiles, RunInfo
 
 HISTORY = [{"iteration": 2, "mean_dice": 0.25}, {"iteration": 4, "mean_dice": 0.5}]
 
@@ -67,3 +68,17 @@ def test_requested_config_new_and_resumed(tmp_path) -> None:
     assert again is not None and again.seed == 3 and again.log.every == 7
     given = requested_config("tiny", [], run, resume=True)  # an explicit --config wins (train() compares)
     assert given is not None and given.seed != 3
+
+
+def test_run_files_probe_names_each_file(tmp_path: Path) -> None:
+
+
+    assert RunFiles.probe(tmp_path / "absent") == RunFiles(False, False, False, False, False)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "model.safetensors", "checkpoints/state.pt"):
+        (run / name).write_bytes(b"")
+    (run / "last.safetensors").mkdir()  # a folder is not the file
+    files = RunFiles.probe(run)
+    assert (files.config, files.weights, files.last, files.checkpoint, files.validation) == (
+        True, True, False, True, False)

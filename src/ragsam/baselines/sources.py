@@ -17,7 +17,6 @@ original ground-truth file the prediction is scored against.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +122,7 @@ def _cache_loader(case_dir: Path) -> Callable[[], SliceStack]:
         try:
             images = np.load(case_dir / "image.npy").astype(np.float32)
             labels = np.load(case_dir / "label.npy")
-            grid = SliceGrid.from_json(json.loads((case_dir / "grid.json").read_text(encoding="utf-8")))
+            grid = SliceGrid.read(case_dir)
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(case_dir, f"unreadable cached case ({exc}); run `ragsam prepare` again") from None
         return SliceStack(images=images, labels=labels, grid=grid)
@@ -166,17 +165,16 @@ def cached_cases(cache: str | os.PathLike, split: str | None = None,
     Returns:
         (cases sorted by id, the cache's ``prepare.json``).
     """
-    from ragsam.data.slice_dataset import load_splits
+    from ragsam.data.splits import Splits
 
     cache = Path(cache)
     meta = CacheMeta.read(cache)
     ids = sorted(meta.cases)
     if split is not None:
-        splits = load_splits(cache)
-        members = splits.get(split)
-        if not isinstance(members, list):
-            known = [k for k, v in splits.items() if isinstance(v, list)]
-            raise InputError(cache / "splits.json", f"no split {split!r} (available: {', '.join(known)})")
+        splits = Splits.read(cache)
+        members = splits.named.get(split)
+        if members is None:
+            raise InputError(cache / "splits.json", f"no split {split!r} (available: {', '.join(splits.names())})")
         if not members:
             raise InputError(cache / "splits.json", f"split {split!r} is empty")
         ids = [c for c in ids if c in set(members)]

@@ -159,7 +159,7 @@ def _build_case(task: tuple[Any, str | None, Any, SliceSettings, Path]) -> str:
 def _case_rows(case_dir: Path, case_id: str, split: str) -> list[list[Any]]:
     """Manifest rows of one cached case (organs present per slice, from label.npy)."""
     labels = np.load(case_dir / "label.npy", mmap_mode="r")
-    grid = SliceGrid.from_json(json.loads((case_dir / "grid.json").read_text(encoding="utf-8")))
+    grid = SliceGrid.read(case_dir)
     depth = labels.shape[0]
     g = grid.geometry
     rows = []

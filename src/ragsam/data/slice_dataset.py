@@ -11,7 +11,6 @@ The resampling and 2.5D helpers it shares with :mod:`ragsam.data.slices` are in
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,26 +122,12 @@ def check_cache_arrays(prepared_dir: str | os.PathLike, records: list[SliceRecor
             raise InputError(folder / "label.npy", f"label value {top} is not an id of label_map.json (0..{max_id})")
 
 
-def load_splits(prepared_dir: str | os.PathLike) -> dict[str, Any]:
-    """``splits.json`` of a prepared cache: ``{"train": [...], "test": [...]}`` (+ ``"folds"``)."""
-    path = Path(prepared_dir) / "splits.json"
-    try:
-        splits = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "missing; run `ragsam prepare` again") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from None
-    if not isinstance(splits, dict) or not isinstance(splits.get("train"), list):
-        raise InputError(path, "expected a mapping with a 'train' list of case ids")
-    return splits
-
-
 class SliceDataset(Dataset):
     """Axial slices of a prepared cache as model-ready tensors.
 
     Args:
         prepared_dir: folder written by ``ragsam prepare``.
-        case_ids: cases to serve (default: all, in manifest order); e.g. ``load_splits(d)["train"]``.
+        case_ids: cases to serve (default: all, in manifest order); e.g. ``Splits.read(d).train``.
         context: 0 for single slices, else ``2*context+1`` neighbouring slices as channels.
         size: resize to ``size x size`` on the fly (images bilinear, labels nearest-exact).
         channels: copies of the slice when ``context == 0`` (3 for SAM's RGB input).

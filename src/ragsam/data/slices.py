@@ -16,8 +16,10 @@ instead is that slicing the returned volume again gives back the same slices.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from ragsam.data.volume import Volume
 
 CANONICAL = "LPS"
+GRID_FILE = "grid.json"  # a prepared case's SliceGrid (SliceGrid.read)
+GRID_VERSIONS = (1,)
+GRID_REBUILD = "rebuild the cache with `ragsam prepare --force`"
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,25 @@ class SliceGrid:
                    canonical_shape=tuple(int(v) for v in d["canonical_shape"]),
                    axes=tuple(int(v) for v in d["axes"]), flips=tuple(bool(v) for v in d["flips"]),
                    canonical_spacing=tuple(float(v) for v in d["canonical_spacing"]), size=int(d["size"]))
+
+    @classmethod
+    def read(cls, case_dir: str | os.PathLike) -> SliceGrid:
+        """``<case_dir>/grid.json`` of a prepared case: the one reader of the file.
+
+        Written without a version key (a file without one is version 1).
+
+        Raises:
+            InputError: a missing, corrupt, newer or malformed file (one line naming it).
+        """
+        from ragsam.utils.formats import check_format_version, read_json_object
+
+        path = Path(case_dir) / GRID_FILE
+        d = read_json_object(path, f"missing; {GRID_REBUILD}")
+        check_format_version(path, d.get("format_version"), GRID_VERSIONS, GRID_REBUILD)
+        try:
+            return cls.from_json(d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(path, f"malformed slice grid ({exc!r}); {GRID_REBUILD}") from None
 
 
 @dataclass

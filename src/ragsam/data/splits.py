@@ -1,4 +1,4 @@
-"""Train/test splits: the paper's datasets, k-fold cross-validation, JSON files.
+"""Train/test splits: the paper's datasets, k-fold cross-validation, ``splits.json`` (:class:`Splits`).
 
 The paper (Section 4.1) splits BTCV's 30 labelled scans into 24 training / 6 test
 scans and FLARE22's 50 labelled cases into 30 training / 20 test cases, without
@@ -30,11 +30,11 @@ at least 1 training case (documented fallback for partial downloads and smoke te
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ import numpy as np
 
 from ragsam.errors import InputError
 from ragsam.utils.atomic import write_json
+from ragsam.utils.formats import check_format_version, read_json_object
 
 #: split rule -> (number of labelled cases, number of test cases) stated in the paper.
 PAPER_SPLITS: dict[str, tuple[int, int]] = {"btcv": (30, 6), "btcv-even": (30, 6), "flare22": (50, 20)}
@@ -200,13 +201,68 @@ def save_splits(path: str | os.PathLike, splits: dict[str, Any], force: bool = F
     return write_json(path, splits, force=force)
 
 
-def load_splits(path: str | os.PathLike, case_ids: Iterable[str] | None = None) -> dict[str, Any]:
-    """Read and validate a splits JSON file (see :func:`validate_splits`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from None
-    return validate_splits(data, path, case_ids)
+SPLITS_FILE = "splits.json"
+SPLITS_VERSION = 1
+SPLITS_VERSIONS = (1,)
+_REBUILD = "rebuild the cache with `ragsam prepare --force`"
+
+
+@dataclass(frozen=True)
+class Splits:
+    """``splits.json``: named lists of case ids and, after k-fold, the folds.
+
+    The one reader of the file, for a prepared cache's and for a user's own (``prepare --splits``).
+    Written by :func:`save_splits` without a version key (a file without one is version 1).
+
+    Attributes:
+        named: split name -> case ids, in file order (``train``, ``test`` and any other list).
+        folds: ``[{"train": [...], "val": [...]}, ...]`` (empty without k-fold).
+        format_version: the file's format version.
+    """
+
+    named: dict[str, list[str]]
+    folds: list[dict[str, list[str]]] = field(default_factory=list)
+    format_version: int = SPLITS_VERSION
+
+    @property
+    def train(self) -> list[str]:
+        return self.named["train"]
+
+    @property
+    def test(self) -> list[str]:
+        return self.named.get("test", [])
+
+    def names(self) -> list[str]:
+        """Every list of the file by name (for messages), ``folds`` last when present."""
+        return [*self.named, *(["folds"] if self.folds else [])]
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``splits.json`` (as :func:`save_splits` writes it)."""
+        return {**self.named, **({"folds": self.folds} if self.folds else {})}
+
+    @classmethod
+    def from_json(cls, d: Any, path: str | os.PathLike | None = None,
+                  case_ids: Iterable[str] | None = None) -> Splits:
+        """Validate ``d`` (:func:`validate_splits`; ``case_ids``: the ids it may name) and type it.
+
+        Raises:
+            InputError: an unsupported version or invalid splits, naming ``path``.
+        """
+        version = check_format_version(path or SPLITS_FILE, d.get("format_version") if isinstance(d, dict) else None,
+                                       SPLITS_VERSIONS, _REBUILD)
+        validate_splits(d, path, case_ids)
+        named = {str(k): list(v) for k, v in d.items() if k != "folds" and isinstance(v, list)}
+        return cls(named, list(d.get("folds") or []), version)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, case_ids: Iterable[str] | None = None) -> Splits:
+        """``splits.json`` of a prepared cache folder, or a splits file.
+
+        Raises:
+            InputError: a missing, corrupt, newer or invalid file (one line naming it).
+        """
+        path = Path(path)
+        folder = path.is_dir()
+        file = path / SPLITS_FILE if folder else path
+        d = read_json_object(file, "missing; run `ragsam prepare` again" if folder else "does not exist")
+        return cls.from_json(d, file, case_ids)

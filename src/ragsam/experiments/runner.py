@@ -29,13 +29,15 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragsam.data.cache_meta import CacheMeta
+from ragsam.data.splits import Splits
 from ragsam.errors import InputError
 from ragsam.experiments.plans import Plan, Variant, load_plan, variant_folder_name
-from ragsam.utils.atomic import write_json, write_text
+from ragsam.experiments.records import PlanRecord, VariantResult, forget_done, is_done
+from ragsam.utils.atomic import write_text
 
 Log = Callable[[str], None]
 
@@ -85,20 +87,6 @@ class ExperimentSettings:
     extra_overrides: list[str] = field(default_factory=list)
 
 
-@dataclass
-class VariantResult:
-    """A finished variant: per-organ mean Dice (organ name -> [0, 1]) and its trainable weights.
-
-    ``trainable_mib``: bytes of the saved trainable tensors / 2^20 (the paper's "model size").
-    """
-
-    name: str
-    dice: dict[str, float]
-    trainable_parameters: int | None
-    predictions: str
-    trainable_mib: float | None = None
-
-
 def plan_label_map(plan: Plan, settings: ExperimentSettings) -> str:
     """The label scheme the plan trains and scores in (``paper-8:flare22`` ...).
 
@@ -132,7 +120,7 @@ def describe_plan(plan: Plan, out: Path, settings: ExperimentSettings | None = N
     lines = [f"{plan.name}: {plan.title} (dataset {plan.dataset}, organs {plan.organs}, "
              f"absent-organ rule {plan.absent})"]
     for v in plan.variants:
-        done = (out / "variants" / variant_folder_name(v.name) / "done.json").is_file()
+        done = is_done(out / "variants" / variant_folder_name(v.name))
         preset = (v.preset or settings.base_config) if v.kind == "finetune" else ""
         command = " ".join(["train --config", preset, *v.overrides])
         what = {"finetune": f"{command} ({preset_summary(preset, v.overrides)})" if v.kind == "finetune" else "",
@@ -145,17 +133,6 @@ def describe_plan(plan: Plan, out: Path, settings: ExperimentSettings | None = N
         row = f"paper row '{v.paper_row}'" if v.paper_row else "ours, not in the paper"
         lines.append(f"  [{'done' if done else 'todo'}] {v.name}: {what.strip()} [{row}]")
     return lines
-
-
-def _check_plan_file(out: Path, plan: Plan, settings: ExperimentSettings, force: bool) -> None:
-    record = {"plan": asdict(plan), "settings": asdict(settings)}
-    path = out / "plan.json"
-    if path.is_file() and not force:
-        previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(record)):
-            raise InputError(path, "this folder holds a run of another plan or other settings "
-                                   "(use another --out, or --force to start it again)")
-    write_json(path, record, force=True)
 
 
 def _override_text(value: object) -> str:
@@ -251,8 +228,7 @@ class ExperimentRunner:
 
     def test_cases(self) -> list[str]:
         """Case ids of the test split (every case is test when the split has none)."""
-        splits = json.loads((self.prepared / "splits.json").read_text())
-        test = list(splits.get("test") or [])
+        test = list(Splits.read(self.prepared).test)
         if not test:
             raise InputError(self.settings.data, "the split has no test cases; a plan needs at least one")
         return sorted(test)
@@ -283,10 +259,10 @@ class ExperimentRunner:
     def run_variant(self, variant: Variant) -> VariantResult:
         """Run (or resume, or skip when finished) one variant and return its result."""
         folder = self.variant_dir(variant)
-        done = folder / "done.json"
-        if done.is_file():
+        finished = VariantResult.read(folder)
+        if finished is not None:
             self.log(f"{variant.name}: finished earlier, skipped")
-            return VariantResult(**json.loads(done.read_text()))
+            return finished
         predictions = folder / "predictions"
         predictions.mkdir(parents=True, exist_ok=True)
         params, mib = None, None
@@ -300,7 +276,7 @@ class ExperimentRunner:
             self._baseline(variant, folder, predictions)
         dice = self._evaluate(predictions, folder / "evaluation")
         result = VariantResult(variant.name, dice, params, str(predictions), mib)
-        write_json(done, asdict(result), force=True)
+        result.write(folder)
         return result
 
     def _finetune(self, variant: Variant, folder: Path, predictions: Path) -> tuple[int | None, float | None]:
@@ -346,10 +322,11 @@ class ExperimentRunner:
 
     def _rag(self, variant: Variant, predictions: Path) -> tuple[int | None, float | None]:
         from ragsam.inference.rag_segment import load_segmenter
+        from ragsam.training.run_info import RunFiles
 
         base = next(v for v in self.plan.variants if v.name == variant.base)
         base_run = self.variant_dir(base) / "run"
-        if not (base_run / "model.safetensors").is_file():
+        if not RunFiles.probe(base_run).weights:
             raise InputError(base_run, f"variant {variant.name!r} needs {base.name!r} trained first")
         bank = self._bank()
         sam2 = self._retrieval_models[0]
@@ -424,10 +401,10 @@ class ExperimentRunner:
     def run(self, force: bool = False) -> dict[str, VariantResult]:
         """Prepare, run every variant in order (finetune before rag), then write tables and figures."""
         self.out.mkdir(parents=True, exist_ok=True)
-        _check_plan_file(self.out, self.plan, self.settings, force)
+        PlanRecord.of(self.plan, self.settings).check_and_write(self.out, force)
         if force:
             for variant in self.plan.variants:
-                (self.variant_dir(variant) / "done.json").unlink(missing_ok=True)
+                forget_done(self.variant_dir(variant))
         self.prepare()
         order = sorted(self.plan.variants, key=lambda v: {"finetune": 0, "rag": 1, "retrieval": 2, "baseline": 3}[v.kind])
         results = {v.name: self.run_variant(v) for v in order}

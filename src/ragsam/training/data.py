@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ragsam.data.cache_meta import CacheMeta
-from ragsam.data.slice_dataset import SliceDataset, load_splits
+from ragsam.data.slice_dataset import SliceDataset
+from ragsam.data.splits import Splits
 from ragsam.errors import InputError
 from ragsam.training.config import TrainConfig
 
@@ -37,20 +38,17 @@ class TrainData:
     meta: CacheMeta
 
 
-def resolve_cases(entries: list[str], splits: dict[str, Any], known: list[str], prepared: Path,
+def resolve_cases(entries: list[str], splits: Splits, known: list[str], prepared: Path,
                   key: str) -> list[str]:
     """Expand split names to case ids; unknown names or ids are an InputError."""
     out: list[str] = []
-    folds = splits.get("folds") if isinstance(splits.get("folds"), dict) else {}
     for entry in entries:
-        if entry in splits and isinstance(splits[entry], list):
-            out.extend(str(c) for c in splits[entry])
-        elif entry in folds and isinstance(folds[entry], list):
-            out.extend(str(c) for c in folds[entry])
+        if entry in splits.named:
+            out.extend(str(c) for c in splits.named[entry])
         elif entry in known:
             out.append(entry)
         else:
-            names = [k for k, v in splits.items() if isinstance(v, list)]
+            names = splits.names()
             raise InputError(prepared, f"data.{key}: {entry!r} is neither a split ({', '.join(names)}) "
                              f"nor a case id of the cache")
     missing = [c for c in out if c not in known]
@@ -92,7 +90,7 @@ def build_data(cfg: TrainConfig) -> TrainData:
         raise InputError(prepared, f"data.size={size} differs from model.image_size={cfg.model.image_size}")
     d.size = size
     d.window = [float(v) for v in settings.get("window", (-125.0, 275.0))]
-    splits = load_splits(prepared)
+    splits = Splits.read(prepared)
     probe = SliceDataset(prepared)
     known = probe.case_ids
     train_ids = resolve_cases(d.train, splits, known, prepared, "train")

@@ -102,7 +102,8 @@ def build_episodes(cfg: RagTrainConfig, device: str = "cpu") -> EpisodeData:
             sizes or windows, no training slices, too few supports outside a query's case.
     """
     from ragsam.data.cache_meta import CacheMeta
-    from ragsam.data.slice_dataset import load_splits, read_manifest
+    from ragsam.data.slice_dataset import read_manifest
+    from ragsam.data.splits import Splits
     from ragsam.retrieval.bank import SupportBank
     from ragsam.retrieval.support_retrieval import retrieve_supports
 
@@ -119,7 +120,7 @@ def build_episodes(cfg: RagTrainConfig, device: str = "cpu") -> EpisodeData:
                                        f"({getattr(theirs, key)})")
     records = read_manifest(prepared)
     known = list(dict.fromkeys(r.case_id for r in records))
-    splits = load_splits(prepared)
+    splits = Splits.read(prepared)
     train_ids = resolve_cases(d.train, splits, known, prepared, "train")
     val_ids = resolve_cases(d.val, splits, known, prepared, "val")
     overlap = sorted(set(train_ids) & set(val_ids))

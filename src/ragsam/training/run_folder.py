@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragsam.errors import InputError, OutputExistsError
-from ragsam.training.checkpoint import STATE_FILE
-from ragsam.training.run_info import CONFIG_FILE, VAL_FILE
+from ragsam.training.run_info import CONFIG_FILE, VAL_FILE, RunFiles
 from ragsam.utils.atomic import remove_stale_temporaries, replace_dir
 from ragsam.utils.folders import copy_entries
 
@@ -94,14 +93,14 @@ def plan_folder(run_dir: Path, resume: bool, force: bool, have_config: bool, cle
     if cleanup:
         remove_stale_temporaries(run_dir)  # a forced run killed before it finished
     entries = _entries(run_dir)
-    saved = (run_dir / "config.yaml").is_file()
+    files = RunFiles.probe(run_dir)
+    saved = files.config
     only_run_files = all(_is_run_entry(p) for p in entries)
     if force:
         if not entries:
             return RunFolder(run_dir, run_dir, False, False)
         return RunFolder(run_dir, run_dir.with_name(f".{run_dir.name}.force.tmp"), False, False)
-    finished = (run_dir / "last.safetensors").is_file()
-    checkpoint = (run_dir / STATE_FILE).is_file()
+    finished, checkpoint = files.last, files.checkpoint
     if not resume and entries:
         if not saved or finished:
             raise OutputExistsError(run_dir)

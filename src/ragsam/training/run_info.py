@@ -4,7 +4,8 @@ A run folder (see :mod:`ragsam.training.run`) holds the resolved configuration
 (``config.yaml``, a :class:`~ragsam.training.config.TrainConfig`) and what
 training reports about itself (``val.json``: the best validation and every
 validation). Every reader goes through :meth:`RunInfo.read` or
-:meth:`RunInfo.read_config`; nothing else parses these files.
+:meth:`RunInfo.read_config`; nothing else parses these files. :meth:`RunFiles.probe` says
+which of the run's files exist (started, predicts, finished, resumable).
 
 ``val.json`` on disk::
 
@@ -30,6 +31,8 @@ RUN_VERSION = 1
 RUN_VERSIONS = (1,)
 CONFIG_FILE = "config.yaml"
 VAL_FILE = "val.json"
+WEIGHTS_FILE = "model.safetensors"
+LAST_FILE = "last.safetensors"
 REBUILD = "train the run again with `ragsam train --force`"
 
 
@@ -106,3 +109,32 @@ class RunInfo:
     def write_val(self, run_dir: str | os.PathLike) -> Path:
         """Write ``<run_dir>/val.json`` atomically."""
         return write_json(Path(run_dir) / VAL_FILE, self.to_json(), force=True)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Which of a run folder's files are there: what a caller may rely on before reading them.
+
+    Attributes:
+        config: ``config.yaml`` (the run was started by ragsam).
+        weights: ``model.safetensors`` (best or final trainable tensors: the run can predict).
+        last: ``last.safetensors`` (training finished).
+        checkpoint: ``checkpoints/state.pt`` (an unfinished run can resume).
+        validation: ``val.json``.
+    """
+
+    config: bool
+    weights: bool
+    last: bool
+    checkpoint: bool
+    validation: bool
+
+    @classmethod
+    def probe(cls, run_dir: str | os.PathLike) -> RunFiles:
+        """Look at ``run_dir`` (a missing folder has none of the files)."""
+        from ragsam.training.checkpoint import STATE_FILE
+
+        run_dir = Path(run_dir)
+        return cls(config=(run_dir / CONFIG_FILE).is_file(), weights=(run_dir / WEIGHTS_FILE).is_file(),
+                   last=(run_dir / LAST_FILE).is_file(), checkpoint=(run_dir / STATE_FILE).is_file(),
+                   validation=(run_dir / VAL_FILE).is_file())
