@@ -51,19 +51,20 @@ def _weights(models: str) -> tuple[str, str, int]:
 def _dataset(kind: str, work: Path, size: int, cases: int, models: str) -> tuple[Path, list[tuple[list[str], str]]]:
     """Prepared cache + bank; the (train cases, test case) directions."""
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
-    from ragsam.retrieval.bank import build_bank
+    from ragsam.retrieval.bank import BankOptions, build_bank
 
     if kind == "real-ct":
         source = REAL_CT
     else:
         source = work / "phantom"
         write_phantom_dataset(source, n_cases=cases, shape=(16, 64, 64), spacing_mm=(8.0, 6.0, 6.0), seed=7)
-    summary = prepare_dataset(source, work / "prep", SliceSettings(size=size), label_map="btcv", split="none")
+    summary = prepare_dataset(source, work / "prep", PrepareOptions(settings=SliceSettings(size=size),
+                              label_map="btcv", split="none"))
     ids = sorted(summary.cases)
     _, embedder, embedder_size = _weights(models)
-    build_bank(work / "prep", work / "bank", embedder_weights=embedder, image_size=embedder_size)
+    build_bank(work / "prep", work / "bank", BankOptions(embedder_weights=embedder, image_size=embedder_size))
     if kind == "real-ct":
         return work / "bank", [([ids[0]], ids[1]), ([ids[1]], ids[0])]
     return work / "bank", [(ids[:-1], ids[-1])]

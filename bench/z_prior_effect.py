@@ -45,26 +45,28 @@ def run(args) -> dict:
     from ragsam.data.cache_meta import CacheMeta
     from ragsam.data.cases import CaseRef, load_case
     from ragsam.data.label_maps import load_label_map
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slice_dataset import SliceDataset
     from ragsam.data.slices import SliceSettings
     from ragsam.data.volume import write_labels
-    from ragsam.evaluation.evaluate import evaluate
+    from ragsam.evaluation.evaluate import EvaluationOptions, evaluate
     from ragsam.retrieval.bank import SupportBank
-    from ragsam.retrieval.bank_build import build_bank
+    from ragsam.retrieval.bank_build import BankOptions, build_bank
     from ragsam.retrieval.segment import RagSegmenter
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prepare_dataset(REAL_CT, work / "prepared", SliceSettings(size=args.size), label_map="btcv", split="none")
+        prepare_dataset(REAL_CT, work / "prepared", PrepareOptions(settings=SliceSettings(size=args.size),
+                        label_map="btcv", split="none"))
         cases = sorted(CacheMeta.read(work / "prepared").cases)
         meta = SliceDataset(work / "prepared")
         lmap = load_label_map("btcv")
         for query in cases:
             support = next(c for c in cases if c != query)
             bank_dir = work / f"bank-{support}"
-            build_bank(work / "prepared", bank_dir, embedder_weights=args.embedder, cases=[support], force=True)
+            build_bank(work / "prepared", bank_dir, BankOptions(embedder_weights=args.embedder,
+                       cases=[support]), force=True)
             bank = SupportBank.load(bank_dir)
             embedder = bank.embedder(device=args.device)
             images = np.asarray(meta.arrays(query)[0], dtype=np.float32)
@@ -75,7 +77,8 @@ def run(args) -> dict:
             for weight in (0.0, 0.5):
                 out = work / f"{query}-{weight}.nii.gz"
                 segmenter.segment(str(case.image), out, k=args.k, z_prior=weight or None, force=True)
-                result = evaluate(out, work / f"gt-{query}.nii.gz", label_map=lmap, overlays=False)
+                result = evaluate(out, work / f"gt-{query}.nii.gz", EvaluationOptions(label_map=lmap,
+                                  overlays=False))
                 table = result.table()
                 dice = {n: round(float(v), 4) for n, v in zip(table.organ_names, table.mean["dice"], strict=True)
                         if not np.isnan(v)}

@@ -22,18 +22,17 @@ def build_world(root: Path) -> dict[str, Path]:
 
     from ragsam.data.layouts import discover_cases
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
     from ragsam.data.volume import read_labels, write_labels
-    from ragsam.retrieval.bank import build_bank
+    from ragsam.retrieval.bank import BankOptions, build_bank
 
     data = write_phantom_dataset(root / "data", n_cases=3, shape=PHANTOM_SHAPE, spacing_mm=(8.0, 6.0, 6.0))
     prepared = root / "prepared"
-    prepare_dataset(data, prepared, SliceSettings(size=64), split="none")
+    prepare_dataset(data, prepared, PrepareOptions(settings=SliceSettings(size=64), split="none"))
     torch.manual_seed(0)
     refs = discover_cases(data)
-    build_bank(prepared, root / "bank", embedder_weights="tiny", image_size=28,
-               cases=[r.case_id for r in refs[1:]])  # case 1 stays out of the bank (the "test" case)
+    build_bank(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28, cases=[r.case_id for r in refs[1:]]))  # case 1 stays out of the bank (the "test" case)
     for ref in refs:
         gt = read_labels(ref.labels)
         pred = np.where(gt.array == 6, 0, gt.array).astype(np.uint8)

@@ -99,12 +99,12 @@ def test_named_subset_prompts_its_source_organs() -> None:
 
 def test_prepared_cache_split_and_original_geometry(tmp_path: Path) -> None:
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
 
     source = write_phantom_dataset(tmp_path / "raw", n_cases=2, layout="btcv", seed=0, shape=(8, 40, 40),
                                    spacing_mm=(5.0, 4.0, 4.0))
     cache = tmp_path / "cache"
-    prepare_dataset(source, cache, SliceSettings(size=48), split="none")
+    prepare_dataset(source, cache, PrepareOptions(settings=SliceSettings(size=48), split="none"))
     with pytest.raises(InputError, match="split 'test' is empty"):  # --split none: everything is train
         run_baseline(cache, tmp_path / "bad", BaselineConfig(arch="tiny", split="test", device="cpu"))
     with pytest.raises(InputError, match="no split 'val' \\(available: train, test\\)"):
@@ -210,13 +210,13 @@ def _without_timings(meta: dict) -> dict:
 
 def test_two_gloo_ranks_write_the_folder_one_process_writes(tmp_path: Path, monkeypatch) -> None:
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from two_ranks import run_ranks
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     source = write_phantom_dataset(tmp_path / "raw", n_cases=3, layout="btcv", seed=0, shape=(6, 40, 40),
                                    spacing_mm=(5.0, 4.0, 4.0))
-    cache = prepare_dataset(source, tmp_path / "cache", SliceSettings(size=48), split="none").out_dir
+    cache = prepare_dataset(source, tmp_path / "cache", PrepareOptions(settings=SliceSettings(size=48), split="none")).out_dir
     one = _baseline_fields(str(cache), str(tmp_path / "one"))
     assert len(one[0]) == 3 and len(one[2]) > 0
     assert run_ranks(_baseline_fields, str(cache), str(tmp_path / "two")) == {0: ("ok", one), 1: ("ok", one)}

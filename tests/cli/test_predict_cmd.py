@@ -7,12 +7,12 @@ from ragsam.cli.main import run_cli
 
 def test_predict_cli(tmp_path, capsys):
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
     from ragsam.data.volume import read_image, read_labels
 
     write_phantom_dataset(tmp_path / "src", n_cases=1, shape=(4, 32, 32), seed=5)
-    prepare_dataset(tmp_path / "src", tmp_path / "prep", SliceSettings(size=32), split="none")
+    prepare_dataset(tmp_path / "src", tmp_path / "prep", PrepareOptions(settings=SliceSettings(size=32), split="none"))
     run = tmp_path / "run"
     assert run_cli(["train", "--config", "tiny", "--prepared", str(tmp_path / "prep"), "--out", str(run),
                     "model.image_size=32", "optim.max_iterations=1", "log.tensorboard=false", "device=cpu"]) == 0

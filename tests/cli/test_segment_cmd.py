@@ -23,7 +23,7 @@ def bank(ct3mm, tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "retrieval"))
     from bank_fixtures import write_prepared
 
-    from ragsam.retrieval.bank import build_bank
+    from ragsam.retrieval.bank import BankOptions, build_bank
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -32,7 +32,7 @@ def bank(ct3mm, tmp_path_factory):
     stack = volume_to_slices(image, read_labels(ct3mm["labels"], reference=image), SliceSettings(size=32))
     prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
     torch.manual_seed(0)
-    build_bank(prepared, root / "bank", embedder_weights="tiny", image_size=28)
+    build_bank(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
     yield root / "bank"
     torch.set_num_threads(threads)
 

@@ -15,12 +15,12 @@ ARGS = ["model.image_size=32", "optim.max_iterations=2", "optim.warmup=1", "opti
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
     root = tmp_path_factory.mktemp("train_cmd")
     write_phantom_dataset(root / "src", n_cases=1, shape=(4, 32, 32), seed=4)
-    prepare_dataset(root / "src", root / "prep", SliceSettings(size=32), split="none")
+    prepare_dataset(root / "src", root / "prep", PrepareOptions(settings=SliceSettings(size=32), split="none"))
     return root / "prep"
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ragsam.data.phantom import make_phantom, write_phantom_dataset
-from ragsam.data.prepare import prepare_dataset
+from ragsam.data.prepare import PrepareOptions, prepare_dataset
 from ragsam.data.slice_dataset import MANIFEST_COLUMNS, SliceDataset, read_manifest
 from ragsam.data.slices import SliceGrid, SliceSettings, slices_to_volume, volume_to_slices
 from ragsam.data.splits import Splits
@@ -26,8 +26,10 @@ def dataset(tmp_path) -> Path:
     return write_phantom_dataset(tmp_path / "src", n_cases=4, layout="btcv", seed=3, shape=SHAPE)
 
 
-def _prepare(src: Path, out: Path, **kw):
-    return prepare_dataset(src, out, kw.pop("settings", SETTINGS), **kw)
+def _prepare(src: Path, out: Path, force: bool = False, progress=None, **settings):
+    """``prepare_dataset`` with these tests' slice settings unless ``settings=`` says otherwise."""
+    options = PrepareOptions(**{"settings": SETTINGS, **settings})
+    return prepare_dataset(src, out, options, force=force, progress=progress)
 
 
 def test_cache_contents_round_trip_exactly(dataset, tmp_path):
@@ -140,13 +142,13 @@ def test_subset_label_map_converts_and_kfold_split(dataset, tmp_path):
 
 def test_bad_source_refused(tmp_path):
     with pytest.raises(InputError, match="nowhere"):
-        prepare_dataset(tmp_path / "nowhere", tmp_path / "out", SETTINGS)
+        prepare_dataset(tmp_path / "nowhere", tmp_path / "out", PrepareOptions(settings=SETTINGS))
     assert not (tmp_path / "out").exists()
 
 
 def test_shared_3mm_case_folder(ct3mm, tmp_path):
     out = tmp_path / "prepared"
-    summary = prepare_dataset(ct3mm["image"].parent, out, SliceSettings(size=128), split="none")
+    summary = prepare_dataset(ct3mm["image"].parent, out, PrepareOptions(settings=SliceSettings(size=128), split="none"))
     assert summary.cases == ["abdomen-ct-3mm"] and summary.slices == 30
     records = read_manifest(out)
     assert {(r.orig_x, r.orig_y, r.orig_z, r.spacing_x, r.spacing_z) for r in records} == {(122, 101, 30, 3.0, 3.0)}

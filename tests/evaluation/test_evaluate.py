@@ -14,7 +14,7 @@ from rich.console import Console
 from ragsam.data.geometry import Geometry
 from ragsam.data.volume import read_labels, write_labels
 from ragsam.errors import InputError, OutputExistsError
-from ragsam.evaluation.evaluate import case_id_from_name, evaluate, match_cases
+from ragsam.evaluation.evaluate import EvaluationOptions, case_id_from_name, evaluate, match_cases
 from ragsam.evaluation.report import print_table
 
 SHAPE = (12, 10, 10)  # (z, y, x)
@@ -76,7 +76,7 @@ def test_match_cases_refusals(tmp_path: Path) -> None:
 def test_two_folders_hand_computed(tmp_path: Path) -> None:
     pred, gt = make_folders(tmp_path)
     out = tmp_path / "eval"
-    result = evaluate(pred, gt, "btcv", out_dir=out, nsd_tolerance_mm=1.0, organs=[1, "liver"])
+    result = evaluate(pred, gt, EvaluationOptions(label_map="btcv", nsd_tolerance_mm=1.0, organs=[1, "liver"]), out_dir=out)
     assert result.case_ids == ["0001", "0002"] and result.organ_names == ["spleen", "liver"]
     got = {(r.case_id, r.organ_id): (r.dice, r.hd95, r.nsd) for r in result.rows}
     assert got[("0001", 1)] == pytest.approx((0.5, 6.0, 0.5))  # see test_metrics: 2-slice shift at 3 mm
@@ -116,7 +116,7 @@ def test_two_folders_hand_computed(tmp_path: Path) -> None:
 
 def test_absent_organs_are_na_and_samed_rule(tmp_path: Path) -> None:
     pred, gt = make_folders(tmp_path)
-    result = evaluate(pred, gt, "btcv")  # all 13 BTCV organs; only spleen and liver exist
+    result = evaluate(pred, gt, EvaluationOptions(label_map="btcv"))  # all 13 BTCV organs; only spleen and liver exist
     table = result.table()
     stomach = table.organ_names.index("stomach")
     assert math.isnan(table.mean["dice"][stomach]) and table.n["dice"][stomach] == 0
@@ -129,7 +129,7 @@ def test_absent_organs_are_na_and_samed_rule(tmp_path: Path) -> None:
     stomach_row = [[c.strip() for c in ln.split("│")[2:5]] for ln in lines if ln.startswith("│ stomach")]
     assert stomach_row == [["n/a", "n/a", "n/a"]]
     assert any(ln.startswith("│ Mean") and "62.50" in ln for ln in lines)
-    samed = evaluate(pred, gt, "btcv", absent="samed", organs=[1, 6, 7]).table()
+    samed = evaluate(pred, gt, EvaluationOptions(label_map="btcv", absent="samed", organs=[1, 6, 7])).table()
     # SAMed: missed liver -> (0, 0); stomach absent from both -> (0, 0), counted in the means
     assert samed.mean["dice"] == pytest.approx([0.75, 0.5, 0.0])
     assert samed.mean["hd95"] == pytest.approx([3.0, 0.0, 0.0])
@@ -141,17 +141,17 @@ def test_output_refused_without_force_and_atomic_on_failure(tmp_path: Path) -> N
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError):
-        evaluate(pred, gt, "btcv", out_dir=out)
+        evaluate(pred, gt, EvaluationOptions(label_map="btcv"), out_dir=out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     # second case on another grid: the error names the file and nothing is written
     other = Geometry((10, 10, 12), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     write_labels(_labels((2, 6), False), other, pred / "0002.nii.gz", force=True)
     with pytest.raises(InputError, match=r"0002\.nii\.gz: labels do not cover the same physical voxels"):
-        evaluate(pred, gt, "btcv", out_dir=out, force=True)
+        evaluate(pred, gt, EvaluationOptions(label_map="btcv"), out_dir=out, force=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "gt", "pred"]  # no temporary left
     write_labels(_labels((2, 6), False), GEOM, pred / "0002.nii.gz", force=True)
-    evaluate(pred, gt, "btcv", out_dir=out, force=True, overlays=False)
+    evaluate(pred, gt, EvaluationOptions(label_map="btcv", overlays=False), out_dir=out, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.json", "report.md"]
 
 
@@ -162,7 +162,7 @@ def test_prediction_stored_flipped_is_paired_by_geometry(tmp_path: Path) -> None
     # Same physical voxels stored with the y axis flipped: origin moves to the last row.
     flipped = Geometry((10, 10, 12), (1.0, 1.0, 3.0), (0.0, 9.0, 0.0), (1, 0, 0, 0, -1, 0, 0, 0, 1))
     write_labels(labels[:, ::-1, :], flipped, pred_path)
-    result = evaluate(pred_path, gt_path, "btcv", organs=[1, 6])
+    result = evaluate(pred_path, gt_path, EvaluationOptions(label_map="btcv", organs=[1, 6]))
     assert [r.dice for r in result.rows] == [1.0, 1.0]
     # paired by index instead, the flipped array would not match
     assert not np.array_equal(read_labels(pred_path).array, read_labels(gt_path).array)
@@ -177,28 +177,28 @@ def test_label_ids_outside_the_map_and_organ_subsets(tmp_path: Path) -> None:
     pred = labels.copy()
     pred[0, 0, 1] = 12  # left adrenal called right: per organ wrong, merged class right
     write_labels(pred, GEOM, pred_path)
-    table1 = evaluate(pred_path, gt_path, "btcv", organs="btcv-table1")
+    table1 = evaluate(pred_path, gt_path, EvaluationOptions(label_map="btcv", organs="btcv-table1"))
     assert table1.organ_names[-1] == "adrenal glands" and len(table1.organ_names) == 12
     assert table1.table().mean["dice"][-1] == 1.0
-    per_organ = evaluate(pred_path, gt_path, "btcv", organs=[12, 13]).table().mean["dice"]
+    per_organ = evaluate(pred_path, gt_path, EvaluationOptions(label_map="btcv", organs=[12, 13])).table().mean["dice"]
     assert per_organ == pytest.approx([2 * 1 / 3, 0.0])
-    paper8 = evaluate(pred_path, gt_path, "btcv", organs="paper-8")
+    paper8 = evaluate(pred_path, gt_path, EvaluationOptions(label_map="btcv", organs="paper-8"))
     assert paper8.organ_names == ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach",
                                   "aorta", "pancreas"]
     assert paper8.table().mean["dice"][0] == 1.0 and paper8.table().mean["dice"][4] == 1.0
     with pytest.raises(InputError, match="organ '14' is not in label map 'btcv'"):
-        evaluate(pred_path, gt_path, "btcv", organs=["14"])
+        evaluate(pred_path, gt_path, EvaluationOptions(label_map="btcv", organs=["14"]))
     bad = labels.copy()
     bad[0, 0, 2] = 14
     write_labels(bad, GEOM, pred_path, force=True)
     with pytest.raises(InputError, match=r"pred\.nii\.gz: label ids \[14\] are not in label map 'btcv'"):
-        evaluate(pred_path, gt_path, "btcv")
+        evaluate(pred_path, gt_path, EvaluationOptions(label_map="btcv"))
 
 
 def test_shared_ct_against_itself_and_shifted(ct3mm: dict[str, Path], tmp_path: Path) -> None:
     gt = read_labels(ct3mm["labels"])
     present = [int(i) for i in np.unique(gt.array) if i != 0]
-    same = evaluate(ct3mm["labels"], ct3mm["labels"], "btcv")
+    same = evaluate(ct3mm["labels"], ct3mm["labels"], EvaluationOptions(label_map="btcv"))
     for r in same.rows:
         if r.organ_id in present:
             assert (r.dice, r.hd95, r.nsd) == (1.0, 0.0, 1.0)
@@ -211,8 +211,7 @@ def test_shared_ct_against_itself_and_shifted(ct3mm: dict[str, Path], tmp_path: 
     write_labels(shifted, gt.geometry, tmp_path / "shifted.nii.gz")
     big = ["spleen", "right kidney", "left kidney", "liver"]
     for tol, full, organs in ((3.0, True, present), (2.9, False, big)):
-        result = evaluate(tmp_path / "shifted.nii.gz", ct3mm["labels"], "btcv", nsd_tolerance_mm=tol,
-                          organs=organs)
+        result = evaluate(tmp_path / "shifted.nii.gz", ct3mm["labels"], EvaluationOptions(label_map="btcv", nsd_tolerance_mm=tol, organs=organs))
         assert len(result.rows) == len(organs)
         for r in result.rows:
             a, b = gt.array == r.organ_id, shifted == r.organ_id
@@ -230,8 +229,8 @@ def test_jobs_give_the_same_result_and_files(tmp_path: Path) -> None:
     pred, gt = make_folders(tmp_path)
     write_labels(_labels((3, 7), True), GEOM, gt / "label0003.nii.gz")
     write_labels(_labels(None, True), GEOM, pred / "0003.nii.gz")
-    serial = evaluate(pred, gt, "btcv", out_dir=tmp_path / "one", jobs=1)
-    parallel = evaluate(pred, gt, "btcv", out_dir=tmp_path / "two", jobs=2)
+    serial = evaluate(pred, gt, EvaluationOptions(label_map="btcv", jobs=1), out_dir=tmp_path / "one")
+    parallel = evaluate(pred, gt, EvaluationOptions(label_map="btcv", jobs=2), out_dir=tmp_path / "two")
     assert repr(parallel.rows) == repr(serial.rows) and len(serial.rows) == 3 * 13  # repr: NaN == NaN
     assert parallel.overlays == serial.overlays
     for name in ("metrics.csv", "report.md"):
@@ -242,6 +241,6 @@ def test_jobs_give_the_same_result_and_files(tmp_path: Path) -> None:
     other = Geometry((10, 10, 12), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     write_labels(_labels((2, 6), False), other, pred / "0002.nii.gz", force=True)
     with pytest.raises(InputError, match=r"0002\.nii\.gz: labels do not cover the same physical voxels"):
-        evaluate(pred, gt, "btcv", jobs=2)
+        evaluate(pred, gt, EvaluationOptions(label_map="btcv", jobs=2))
     with pytest.raises(InputError, match="--jobs"):
-        evaluate(pred, gt, "btcv", jobs=0)
+        evaluate(pred, gt, EvaluationOptions(label_map="btcv", jobs=0))

@@ -22,13 +22,13 @@ TRAIN = ["model.image_size=32", "optim.max_iterations=2", "optim.warmup=1", "opt
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
     root = tmp_path_factory.mktemp("predict")
     # 40 x 36 in-plane: not the model's 32 px, so predictions are resized back bilinearly.
     write_phantom_dataset(root / "src", n_cases=2, shape=(5, 36, 40), seed=3)
-    prepare_dataset(root / "src", root / "prep", SliceSettings(size=32), split="none")
+    prepare_dataset(root / "src", root / "prep", PrepareOptions(settings=SliceSettings(size=32), split="none"))
     full = train(load_train_config("tiny", [f"data.prepared={root / 'prep'}", *TRAIN]), root / "run")
     lora = train(load_train_config("tiny", [f"data.prepared={root / 'prep'}", *TRAIN, "model.peft.method=lora",
                                             "model.peft.decoder=lora", "optim.lr=0.05"]), root / "lora")

@@ -15,14 +15,14 @@ from ragsam.pretrain.sam2 import episode_loss, new_tiny_sam2, retrieve_supports
 @pytest.fixture(scope="module")
 def corpus_and_bank(tmp_path_factory: pytest.TempPathFactory) -> tuple[CorpusSlices, Path]:
     from ragsam.data.phantom_corpus import write_phantom_corpus
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
-    from ragsam.retrieval.bank_build import build_bank
+    from ragsam.retrieval.bank_build import BankOptions, build_bank
 
     root = tmp_path_factory.mktemp("episodes")
     write_phantom_corpus(root / "corpus", n_cases=3, seed=2)
-    prepare_dataset(root / "corpus", root / "prepared", SliceSettings(size=64), split="none")
-    build_bank(root / "prepared", root / "bank", embedder_weights="tiny", image_size=56, device="cpu")
+    prepare_dataset(root / "corpus", root / "prepared", PrepareOptions(settings=SliceSettings(size=64), split="none"))
+    build_bank(root / "prepared", root / "bank", BankOptions(embedder_weights="tiny", image_size=56, device="cpu"))
     return load_corpus_slices(root / "prepared"), root / "bank"
 
 

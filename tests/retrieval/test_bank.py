@@ -12,7 +12,7 @@ import torch
 from bank_fixtures import synthetic_cases, write_prepared
 
 from ragsam.errors import InputError, OutputExistsError
-from ragsam.retrieval.bank import SupportBank, build_bank
+from ragsam.retrieval.bank import BankOptions, SupportBank, build_bank
 from ragsam.retrieval.embedder import build_embedder
 from ragsam.retrieval.faiss_index import build_index, reconstruct_all
 
@@ -26,7 +26,7 @@ def built(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bank")
     cases = synthetic_cases(3, depth=6, size=32)
     prepared = write_prepared(root / "prepared", cases, splits={"case2": "test"})
-    summary = build_bank(prepared, root / "bank", **EMBEDDER)
+    summary = build_bank(prepared, root / "bank", BankOptions(**EMBEDDER))
     return {"root": root, "cases": cases, "prepared": prepared, "bank": root / "bank", "summary": summary,
             "embedder": build_embedder("tiny", image_size=28)}
 
@@ -123,11 +123,11 @@ def test_refusals(built, tmp_path):
     with pytest.raises(InputError, match="needs query_rel_z"):
         bank.query(vec, 1, built["embedder"].identity, z_prior=0.5)
     with pytest.raises(OutputExistsError):
-        build_bank(built["prepared"], built["bank"], **EMBEDDER)
+        build_bank(built["prepared"], built["bank"], BankOptions(**EMBEDDER))
 
     unlabelled = {c: (images, None) for c, (images, _) in synthetic_cases(1, depth=2, size=32).items()}
     with pytest.raises(InputError, match="no labelled cases"):
-        build_bank(write_prepared(tmp_path / "nolabels", unlabelled), tmp_path / "b1", **EMBEDDER)
+        build_bank(write_prepared(tmp_path / "nolabels", unlabelled), tmp_path / "b1", BankOptions(**EMBEDDER))
     assert not (tmp_path / "b1").exists()
 
     empty = tmp_path / "empty"
@@ -175,7 +175,7 @@ def test_z_prior_widens_the_search_until_exact(tmp_path):
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_kinds_find_the_slice_itself(built, tmp_path, kind):
-    build_bank(built["prepared"], tmp_path / kind, kind=kind, **EMBEDDER)
+    build_bank(built["prepared"], tmp_path / kind, BankOptions(kind=kind, **EMBEDDER))
     bank = SupportBank.load(tmp_path / kind)
     assert bank.kind == kind
     hits = bank.query(_query_vec(built, "case2", 5), 4, built["embedder"].identity, exclude_cases=["case0"])[0]
@@ -186,7 +186,7 @@ def test_approximate_kinds_find_the_slice_itself(built, tmp_path, kind):
 def test_ivfpq_bank_reranks_to_the_flat_neighbours(built, tmp_path):
     """18 slices: one IVF list, so refine x k >= 18 makes the shortlist the whole bank and
     the re-ranked answer is exact search; a shorter shortlist reads only its rows."""
-    build_bank(built["prepared"], tmp_path / "pq", kind="ivfpq", **EMBEDDER)
+    build_bank(built["prepared"], tmp_path / "pq", BankOptions(kind="ivfpq", **EMBEDDER))
     bank, flat = SupportBank.load(tmp_path / "pq"), SupportBank.load(built["bank"])
     assert (bank.kind, bank.refine, bank.info.index_settings["refine"], bank.index.nlist) == ("ivfpq", 10, 10, 1)
     assert isinstance(bank.embeddings, np.memmap)
@@ -239,12 +239,12 @@ def test_support_slices_read_the_cache_and_notice_changes(built, tmp_path):
 
 
 def test_split_selection(built, tmp_path):
-    summary = build_bank(built["prepared"], tmp_path / "train", split="train", **EMBEDDER)
+    summary = build_bank(built["prepared"], tmp_path / "train", BankOptions(split="train", **EMBEDDER))
     assert summary.cases == 2 and summary.count == 12
     bank = SupportBank.load(tmp_path / "train")
     assert set(bank.case_ids) == {"case0", "case1"}
     with pytest.raises(InputError, match="no case has split 'val'"):
-        build_bank(built["prepared"], tmp_path / "val", split="val", **EMBEDDER)
+        build_bank(built["prepared"], tmp_path / "val", BankOptions(split="val", **EMBEDDER))
 
 
 def test_second_writer_refused_and_dead_build_cleared(built, tmp_path):
@@ -252,9 +252,9 @@ def test_second_writer_refused_and_dead_build_cleared(built, tmp_path):
 
     out = tmp_path / "bank"
     with folder_lock(out), pytest.raises(FolderLockedError, match="in use by another ragsam process"):
-        build_bank(built["prepared"], out, **EMBEDDER)
+        build_bank(built["prepared"], out, BankOptions(**EMBEDDER))
     (tmp_path / ".bank.k9k9.tmp").mkdir()  # what a build killed before its swap leaves
-    build_bank(built["prepared"], out, **EMBEDDER)
+    build_bank(built["prepared"], out, BankOptions(**EMBEDDER))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
     assert (out / "metadata.csv").read_bytes() == (built["bank"] / "metadata.csv").read_bytes()
 

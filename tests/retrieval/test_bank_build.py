@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from bank_fixtures import synthetic_cases, write_prepared
 
-from ragsam.retrieval.bank_build import build_bank
+from ragsam.retrieval.bank_build import BankOptions, build_bank
 from two_ranks import run_ranks
 
 SETTINGS = {"embedder_weights": "tiny", "image_size": 28, "batch_size": 4}  # 6 slices a case: chunks of 4 and 2
@@ -16,7 +16,7 @@ SETTINGS = {"embedder_weights": "tiny", "image_size": 28, "batch_size": 4}  # 6 
 
 def _build(prepared: str, out: str) -> tuple:
     torch.manual_seed(0)
-    s = build_bank(prepared, out, **SETTINGS)
+    s = build_bank(prepared, out, BankOptions(**SETTINGS))
     return (s.count, s.cases, s.dim, s.kind, s.embedder)
 
 

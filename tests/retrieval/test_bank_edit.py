@@ -10,7 +10,7 @@ import torch
 from bank_fixtures import synthetic_cases, write_prepared
 
 from ragsam.errors import InputError
-from ragsam.retrieval.bank import SupportBank, build_bank
+from ragsam.retrieval.bank import BankOptions, SupportBank, build_bank
 from ragsam.retrieval.bank_edit import add_slices, list_additions, recover_bank, remove_addition
 from ragsam.retrieval.bank_info import BankInfo
 from ragsam.retrieval.faiss_index import reconstruct_all
@@ -20,7 +20,7 @@ from ragsam.retrieval.faiss_index import reconstruct_all
 def bank(tmp_path):
     torch.manual_seed(0)
     prepared = write_prepared(tmp_path / "prepared", synthetic_cases(2, depth=4, size=32))
-    return build_bank(prepared, tmp_path / "bank", embedder_weights="tiny", image_size=28).path
+    return build_bank(prepared, tmp_path / "bank", BankOptions(embedder_weights="tiny", image_size=28)).path
 
 
 def _new_slices(seed: int = 5):

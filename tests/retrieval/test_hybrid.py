@@ -13,7 +13,7 @@ from ragsam.data.slices import SliceSettings, volume_to_slices
 from ragsam.data.volume import read_image, read_labels
 from ragsam.errors import InputError
 from ragsam.inference.rag_segment import segment_volume
-from ragsam.retrieval.bank import build_bank
+from ragsam.retrieval.bank import BankOptions, build_bank
 from ragsam.retrieval.hybrid import fuse_slice
 
 
@@ -46,7 +46,7 @@ def setup(ct3mm, tmp_path_factory):
     image = read_image(ct3mm["image"])
     stack = volume_to_slices(image, read_labels(ct3mm["labels"], reference=image), SliceSettings(size=32))
     prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
-    build_bank(prepared, root / "bank", embedder_weights="tiny", image_size=28)
+    build_bank(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
     # a "finished run" of the tiny SAM, written the way ragsam train leaves it
     cfg = TrainConfig()
     cfg.model.arch, cfg.model.weights, cfg.model.image_size, cfg.model.num_classes = "tiny", "random", 64, 13

@@ -14,7 +14,7 @@ from ragsam.data.slices import SliceSettings, volume_to_slices
 from ragsam.data.volume import read_image, read_labels
 from ragsam.errors import InputError, OutputExistsError
 from ragsam.inference.rag_segment import segment_cases, segment_volume
-from ragsam.retrieval.bank import build_bank
+from ragsam.retrieval.bank import BankOptions, build_bank
 from ragsam.retrieval.embedder import build_embedder
 from ragsam.retrieval.segment import (
     RagSegmenter,
@@ -37,7 +37,7 @@ def rag(ct3mm, tmp_path_factory):
     stack = volume_to_slices(image, labels, SliceSettings(size=SIZE))
     prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
     torch.manual_seed(0)
-    build_bank(prepared, root / "bank", embedder_weights="tiny", image_size=28)
+    build_bank(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
     yield {"root": root, "bank": root / "bank", "image": ct3mm["image"], "volume": image,
            "bank_organs": set(np.unique(stack.labels).tolist()) - {0}}
     torch.set_num_threads(threads)

@@ -31,15 +31,14 @@ def setup(ct3mm, tmp_path_factory):
     from ragsam.data.volume import read_image, read_labels
     from ragsam.models import build_model
     from ragsam.peft.apply import save_trainable
-    from ragsam.retrieval.bank import build_bank
+    from ragsam.retrieval.bank import BankOptions, build_bank
     from ragsam.training.config import TrainConfig
     from ragsam.utils.seeding import seed_everything
 
     root = tmp_path_factory.mktemp("segranks")
     image = read_image(ct3mm["image"])
     stack = volume_to_slices(image, read_labels(ct3mm["labels"], reference=image), SliceSettings(size=32))
-    build_bank(write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)}), root / "bank",
-               embedder_weights="tiny", image_size=28)
+    build_bank(write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)}), root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
     (root / "cases").mkdir()
     ct = sitk.ReadImage(str(ct3mm["image"]))
     for case, (z0, z1) in CROPS.items():

@@ -24,11 +24,11 @@ def _hash(tensors: dict) -> str:
 
 def test_torchrun_two_processes(tmp_path):
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
     write_phantom_dataset(tmp_path / "src", n_cases=2, shape=(5, 32, 32), seed=2)
-    prepare_dataset(tmp_path / "src", tmp_path / "prep", SliceSettings(size=32), split="none")
+    prepare_dataset(tmp_path / "src", tmp_path / "prep", PrepareOptions(settings=SliceSettings(size=32), split="none"))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "ragsam.cli.main", "train", "--config", "tiny", "--prepared", str(tmp_path / "prep"),

@@ -31,10 +31,10 @@ FLOOR = {1: 0.3, 2: 0.3, 3: 0.3, 6: 0.3}  # spleen, right kidney, left kidney, l
 
 
 def test_tiny_sam_learns_liver_spleen_kidneys(ct3mm, tmp_path):
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
-    prepare_dataset(ct3mm["image"].parent, tmp_path / "prep", SliceSettings(size=64), split="none")
+    prepare_dataset(ct3mm["image"].parent, tmp_path / "prep", PrepareOptions(settings=SliceSettings(size=64), split="none"))
     cfg = load_train_config("tiny", [
         f"data.prepared={tmp_path / 'prep'}", "data.holdout=every:4", "model.image_size=64",
         "optim.max_iterations=500", "optim.batch_size=8", "optim.lr=0.01", "optim.warmup=10",

@@ -52,9 +52,9 @@ def test_holdout_slices_validate_and_a_bank_of_only_the_query_case_is_refused(ba
     data = build_episodes(_cfg(bank, "data.train=['0001']", "data.holdout=every:2"))
     assert [data.dataset.episodes[i].z for i in data.val_cases["0001:holdout"]] == [1, 3]
     assert [data.dataset.episodes[i].z for i in data.train_indices] == [0, 2, 4]
-    from ragsam.retrieval.bank import build_bank
+    from ragsam.retrieval.bank import BankOptions, build_bank
 
-    build_bank(bank.parent / "prep", tmp_path / "one", embedder_weights="tiny", image_size=28, cases=["0001"])
+    build_bank(bank.parent / "prep", tmp_path / "one", BankOptions(embedder_weights="tiny", image_size=28, cases=["0001"]))
     with pytest.raises(InputError, match="remain after excluding cases"):
         build_episodes(_cfg(tmp_path / "one", "data.train=['0001']"))
     with pytest.raises(InputError, match="no support bank"):

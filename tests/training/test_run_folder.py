@@ -23,12 +23,12 @@ FILES = ("config.yaml", "model.safetensors", "last.safetensors", "log.csv", "val
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
     root = tmp_path_factory.mktemp("runfolder")
     write_phantom_dataset(root / "src", n_cases=1, shape=(4, 32, 32), seed=2)
-    prepare_dataset(root / "src", root / "prep", SliceSettings(size=32), split="none")
+    prepare_dataset(root / "src", root / "prep", PrepareOptions(settings=SliceSettings(size=32), split="none"))
     return root / "prep"
 
 

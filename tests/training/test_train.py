@@ -23,12 +23,12 @@ BASE = ["model.image_size=32", "optim.max_iterations=8", "optim.warmup=2", "opti
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
     root = tmp_path_factory.mktemp("phantom")
     write_phantom_dataset(root / "src", n_cases=3, shape=(6, 32, 32), seed=1)
-    prepare_dataset(root / "src", root / "prep", SliceSettings(size=32), split="none")
+    prepare_dataset(root / "src", root / "prep", PrepareOptions(settings=SliceSettings(size=32), split="none"))
     return root / "prep"
 
 

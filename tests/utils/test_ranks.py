@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from ragsam.data.geometry import Geometry
 from ragsam.data.volume import write_labels
 from ragsam.errors import InputError, RagsamError
-from ragsam.evaluation.evaluate import evaluate
+from ragsam.evaluation.evaluate import EvaluationOptions, evaluate
 from ragsam.utils import ranks
 
 SHAPE = (12, 10, 10)  # (z, y, x)
@@ -53,7 +53,7 @@ def _worker(rank: int, world: int, port: int, pred: str, gt: str, out: str, resu
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RAGSAM_JOBS="1")
     try:
-        result = evaluate(pred, gt, "btcv", out_dir=out, overlays=True)
+        result = evaluate(pred, gt, EvaluationOptions(label_map="btcv", overlays=True), out_dir=out)
         results[rank] = ("ok", repr(result.rows))
     except Exception as exc:
         results[rank] = ("error", f"{type(exc).__name__}: {exc}")
@@ -77,7 +77,7 @@ def test_evaluate_under_two_gloo_ranks_equals_one_process(tmp_path: Path, monkey
         write_labels(_labels(g, True), GEOM, gt / f"label000{i}.nii.gz")
         write_labels(_labels(p, i != 2), GEOM, pred / f"000{i}.nii.gz")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    single = evaluate(pred, gt, "btcv", out_dir=tmp_path / "one", overlays=True)
+    single = evaluate(pred, gt, EvaluationOptions(label_map="btcv", overlays=True), out_dir=tmp_path / "one")
     results = _run_two(pred, gt, tmp_path / "two")
     assert results == {0: ("ok", repr(single.rows)), 1: ("ok", repr(single.rows))}
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())

@@ -324,10 +324,10 @@ def _segment_cases(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_di
 def _score(run: _Prepared, config: BaselineConfig, pred_dir: Path, gt_dir: Path, out: Path) -> Any:
     """Evaluate the predictions (under torchrun each rank scores its share; every rank gets
     every row), naming the published predictions and the original ground truth."""
-    from ragsam.evaluation.evaluate import evaluate
+    from ragsam.evaluation.evaluate import EvaluationOptions, evaluate
 
-    result = evaluate(pred_dir, gt_dir, label_map=run.lmap, organs=config.organs,
-                      nsd_tolerance_mm=config.nsd_tolerance_mm)
+    result = evaluate(pred_dir, gt_dir, EvaluationOptions(label_map=run.lmap, organs=config.organs,
+                      nsd_tolerance_mm=config.nsd_tolerance_mm))
     if config.organs is None:
         _keep_present_organs(result)
     by_id = {c.case_id: c for c in run.todo}  # not the temporary folders the files were scored in

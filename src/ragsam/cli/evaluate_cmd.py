@@ -39,16 +39,17 @@ def evaluate_cmd(
     """
     from rich.console import Console
 
-    from ragsam.evaluation.evaluate import evaluate
+    from ragsam.evaluation.evaluate import EvaluationOptions, evaluate
     from ragsam.evaluation.report import print_table
     from ragsam.utils import ranks
 
     organ_list: str | list[str] | None = organs
     if organs is not None and ("," in organs or organs.strip().isdigit()):
         organ_list = [o.strip() for o in organs.split(",") if o.strip()]
-    result = evaluate(pred, gt, label_map=labels, out_dir=out, nsd_tolerance_mm=nsd_tolerance,
-                      absent=absent, organs=organ_list, overlays=overlays, force=force, images=images,
-                      hd95_units="voxels" if hd95_voxels else "mm", jobs=jobs)  # type: ignore[arg-type]
+    result = evaluate(pred, gt, EvaluationOptions(label_map=labels, nsd_tolerance_mm=nsd_tolerance,
+                      absent=absent, organs=organ_list, overlays=overlays,
+                      hd95_units="voxels" if hd95_voxels else "mm", jobs=jobs), out_dir=out, force=force,
+                      images=images)  # type: ignore[arg-type]
     if not ranks.current().is_main:  # torchrun: rank 0 reports
         return
     console = Console()

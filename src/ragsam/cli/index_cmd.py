@@ -39,15 +39,15 @@ def build_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from ragsam.retrieval.bank import build_bank
+    from ragsam.retrieval.bank import BankOptions, build_bank
 
     console = Console(stderr=True)
     with Progress("embedding slices", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("embed", total=None)
-        summary = build_bank(prepared, out, embedder_weights=embedder, kind=kind, pooling=pooling,
-                             labelled_only=not include_unlabelled, batch_size=batch_size, force=force,
-                             image_size=image_size, split=split, device=device, refine=refine,
+        summary = build_bank(prepared, out, BankOptions(embedder_weights=embedder, kind=kind, pooling=pooling,
+                             labelled_only=not include_unlabelled, batch_size=batch_size,
+                             image_size=image_size, split=split, device=device, refine=refine), force=force,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     from ragsam.utils import ranks
 

@@ -37,7 +37,7 @@ def prepare_command(
     from rich.table import Table
 
     from ragsam.data.cache_meta import CacheMeta
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
     low, high = parse_window(window)
@@ -47,8 +47,9 @@ def prepare_command(
     def progress(case_id: str, done: int, total: int) -> None:
         console.print(f"  built {case_id} ({done}/{total})", highlight=False)
 
-    summary = prepare_dataset(source, out, settings, layout=layout, label_map=labels, split=split, seed=seed,
-                              force=force, series_uid=series, progress=progress, jobs=jobs)
+    summary = prepare_dataset(source, out, PrepareOptions(settings=settings, layout=layout, label_map=labels,
+                              split=split, seed=seed, series_uid=series, jobs=jobs), force=force,
+                              progress=progress)
     names = CacheMeta.read(summary.out_dir).label_names
     console.print(f"[bold]{summary.out_dir}[/bold]: {len(summary.cases)} cases, {summary.slices} slices "
                   f"(built {len(summary.built)}, reused {len(summary.reused)}, removed {len(summary.removed)}) "

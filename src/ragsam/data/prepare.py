@@ -235,36 +235,43 @@ def make_splits(case_ids: list[str], split: str, seed: int, datasets: tuple[str,
     raise InputError(None, f"unknown split {split!r} (choose auto, btcv, btcv-even, flare22, kfold:K or none)")
 
 
-def prepare_dataset(
-    source: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    settings: SliceSettings | None = None,
-    layout: str = "auto",
-    label_map: str = "btcv",
-    split: str = "auto",
-    seed: int = 0,
-    force: bool = False,
-    series_uid: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-    jobs: int | None = None,
-) -> PrepareSummary:
-    """Build or update the slice cache of a dataset (see the module docstring).
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What cache :func:`prepare_dataset` builds (settings; the folders and the progress hook are per call).
 
-    Args:
-        source: dataset folder (nnU-Net, MSD, BTCV, FLARE22, pairs), an image file or a DICOM folder.
-        out_dir: the cache folder (created; updated in place if it is a ragsam cache).
+    Attributes:
         settings: HU window, slice size (context is stored as the default for readers).
         layout: ``auto`` or a layout name understood by ``discover_cases``.
         label_map: ``btcv``, ``flare22``, another built-in or a JSON file.
         split: ``auto``, ``btcv``, ``btcv-even``, ``flare22``, ``kfold:K`` or ``none`` (see :func:`make_splits`).
         seed: seed of k-fold shuffles.
-        force: rebuild every case, and allow writing into a non-empty folder that is not a cache.
         series_uid: DICOM series to read when a folder holds several.
-        progress: called as ``progress(case_id, n_built, n_to_build)`` after each built case.
         jobs: worker processes, one case each at a time (default: the cores available;
             :mod:`ragsam.utils.jobs`); the cache is the same for any number. Workers are
-            spawned, so a script that calls this with ``jobs != 1`` needs the usual
-            ``if __name__ == "__main__":`` guard (or pass ``jobs=1``).
+            spawned, so a script that calls :func:`prepare_dataset` with ``jobs != 1`` needs the
+            usual ``if __name__ == "__main__":`` guard (or pass ``jobs=1``).
+    """
+
+    settings: SliceSettings | None = None
+    layout: str = "auto"
+    label_map: str = "btcv"
+    split: str = "auto"
+    seed: int = 0
+    series_uid: str | None = None
+    jobs: int | None = None
+
+
+def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike,
+                    options: PrepareOptions = PrepareOptions(), force: bool = False,
+                    progress: Callable[[str, int, int], None] | None = None) -> PrepareSummary:
+    """Build or update the slice cache of a dataset (see the module docstring).
+
+    Args:
+        source: dataset folder (nnU-Net, MSD, BTCV, FLARE22, pairs), an image file or a DICOM folder.
+        out_dir: the cache folder (created; updated in place if it is a ragsam cache).
+        options: the cache's settings (:class:`PrepareOptions`).
+        force: rebuild every case, and allow writing into a non-empty folder that is not a cache.
+        progress: called as ``progress(case_id, n_built, n_to_build)`` after each built case.
     Returns:
         :class:`PrepareSummary`.
     Raises:
@@ -277,13 +284,11 @@ def prepare_dataset(
         out = out.resolve()  # the new version replaces the folder the link points to
     with folder_lock(out):
         remove_stale_temporaries(out)  # left by a killed run
-        return _prepare_locked(source, out, settings or SliceSettings(), layout, label_map, split, seed, force,
-                               series_uid, progress, jobs)
+        return _prepare_locked(source, out, options, force, progress)
 
 
-def _prepare_locked(source: str | os.PathLike, out: Path, settings: SliceSettings, layout: str, label_map: str,
-                    split: str, seed: int, force: bool, series_uid: str | None,
-                    progress: Callable[[str, int, int], None] | None, jobs: int | None = None) -> PrepareSummary:
+def _prepare_locked(source: str | os.PathLike, out: Path, options: PrepareOptions, force: bool,
+                    progress: Callable[[str, int, int], None] | None) -> PrepareSummary:
     """:func:`prepare_dataset` while holding the cache's lock.
 
     Stages: :func:`_check_not_inside` and :func:`_check_output` (refusals before any work),
@@ -292,6 +297,8 @@ def _prepare_locked(source: str | os.PathLike, out: Path, settings: SliceSetting
     """
     from ragsam.data.label_maps import load_label_map
 
+    settings, layout, label_map, split = options.settings or SliceSettings(), options.layout, options.label_map, options.split
+    seed, series_uid, jobs = options.seed, options.series_uid, options.jobs
     start = time.perf_counter()
     _check_not_inside(source, out)
     old = _check_output(out, force)

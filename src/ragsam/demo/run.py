@@ -114,7 +114,7 @@ def run_demo(
     """
     from ragsam.data.cache_meta import CacheMeta
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
     start = time.perf_counter()
@@ -141,8 +141,9 @@ def run_demo(
         done()
 
         done = stage("prepare", f"preparing {plan.size} px slices")
-        prepared = prepare_dataset(source, tmp / "prepared", SliceSettings(size=plan.size),
-                                   label_map=label_map if data is not None else "btcv", split="auto")
+        prepared = prepare_dataset(source, tmp / "prepared",
+                                   PrepareOptions(settings=SliceSettings(size=plan.size),
+                                   label_map=label_map if data is not None else "btcv", split="auto"))
         done()
         train_ids, test_ids = list(prepared.splits["train"]), list(prepared.splits.get("test", []))
         if not test_ids:
@@ -155,11 +156,11 @@ def run_demo(
         scores = fine_tune_and_predict(tmp, plan, weights, device, seed, cases, test_ids, stage, done)
 
         done = stage("bank", f"building the support bank from {len(train_ids)} training cases")
-        from ragsam.retrieval.bank_build import build_bank
+        from ragsam.retrieval.bank_build import BankOptions, build_bank
 
-        build_bank(tmp / "prepared", tmp / "bank", embedder_weights=weights.embedder_weights, split="train",
-                   image_size=weights.embedder_image_size,
-                   device=None if device == "auto" else device)
+        build_bank(tmp / "prepared", tmp / "bank", BankOptions(embedder_weights=weights.embedder_weights,
+                   split="train", image_size=weights.embedder_image_size,
+                   device=None if device == "auto" else device))
         done()
         scores += retrieve(tmp, plan, weights, device, seed, cases, test_ids, stage, notes)
 

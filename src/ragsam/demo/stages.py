@@ -146,10 +146,11 @@ def train_retrieval(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: s
 def evaluate_method(tmp: Path, method: str, organs: list[int], images: Path, seconds: float,
               label_map: str) -> MethodScore:
     """Dice/HD95/NSD of one method's predictions -> ``tmp/evaluation/<method>``; its Dice summary."""
-    from ragsam.evaluation.evaluate import evaluate
+    from ragsam.evaluation.evaluate import EvaluationOptions, evaluate
 
-    result = evaluate(tmp / "predictions" / method, tmp / "ground_truth", label_map=label_map,
-                      out_dir=tmp / "evaluation" / method, organs=organs, images=images)
+    result = evaluate(tmp / "predictions" / method, tmp / "ground_truth",
+                      EvaluationOptions(label_map=label_map, organs=organs),
+                      out_dir=tmp / "evaluation" / method, images=images)
     table = result.table()
     return MethodScore(
         method=method,

@@ -257,31 +257,46 @@ def _score_case(task: _CaseTask) -> tuple[list[MetricRow], str | None]:
 
 
 @ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
-def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, label_map: Any = "btcv",
-             out_dir: str | os.PathLike | None = None, nsd_tolerance_mm: float | str = "flare22",
-             absent: Absent = "strict", organs: str | Sequence[int | str] | None = None, overlays: bool = True,
-             force: bool = False, images: str | os.PathLike | None = None,
-             hd95_units: Hd95Units = "mm", jobs: int | None = None) -> EvaluationResult:
-    """Dice, HD95 and NSD per case x organ, aggregated in the paper's layout.
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How :func:`evaluate` scores (settings; the files and the output folder are per call).
 
-    Args:
-        pred: predicted label file, or folder of them (matched to ``gt`` by case id).
-        gt: ground-truth label file or folder.
+    Attributes:
         label_map: a ``LabelMap``, ``"btcv"``, ``"flare22"`` or a label-map JSON path.
-        out_dir: if given, write metrics.csv, metrics.json, report.md and overlays/ there
-            (the folder appears whole or not at all).
         nsd_tolerance_mm: NSD tolerance in mm, or ``"flare22"`` (per organ).
         absent: ``"strict"`` or ``"samed"`` (see :mod:`ragsam.evaluation.metrics`).
         organs: ``None`` (all organs of the map), a named subset (``"paper-8"``,
             ``"btcv-table1"``) or a list of ids / organ names.
         overlays: draw one PNG per case into ``out_dir/overlays`` (needs ``out_dir``).
-        force: replace an existing ``out_dir``.
-        images: CT image(s) to draw under the overlays (see :func:`match_cases`).
         hd95_units: ``"mm"`` or ``"voxels"`` (SAMed's unit-less HD95).
         jobs: worker processes, one case each at a time (default: the cores available;
             :mod:`ragsam.utils.jobs`); the result is the same for any number. Workers are
-            spawned, so a script that calls this with ``jobs != 1`` needs the usual
+            spawned, so a script that calls :func:`evaluate` with ``jobs != 1`` needs the usual
             ``if __name__ == "__main__":`` guard (or pass ``jobs=1``).
+    """
+
+    label_map: Any = "btcv"
+    nsd_tolerance_mm: float | str = "flare22"
+    absent: Absent = "strict"
+    organs: str | Sequence[int | str] | None = None
+    overlays: bool = True
+    hd95_units: Hd95Units = "mm"
+    jobs: int | None = None
+
+
+def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, options: EvaluationOptions = EvaluationOptions(),
+             out_dir: str | os.PathLike | None = None, force: bool = False,
+             images: str | os.PathLike | None = None) -> EvaluationResult:
+    """Dice, HD95 and NSD per case x organ, aggregated in the paper's layout.
+
+    Args:
+        pred: predicted label file, or folder of them (matched to ``gt`` by case id).
+        gt: ground-truth label file or folder.
+        options: how to score (:class:`EvaluationOptions`).
+        out_dir: if given, write metrics.csv, metrics.json, report.md and overlays/ there
+            (the folder appears whole or not at all).
+        force: replace an existing ``out_dir``.
+        images: CT image(s) to draw under the overlays (see :func:`match_cases`).
     Returns:
         :class:`EvaluationResult`.
     Raises:
@@ -290,6 +305,8 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, label_map: Any = "b
     """
     from ragsam.data.label_maps import load_label_map
 
+    label_map, nsd_tolerance_mm, absent, organs = options.label_map, options.nsd_tolerance_mm, options.absent, options.organs
+    overlays, hd95_units, jobs = options.overlays, options.hd95_units, options.jobs
     if out_dir is not None and Path(out_dir).exists() and not force:
         raise OutputExistsError(out_dir)  # refuse before the (long) evaluation
     if absent not in ABSENT_RULES:

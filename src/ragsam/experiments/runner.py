@@ -214,12 +214,13 @@ class ExperimentRunner:
     # -- shared stages -------------------------------------------------------------------
     def prepare(self) -> None:
         """Prepare the dataset (incremental) and write the test ground truth in the plan's ids."""
-        from ragsam.data.prepare import prepare_dataset
+        from ragsam.data.prepare import PrepareOptions, prepare_dataset
         from ragsam.data.slices import SliceSettings
 
         size = self.settings.size or (64 if self.settings.tiny else 512)
-        summary = prepare_dataset(self.settings.data, self.prepared, SliceSettings(size=size),
-                                  label_map=self.label_map, split="auto", seed=self.settings.seed)
+        summary = prepare_dataset(self.settings.data, self.prepared,
+                                  PrepareOptions(settings=SliceSettings(size=size), label_map=self.label_map,
+                                  split="auto", seed=self.settings.seed))
         self.log(f"prepared {len(summary.cases)} cases ({len(summary.built)} built, {len(summary.reused)} reused)")
         self._write_ground_truth()
 
@@ -311,13 +312,13 @@ class ExperimentRunner:
         return str(shipped.sam2), str(shipped.embedder), shipped.embedder_image_size
 
     def _bank(self) -> Path:
-        from ragsam.retrieval.bank_build import build_bank
+        from ragsam.retrieval.bank_build import BankOptions, build_bank
 
         bank = self.out / "bank"
         if not (bank / "bank.json").is_file():
             _, embedder, image_size = self._retrieval_models
-            build_bank(self.prepared, bank, embedder_weights=embedder, image_size=image_size, split="train",
-                       force=True)
+            build_bank(self.prepared, bank, BankOptions(embedder_weights=embedder, image_size=image_size,
+                       split="train"), force=True)
         return bank
 
     def _rag(self, variant: Variant, predictions: Path) -> tuple[int | None, float | None]:
@@ -390,10 +391,11 @@ class ExperimentRunner:
             os.replace(source, predictions / Path(source).name)
 
     def _evaluate(self, predictions: Path, out: Path) -> dict[str, float]:
-        from ragsam.evaluation.evaluate import evaluate
+        from ragsam.evaluation.evaluate import EvaluationOptions, evaluate
 
-        result = evaluate(predictions, self.out / "gt", label_map=self.prepared / "label_map.json",
-                          out_dir=out, force=True, images=None, absent=self.plan.absent)
+        result = evaluate(predictions, self.out / "gt",
+                          EvaluationOptions(label_map=self.prepared / "label_map.json",
+                          absent=self.plan.absent), out_dir=out, force=True, images=None)
         table = result.table()
         return {name: float(value) for name, value in zip(table.organ_names, table.mean["dice"], strict=True)}
 

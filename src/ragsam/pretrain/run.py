@@ -71,12 +71,13 @@ class StageClock:
 def build_corpus(settings: PretrainSettings, work: Path, clock: StageClock) -> None:
     """Stages ``corpus`` and ``prepare``: ``work/corpus`` and its slice cache ``work/prepared``."""
     from ragsam.data.phantom_corpus import write_phantom_corpus
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
     clock.run("corpus", lambda: write_phantom_corpus(work / "corpus", settings.corpus_cases, settings.corpus_seed))
     clock.run("prepare", lambda: prepare_dataset(work / "corpus", work / "prepared",
-                                                 SliceSettings(size=settings.size), label_map="btcv", split="none"))
+                                                 PrepareOptions(settings=SliceSettings(size=settings.size),
+                                                 label_map="btcv", split="none")))
 
 
 def sam_stage(settings: PretrainSettings, work: Path, out: Path, clock: StageClock) -> dict[str, Any]:
@@ -91,14 +92,15 @@ def retrieval_stages(settings: PretrainSettings, work: Path, out: Path, clock: S
     from ragsam.pretrain.corpus_slices import load_corpus_slices
     from ragsam.pretrain.embedder import pretrain_embedder
     from ragsam.pretrain.sam2 import pretrain_sam2
-    from ragsam.retrieval.bank_build import build_bank
+    from ragsam.retrieval.bank_build import BankOptions, build_bank
 
     corpus = load_corpus_slices(work / "prepared")
     stats: dict[str, Any] = {"corpus": {"cases": settings.corpus_cases, "slices": len(corpus.images)}}
     stats["embedder"] = clock.run("embedder", lambda: pretrain_embedder(settings, corpus, out / "embedder"))
     write_json(out / "embedder" / "ragsam.json", {"image_size": settings.embedder_image_size, "pooling": "cls"})
-    clock.run("bank", lambda: build_bank(work / "prepared", work / "bank", embedder_weights=str(out / "embedder"),
-                                         image_size=settings.embedder_image_size, device="cpu"))
+    clock.run("bank", lambda: build_bank(work / "prepared", work / "bank",
+                                         BankOptions(embedder_weights=str(out / "embedder"),
+                                         image_size=settings.embedder_image_size, device="cpu")))
     stats["sam2"] = clock.run("sam2", lambda: pretrain_sam2(settings, corpus, work / "bank", out / "sam2"))
     return stats
 

@@ -49,6 +49,7 @@ from ragsam.errors import InputError
 from ragsam.retrieval.bank_build import (  # noqa: F401  (re-exported API)
     EMBEDDINGS_FILE,
     METADATA_COLUMNS,
+    BankOptions,
     BankSummary,
     build_bank,
     case_arrays,

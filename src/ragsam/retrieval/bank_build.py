@@ -164,18 +164,11 @@ def _embed_chunks(embedder: Any, arrays: dict[str, tuple[np.ndarray, np.ndarray 
 
 
 @ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
-def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
-               embedder_weights: str = "facebook/dinov2-small", kind: str = "auto", pooling: str = "cls",
-               labelled_only: bool = True, batch_size: int = 32, force: bool = False, *,
-               image_size: int = 224, split: str | None = None, cases: Sequence[str] | None = None,
-               embedder=None, device: str | None = None, nprobe: int | None = None,
-               ef_search: int | None = None, progress: Callable[[int, int], None] | None = None,
-               refine: int | None = None) -> BankSummary:
-    """Embed the slices of a prepared cache and save a support bank folder.
+@dataclass(frozen=True)
+class BankOptions:
+    """What bank :func:`build_bank` builds (settings; the folders and the run's hooks are per call).
 
-    Args:
-        prepared_dir: folder written by ``ragsam prepare``.
-        out_dir: the bank folder to create (replaced only with ``force``).
+    Attributes:
         embedder_weights: see :func:`ragsam.retrieval.embedder.build_embedder`.
         kind: Faiss index kind (``auto``, ``flat``, ``ivf``, ``ivfpq``, ``hnsw``; ``ivfpq`` banks
             re-rank a shortlist from ``embeddings.npy``, see :mod:`ragsam.retrieval.bank`).
@@ -187,10 +180,37 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         split: only cases of this manifest split (e.g. ``"train"``, so test cases never
             serve as supports); ``None`` = all cases.
         cases: only these case ids.
-        embedder: a ready :class:`SliceEmbedder` (overrides ``embedder_weights``/``pooling``/``image_size``).
+        device: where the embedder runs (``None``: its default).
         nprobe, ef_search: IVF / HNSW search settings stored with the index.
         refine: ``ivfpq`` only: shortlist ``refine x k`` rows per query, re-ranked exactly
             (default :data:`~ragsam.retrieval.faiss_index.PQ_REFINE`); refused for other kinds.
+    """
+
+    embedder_weights: str = "facebook/dinov2-small"
+    kind: str = "auto"
+    pooling: str = "cls"
+    labelled_only: bool = True
+    batch_size: int = 32
+    image_size: int = 224
+    split: str | None = None
+    cases: Sequence[str] | None = None
+    device: str | None = None
+    nprobe: int | None = None
+    ef_search: int | None = None
+    refine: int | None = None
+
+
+def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike, options: BankOptions = BankOptions(),
+               force: bool = False, *, embedder=None,
+               progress: Callable[[int, int], None] | None = None) -> BankSummary:
+    """Embed the slices of a prepared cache and save a support bank folder.
+
+    Args:
+        prepared_dir: folder written by ``ragsam prepare``.
+        out_dir: the bank folder to create (replaced only with ``force``).
+        options: the bank's settings (:class:`BankOptions`).
+        force: replace an existing bank.
+        embedder: a ready :class:`SliceEmbedder` (overrides ``embedder_weights``/``pooling``/``image_size``).
         progress: called as ``progress(done_slices, total_slices)``.
     Raises:
         InputError: not a prepared cache, no labelled cases, bad settings.
@@ -200,10 +220,11 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     from ragsam.retrieval.embedder import build_embedder
     from ragsam.retrieval.faiss_index import build_index, save_index
 
+    o = options
     start = time.perf_counter()
     prepared = Path(prepared_dir).resolve()
     out = Path(out_dir)
-    _check_request(prepared, out, kind, refine)
+    _check_request(prepared, out, o.kind, o.refine)
     here = ranks.current()
     # torchrun: rank 0 holds the bank's lock and writes the bank; every rank embeds its share.
     with folder_lock(out) if here.is_main else contextlib.nullcontext():
@@ -212,22 +233,22 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         check_writable(out, force)
         meta = CacheMeta.read(prepared)
         records = read_manifest(prepared)
-        chosen = _select_cases(prepared, records, labelled_only, split, cases)
+        chosen = _select_cases(prepared, records, o.labelled_only, o.split, o.cases)
         if not chosen:
             raise InputError(prepared, "no cases to embed")
         if embedder is None:
-            embedder = build_embedder(embedder_weights, pooling=pooling, image_size=image_size, device=device,
-                                      batch_size=batch_size)
+            embedder = build_embedder(o.embedder_weights, pooling=o.pooling, image_size=o.image_size, device=o.device,
+                                      batch_size=o.batch_size)
         apply_threads(getattr(embedder, "model", None))
         arrays = {c: case_arrays(prepared, c, with_labels=(prepared / "cases" / c / "label.npy").is_file())
                   for c in chosen}
         rows = _metadata_rows(chosen, arrays, records)
-        chunks = [(c, first) for c in chosen for first in range(0, arrays[c][0].shape[0], batch_size)]
-        vectors = _embed_chunks(embedder, arrays, chunks, batch_size, progress)
+        chunks = [(c, first) for c in chosen for first in range(0, arrays[c][0].shape[0], o.batch_size)]
+        vectors = _embed_chunks(embedder, arrays, chunks, o.batch_size, progress)
 
         def write() -> str:
-            extra = {} if refine is None else {"refine": refine}
-            index, index_settings = build_index(vectors, kind, nprobe=nprobe, ef_search=ef_search, **extra)
+            extra = {} if o.refine is None else {"refine": o.refine}
+            index, index_settings = build_index(vectors, o.kind, nprobe=o.nprobe, ef_search=o.ef_search, **extra)
             identity = embedder.identity
             info = BankInfo(
                 prepared_dir=str(prepared), prepared_dir_relative=os.path.relpath(prepared, out.resolve()),
@@ -237,7 +258,7 @@ def build_bank(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 kind=index_settings["kind"], dim=embedder.dim, count=len(rows),
                 cases=chosen, case_depths={c: int(arrays[c][0].shape[0]) for c in chosen},
                 labelled_cases=[c for c in chosen if arrays[c][1] is not None],
-                settings={"labelled_only": labelled_only, "split": split, "batch_size": batch_size,
+                settings={"labelled_only": o.labelled_only, "split": o.split, "batch_size": o.batch_size,
                           "pooling": identity["pooling"], "image_size": identity["image_size"],
                           "index": index_settings},
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
