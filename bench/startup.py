@@ -48,7 +48,7 @@ COMMAND_IMPORTS: dict[str, list[str]] = {
     "evaluate": ["ragsam.evaluation.evaluate", "ragsam.evaluation.report"],
     "index build": ["ragsam.retrieval.bank"],
     "index query": ["ragsam.retrieval.bank", "ragsam.data.slices", "ragsam.data.volume"],
-    "segment": ["ragsam.retrieval.segment"],
+    "segment": ["ragsam.inference.rag_segment", "ragsam.retrieval.segment"],
     "baseline": ["ragsam.baselines.run", "ragsam.data.slices", "ragsam.evaluation.report"],
     "experiment": ["ragsam.experiments.runner"],
     "demo": ["ragsam.demo.run", "ragsam.demo.report"],

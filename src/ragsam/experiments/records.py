@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ RECORD_VERSIONS = (1,)
 PLAN_FILE = "plan.json"
 DONE_FILE = "done.json"
 REBUILD = "start the plan again with `ragsam experiment ... --force`"
+
+
+def _read_record(path: Path, parse: Callable[[dict[str, Any], Path], Any]) -> Any:
+    """``parse`` of the JSON object in ``path``, or ``None`` when there is no such file."""
+    return parse(read_json_object(path, "missing"), path) if path.is_file() else None
 
 
 @dataclass
@@ -58,10 +64,7 @@ class VariantResult:
     @classmethod
     def read(cls, variant_dir: str | os.PathLike) -> VariantResult | None:
         """The finished variant recorded in ``variant_dir``, or ``None`` when it has not finished."""
-        path = Path(variant_dir) / DONE_FILE
-        if not path.is_file():
-            return None
-        return cls.from_json(read_json_object(path, "missing"), path)
+        return _read_record(Path(variant_dir) / DONE_FILE, cls.from_json)
 
     def write(self, variant_dir: str | os.PathLike) -> Path:
         """Write ``done.json`` (atomically) into ``variant_dir``."""
@@ -104,10 +107,7 @@ class PlanRecord:
     @classmethod
     def read(cls, out: str | os.PathLike) -> PlanRecord | None:
         """The record in work folder ``out``, or ``None`` when there is none yet."""
-        path = Path(out) / PLAN_FILE
-        if not path.is_file():
-            return None
-        return cls.from_json(read_json_object(path, "missing"), path)
+        return _read_record(Path(out) / PLAN_FILE, cls.from_json)
 
     def check_and_write(self, out: str | os.PathLike, force: bool) -> None:
         """Refuse a work folder started with another plan or settings (unless ``force``), then record this one."""

@@ -39,6 +39,7 @@ from typing import Any
 from ragsam.errors import CasesFailedError, OutputExistsError
 from ragsam.utils import ranks
 from ragsam.utils.atomic import write_json
+from ragsam.utils.file_fingerprint import fingerprint_case, sha1_file
 
 FORMAT = "ragsam-case-output"
 VERSION = 1
@@ -102,14 +103,6 @@ def _read_sidecar(output: Path) -> dict[str, Any] | None:
     return side if isinstance(side, dict) and side.get("format") == FORMAT else None
 
 
-def _output_sha1(output: Path) -> str:
-    digest = hashlib.sha1()
-    with output.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class CasePlan:
     """What a run over cases will do.
@@ -139,7 +132,6 @@ def plan_cases(refs: Sequence[Any], outputs: Sequence[Path], key: str, force: bo
         OutputExistsError: an output that ragsam did not write for this case exists and
             ``force`` is false (checked for every case before any work).
     """
-    from ragsam.utils.file_fingerprint import fingerprint_case
 
     todo: list[CaseJob] = []
     done: list[tuple[CaseJob, dict[str, Any]]] = []
@@ -152,7 +144,7 @@ def plan_cases(refs: Sequence[Any], outputs: Sequence[Path], key: str, force: bo
             todo.append(job)
             continue
         ours = side is not None and side.get("case_id") == ref.case_id and (
-            side.get("output_sha1") is None or side.get("output_sha1") == _output_sha1(out))
+            side.get("output_sha1") is None or side.get("output_sha1") == sha1_file(out))
         if not ours and not force:
             raise OutputExistsError(out)
         finished = ours and side.get("output_sha1") is not None and side.get("key") == case_key
@@ -187,7 +179,7 @@ class CaseRecorder:
         """Record a written output (its hash makes it skippable next time)."""
         write_json(sidecar_path(job.output), {"format": FORMAT, "version": VERSION, "case_id": job.case_id,
                                               "key": job.key, "files": job.files,
-                                              "output_sha1": _output_sha1(job.output), "result": result_json})
+                                              "output_sha1": sha1_file(job.output), "result": result_json})
         self.results.append((job.case_id, result))
 
     def skip(self, job: CaseJob, result: Any) -> None:

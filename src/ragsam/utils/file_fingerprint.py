@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _sha1_file(path: Path) -> str:
+def sha1_file(path: Path) -> str:
+    """Hex SHA-1 of a file's content, read in 1 MiB blocks."""
     digest = hashlib.sha1()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -70,7 +71,7 @@ def fingerprint_case(ref: Any, settings_key: str, known: list[dict[str, Any]] | 
     for role, path in _input_files(ref):
         st = path.stat()
         entry = {"role": role, "path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        sha1 = cache.get((entry["path"], entry["size"], entry["mtime_ns"])) or _sha1_file(path)
+        sha1 = cache.get((entry["path"], entry["size"], entry["mtime_ns"])) or sha1_file(path)
         records.append({**entry, "sha1": sha1})
     content = sorted((r["role"], r["sha1"]) for r in records)  # content only: moving the data keeps the key
     key = hashlib.sha1(json.dumps([settings_key, content]).encode()).hexdigest()
