@@ -24,18 +24,25 @@ The numbers then show the protocol working, not the method.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ragsam.config import with_overrides
 from ragsam.data.cache_meta import CacheMeta
 from ragsam.errors import InputError
 from ragsam.experiments.plans import Plan, Variant, load_plan, variant_folder_name
 from ragsam.utils.atomic import write_json, write_text
+
+if TYPE_CHECKING:
+    from ragsam.training.config import TrainConfig
+    from ragsam.training.rag_config import RagTrainConfig
 
 Log = Callable[[str], None]
 
@@ -158,48 +165,41 @@ def _check_plan_file(out: Path, plan: Plan, settings: ExperimentSettings, force:
     write_json(path, record, force=True)
 
 
-def _override_text(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def tiny_recipe(recipe: TrainConfig, tiny: TrainConfig) -> TrainConfig:
+    """``tiny`` (the tiny model and budget) carrying ``recipe``'s :data:`RECIPE_KEYS` (a preset's recipe)."""
+    return replace(tiny, model=replace(tiny.model, peft=copy.deepcopy(recipe.model.peft),
+                                       normalize=recipe.model.normalize, head_init=recipe.model.head_init),
+                   optim=replace(tiny.optim, loss_resolution=recipe.optim.loss_resolution,
+                                 dice_weight=recipe.optim.dice_weight, ce_weight=recipe.optim.ce_weight),
+                   augment=replace(tiny.augment, enabled=recipe.augment.enabled))
 
 
-def recipe_overrides(preset: str) -> list[str]:
-    """``key=value`` overrides carrying a preset's :data:`RECIPE_KEYS` onto another preset."""
-    from ragsam.config import to_dict
-    from ragsam.training.config import load_train_config
+def finetune_config(variant: Variant, settings: ExperimentSettings, prepared: Path, num_organs: int) -> TrainConfig:
+    """The resolved training configuration of a finetune variant.
 
-    flat: dict[str, object] = {}
-
-    def walk(node: object, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node
-
-    walk(to_dict(load_train_config(preset)), "")
-    return [f"{k}={_override_text(v)}" for k, v in flat.items() if k.startswith(RECIPE_KEYS)]
-
-
-def _finetune_overrides(variant: Variant, settings: ExperimentSettings, prepared: Path,
-                        num_organs: int) -> tuple[str, list[str]]:
-    from ragsam.training.config import load_train_config
+    Its preset (with ``tiny``: :func:`tiny_recipe` of it), then the run's data, organs, seed and
+    device, the variant's own overrides (plan file), ``size`` / ``iterations``, and last the
+    user's extra overrides (command line).
+    """
+    from ragsam.training.config import load_train_config, validate
 
     preset = variant.preset or settings.base_config
-    overrides = [f"data.prepared={prepared}", "data.train=[train]", "data.val=[]",
-                 f"model.num_classes={num_organs}", f"seed={settings.seed}", f"device={settings.device}",
-                 "log.progress=false"]
+    recipe = load_train_config(preset)
     if settings.tiny:
-        overrides += [*recipe_overrides(preset), "val.every=0", "checkpoint_every=10"]
-        preset = "tiny"
+        cfg = tiny_recipe(recipe, load_train_config("tiny"))
+        cfg = replace(cfg, val=replace(cfg.val, every=0), checkpoint_every=10)
     else:
-        big = load_train_config(preset).model.arch == "sam_vit_h"
-        overrides += [f"model.weights={settings.sam_h_weights if big else settings.sam_weights}"]
-    overrides += variant.overrides
+        big = recipe.model.arch == "sam_vit_h"
+        cfg = replace(recipe, model=replace(recipe.model, weights=settings.sam_h_weights if big else settings.sam_weights))
+    cfg = replace(cfg, data=replace(cfg.data, prepared=str(prepared), train=["train"], val=[]),
+                  model=replace(cfg.model, num_classes=num_organs), seed=settings.seed, device=settings.device,
+                  log=replace(cfg.log, progress=False))
+    cfg = with_overrides(cfg, list(variant.overrides))
     if settings.size is not None:
-        overrides += [f"model.image_size={settings.size}"]
+        cfg = replace(cfg, model=replace(cfg.model, image_size=settings.size))
     if settings.iterations is not None:
-        overrides += [f"optim.max_iterations={settings.iterations}", "optim.stop_iteration=null"]
-    return preset, overrides + list(settings.extra_overrides)
+        cfg = replace(cfg, optim=replace(cfg.optim, max_iterations=settings.iterations, stop_iteration=None))
+    return validate(with_overrides(cfg, list(settings.extra_overrides)), "<command line>")
 
 
 _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -306,17 +306,15 @@ class ExperimentRunner:
     def _finetune(self, variant: Variant, folder: Path, predictions: Path) -> tuple[int | None, float | None]:
         from ragsam.data.label_maps import load_label_map
         from ragsam.inference.predict import predict
-        from ragsam.training.config import load_train_config
         from ragsam.training.run import train
 
         run_dir = folder / "run"
-        preset, overrides = _finetune_overrides(variant, self.settings, self.prepared,
-                                                load_label_map(self.label_map).num_classes - 1)
         finished = (run_dir / "model.safetensors").is_file() and (run_dir / "val.json").is_file()
         if not finished:
             resume = (run_dir / "checkpoints" / "state.pt").is_file()
             self.log(f"{variant.name}: {'resuming' if resume else 'training'} in {run_dir}")
-            cfg = None if resume else load_train_config(preset, overrides)
+            cfg = None if resume else finetune_config(variant, self.settings, self.prepared,
+                                                      load_label_map(self.label_map).num_classes - 1)
             train(cfg, run_dir, resume=resume, force=not resume and run_dir.exists())
         for cid in self.test_cases():
             predict(run_dir, self._image_of(cid), predictions / f"{cid}.nii.gz", force=True,
@@ -377,26 +375,35 @@ class ExperimentRunner:
 
     def _train_sam2(self, variant: Variant, run_dir: Path, bank: Path) -> Path:
         """``ragsam train-rag`` with the variant's preset on the bank (train cases), resumed when interrupted."""
-        from ragsam.data.label_maps import load_label_map
-        from ragsam.training.rag_config import load_rag_config
         from ragsam.training.rag_run import train_rag
 
         if (run_dir / "model.safetensors").is_file() and (run_dir / "val.json").is_file():
             return run_dir
-        s = self.settings
-        overrides = [f"data.bank={bank}", "data.train=[train]", "data.val=[]", f"data.k={s.k}",
-                     f"data.z_prior={s.z_prior or 'null'}", f"seed={s.seed}", f"device={s.device}",
-                     f"model.num_classes={load_label_map(self.label_map).num_classes - 1}", "log.progress=false",
-                     f"model.weights={self._retrieval_models[0]}", *variant.overrides]
-        if s.tiny:
-            overrides += ["optim.max_iterations=20", "optim.warmup=2", "optim.lr=0.002", "checkpoint_every=10"]
-        if s.iterations is not None:
-            overrides += [f"optim.max_iterations={s.iterations}", "optim.stop_iteration=null"]
         resume = (run_dir / "checkpoints" / "state.pt").is_file()
         self.log(f"{variant.name}: {'resuming' if resume else 'training'} SAM 2 on retrieval episodes in {run_dir}")
-        train_rag(None if resume else load_rag_config(variant.preset, overrides), run_dir, resume=resume,
+        train_rag(None if resume else self._rag_config(variant, bank), run_dir, resume=resume,
                   force=not resume and run_dir.exists())
         return run_dir
+
+    def _rag_config(self, variant: Variant, bank: Path) -> RagTrainConfig:
+        """The resolved ``train-rag`` configuration of a retrieval variant (its preset, then the run's
+        bank, k, prior, organs, seed and device, the variant's overrides, the tiny budget, ``iterations``)."""
+        from ragsam.data.label_maps import load_label_map
+        from ragsam.training.rag_config import load_rag_config, validate_rag
+
+        s = self.settings
+        cfg = load_rag_config(variant.preset)
+        cfg = replace(cfg, data=replace(cfg.data, bank=str(bank), train=["train"], val=[], k=s.k,
+                                        z_prior=s.z_prior or None),
+                      model=replace(cfg.model, num_classes=load_label_map(self.label_map).num_classes - 1,
+                                    weights=self._retrieval_models[0]),
+                      seed=s.seed, device=s.device, log=replace(cfg.log, progress=False))
+        cfg = with_overrides(cfg, list(variant.overrides))
+        if s.tiny:
+            cfg = replace(cfg, optim=replace(cfg.optim, max_iterations=20, warmup=2, lr=0.002), checkpoint_every=10)
+        if s.iterations is not None:
+            cfg = replace(cfg, optim=replace(cfg.optim, max_iterations=s.iterations, stop_iteration=None))
+        return validate_rag(cfg, "<command line>")
 
     def _baseline(self, variant: Variant, folder: Path, predictions: Path) -> None:
         from ragsam.baselines.run import BaselineConfig, run_baseline

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from ragsam.errors import InputError
 from ragsam.peft.adapter import add_block_adapters
-from ragsam.peft.config import DECODER_MODES, LORA_TARGETS, PEFT_METHODS, PeftConfig
-from ragsam.peft.lora import merge_lora, wrap_linear
+from ragsam.peft.config import DECODER_MODES, LORA_TARGETS, PEFT_METHODS, PeftConfig, check_ranks
+from ragsam.peft.lora import lora_scale, merge_lora, wrap_linear
 from ragsam.utils.safetensors_io import save_safetensors
 from ragsam.utils.state_dict import load_exactly
 
@@ -47,9 +47,7 @@ def validate_peft(cfg: PeftConfig) -> None:
     if bad or (cfg.method == "lora" and not cfg.targets):
         raise InputError(None, f"peft.targets {list(cfg.targets)!r} must be a non-empty subset of "
                                f"{', '.join(LORA_TARGETS)}")
-    for name in ("rank", "decoder_rank"):
-        if int(getattr(cfg, name)) < 1:
-            raise InputError(None, f"peft.{name} must be at least 1, got {getattr(cfg, name)}")
+    check_ranks(cfg)
     if not 0 < cfg.adapter_ratio <= 4:
         raise InputError(None, f"peft.adapter_ratio must be in (0, 4], got {cfg.adapter_ratio}")
     for pattern in cfg.freeze:
@@ -59,15 +57,11 @@ def validate_peft(cfg: PeftConfig) -> None:
             raise InputError(None, f"peft.freeze pattern {pattern!r} is not a regular expression ({exc})") from None
 
 
-def _scale(cfg: PeftConfig, rank: int) -> float:
-    return 1.0 if cfg.alpha is None else float(cfg.alpha) / rank
-
-
 def _encoder_lora(model: nn.Module, cfg: PeftConfig) -> None:
     for layer in model.vision_encoder.layers:
         width = layer.attn.qkv.in_features
         slices = {t: (i * width, (i + 1) * width) for i, t in enumerate(("q", "k", "v")) if t in cfg.targets}
-        scale = _scale(cfg, cfg.rank)
+        scale = lora_scale(cfg.alpha, cfg.rank)
         if slices:
             wrap_linear(layer.attn, "qkv", cfg.rank, scale, slices)
         if "proj" in cfg.targets:
@@ -107,8 +101,8 @@ def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
     if cfg.decoder == "lora":
         decoder.transformer.requires_grad_(False)
         for attn in decoder_attentions(model):
-            wrap_linear(attn, "q_proj", cfg.decoder_rank, _scale(cfg, cfg.decoder_rank))
-            wrap_linear(attn, "v_proj", cfg.decoder_rank, _scale(cfg, cfg.decoder_rank))
+            wrap_linear(attn, "q_proj", cfg.decoder_rank, lora_scale(cfg.alpha, cfg.decoder_rank))
+            wrap_linear(attn, "v_proj", cfg.decoder_rank, lora_scale(cfg.alpha, cfg.decoder_rank))
     if cfg.decoder_adapters:
         for layer in decoder.transformer.layers:
             add_block_adapters(layer, layer.cross_attn_token_to_image, layer.mlp, layer.hidden_size,
