@@ -15,6 +15,7 @@ from ragsam.errors import InputError
 PEFT_METHODS = ("lora", "adapter", "none")
 LORA_TARGETS = ("q", "k", "v", "proj", "mlp")
 DECODER_MODES = ("full", "lora", "frozen")
+ADAPTER_INITS = ("zero", "default")
 SAM2_PEFT_METHODS = ("lora", "none")
 SAM2_LORA_TARGETS = ("q", "k", "v", "proj")
 SAM2_DECODER_MODES = DECODER_MODES
@@ -47,6 +48,13 @@ class PeftConfig:
             of parameters to freeze after everything else is decided.
         train_prompt_encoder: make the prompt encoder trainable (its no-mask
             embedding is the only part used by the prompt-free model).
+        train_positional_embedding: with the prompt encoder (or method ``none``), also train
+            SAM's random-Fourier matrix ``shared_image_embedding.positional_embedding``
+            (2 x 128). ``transformers`` makes it a parameter; in Meta's ``segment_anything``,
+            and so in SAMed and Med-SA, it is a buffer that never trains (paper presets: false).
+        adapter_init: start of each adapter's up projection: ``"zero"`` (weight and bias 0, so
+            the adapted model starts equal to SAM) or ``"default"`` (``nn.Linear``'s own
+            initialisation, as Med-SA's ``models/common/adapter.py`` leaves it; medsa preset).
     """
 
     method: str = "lora"
@@ -60,6 +68,8 @@ class PeftConfig:
     decoder_adapters: bool = False
     freeze: list[str] = field(default_factory=list)
     train_prompt_encoder: bool = False
+    train_positional_embedding: bool = True
+    adapter_init: str = "zero"
 
 
 @dataclass
