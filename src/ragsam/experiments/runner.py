@@ -15,16 +15,15 @@ Work folder layout::
       table.md, table.csv       ours beside the paper's published values
       figures/                  variants side by side on a central slice; Dice vs rank
 
-``tiny`` swaps every model for its tiny randomly initialised version (SAM
-``tiny``, SAM 2 ``tiny``, DINOv2 ``tiny``) and shortens training, so a whole plan
-runs on a CPU in minutes; the variant's preset still decides the recipe (PEFT
-method, normalisation, loss resolution and weights, augmentation: :data:`RECIPE_KEYS`).
-The numbers then show the protocol working, not the method.
+``tiny`` swaps every model for a tiny one and shortens training, so a whole plan runs on a
+CPU in minutes: finetune variants train ragsam's shipped pre-trained tiny SAM with their
+preset's recipe on a tiny budget (:mod:`ragsam.experiments.tiny_recipe`), retrieval uses the
+shipped tiny SAM 2 and embedder, prompted baselines a random tiny SAM. The numbers then show
+the protocol working and each recipe learning, not the method's accuracy.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -41,15 +40,11 @@ from ragsam.experiments.plans import Plan, Variant, load_plan, variant_folder_na
 from ragsam.utils.atomic import write_json, write_text
 
 if TYPE_CHECKING:
+    from ragsam.hub.tiny_models import TinyModels
     from ragsam.training.config import TrainConfig
     from ragsam.training.rag_config import RagTrainConfig
 
 Log = Callable[[str], None]
-
-#: What a finetune variant takes from its preset in a ``tiny`` run (the rest is the tiny preset's).
-RECIPE_KEYS = ("model.peft", "model.normalize", "model.head_init", "optim.loss_resolution",
-               "optim.dice_weight", "optim.ce_weight", "augment.enabled")
-
 
 @dataclass
 class ExperimentSettings:
@@ -57,10 +52,12 @@ class ExperimentSettings:
 
     Attributes:
         data: dataset folder (any layout ``ragsam prepare`` reads).
-        tiny: tiny models and short training (CPU run of the protocol): tiny SAMs from random
-            weights; for retrieval, ragsam's shipped tiny SAM 2 and slice embedder
-            (pre-trained on synthetic phantoms, :mod:`ragsam.hub.tiny_models`), so the
-            retrieval rows read their memory instead of sitting at chance.
+        tiny: tiny models and short training (CPU run of the protocol): finetune variants train
+            ragsam's shipped tiny SAM with their preset's recipe on a tiny budget
+            (:mod:`ragsam.experiments.tiny_recipe`); retrieval uses the shipped tiny SAM 2 and
+            slice embedder (all pre-trained on synthetic phantoms, :mod:`ragsam.hub.tiny_models`),
+            so the rows learn and read their memory instead of sitting at chance; prompted
+            baselines a random tiny SAM.
         sam_weights / medsam_weights / sam2_weights / embedder: weights for each role;
             ``sam_h_weights`` for finetune presets on ViT-H (Med-SA).
         base_config: training preset of finetune variants that name none.
@@ -165,29 +162,22 @@ def _check_plan_file(out: Path, plan: Plan, settings: ExperimentSettings, force:
     write_json(path, record, force=True)
 
 
-def tiny_recipe(recipe: TrainConfig, tiny: TrainConfig) -> TrainConfig:
-    """``tiny`` (the tiny model and budget) carrying ``recipe``'s :data:`RECIPE_KEYS` (a preset's recipe)."""
-    return replace(tiny, model=replace(tiny.model, peft=copy.deepcopy(recipe.model.peft),
-                                       normalize=recipe.model.normalize, head_init=recipe.model.head_init),
-                   optim=replace(tiny.optim, loss_resolution=recipe.optim.loss_resolution,
-                                 dice_weight=recipe.optim.dice_weight, ce_weight=recipe.optim.ce_weight),
-                   augment=replace(tiny.augment, enabled=recipe.augment.enabled))
-
-
-def finetune_config(variant: Variant, settings: ExperimentSettings, prepared: Path, num_organs: int) -> TrainConfig:
+def finetune_config(variant: Variant, settings: ExperimentSettings, prepared: Path, num_organs: int,
+                    tiny_sam: str = "") -> TrainConfig:
     """The resolved training configuration of a finetune variant.
 
-    Its preset (with ``tiny``: :func:`tiny_recipe` of it), then the run's data, organs, seed and
-    device, the variant's own overrides (plan file), ``size`` / ``iterations``, and last the
-    user's extra overrides (command line).
+    Its preset (with ``tiny``: :func:`~ragsam.experiments.tiny_recipe.tiny_recipe` of it on the
+    tiny SAM ``tiny_sam``), then the run's data, organs, seed and device, the variant's own
+    overrides (plan file), ``size`` / ``iterations``, and last the user's extra overrides
+    (command line).
     """
+    from ragsam.experiments.tiny_recipe import tiny_recipe
     from ragsam.training.config import load_train_config, validate
 
     preset = variant.preset or settings.base_config
     recipe = load_train_config(preset)
     if settings.tiny:
-        cfg = tiny_recipe(recipe, load_train_config("tiny"))
-        cfg = replace(cfg, val=replace(cfg.val, every=0), checkpoint_every=10)
+        cfg = tiny_recipe(recipe, tiny_sam)
     else:
         big = recipe.model.arch == "sam_vit_h"
         cfg = replace(recipe, model=replace(recipe.model, weights=settings.sam_h_weights if big else settings.sam_weights))
@@ -314,7 +304,8 @@ class ExperimentRunner:
             resume = (run_dir / "checkpoints" / "state.pt").is_file()
             self.log(f"{variant.name}: {'resuming' if resume else 'training'} in {run_dir}")
             cfg = None if resume else finetune_config(variant, self.settings, self.prepared,
-                                                      load_label_map(self.label_map).num_classes - 1)
+                                                      load_label_map(self.label_map).num_classes - 1,
+                                                      str(self._shipped.sam) if self.settings.tiny else "")
             train(cfg, run_dir, resume=resume, force=not resume and run_dir.exists())
         for cid in self.test_cases():
             predict(run_dir, self._image_of(cid), predictions / f"{cid}.nii.gz", force=True,
@@ -322,15 +313,18 @@ class ExperimentRunner:
         return trainable_size(run_dir)
 
     @functools.cached_property
-    def _retrieval_models(self) -> tuple[str, str, int]:
-        """``(SAM 2 weights, embedder weights, embedder input side)`` of the retrieval variants
-        (once per run: the shipped tiny models are checksummed when resolved)."""
-        if not self.settings.tiny:
-            return self.settings.sam2_weights, self.settings.embedder, 224
+    def _shipped(self) -> TinyModels:
+        """ragsam's shipped tiny models (``tiny`` runs; resolved once: they are checksummed)."""
         from ragsam.hub.tiny_models import tiny_models
 
-        shipped = tiny_models()
-        return str(shipped.sam2), str(shipped.embedder), shipped.embedder_image_size
+        return tiny_models()
+
+    @functools.cached_property
+    def _retrieval_models(self) -> tuple[str, str, int]:
+        """``(SAM 2 weights, embedder weights, embedder input side)`` of the retrieval variants."""
+        if not self.settings.tiny:
+            return self.settings.sam2_weights, self.settings.embedder, 224
+        return str(self._shipped.sam2), str(self._shipped.embedder), self._shipped.embedder_image_size
 
     def _bank(self) -> Path:
         from ragsam.retrieval.bank_build import build_bank
