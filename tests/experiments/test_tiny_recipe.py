@@ -41,7 +41,7 @@ def test_tiny_budget_by_hand():
 #   samed   0.215 0.245 0.144 0.291 0.280  (mean 0.235, sd 0.06)
 #   samed_s 0.202 0.206 0.171 0.261 0.159  (mean 0.200, sd 0.04)
 #   medsa   0.182 0.130 0.358 0.319 0.201  (mean 0.238, sd 0.09)
-#   rows' mean per seed 0.200 0.193 0.225 0.290 0.213 (mean 0.224, sd 0.04)
+#   rows' mean per seed 0.200 0.193 0.225 0.290 0.213 (mean 0.224, sd 0.04); seed 0 at 2 threads: the same
 # Before the tiny recipe (random tiny SAM, 60 steps at lr 0.002) these rows scored 0.000. Another CPU's
 # rounding moves a training run as another seed does, so the floors sit under every seed: 0.05 per row
 # (below mean - 2 sd of each row) and 0.12 for the rows' mean (mean - 2.5 sd).
@@ -65,3 +65,29 @@ def test_tiny_samed_and_medsa_rows_learn_on_the_phantom(tmp_path):
     for name, value in means.items():
         assert value > ROW_FLOOR, (name, means)
     assert sum(means.values()) / 3 > MEAN_FLOOR, means
+
+
+def test_finetune_config_layers_preset_run_plan_settings_then_command_line():
+    """The runner's typed build: the plan's overrides beat the run's values, --size / --iterations beat
+    the plan, and the command line's extra overrides come last."""
+    from pathlib import Path
+
+    from ragsam.experiments.plans import Variant
+    from ragsam.experiments.runner import ExperimentSettings, finetune_config
+
+    variant = Variant(name="x", preset="samed", overrides=["model.peft.rank=1", "seed=9", "optim.max_iterations=7"])
+    settings = ExperimentSettings(data="d", size=32, iterations=5, extra_overrides=["model.peft.rank=2"], seed=3,
+                                  device="cpu", sam_weights="/w/sam-b")
+    cfg = finetune_config(variant, settings, Path("/p q"), 8)
+    assert (cfg.model.peft.rank, cfg.seed, cfg.optim.max_iterations, cfg.optim.stop_iteration) == (2, 9, 5, None)
+    assert (cfg.model.image_size, cfg.model.num_classes, cfg.model.weights) == (32, 8, "/w/sam-b")
+    assert (cfg.data.prepared, cfg.data.train, cfg.data.val, cfg.device, cfg.log.progress) == (
+        "/p q", ["train"], [], "cpu", False)
+    assert cfg.optim.lr == 0.005 and cfg.model.peft.train_positional_embedding is False  # the preset's
+    medsa = finetune_config(Variant(name="m", preset="medsa"), ExperimentSettings(data="d", sam_h_weights="/w/h"),
+                            Path("/p"), 8)
+    assert (medsa.model.weights, medsa.model.image_size) == ("/w/h", 1024)
+    tiny = finetune_config(Variant(name="t", preset="samed"), ExperimentSettings(data="d", tiny=True), Path("/p"), 8,
+                           tiny_sam="/w/tiny")
+    assert (tiny.model.arch, tiny.model.weights, tiny.optim.max_iterations, tiny.optim.stop_iteration) == (
+        "tiny", "/w/tiny", 300, 240)
