@@ -122,8 +122,10 @@ def preset_summary(preset: str, overrides: list[str] | None = None) -> str:
     cfg = load_train_config(preset, list(overrides or []))
     m, o = cfg.model, cfg.optim
     batch = f"global batch {o.global_batch}" if o.global_batch else f"batch {o.batch_size} x {o.grad_accum}"
-    return (f"{m.arch} {m.image_size} px, {describe(m.peft)}, prompt encoder "
-            f"{'trained' if m.peft.train_prompt_encoder else 'frozen'}, normalize {m.normalize}, heads "
+    prompt = "frozen"
+    if m.peft.train_prompt_encoder:
+        prompt = "trained" if m.peft.train_positional_embedding else "trained (positional matrix frozen)"
+    return (f"{m.arch} {m.image_size} px, {describe(m.peft)}, prompt encoder {prompt}, normalize {m.normalize}, heads "
             f"{m.head_init}, loss {o.dice_weight:g} Dice + {o.ce_weight:g} CE at {o.loss_resolution} resolution, "
             f"lr {o.lr:g} (warm-up {o.warmup}, power {o.power:g}), wd {o.weight_decay:g}, {batch}, "
             f"{cfg.last_iteration} of {o.max_iterations} iterations, {'bf16' if o.bf16 else 'fp32'}, "

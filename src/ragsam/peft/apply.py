@@ -220,5 +220,6 @@ def describe(cfg: Any) -> str:
     if cfg.method == "lora":
         return f"LoRA r={cfg.rank} on {','.join(cfg.targets)}, decoder {cfg.decoder}"
     if cfg.method == "adapter":
-        return f"Med-SA adapters (ratio {cfg.adapter_ratio}, s={cfg.adapter_scale}), decoder {cfg.decoder}"
+        start = ", up at nn.Linear init" if cfg.adapter_init == "default" else ""
+        return f"Med-SA adapters (ratio {cfg.adapter_ratio}, s={cfg.adapter_scale}{start}), decoder {cfg.decoder}"
     return f"full fine-tuning, decoder {cfg.decoder}"
