@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.ks, args.batch, args.side, args.repeats = [1, 2], 1, 32, 1
     from ragsam.models.sam2 import build_sam2
+    from ragsam.peft.config import Sam2PeftConfig
     from ragsam.peft.sam2 import apply_sam2_peft
-    from ragsam.training.rag_config import Sam2PeftConfig
     from ragsam.training.rag_model import RagEpisodeModel
 
     device = torch.device(args.device)

@@ -117,6 +117,14 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "<command li
     return data
 
 
+def with_overrides(obj: T, overrides: list[str], source: str = "<command line>") -> T:
+    """A copy of dataclass ``obj`` with ``a.b=value`` strings applied (for overrides a user wrote:
+    the command line, a plan file). Code that changes a configuration uses ``dataclasses.replace``."""
+    if not overrides:
+        return obj
+    return from_dict(type(obj), apply_overrides(to_dict(obj), overrides, source), source=source)
+
+
 def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of ``cls``, updated by a YAML file and then by overrides.
 

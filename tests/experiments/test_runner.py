@@ -84,6 +84,7 @@ def test_dry_run_lists_done_and_todo(rank_plan, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert text.count("[todo]") == 9
     assert "train --config samed_s (sam_vit_b 512 px" in text and "train --config medsa (sam_vit_h 1024 px" in text
+    assert "prompt encoder trained (positional matrix frozen)" in text
     assert "z-prior 0)" in text and "[ours, not in the paper]" in text
 
 

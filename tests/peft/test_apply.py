@@ -109,6 +109,47 @@ def test_prompt_encoder_flag(base):
     assert "prompt_encoder.no_mask_embed.weight" in names and "shared_image_embedding.positional_embedding" in names
 
 
+def test_positional_matrix_stays_frozen_as_in_meta_sam_when_asked(base, images, tmp_path):
+    """SAMed trains the prompt encoder, but SAM's Gaussian matrix is a buffer there: it never trains."""
+    model = _peft(base, method="lora", train_prompt_encoder=True, train_positional_embedding=False)
+    names = _trainable(model)
+    everything = _trainable(_peft(base, method="lora", train_prompt_encoder=True))
+    assert everything - names == {"shared_image_embedding.positional_embedding"}
+    # the tied copy the prompt encoder reads is the same tensor, frozen with it
+    assert model.prompt_encoder.shared_embedding.positional_embedding is model.shared_image_embedding.positional_embedding
+    assert "shared_image_embedding.positional_embedding" not in trainable_state_dict(model)
+    # one optimiser step on a loss that reads it leaves it exactly where it was
+    before = model.shared_image_embedding.positional_embedding.detach().clone()
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1)
+    model.train()
+    model(images).square().mean().backward()
+    optimiser.step()
+    assert torch.equal(model.shared_image_embedding.positional_embedding, before)
+    # full fine-tuning honours it too
+    full = _trainable(_peft(base, method="none", train_positional_embedding=False))
+    assert {n for n, _ in base.named_parameters()} - full == {"shared_image_embedding.positional_embedding"}
+
+
+def test_adapter_init_default_keeps_linear_init_and_draws_the_same_numbers(base, images):
+    """Med-SA keeps nn.Linear's init for the up projection; "zero" only overwrites it (same RNG stream)."""
+    torch.manual_seed(5)
+    zero = _peft(base, method="adapter")
+    torch.manual_seed(5)
+    default = _peft(base, method="adapter", adapter_init="default")
+    zero_up = zero.vision_encoder.layers[0].attn_adapter.up
+    default_up = default.vision_encoder.layers[0].attn_adapter.up
+    assert torch.count_nonzero(zero_up.weight) == 0 and torch.count_nonzero(zero_up.bias) == 0
+    bound = 1 / default_up.in_features ** 0.5  # nn.Linear: kaiming_uniform(a=sqrt 5) = U(-1/sqrt(in), 1/sqrt(in))
+    assert 0 < default_up.weight.abs().max() <= bound and 0 < default_up.bias.abs().max() <= bound
+    for layer_z, layer_d in zip(zero.vision_encoder.layers, default.vision_encoder.layers, strict=True):
+        for name in ("attn_adapter", "mlp_adapter"):
+            assert torch.equal(getattr(layer_z, name).down.weight, getattr(layer_d, name).down.weight)
+    with torch.no_grad():  # the zero start is SAM's image embedding; the default start is not
+        reference = base.encode(images)
+        torch.testing.assert_close(zero.encode(images), reference, atol=1e-6, rtol=0)
+        assert (default.encode(images) - reference).norm() > 0.01 * reference.norm()
+
+
 def test_save_load_trainable_reproduces_outputs_bit_for_bit(base, images, tmp_path):
     model = _peft(base, method="lora", decoder="lora")
     _randomise(model)
@@ -152,6 +193,8 @@ def test_merge_keeps_outputs_and_restores_base_names(base, images):
     ({"decoder": "half"}, "peft.decoder 'half' is not one of full, lora, frozen"),
     ({"targets": ["q", "o"]}, r"peft.targets \['q', 'o'\] must be a non-empty subset"),
     ({"rank": 0}, "peft.rank must be at least 1, got 0"),
+    ({"decoder_rank": 0}, "peft.decoder_rank must be at least 1, got 0"),
+    ({"method": "adapter", "adapter_init": "kaiming"}, "peft.adapter_init 'kaiming' is not one of zero, default"),
     ({"freeze": ["("]}, "peft.freeze pattern '\\(' is not a regular expression"),
 ])
 def test_bad_settings_are_refused(base, kwargs, message):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ragsam.models.sam2 import build_sam2
+from ragsam.peft.config import Sam2PeftConfig
 from ragsam.peft.lora import LoRALinear
 from ragsam.peft.sam2 import apply_sam2_peft
-from ragsam.training.rag_config import Sam2PeftConfig
 
 
 def _trainable(model) -> set[str]:

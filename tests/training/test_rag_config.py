@@ -26,6 +26,8 @@ def test_rag_presets_are_separate_from_train_presets():
     ("model.peft.targets=[mlp]", "model.peft.targets=['mlp']"),
     ("model.pointer_positions=random", "model.pointer_positions='random'"),
     ("data.z_prior=-1", "data.z_prior=-1"),
+    ("model.peft.rank=0", "model.peft.rank must be at least 1, got 0"),  # the rank rule SAM's PeftConfig uses
+    ("model.peft.decoder_rank=0", "model.peft.decoder_rank must be at least 1, got 0"),
 ])
 def test_bad_values_are_refused_quoting_them(override, needle):
     with pytest.raises(InputError) as info:

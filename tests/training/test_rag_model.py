@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from ragsam.models.sam2 import build_sam2
+from ragsam.peft.config import Sam2PeftConfig
 from ragsam.peft.sam2 import apply_sam2_peft
 from ragsam.retrieval.sam2_memory import Sam2MemorySegmenter, merge_organ_logits
 from ragsam.training.losses import DiceCELoss
-from ragsam.training.rag_config import Sam2PeftConfig
 from ragsam.training.rag_model import ABSENT_LOGIT, RagEpisodeModel, class_logits
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from ragsam.config import dump_config, load_config
+from ragsam.config import dump_config, load_config, with_overrides
 from ragsam.errors import InputError
 
 
@@ -71,3 +71,14 @@ def test_bad_override_is_blamed_on_the_command_line_not_the_file(tmp_path):
     cfg_file.write_text("lrr: 0.001\n")
     with pytest.raises(InputError, match=r"c.yaml: unknown configuration key 'lrr'"):
         load_config(Outer, cfg_file, ["lr=1"])
+
+
+def test_with_overrides_changes_a_copy_of_a_typed_config():
+    """What a user wrote (command line, plan file) applied to a config the code built."""
+    cfg = Outer(lr=0.01, inner=Inner(rank=2))
+    out = with_overrides(cfg, ["inner.rank=8", "window=[-100, 200]"])
+    assert (out.lr, out.inner.rank, out.inner.targets, out.window) == (0.01, 8, ["q", "v"], (-100.0, 200.0))
+    assert (cfg.inner.rank, cfg.window) == (2, (-125.0, 275.0))  # the original is untouched
+    assert with_overrides(cfg, []) is cfg
+    with pytest.raises(InputError, match="<plan>: unknown configuration key 'inner.alpha'"):
+        with_overrides(cfg, ["inner.alpha=1"], source="<plan>")

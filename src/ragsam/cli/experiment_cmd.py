@@ -15,7 +15,7 @@ def experiment_cmd(
                                          "or a plan YAML file."),
     data: Path | None = typer.Option(None, "--data", help="Dataset folder (BTCV/FLARE22/nnU-Net/...). With --tiny, default: a small phantom dataset written into OUT/data."),
     out: Path = typer.Option(Path("experiments"), "--out", "-o", help="Work folder (resumable)."),
-    tiny: bool = typer.Option(False, "--tiny", help="Tiny models, short training: the protocol on a CPU (tiny SAMs from random weights; retrieval with ragsam's shipped tiny SAM 2 and embedder, pre-trained on phantoms)."),
+    tiny: bool = typer.Option(False, "--tiny", help="Tiny models, short training: the protocol on a CPU (fine-tuning: each preset's recipe on ragsam's shipped tiny SAM, 300 steps; retrieval: the shipped tiny SAM 2 and embedder; all pre-trained on phantoms; baselines: a random tiny SAM)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is finished, run nothing."),
     sam: str = typer.Option("facebook/sam-vit-base", help="SAM ViT-B weights (fine-tuning and SAM baselines)."),
     sam_h: str = typer.Option("facebook/sam-vit-huge", "--sam-h", help="SAM ViT-H weights (the medsa preset)."),

@@ -15,11 +15,11 @@ Work folder layout::
       table.md, table.csv       ours beside the paper's published values
       figures/                  variants side by side on a central slice; Dice vs rank
 
-``tiny`` swaps every model for its tiny randomly initialised version (SAM
-``tiny``, SAM 2 ``tiny``, DINOv2 ``tiny``) and shortens training, so a whole plan
-runs on a CPU in minutes; the variant's preset still decides the recipe (PEFT
-method, normalisation, loss resolution and weights, augmentation: :data:`RECIPE_KEYS`).
-The numbers then show the protocol working, not the method.
+``tiny`` swaps every model for a tiny one and shortens training, so a whole plan runs on a
+CPU in minutes: finetune variants train ragsam's shipped pre-trained tiny SAM with their
+preset's recipe on a tiny budget (:mod:`ragsam.experiments.tiny_recipe`), retrieval uses the
+shipped tiny SAM 2 and embedder, prompted baselines a random tiny SAM. The numbers then show
+the protocol working and each recipe learning, not the method's accuracy.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ragsam.config import with_overrides
 from ragsam.data.cache_meta import CacheMeta
 from ragsam.data.splits import Splits
 from ragsam.errors import InputError
@@ -39,12 +41,12 @@ from ragsam.experiments.plans import Plan, Variant, load_plan, variant_folder_na
 from ragsam.experiments.records import PlanRecord, VariantResult, forget_done, is_done
 from ragsam.utils.atomic import write_text
 
+if TYPE_CHECKING:
+    from ragsam.hub.tiny_models import TinyModels
+    from ragsam.training.config import TrainConfig
+    from ragsam.training.rag_config import RagTrainConfig
+
 Log = Callable[[str], None]
-
-#: What a finetune variant takes from its preset in a ``tiny`` run (the rest is the tiny preset's).
-RECIPE_KEYS = ("model.peft", "model.normalize", "model.head_init", "optim.loss_resolution",
-               "optim.dice_weight", "optim.ce_weight", "augment.enabled")
-
 
 @dataclass
 class ExperimentSettings:
@@ -52,10 +54,12 @@ class ExperimentSettings:
 
     Attributes:
         data: dataset folder (any layout ``ragsam prepare`` reads).
-        tiny: tiny models and short training (CPU run of the protocol): tiny SAMs from random
-            weights; for retrieval, ragsam's shipped tiny SAM 2 and slice embedder
-            (pre-trained on synthetic phantoms, :mod:`ragsam.hub.tiny_models`), so the
-            retrieval rows read their memory instead of sitting at chance.
+        tiny: tiny models and short training (CPU run of the protocol): finetune variants train
+            ragsam's shipped tiny SAM with their preset's recipe on a tiny budget
+            (:mod:`ragsam.experiments.tiny_recipe`); retrieval uses the shipped tiny SAM 2 and
+            slice embedder (all pre-trained on synthetic phantoms, :mod:`ragsam.hub.tiny_models`),
+            so the rows learn and read their memory instead of sitting at chance; prompted
+            baselines a random tiny SAM.
         sam_weights / medsam_weights / sam2_weights / embedder: weights for each role;
             ``sam_h_weights`` for finetune presets on ViT-H (Med-SA).
         base_config: training preset of finetune variants that name none.
@@ -106,8 +110,10 @@ def preset_summary(preset: str, overrides: list[str] | None = None) -> str:
     cfg = load_train_config(preset, list(overrides or []))
     m, o = cfg.model, cfg.optim
     batch = f"global batch {o.global_batch}" if o.global_batch else f"batch {o.batch_size} x {o.grad_accum}"
-    return (f"{m.arch} {m.image_size} px, {describe(m.peft)}, prompt encoder "
-            f"{'trained' if m.peft.train_prompt_encoder else 'frozen'}, normalize {m.normalize}, heads "
+    prompt = "frozen"
+    if m.peft.train_prompt_encoder:
+        prompt = "trained" if m.peft.train_positional_embedding else "trained (positional matrix frozen)"
+    return (f"{m.arch} {m.image_size} px, {describe(m.peft)}, prompt encoder {prompt}, normalize {m.normalize}, heads "
             f"{m.head_init}, loss {o.dice_weight:g} Dice + {o.ce_weight:g} CE at {o.loss_resolution} resolution, "
             f"lr {o.lr:g} (warm-up {o.warmup}, power {o.power:g}), wd {o.weight_decay:g}, {batch}, "
             f"{cfg.last_iteration} of {o.max_iterations} iterations, {'bf16' if o.bf16 else 'fp32'}, "
@@ -135,48 +141,34 @@ def describe_plan(plan: Plan, out: Path, settings: ExperimentSettings | None = N
     return lines
 
 
-def _override_text(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def finetune_config(variant: Variant, settings: ExperimentSettings, prepared: Path, num_organs: int,
+                    tiny_sam: str = "") -> TrainConfig:
+    """The resolved training configuration of a finetune variant.
 
-
-def recipe_overrides(preset: str) -> list[str]:
-    """``key=value`` overrides carrying a preset's :data:`RECIPE_KEYS` onto another preset."""
-    from ragsam.config import to_dict
-    from ragsam.training.config import load_train_config
-
-    flat: dict[str, object] = {}
-
-    def walk(node: object, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node
-
-    walk(to_dict(load_train_config(preset)), "")
-    return [f"{k}={_override_text(v)}" for k, v in flat.items() if k.startswith(RECIPE_KEYS)]
-
-
-def _finetune_overrides(variant: Variant, settings: ExperimentSettings, prepared: Path,
-                        num_organs: int) -> tuple[str, list[str]]:
-    from ragsam.training.config import load_train_config
+    Its preset (with ``tiny``: :func:`~ragsam.experiments.tiny_recipe.tiny_recipe` of it on the
+    tiny SAM ``tiny_sam``), then the run's data, organs, seed and device, the variant's own
+    overrides (plan file), ``size`` / ``iterations``, and last the user's extra overrides
+    (command line).
+    """
+    from ragsam.experiments.tiny_recipe import tiny_recipe
+    from ragsam.training.config import load_train_config, validate
 
     preset = variant.preset or settings.base_config
-    overrides = [f"data.prepared={prepared}", "data.train=[train]", "data.val=[]",
-                 f"model.num_classes={num_organs}", f"seed={settings.seed}", f"device={settings.device}",
-                 "log.progress=false"]
+    recipe = load_train_config(preset)
     if settings.tiny:
-        overrides += [*recipe_overrides(preset), "val.every=0", "checkpoint_every=10"]
-        preset = "tiny"
+        cfg = tiny_recipe(recipe, tiny_sam)
     else:
-        big = load_train_config(preset).model.arch == "sam_vit_h"
-        overrides += [f"model.weights={settings.sam_h_weights if big else settings.sam_weights}"]
-    overrides += variant.overrides
+        big = recipe.model.arch == "sam_vit_h"
+        cfg = replace(recipe, model=replace(recipe.model, weights=settings.sam_h_weights if big else settings.sam_weights))
+    cfg = replace(cfg, data=replace(cfg.data, prepared=str(prepared), train=["train"], val=[]),
+                  model=replace(cfg.model, num_classes=num_organs), seed=settings.seed, device=settings.device,
+                  log=replace(cfg.log, progress=False))
+    cfg = with_overrides(cfg, list(variant.overrides))
     if settings.size is not None:
-        overrides += [f"model.image_size={settings.size}"]
+        cfg = replace(cfg, model=replace(cfg.model, image_size=settings.size))
     if settings.iterations is not None:
-        overrides += [f"optim.max_iterations={settings.iterations}", "optim.stop_iteration=null"]
-    return preset, overrides + list(settings.extra_overrides)
+        cfg = replace(cfg, optim=replace(cfg.optim, max_iterations=settings.iterations, stop_iteration=None))
+    return validate(with_overrides(cfg, list(settings.extra_overrides)), "<command line>")
 
 
 _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -283,17 +275,16 @@ class ExperimentRunner:
     def _finetune(self, variant: Variant, folder: Path, predictions: Path) -> tuple[int | None, float | None]:
         from ragsam.data.label_maps import load_label_map
         from ragsam.inference.predict import predict
-        from ragsam.training.config import load_train_config
         from ragsam.training.run import train
 
         run_dir = folder / "run"
-        preset, overrides = _finetune_overrides(variant, self.settings, self.prepared,
-                                                load_label_map(self.label_map).num_classes - 1)
         finished = (run_dir / "model.safetensors").is_file() and (run_dir / "val.json").is_file()
         if not finished:
             resume = (run_dir / "checkpoints" / "state.pt").is_file()
             self.log(f"{variant.name}: {'resuming' if resume else 'training'} in {run_dir}")
-            cfg = None if resume else load_train_config(preset, overrides)
+            cfg = None if resume else finetune_config(variant, self.settings, self.prepared,
+                                                      load_label_map(self.label_map).num_classes - 1,
+                                                      str(self._shipped.sam) if self.settings.tiny else "")
             train(cfg, run_dir, resume=resume, force=not resume and run_dir.exists())
         for cid in self.test_cases():
             predict(run_dir, self._image_of(cid), predictions / f"{cid}.nii.gz", force=True,
@@ -301,15 +292,18 @@ class ExperimentRunner:
         return trainable_size(run_dir)
 
     @functools.cached_property
-    def _retrieval_models(self) -> tuple[str, str, int]:
-        """``(SAM 2 weights, embedder weights, embedder input side)`` of the retrieval variants
-        (once per run: the shipped tiny models are checksummed when resolved)."""
-        if not self.settings.tiny:
-            return self.settings.sam2_weights, self.settings.embedder, 224
+    def _shipped(self) -> TinyModels:
+        """ragsam's shipped tiny models (``tiny`` runs; resolved once: they are checksummed)."""
         from ragsam.hub.tiny_models import tiny_models
 
-        shipped = tiny_models()
-        return str(shipped.sam2), str(shipped.embedder), shipped.embedder_image_size
+        return tiny_models()
+
+    @functools.cached_property
+    def _retrieval_models(self) -> tuple[str, str, int]:
+        """``(SAM 2 weights, embedder weights, embedder input side)`` of the retrieval variants."""
+        if not self.settings.tiny:
+            return self.settings.sam2_weights, self.settings.embedder, 224
+        return str(self._shipped.sam2), str(self._shipped.embedder), self._shipped.embedder_image_size
 
     def _bank(self) -> Path:
         from ragsam.retrieval.bank_build import BankOptions, build_bank
@@ -355,26 +349,35 @@ class ExperimentRunner:
 
     def _train_sam2(self, variant: Variant, run_dir: Path, bank: Path) -> Path:
         """``ragsam train-rag`` with the variant's preset on the bank (train cases), resumed when interrupted."""
-        from ragsam.data.label_maps import load_label_map
-        from ragsam.training.rag_config import load_rag_config
         from ragsam.training.rag_run import train_rag
 
         if (run_dir / "model.safetensors").is_file() and (run_dir / "val.json").is_file():
             return run_dir
-        s = self.settings
-        overrides = [f"data.bank={bank}", "data.train=[train]", "data.val=[]", f"data.k={s.k}",
-                     f"data.z_prior={s.z_prior or 'null'}", f"seed={s.seed}", f"device={s.device}",
-                     f"model.num_classes={load_label_map(self.label_map).num_classes - 1}", "log.progress=false",
-                     f"model.weights={self._retrieval_models[0]}", *variant.overrides]
-        if s.tiny:
-            overrides += ["optim.max_iterations=20", "optim.warmup=2", "optim.lr=0.002", "checkpoint_every=10"]
-        if s.iterations is not None:
-            overrides += [f"optim.max_iterations={s.iterations}", "optim.stop_iteration=null"]
         resume = (run_dir / "checkpoints" / "state.pt").is_file()
         self.log(f"{variant.name}: {'resuming' if resume else 'training'} SAM 2 on retrieval episodes in {run_dir}")
-        train_rag(None if resume else load_rag_config(variant.preset, overrides), run_dir, resume=resume,
+        train_rag(None if resume else self._rag_config(variant, bank), run_dir, resume=resume,
                   force=not resume and run_dir.exists())
         return run_dir
+
+    def _rag_config(self, variant: Variant, bank: Path) -> RagTrainConfig:
+        """The resolved ``train-rag`` configuration of a retrieval variant (its preset, then the run's
+        bank, k, prior, organs, seed and device, the variant's overrides, the tiny budget, ``iterations``)."""
+        from ragsam.data.label_maps import load_label_map
+        from ragsam.training.rag_config import load_rag_config, validate_rag
+
+        s = self.settings
+        cfg = load_rag_config(variant.preset)
+        cfg = replace(cfg, data=replace(cfg.data, bank=str(bank), train=["train"], val=[], k=s.k,
+                                        z_prior=s.z_prior or None),
+                      model=replace(cfg.model, num_classes=load_label_map(self.label_map).num_classes - 1,
+                                    weights=self._retrieval_models[0]),
+                      seed=s.seed, device=s.device, log=replace(cfg.log, progress=False))
+        cfg = with_overrides(cfg, list(variant.overrides))
+        if s.tiny:
+            cfg = replace(cfg, optim=replace(cfg.optim, max_iterations=20, warmup=2, lr=0.002), checkpoint_every=10)
+        if s.iterations is not None:
+            cfg = replace(cfg, optim=replace(cfg.optim, max_iterations=s.iterations, stop_iteration=None))
+        return validate_rag(cfg, "<command line>")
 
     def _baseline(self, variant: Variant, folder: Path, predictions: Path) -> None:
         from ragsam.baselines.run import BaselineConfig, run_baseline

@@ -6,9 +6,11 @@ Two adapters per ViT block (Med-SA, paper section 3.2):
 * parallel to the MLP, scaled by s:      x <- x + MLP(n) + s * Up(GELU(Down(n))),
   with n = LayerNorm2(x).
 
-The bottleneck width is ``ratio * width``. ``Up`` is zero-initialised (weight
-and bias), so at initialisation every adapter outputs exactly zero and the
-model equals the base model. The adapters are registered as children of the
+The bottleneck width is ``ratio * width``. By default ``Up`` is zero-initialised
+(weight and bias), so at initialisation every adapter outputs exactly zero and the
+model equals the base model; ``zero_up=False`` keeps ``nn.Linear``'s initialisation
+for it, as Med-SA's released ``Adapter`` does (``MedicineToken/Medical-SAM-Adapter``,
+``models/common/adapter.py``), so the adapted model starts off SAM. The adapters are registered as children of the
 block (``attn_adapter`` / ``mlp_adapter``: ``...layers.3.attn_adapter.down.weight``)
 and act through forward hooks on the block's ``attn`` and ``mlp`` modules, so
 the base parameter names do not change.
@@ -22,16 +24,17 @@ from torch import Tensor, nn
 
 
 class Adapter(nn.Module):
-    """Down (C -> h), GELU, Up (h -> C, zero-init). Input and output (..., C)."""
+    """Down (C -> h), GELU, Up (h -> C; zero-initialised with ``zero_up``). Input and output (..., C)."""
 
-    def __init__(self, width: int, ratio: float) -> None:
+    def __init__(self, width: int, ratio: float, zero_up: bool = True) -> None:
         super().__init__()
         hidden = max(1, int(round(width * ratio)))
         self.down = nn.Linear(width, hidden)
         self.act = nn.GELU()
         self.up = nn.Linear(hidden, width)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        if zero_up:  # after nn.Linear's own init, so both choices draw the same random numbers
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.up(self.act(self.down(x)))
@@ -60,14 +63,14 @@ class ParallelAdapterHook:
 
 
 def add_block_adapters(block: nn.Module, attn: nn.Module, mlp: nn.Module, width: int,
-                       ratio: float, scale: float) -> list[nn.Module]:
+                       ratio: float, scale: float, zero_up: bool = True) -> list[nn.Module]:
     """Attach the two Med-SA adapters to ``block`` around its ``attn`` and ``mlp``.
 
     Returns:
         The two new adapters (registered on ``block`` as ``attn_adapter`` and ``mlp_adapter``).
     """
-    block.attn_adapter = Adapter(width, ratio)
-    block.mlp_adapter = Adapter(width, ratio)
+    block.attn_adapter = Adapter(width, ratio, zero_up)
+    block.mlp_adapter = Adapter(width, ratio, zero_up)
     attn.register_forward_hook(AttentionAdapterHook(block.attn_adapter))
     mlp.register_forward_hook(ParallelAdapterHook(block.mlp_adapter, scale))
     return [block.attn_adapter, block.mlp_adapter]

@@ -14,7 +14,8 @@ segmentation head -- IoU/mask tokens, upscaling, hypernetwork MLPs, IoU head --
 trains, as in the paper's section 3.1 "apply LoRA to the transformer layer and
 fine-tune the segmentation head") or ``frozen`` (only decoder adapters, if any,
 train). The prompt encoder trains with ``train_prompt_encoder`` (or method
-``none``). Finally parameters matching any ``freeze`` pattern are frozen.
+``none``), its random-Fourier positional matrix only with ``train_positional_embedding``
+as well. Finally parameters matching any ``freeze`` pattern are frozen.
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ from torch import Tensor, nn
 
 from ragsam.errors import InputError
 from ragsam.peft.adapter import add_block_adapters
-from ragsam.peft.config import DECODER_MODES, LORA_TARGETS, PEFT_METHODS, PeftConfig
-from ragsam.peft.lora import merge_lora, wrap_linear
+from ragsam.peft.config import (
+    ADAPTER_INITS,
+    DECODER_MODES,
+    LORA_TARGETS,
+    PEFT_METHODS,
+    PeftConfig,
+    check_ranks,
+)
+from ragsam.peft.lora import lora_scale, merge_lora, wrap_linear
 from ragsam.utils.safetensors_io import save_safetensors
 from ragsam.utils.state_dict import load_exactly
 
@@ -47,9 +55,9 @@ def validate_peft(cfg: PeftConfig) -> None:
     if bad or (cfg.method == "lora" and not cfg.targets):
         raise InputError(None, f"peft.targets {list(cfg.targets)!r} must be a non-empty subset of "
                                f"{', '.join(LORA_TARGETS)}")
-    for name in ("rank", "decoder_rank"):
-        if int(getattr(cfg, name)) < 1:
-            raise InputError(None, f"peft.{name} must be at least 1, got {getattr(cfg, name)}")
+    check_ranks(cfg)
+    if cfg.adapter_init not in ADAPTER_INITS:
+        raise InputError(None, f"peft.adapter_init {cfg.adapter_init!r} is not one of {', '.join(ADAPTER_INITS)}")
     if not 0 < cfg.adapter_ratio <= 4:
         raise InputError(None, f"peft.adapter_ratio must be in (0, 4], got {cfg.adapter_ratio}")
     for pattern in cfg.freeze:
@@ -59,15 +67,11 @@ def validate_peft(cfg: PeftConfig) -> None:
             raise InputError(None, f"peft.freeze pattern {pattern!r} is not a regular expression ({exc})") from None
 
 
-def _scale(cfg: PeftConfig, rank: int) -> float:
-    return 1.0 if cfg.alpha is None else float(cfg.alpha) / rank
-
-
 def _encoder_lora(model: nn.Module, cfg: PeftConfig) -> None:
     for layer in model.vision_encoder.layers:
         width = layer.attn.qkv.in_features
         slices = {t: (i * width, (i + 1) * width) for i, t in enumerate(("q", "k", "v")) if t in cfg.targets}
-        scale = _scale(cfg, cfg.rank)
+        scale = lora_scale(cfg.alpha, cfg.rank)
         if slices:
             wrap_linear(layer.attn, "qkv", cfg.rank, scale, slices)
         if "proj" in cfg.targets:
@@ -89,8 +93,8 @@ def decoder_attentions(model: nn.Module) -> list[nn.Module]:
 def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
     """Insert the PEFT modules of ``cfg`` into ``model`` (in place) and set ``requires_grad``.
 
-    Call once, after the base weights are loaded (LoRA B and adapter Up start
-    at zero, so outputs are unchanged). Returns ``model``.
+    Call once, after the base weights are loaded (LoRA B and, with ``adapter_init: zero``, adapter
+    Up start at zero, so outputs are unchanged). Returns ``model``.
     """
     validate_peft(cfg)
     if getattr(model, "peft_config", None) is not None:
@@ -101,21 +105,22 @@ def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
     elif cfg.method == "adapter":
         for layer in model.vision_encoder.layers:
             width = layer.attn.qkv.in_features
-            add_block_adapters(layer, layer.attn, layer.mlp, width, cfg.adapter_ratio, cfg.adapter_scale)
+            add_block_adapters(layer, layer.attn, layer.mlp, width, cfg.adapter_ratio, cfg.adapter_scale,
+                               zero_up=cfg.adapter_init == "zero")
     decoder = model.mask_decoder
     decoder.requires_grad_(cfg.decoder != "frozen")
     if cfg.decoder == "lora":
         decoder.transformer.requires_grad_(False)
         for attn in decoder_attentions(model):
-            wrap_linear(attn, "q_proj", cfg.decoder_rank, _scale(cfg, cfg.decoder_rank))
-            wrap_linear(attn, "v_proj", cfg.decoder_rank, _scale(cfg, cfg.decoder_rank))
+            wrap_linear(attn, "q_proj", cfg.decoder_rank, lora_scale(cfg.alpha, cfg.decoder_rank))
+            wrap_linear(attn, "v_proj", cfg.decoder_rank, lora_scale(cfg.alpha, cfg.decoder_rank))
     if cfg.decoder_adapters:
         for layer in decoder.transformer.layers:
             add_block_adapters(layer, layer.cross_attn_token_to_image, layer.mlp, layer.hidden_size,
-                               cfg.adapter_ratio, cfg.adapter_scale)
+                               cfg.adapter_ratio, cfg.adapter_scale, zero_up=cfg.adapter_init == "zero")
     train_prompt = cfg.train_prompt_encoder or cfg.method == "none"
-    model.prompt_encoder.requires_grad_(train_prompt)
-    model.shared_image_embedding.requires_grad_(train_prompt)
+    model.prompt_encoder.requires_grad_(train_prompt)  # its shared_embedding IS shared_image_embedding
+    model.shared_image_embedding.requires_grad_(train_prompt and cfg.train_positional_embedding)
     unfreeze_and_freeze(model, _PEFT_NAME, cfg.freeze)
     model.peft_config = cfg
     return model
@@ -215,5 +220,6 @@ def describe(cfg: Any) -> str:
     if cfg.method == "lora":
         return f"LoRA r={cfg.rank} on {','.join(cfg.targets)}, decoder {cfg.decoder}"
     if cfg.method == "adapter":
-        return f"Med-SA adapters (ratio {cfg.adapter_ratio}, s={cfg.adapter_scale}), decoder {cfg.decoder}"
+        start = ", up at nn.Linear init" if cfg.adapter_init == "default" else ""
+        return f"Med-SA adapters (ratio {cfg.adapter_ratio}, s={cfg.adapter_scale}{start}), decoder {cfg.decoder}"
     return f"full fine-tuning, decoder {cfg.decoder}"

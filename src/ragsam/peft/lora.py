@@ -81,6 +81,11 @@ class LoRALinear(nn.Module):
                f"slices={list(self.slices)}"
 
 
+def lora_scale(alpha: float | None, rank: int) -> float:
+    """The multiplier of a rank-``rank`` update: ``alpha / rank``, or 1.0 without ``alpha`` (SAMed's plain ``B A``)."""
+    return 1.0 if alpha is None else float(alpha) / rank
+
+
 def wrap_linear(parent: nn.Module, attr: str, rank: int, scale: float,
                 slices: dict[str, tuple[int, int]] | None = None) -> LoRALinear:
     """Replace ``parent.<attr>`` (an ``nn.Linear``) by a :class:`LoRALinear`; whole layer if no slices."""

@@ -22,22 +22,15 @@ loads unchanged and :func:`ragsam.peft.apply.save_trainable` writes only the tra
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from ragsam.peft.apply import decoder_attentions, unfreeze_and_freeze
-from ragsam.peft.lora import wrap_linear
-
-if TYPE_CHECKING:
-    from ragsam.training.rag_config import Sam2PeftConfig
+from ragsam.peft.config import Sam2PeftConfig
+from ragsam.peft.lora import lora_scale, wrap_linear
 
 _MEMORY_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "proj": "o_proj"}
 _LORA_NAME = re.compile(r"\.lora_[ab]\.")
-
-
-def _scale(alpha: float | None, rank: int) -> float:
-    return 1.0 if alpha is None else float(alpha) / rank
 
 
 def _image_encoder_lora(model: nn.Module, cfg: Sam2PeftConfig) -> None:
@@ -46,16 +39,16 @@ def _image_encoder_lora(model: nn.Module, cfg: Sam2PeftConfig) -> None:
         width = qkv.out_features // 3
         slices = {t: (i * width, (i + 1) * width) for i, t in enumerate(("q", "k", "v")) if t in cfg.targets}
         if slices:
-            wrap_linear(block.attn, "qkv", cfg.rank, _scale(cfg.alpha, cfg.rank), slices)
+            wrap_linear(block.attn, "qkv", cfg.rank, lora_scale(cfg.alpha, cfg.rank), slices)
         if "proj" in cfg.targets:
-            wrap_linear(block.attn, "proj", cfg.rank, _scale(cfg.alpha, cfg.rank))
+            wrap_linear(block.attn, "proj", cfg.rank, lora_scale(cfg.alpha, cfg.rank))
 
 
 def _memory_attention_lora(model: nn.Module, cfg: Sam2PeftConfig) -> None:
     for layer in model.memory_attention.layers:
         for attn in (layer.self_attn, layer.cross_attn_image):
             for target in cfg.targets:
-                wrap_linear(attn, _MEMORY_NAMES[target], cfg.rank, _scale(cfg.alpha, cfg.rank))
+                wrap_linear(attn, _MEMORY_NAMES[target], cfg.rank, lora_scale(cfg.alpha, cfg.rank))
 
 
 def apply_sam2_peft(model: nn.Module, cfg: Sam2PeftConfig) -> nn.Module:
@@ -77,8 +70,8 @@ def apply_sam2_peft(model: nn.Module, cfg: Sam2PeftConfig) -> nn.Module:
         if cfg.decoder == "lora":
             decoder.transformer.requires_grad_(False)
             for attn in decoder_attentions(model):
-                wrap_linear(attn, "q_proj", cfg.decoder_rank, _scale(cfg.alpha, cfg.decoder_rank))
-                wrap_linear(attn, "v_proj", cfg.decoder_rank, _scale(cfg.alpha, cfg.decoder_rank))
+                wrap_linear(attn, "q_proj", cfg.decoder_rank, lora_scale(cfg.alpha, cfg.decoder_rank))
+                wrap_linear(attn, "v_proj", cfg.decoder_rank, lora_scale(cfg.alpha, cfg.decoder_rank))
     unfreeze_and_freeze(model, _LORA_NAME, cfg.freeze)
     model.sam2_peft_config = cfg
     return model

@@ -15,40 +15,14 @@ from dataclasses import dataclass, field
 
 from ragsam.config import load_config
 from ragsam.errors import InputError
+from ragsam.peft.config import (
+    SAM2_DECODER_MODES,
+    SAM2_LORA_TARGETS,
+    SAM2_PEFT_METHODS,
+    Sam2PeftConfig,
+    check_ranks,
+)
 from ragsam.training.config import LogConfig, OptimConfig, ValConfig, resolve_preset
-
-SAM2_PEFT_METHODS = ("lora", "none")
-SAM2_LORA_TARGETS = ("q", "k", "v", "proj")
-SAM2_DECODER_MODES = ("full", "lora", "frozen")
-
-
-@dataclass
-class Sam2PeftConfig:
-    """What trains in SAM 2 (see :mod:`ragsam.peft.sam2`).
-
-    Attributes:
-        method: ``"lora"``: everything frozen except LoRA (rank ``rank``) on the attention
-            projections ``targets`` of the image encoder (Hiera ``qkv`` slices / ``proj``)
-            and of memory attention (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` of its
-            self- and cross-attention), plus the mask decoder per ``decoder``.
-            ``"none"``: full training, every parameter (e.g. pre-training a tiny SAM 2).
-        rank, alpha: LoRA rank r and scale ``alpha / r`` (``None``: scale 1.0, as SAMed).
-        targets: subset of ``q, k, v, proj``.
-        image_encoder, memory_attention: put LoRA there (``method: lora``).
-        decoder: ``"full"`` (the whole mask decoder trains), ``"lora"`` (LoRA rank
-            ``decoder_rank`` on q/v of its two-way transformer; its heads train) or ``"frozen"``.
-        freeze: extra regular expressions of parameter names to freeze last.
-    """
-
-    method: str = "lora"
-    rank: int = 4
-    alpha: float | None = None
-    targets: list[str] = field(default_factory=lambda: ["q", "v"])
-    image_encoder: bool = True
-    memory_attention: bool = True
-    decoder: str = "full"
-    decoder_rank: int = 4
-    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -130,7 +104,6 @@ def validate_rag(cfg: RagTrainConfig, source: str = "<config>") -> RagTrainConfi
                                           f"{', '.join(SAM2_DECODER_MODES)}"),
         (bool(p.targets) and set(p.targets) <= set(SAM2_LORA_TARGETS),
          f"model.peft.targets={list(p.targets)} must be a non-empty subset of {', '.join(SAM2_LORA_TARGETS)}"),
-        (p.rank >= 1 and p.decoder_rank >= 1, f"model.peft.rank={p.rank} / decoder_rank={p.decoder_rank} must be >= 1"),
         (cfg.model.pointer_positions in ("sequential", "shared"),
          f"model.pointer_positions={cfg.model.pointer_positions!r} must be 'sequential' or 'shared'"),
         (cfg.model.num_classes is None or cfg.model.num_classes >= 1,
@@ -142,6 +115,7 @@ def validate_rag(cfg: RagTrainConfig, source: str = "<config>") -> RagTrainConfi
     for ok, problem in checks:
         if not ok:
             raise InputError(source, problem)
+    check_ranks(p, "model.peft.", source)
     return cfg
 
 
