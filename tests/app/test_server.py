@@ -5,6 +5,7 @@ The hostile uploads (bombs, links, clashes) and the memory bound are in test_att
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 from pathlib import Path
@@ -40,10 +41,8 @@ def _request(server, method, path, body=None, headers=None, token=True, full=Fal
     response = conn.getresponse()
     data = response.read()
     conn.close()
-    try:
+    with contextlib.suppress(ValueError):
         data = json.loads(data)
-    except ValueError:
-        pass
     return (response.status, data, response) if full else (response.status, data)
 
 

@@ -211,8 +211,11 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
             except OSError as exc:
                 remove(staged)
                 return JSONResponse({"error": f"{name}: could not be stored ({exc.strerror})"}, 400)
+            except ClientDisconnect:
+                remove(staged)
+                return Response(status_code=400)  # nobody is listening
             except BaseException:
-                remove(staged)  # the client went away (ClientDisconnect) or the server stops
+                remove(staged)
                 raise
         finally:
             receiving[0] -= 1

@@ -12,7 +12,7 @@ What an upload may cost, and where each bound is enforced:
   file that is also a folder (``a`` and ``a/b``) are refused;
 * the volume a scan will become is priced from its header before it is read
   (:func:`check_scan_size`): stored voxel bytes plus the float32 copy :func:`read_image` makes
-  must fit :data:`READ_BUDGET` (512 x 512 x 512 int16); a NIfTI's gzip stream is never
+  must fit :data:`READ_BUDGET` (512 x 512 x 365 int16, 512 x 512 x 284 float32); a NIfTI's gzip stream is never
   decompressed past the bytes its header promises (:mod:`ragsam.data.file_checks`);
 * :data:`VALIDATION_LOCK` lets one upload at a time be unpacked and read, so concurrent
   uploads do not add up; at most :data:`MAX_RECEIVING` bodies are received at once (503 after).
@@ -42,8 +42,10 @@ MAX_UNZIPPED_BYTES = 1 << 30
 MAX_RATIO = 100
 #: Entries smaller than this are not ratio-checked (headers and blank slices compress well).
 RATIO_FLOOR = 1 << 20
-#: Bytes one scan may take in memory while it is read: stored voxels + the float32 copy + a mask byte.
-READ_BUDGET = 7 << 27
+#: Bytes one scan may take in memory while it is read: stored voxels + the float32 copy + a mask byte
+#: (``read_image`` and its finite check). The server holds ~0.6 GB with its models loaded, and the
+#: worker may be segmenting an accepted scan meanwhile: this keeps the whole under 1.5 GB.
+READ_BUDGET = 640 << 20
 #: Uploads whose bodies may be received at the same time.
 MAX_RECEIVING = 4
 #: Longest upload name kept (characters).
@@ -207,7 +209,7 @@ def check_scan_size(path: Path) -> None:
     cap = READ_BUDGET // (item + 5)
     if voxels > cap:
         raise InputError(None, f"the scan holds {voxels:,} voxels of {item} byte(s); the app reads at most "
-                               f"{cap:,} (512 x 512 x 512 int16); segment bigger scans with `ragsam segment`")
+                               f"{cap:,}; segment bigger scans with `ragsam segment`")
 
 
 def _dicom_voxels(folder: Path) -> tuple[int, int]:
