@@ -29,6 +29,7 @@ from hostile import encrypted, nifti_bomb, nifti_header, plain_gzip, small_ct, z
 PEAK_LIMIT = 1.5e9  # bytes: the server's peak RSS for any upload up to the body limit, alone or four at once
 GiB, MiB = 1 << 30, 1 << 20
 FIGURES: dict[str, dict] = {}
+ACCEPTED: list[str] = []
 
 
 @dataclass
@@ -150,6 +151,7 @@ def test_attack(server, world, attack):
     after = set(p.name for p in scans.iterdir())
     if status == 201:
         assert body["name"] == attack.says and after - before == {body["id"]}
+        ACCEPTED.append(body["id"])
     else:
         line = body["error"]
         assert line.startswith(attack.shown or f"{attack.name}: ") and attack.says in line, line
@@ -179,6 +181,28 @@ def test_a_zip_of_a_real_dicom_series_is_accepted_and_priced_from_its_headers(se
         uploads.check_scan_size(Path(ct_dicom["image"]))
     monkeypatch.setattr(uploads, "READ_BUDGET", 7 * voxels)
     uploads.check_scan_size(Path(ct_dicom["image"]))
+
+
+def test_a_correction_bomb_is_refused_before_it_is_read(server):
+    scan_id = ACCEPTED[0]
+    deadline = time.monotonic() + 300
+    while True:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+        conn.request("GET", f"/api/scans/{scan_id}", headers={"X-Ragsam-Token": server.token})
+        scan = json.loads(conn.getresponse().read())
+        conn.close()
+        if scan["state"] in ("done", "error") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert scan["state"] == "done", scan
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    conn.request("PUT", f"/api/scans/{scan_id}/labels", body=nifti_bomb((1024, 1024, 768), 16 * MiB),
+                 headers={"X-Ragsam": "1", "X-Ragsam-Token": server.token})
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    assert response.status == 400 and body["error"].startswith("correction: the scan holds 805,306,368 voxels")
+    folder = server.root / "work" / "scans" / scan_id
+    assert sorted(p.name for p in folder.iterdir()) == ["input", "labels.nii.gz"]  # no correction file left
 
 
 def test_four_bombs_at_once_stay_bounded(server):

@@ -87,6 +87,8 @@ class ScanStore:
     def __init__(self, folder: Path, engine: Any) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".*.tmp"):  # uploads a stopped server was receiving
+            remove(stale)
         self.engine = engine
         self.scans: dict[str, Scan] = {}
         self.lock = threading.Lock()
