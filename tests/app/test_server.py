@@ -157,7 +157,7 @@ def test_uploads_are_validated_and_limited(local, world, tmp_path):
 
     scans = world["root"] / "work-127.0.0.1" / "scans"
     status, body = _request(local, "POST", "/api/scans?name=big.nii.gz&mode=rag", body=b"0" * (2 << 20))
-    assert status == 413 and "limit of 1 MiB" in body["error"]
+    assert status == 413 and body["error"] == "big.nii.gz: upload larger than the limit of 1 MiB"
     bad = tmp_path / "half.nii.gz"
     bad.write_bytes(Path(world["first_image"]).read_bytes()[:3000])
     with pytest.raises(InputError) as refused:
