@@ -64,6 +64,8 @@ ATTACKS = [
            "<img src=x onerror=alert(1)>.nii.gz"),
     Attack("path-in-name", "../../../x.nii.gz", lambda: b"not a nifti", 400, "not a readable image", "x.nii.gz: "),
     Attack("newline-in-name", "a\nb.nii.gz", lambda: b"x", 400, "holds control characters", "upload name "),
+    Attack("bidi-override-in-name", "scan\u202egz.exe.nii.gz", lambda: b"x", 400, "'scan\\u202egz.exe.nii.gz' holds",
+           "upload name "),
     Attack("long-name", "n" * 300 + ".nii.gz", lambda: b"x", 400, "characters long", "upload name "),
     Attack("not-a-scan-name", "notes.txt", lambda: b"x", 400, "not a NIfTI file"),
     Attack("zip-slip", "slip.zip", lambda: zip_files({"../../evil.dcm": b"x"}), 400, "escapes the upload"),
