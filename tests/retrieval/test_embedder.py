@@ -190,8 +190,8 @@ def test_training_checkpoint_wrappers_and_chunked_blocks(tmp_path):
 
 def test_official_refusals(tmp_path):
     official = hf_to_official(_random_model().state_dict())
-    torch.save({**official, "register_tokens": torch.zeros(1, 4, 128)}, tmp_path / "reg.pth")
-    with pytest.raises(InputError, match="register tokens"):
+    torch.save({**official, "register_tokens": torch.zeros(1, 4, 64)}, tmp_path / "reg.pth")
+    with pytest.raises(InputError, match=r"register_tokens has shape \(1, 4, 64\), expected \(1, R, 128\)"):
         build_embedder(str(tmp_path / "reg.pth"))
     torch.save({**official, "head.weight": torch.zeros(2, 128)}, tmp_path / "extra.pth")
     with pytest.raises(InputError, match="unexpected tensor 'head.weight'"):
