@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from ragsam.cli.main import run_cli
 from ragsam.errors import InputError
 from ragsam.hub import presets
-from ragsam.hub.fetch import sha256_of, verify_weights
 from ragsam.hub.presets import PRESETS, get_preset, resolve_weights
+from ragsam.hub.verify import sha256_of, verify_weights
 
 
 def test_meta_file_names_give_the_sha_prefix():
