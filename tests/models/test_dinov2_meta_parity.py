@@ -56,7 +56,7 @@ def _compare(ours: np.ndarray, ref: np.ndarray) -> None:
 
 # seed per variant: one whose neighbour lists have no near-tie at either size (see the module docstring)
 @pytest.mark.parametrize(("registers", "seed"), [(0, 0), (4, 2)])
-@pytest.mark.parametrize("size", [224, 518])
+@pytest.mark.parametrize("size", [224, pytest.param(518, marks=pytest.mark.slow)])
 def test_official_pth_embeds_as_meta_dinov2(tmp_path, registers, seed, size):
     model, state = meta_backbone(seed, registers=registers)
     torch.save(state, tmp_path / "dinov2_test_pretrain.pth")
@@ -114,3 +114,22 @@ def test_full_size_vits14_matches_meta(tmp_path):
     ours = emb.embed(x)
     assert float((ours * ref).sum(1).min()) >= COS_MIN
     assert float(np.abs(ours - ref).max()) <= D_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("height", "width"), [(224, 224), (224, 280), (518, 518), (140, 518), (532, 532)])
+def test_position_resampling_is_metas_bit_for_bit(height, width, dtype):
+    """``meta_pos_encoding`` against Meta's ``interpolate_pos_encoding`` itself: square and
+    non-square inputs, the native grid (returned unchanged) and bf16 tokens (resampled in fp32)."""
+    from ragsam.models.dinov2_pos import META_PLAIN, meta_pos_encoding
+
+    model, _ = meta_backbone(0, depth=1)
+    tokens = torch.zeros(1, 1 + (height // 14) * (width // 14), 128, dtype=dtype)
+    with torch.no_grad():
+        expected = model.interpolate_pos_encoding(tokens, height, width)
+        ours = meta_pos_encoding(model.pos_embed, height, width, 14, META_PLAIN["offset"], META_PLAIN["antialias"],
+                                 dtype)
+    assert ours.dtype == expected.dtype and ours.shape == expected.shape
+    assert torch.equal(ours, expected)
+    if (height, width) == (518, 518):
+        assert ours is model.pos_embed
