@@ -51,9 +51,13 @@ def test_dinov2_official_layouts_pass_and_other_sizes_are_named(tmp_path):
     with pytest.raises(InputError, match=r"not dinov2-small but dinov2-small-reg \(1 tensors are not dinov2-small "
                                          r"weights \(register_tokens\)\)"):
         verify_weights(reg, "dinov2-small")
+    extra = _dino_file(tmp_path, "vits14", add={"head.weight": torch.zeros(2, 384)})
+    with pytest.raises(InputError, match=r"not a dinov2-small checkpoint: 1 tensors are not dinov2-small weights "
+                                         r"\(head.weight\)"):
+        verify_weights(extra, "dinov2-small")
     (tmp_path / "m").mkdir()
     missing = _dino_file(tmp_path / "m", "vits14", drop="blocks.11.mlp.fc2.weight")
-    with pytest.raises(InputError, match=r"dinov2_vits14_pretrain.pth: not a complete dinov2-small checkpoint: "
+    with pytest.raises(InputError, match=r"dinov2_vits14_pretrain.pth: incomplete dinov2-small checkpoint: "
                                          r"1 of its 175 tensors are missing \(blocks.11.mlp.fc2.weight\)"):
         verify_weights(missing, "dinov2-small")
 
@@ -69,7 +73,7 @@ def test_sam2_official_layouts_pass_and_other_sizes_are_named(tmp_path):
         verify_weights(path, "sam2.1-small")
     no_21 = {k: v for k, v in _layout(shapes).items() if k != "no_obj_embed_spatial"}  # a SAM 2.0 file
     torch.save({"model": no_21}, path)
-    with pytest.raises(InputError, match=r"not a complete sam2.1-tiny checkpoint: 1 of its \d+ tensors are missing "
+    with pytest.raises(InputError, match=r"incomplete sam2.1-tiny checkpoint: 1 of its \d+ tensors are missing "
                                          r"\(no_obj_embed_spatial\)"):
         verify_weights(path, "sam2.1-tiny")
 

@@ -119,7 +119,9 @@ def compare_shapes(path: Path, state: dict, expected: dict[str, tuple[int, ...]]
         detail = f"{len(extra)} tensors are not {preset.name} weights ({_few(extra)})"
     if other is not None:
         raise InputError(path, f"not {preset.name} but {other} ({detail})")
-    raise InputError(path, f"not a complete {preset.name} checkpoint: {detail}")
+    if missing and not wrong and not extra:
+        raise InputError(path, f"incomplete {preset.name} checkpoint: {detail}")
+    raise InputError(path, f"not a {preset.name} checkpoint: {detail}")
 
 
 def _few(keys: list[str], shown: int = 3) -> str:
