@@ -133,3 +133,23 @@ def test_position_resampling_is_metas_bit_for_bit(height, width, dtype):
     assert torch.equal(ours, expected)
     if (height, width) == (518, 518):
         assert ours is model.pos_embed
+
+
+@pytest.mark.parametrize(("tag", "builder", "ffn"), [("vits14", "vit_small", "mlp"), ("vitb14", "vit_base", "mlp"),
+                                                     ("vitl14", "vit_large", "mlp"),
+                                                     ("vitg14", "vit_giant2", "swiglufused")])
+def test_verified_layout_is_metas_state_dict(tag, builder, ffn):
+    """What ``weights verify`` expects of a released file is exactly the state dict of Meta's model
+    as ``dinov2/hub/backbones.py`` builds it (518 px, patch 14, layer scale, no chunks; SwiGLU for
+    ViT-g), names and shapes, built on the meta device; the ``_reg4`` files add ``register_tokens``."""
+    from dinov2.models import vision_transformer as meta_vits
+
+    from ragsam.models.convert_dinov2 import official_shapes, variant_config
+
+    with torch.device("meta"):  # drop_path_uniform: Meta's linspace(...).item() cannot run on meta tensors
+        model = getattr(meta_vits, builder)(patch_size=14, img_size=518, init_values=1.0, block_chunks=0,
+                                            ffn_layer=ffn, drop_path_uniform=True)
+    meta = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert official_shapes(variant_config(tag)) == meta
+    width = meta["cls_token"][-1]
+    assert official_shapes(variant_config(f"{tag}_reg4")) == {**meta, "register_tokens": (1, 4, width)}
