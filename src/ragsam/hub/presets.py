@@ -27,11 +27,11 @@ class WeightPreset:
         official_url: the authors' own download address (official format), if any.
         sha256_prefix: leading hex digits of the official file's SHA-256, where known.
         config_facts: dotted ``config.json`` keys and the values a faithful copy has.
-        official_key: a tensor name of the official checkpoint and its shape.
         description: one line for ``ragsam weights list``.
         official_variant: the released architecture the official file holds, whose every
-            tensor name and shape ``weights verify`` checks: a Hiera size for SAM 2
-            (``tiny`` ...), Meta's tag for DINOv2 (``vits14``, ``vits14_reg4`` ...).
+            tensor name and shape ``weights verify`` checks: the ragsam architecture for SAM
+            (``sam_vit_b`` ...), a Hiera size for SAM 2 (``tiny`` ...), Meta's tag for DINOv2
+            (``vits14``, ``vits14_reg4`` ...).
     """
 
     name: str
@@ -41,7 +41,6 @@ class WeightPreset:
     official_url: str | None
     sha256_prefix: str | None
     config_facts: dict = field(default_factory=dict)
-    official_key: tuple[str, tuple[int, ...]] | None = None
     description: str = ""
     official_variant: str | None = None
 
@@ -58,8 +57,7 @@ def _sam(name: str, repo: str, arch: str, file: str | None, width: int, depth: i
         sha256_prefix=None if file is None else file.rsplit("_", 1)[1].split(".")[0],
         config_facts={"model_type": "sam", "vision_config.hidden_size": width,
                       "vision_config.num_hidden_layers": depth},
-        official_key=("image_encoder.pos_embed", (1, 64, 64, width)),
-        description=desc,
+        description=desc, official_variant=arch,
     )
 
 
@@ -86,7 +84,7 @@ def _dino(name: str, repo: str, tag: str, desc: str, registers: bool = False) ->
     return WeightPreset(
         name=name, family="dinov2", hf_repo=repo, arch=None,
         official_url=f"{_DINO_URL}dinov2_{tag}/dinov2_{full}_pretrain.pth", sha256_prefix=None,
-        config_facts=facts, official_key=("cls_token", (1, 1, width)), description=desc, official_variant=full,
+        config_facts=facts, description=desc, official_variant=full,
     )
 
 
