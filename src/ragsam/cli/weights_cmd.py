@@ -54,7 +54,7 @@ def verify_cmd(
     """Check a local weights folder or official file against a preset.
 
     An official file: the published checksum where Meta publishes one (SAM), then every
-    tensor name and shape of the preset's architecture (SAM 2, DINOv2). A folder: its
+    tensor name and shape of the preset's architecture. A folder: its
     config facts and a strict load. Anything else: one line naming the file, exit 2.
 
     Example: ragsam weights verify ~/weights/dinov2_vits14_reg4_pretrain.pth dinov2-small-reg
