@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from ragsam.cli.main import run_cli
 from ragsam.errors import InputError
-from ragsam.hub.fetch import sha256_of, verify_weights
+from ragsam.hub.verify import sha256_of, verify_weights
 from ragsam.models import presets
 from ragsam.models.presets import PRESETS, get_preset, resolve_weights
 
@@ -51,8 +51,10 @@ def test_verify_official_file_checks_hash_prefix_and_key(tmp_path, monkeypatch):
     assert sha256_of(path) == digest
     preset = presets.WeightPreset(**{**get_preset("sam-vit-b").__dict__, "sha256_prefix": digest[:6]})
     monkeypatch.setitem(PRESETS, "sam-vit-b", preset)
-    assert verify_weights(path, "sam-vit-b") == [f"SHA-256 starts with {digest[:6]}",
-                                                 "image_encoder.pos_embed has shape (1, 64, 64, 768)"]
+    # the checksum passes, then every tensor of SAM ViT-B is checked (the full layout: tests/models)
+    with pytest.raises(InputError, match=r"sam_vit_b_test.pth: incomplete sam-vit-b checkpoint: 314 of its 315 "
+                                         r"tensors are missing"):
+        verify_weights(path, "sam-vit-b")
     other = "0" * 6 if not digest.startswith("000000") else "ffffff"
     monkeypatch.setitem(PRESETS, "sam-vit-b", presets.WeightPreset(**{**preset.__dict__, "sha256_prefix": other}))
     with pytest.raises(InputError, match="corrupt or another file"):

@@ -45,13 +45,13 @@ def _import_segment_anything():
     return modeling
 
 
-def build_official_tiny(seed: int = 0, num_multimask_outputs: int = 3) -> torch.nn.Module:
-    """A randomly initialised official ``segment_anything`` Sam with the ``tiny`` hyper-parameters."""
+def build_official(arch: str, num_multimask_outputs: int = 3) -> torch.nn.Module:
+    """An official ``segment_anything`` Sam with the hyper-parameters of ragsam's ``arch``, as
+    ``build_sam._build_sam`` builds ViT-B/L/H (weights as Meta's constructors leave them)."""
     m = _import_segment_anything()
-    a = ARCHITECTURES["tiny"]
+    a = ARCHITECTURES[arch]
     grid = a.pretrain_size // 16
-    torch.manual_seed(seed)
-    sam = m.Sam(
+    return m.Sam(
         image_encoder=m.ImageEncoderViT(
             depth=a.depth, embed_dim=a.width, img_size=a.pretrain_size, mlp_ratio=a.vit_mlp_dim / a.width,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=a.heads, patch_size=16, qkv_bias=True,
@@ -65,6 +65,12 @@ def build_official_tiny(seed: int = 0, num_multimask_outputs: int = 3) -> torch.
                                             num_heads=a.decoder_heads),
             transformer_dim=a.out_channels, iou_head_depth=3, iou_head_hidden_dim=a.iou_hidden),
         pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+
+
+def build_official_tiny(seed: int = 0, num_multimask_outputs: int = 3) -> torch.nn.Module:
+    """A randomly initialised official ``segment_anything`` Sam with the ``tiny`` hyper-parameters."""
+    torch.manual_seed(seed)
+    sam = build_official("tiny", num_multimask_outputs)
     with torch.no_grad():
         for name, p in sam.named_parameters():
             if "norm" in name or name.endswith("output_upscaling.1.weight"):
@@ -86,3 +92,12 @@ def meta_checkpoint(official_sam: torch.nn.Module, tmp_path_factory: pytest.Temp
     path = tmp_path_factory.mktemp("meta") / "sam_tiny.pth"
     torch.save(official_sam.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def official_sam_layout():
+    """``arch -> {name: shape}`` of Meta's Sam state dict for that architecture (built on the meta device)."""
+    def layout(arch: str) -> dict[str, tuple[int, ...]]:
+        with torch.device("meta"):
+            return {k: tuple(v.shape) for k, v in build_official(arch).state_dict().items()}
+    return layout

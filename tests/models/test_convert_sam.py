@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -78,3 +79,33 @@ def test_convert_writes_a_loadable_hf_folder(official_sam, meta_checkpoint, tmp_
     images = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.equal(from_pth(images), from_dir(images))
+
+
+def test_weights_verify_checks_every_tensor_of_metas_sam(official_sam_layout, tmp_path, monkeypatch):
+    """``weights verify`` on files with the names and shapes of Meta's ViT-B / ViT-L state dicts
+    (0-stride views: a few bytes each); the checksum prefix is set to the file's own."""
+    import hashlib
+
+    from ragsam.errors import InputError
+    from ragsam.hub.verify import verify_weights
+    from ragsam.models import presets
+
+    def write(arch: str, drop: str | None = None):
+        state = {k: torch.zeros(()).expand(s) for k, s in official_sam_layout(arch).items() if k != drop}
+        path = tmp_path / f"{arch}.pth"
+        torch.save(state, path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:6]
+        monkeypatch.setitem(presets.PRESETS, "sam-vit-b", presets.WeightPreset(
+            **{**presets.get_preset("sam-vit-b").__dict__, "sha256_prefix": digest}))
+        return path, digest
+
+    path, digest = write("sam_vit_b")
+    assert verify_weights(path, "sam-vit-b") == [f"SHA-256 starts with {digest}",
+                                                 "all 315 tensors of sam-vit-b present with their shapes"]
+    path, _ = write("sam_vit_l")
+    with pytest.raises(InputError, match=r"sam_vit_l.pth: not sam-vit-b but sam-vit-l \("):
+        verify_weights(path, "sam-vit-b")
+    path, _ = write("sam_vit_b", drop="mask_decoder.iou_prediction_head.layers.2.bias")
+    with pytest.raises(InputError, match=r"incomplete sam-vit-b checkpoint: 1 of its 315 tensors are missing "
+                                         r"\(mask_decoder.iou_prediction_head.proj_out.bias\)"):
+        verify_weights(path, "sam-vit-b")

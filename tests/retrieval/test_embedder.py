@@ -190,8 +190,8 @@ def test_training_checkpoint_wrappers_and_chunked_blocks(tmp_path):
 
 def test_official_refusals(tmp_path):
     official = hf_to_official(_random_model().state_dict())
-    torch.save({**official, "register_tokens": torch.zeros(1, 4, 128)}, tmp_path / "reg.pth")
-    with pytest.raises(InputError, match="register tokens"):
+    torch.save({**official, "register_tokens": torch.zeros(1, 4, 64)}, tmp_path / "reg.pth")
+    with pytest.raises(InputError, match=r"register_tokens has shape \(1, 4, 64\), expected \(1, R, 128\)"):
         build_embedder(str(tmp_path / "reg.pth"))
     torch.save({**official, "head.weight": torch.zeros(2, 128)}, tmp_path / "extra.pth")
     with pytest.raises(InputError, match="unexpected tensor 'head.weight'"):
@@ -202,3 +202,19 @@ def test_official_refusals(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         build_embedder(str(tmp_path / "absent.pth"))
     assert set(official_to_hf(official)) == set(_random_model().state_dict())
+
+
+def test_identity_names_the_position_interpolation(tmp_path):
+    """Banks written before the rule was recorded used transformers' rule; a .pth uses Meta's."""
+    tiny = build_embedder("tiny", image_size=28)
+    assert tiny.identity["pos_interpolation"] == "transformers"
+    old = {k: v for k, v in tiny.identity.items() if k != "pos_interpolation"}
+    assert identity_mismatch(old, tiny.identity) is None
+    model = _random_model()
+    torch.save(hf_to_official(model.state_dict()), tmp_path / "w.pth")
+    meta = build_embedder(str(tmp_path / "w.pth"), image_size=28)
+    assert meta.identity["pos_interpolation"] == "meta offset=0.1 antialias=False"
+    plain = _embedder_of(model)
+    assert meta.identity["weights_sha256"] == plain.identity["weights_sha256"]
+    assert "pos_interpolation 'transformers' vs 'meta offset=0.1 antialias=False'" in \
+        identity_mismatch(plain.identity, meta.identity)

@@ -51,11 +51,15 @@ def verify_cmd(
     path: Path = typer.Argument(..., help="A Hugging Face folder or an official .pth/.pt file."),
     name: str = typer.Argument(..., help="The preset it should be (see `ragsam weights list`)."),
 ) -> None:
-    """Check a local weights folder or file against a preset.
+    """Check a local weights folder or official file against a preset.
 
-    Example: ragsam weights verify ~/weights/sam_vit_b_01ec64.pth sam-vit-b
+    An official file: the published checksum where Meta publishes one (SAM), then every
+    tensor name and shape of the preset's architecture. A folder: its
+    config facts and a strict load. Anything else: one line naming the file, exit 2.
+
+    Example: ragsam weights verify ~/weights/dinov2_vits14_reg4_pretrain.pth dinov2-small-reg
     """
-    from ragsam.hub.fetch import verify_weights
+    from ragsam.hub.verify import verify_weights
 
     for line in verify_weights(path, name):
         typer.echo(f"ok  {line}")
@@ -64,19 +68,24 @@ def verify_cmd(
 
 @weights_app.command("convert")
 def convert_command(
-    source: Path = typer.Argument(..., help="Meta SAM or MedSAM checkpoint (.pth state dict)."),
+    source: Path = typer.Argument(..., help="Meta checkpoint: SAM / MedSAM .pth, SAM 2 / 2.1 .pt, DINOv2 .pth."),
     out_dir: Path = typer.Argument(..., help="Output folder (config.json + model.safetensors)."),
+    variant: str | None = typer.Option(None, "--variant",
+                                       help="Preset the file must be (e.g. sam2.1-tiny, dinov2-small-reg); "
+                                            "checked before anything is written."),
     force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it exists."),
 ) -> None:
-    """Convert an official SAM / MedSAM checkpoint to a Hugging Face SAM folder.
+    """Convert an official SAM, SAM 2 or DINOv2 checkpoint to a Hugging Face folder.
 
-    The architecture (ViT-B/L/H) is recognised from the tensor shapes; every key
-    is mapped explicitly and loaded strictly. The pickle is opened with
-    torch.load(weights_only=True): files holding code are refused.
+    The family and size are recognised from the tensor names and shapes; every key
+    is mapped explicitly and loaded strictly. A DINOv2 folder records Meta's
+    position-embedding interpolation, so ragsam embeds with it exactly as with the
+    .pth. The pickle is opened with torch.load(weights_only=True): files holding
+    code are refused.
 
-    Example: ragsam weights convert sam_vit_b_01ec64.pth models/sam-vit-b
+    Example: ragsam weights convert dinov2_vits14_pretrain.pth models/dinov2-small --variant dinov2-small
     """
-    from ragsam.models.export import convert_checkpoint
+    from ragsam.hub.convert import convert_weights
 
-    path = convert_checkpoint(source, out_dir, force=force)
-    typer.echo(f"converted {source} -> {path}")
+    path, family = convert_weights(source, out_dir, variant=variant, force=force)
+    typer.echo(f"converted {source} ({family}) -> {path}")

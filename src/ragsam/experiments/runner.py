@@ -25,7 +25,6 @@ the protocol working and each recipe learning, not the method's accuracy.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from collections.abc import Callable

@@ -20,6 +20,7 @@ blocks.N.mlp.fc1 / fc2           encoder.layer.N.mlp.fc1 / fc2
 blocks.N.mlp.w12 (2H, D)         encoder.layer.N.mlp.gate_proj | up_proj (ViT-g SwiGLU)
 blocks.N.mlp.w3                  encoder.layer.N.mlp.down_proj
 norm                             layernorm
+register_tokens (1, R, D)        embeddings.register_tokens (``*_reg4``: ``Dinov2WithRegistersModel``)
 ==============================  ==============================================
 
 The row order of ``qkv`` follows the official attention, which reshapes the
@@ -30,11 +31,17 @@ along the output dimension; the first half goes through SiLU (the gate).
 Also accepted: DINOv2 training checkpoints (``{"teacher": {...}}`` with a
 ``backbone.`` prefix, heads dropped), ``module.`` prefixes and chunked blocks
 (``blocks.<chunk>.<N>.``, N is the global block index). Models with register
-tokens (``*_reg4``) are refused: they need ``Dinov2WithRegistersModel``.
+tokens (``dinov2_vits14_reg4_pretrain.pth`` ...) become a ``Dinov2WithRegistersModel``,
+which puts the R registers between the class token and the patch tokens after the
+position embeddings are added, as Meta's ``prepare_tokens_with_masks`` does.
 
-Verified only by round trips with randomly initialised models and against an
-independent re-implementation of the official forward pass in the tests; no
-real Meta file is available on the build machine.
+Models loaded from these files resample their position embeddings with Meta's rule
+(:mod:`ragsam.models.dinov2_pos`), not with transformers'.
+
+Verified by round trips with randomly initialised models and, in
+``tests/models/test_dinov2_meta_parity.py``, against Meta's own ``DinoVisionTransformer``
+(PyPI ``dinov2`` 0.0.1.dev2) on official-format random weights; no real Meta file is
+available on the build machine.
 """
 
 from __future__ import annotations
@@ -44,11 +51,15 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import Dinov2Config
+from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from ragsam.errors import InputError
 
 HEAD_DIM = 64  # every official DINOv2 backbone (ViT-S/B/L/g) uses 64-dimensional heads
+# Meta's released backbones (dinov2/hub/backbones.py): tag -> (width, depth, heads); ViT-g uses SwiGLU.
+OFFICIAL_VARIANTS = {"vits14": (384, 12, 6), "vitb14": (768, 12, 12), "vitl14": (1024, 24, 16),
+                     "vitg14": (1536, 40, 24)}
+REGISTERS = 4  # the *_reg4 checkpoints
 
 _BLOCK = re.compile(r"^blocks\.(?:\d+\.)?(\d+)\.(.+)$")
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
@@ -78,6 +89,7 @@ _TOP_RENAMES = {
     "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
     "norm.weight": "layernorm.weight",
     "norm.bias": "layernorm.bias",
+    "register_tokens": "embeddings.register_tokens",
 }
 # Fused official tensors -> the transformers tensors they are split into, in order.
 _BLOCK_SPLITS = {
@@ -108,18 +120,18 @@ def unwrap_official(checkpoint: dict, source: str | os.PathLike) -> dict[str, to
 
 
 def config_from_official(state: dict[str, torch.Tensor], source: str | os.PathLike,
-                         num_heads: int | None = None) -> Dinov2Config:
-    """Infer the ``Dinov2Config`` of an official state dict from its tensor shapes.
+                         num_heads: int | None = None) -> Dinov2Config | Dinov2WithRegistersConfig:
+    """Infer the transformers config of an official state dict from its tensor shapes.
 
     Args:
         state: official-layout backbone tensors (see :func:`unwrap_official`).
         num_heads: attention heads; default ``hidden // 64`` as in every official model.
+    Returns:
+        A ``Dinov2Config``, or a ``Dinov2WithRegistersConfig`` when the file holds
+        ``register_tokens`` (``(1, R, D)``).
     Raises:
-        InputError: registers, missing core tensors or shapes no DINOv2 has.
+        InputError: missing core tensors or shapes no DINOv2 has.
     """
-    if "register_tokens" in state:
-        raise InputError(source, "DINOv2 with register tokens is not supported; use the checkpoint "
-                                 "without registers (e.g. dinov2_vits14_pretrain.pth)")
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight"):
         if key not in state:
             raise InputError(source, f"not an official DINOv2 backbone: tensor {key!r} is missing")
@@ -142,12 +154,70 @@ def config_from_official(state: dict[str, torch.Tensor], source: str | os.PathLi
             raise InputError(source, f"MLP width {None if fc1 is None else fc1.shape[0]} is not a whole "
                                      f"multiple of the width {hidden}")
         mlp_ratio = fc1.shape[0] // hidden
-    return Dinov2Config(
-        hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=max(heads, 1),
-        mlp_ratio=mlp_ratio, patch_size=patch, image_size=grid * patch, num_channels=3,
-        qkv_bias=any(k.endswith("attn.qkv.bias") for k in state), layer_norm_eps=1e-6,
-        use_swiglu_ffn=swiglu, hidden_act="gelu",
-    )
+    registers = state.get("register_tokens")
+    if registers is not None and (registers.ndim != 3 or registers.shape[-1] != hidden):
+        raise InputError(source, f"register_tokens has shape {tuple(registers.shape)}, expected (1, R, {hidden})")
+    return _config(hidden, depth, max(heads, 1), mlp_ratio, patch, grid * patch, swiglu,
+                   qkv_bias=any(k.endswith("attn.qkv.bias") for k in state),
+                   registers=0 if registers is None else int(registers.shape[1]))
+
+
+def _config(hidden: int, depth: int, heads: int, mlp_ratio: int, patch: int, image_size: int, swiglu: bool,
+            qkv_bias: bool = True, registers: int = 0) -> Dinov2Config | Dinov2WithRegistersConfig:
+    kwargs = dict(hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=heads, mlp_ratio=mlp_ratio,
+                  patch_size=patch, image_size=image_size, num_channels=3, qkv_bias=qkv_bias, layer_norm_eps=1e-6,
+                  use_swiglu_ffn=swiglu, hidden_act="gelu")
+    if registers:
+        return Dinov2WithRegistersConfig(num_register_tokens=registers, **kwargs)
+    return Dinov2Config(**kwargs)
+
+
+def model_class(config: Dinov2Config | Dinov2WithRegistersConfig) -> type:
+    """``Dinov2WithRegistersModel`` for a registers config, else ``Dinov2Model``."""
+    return Dinov2WithRegistersModel if isinstance(config, Dinov2WithRegistersConfig) else Dinov2Model
+
+
+def variant_config(variant: str) -> Dinov2Config | Dinov2WithRegistersConfig:
+    """The config of one of Meta's released backbones: ``vits14`` ... ``vitg14``, ``vits14_reg4`` ...
+
+    518 px (37 x 37 patches of 14 px), layer scale, 64-wide heads, SwiGLU for ViT-g,
+    as ``dinov2/hub/backbones.py`` builds them.
+    """
+    base, _, reg = variant.partition("_reg")
+    if base not in OFFICIAL_VARIANTS or reg not in ("", str(REGISTERS)):
+        raise KeyError(f"unknown DINOv2 variant {variant!r}")
+    width, depth, heads = OFFICIAL_VARIANTS[base]
+    return _config(width, depth, heads, 4, 14, 518, swiglu=base == "vitg14", registers=int(reg or 0))
+
+
+def official_shapes(config: Dinov2Config | Dinov2WithRegistersConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of an official checkpoint of the architecture ``config``.
+
+    Built from the transformers model on the meta device (no memory) and the rename
+    tables of this module, so verification and conversion share one set of rules.
+    """
+    with torch.device("meta"):
+        model = model_class(config)(config)
+    hf = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    top = {v: k for k, v in _TOP_RENAMES.items()}
+    block = {v: k for k, v in _BLOCK_RENAMES.items()}
+    out: dict[str, tuple[int, ...]] = {}
+    for key, shape in hf.items():
+        if key in top:
+            out[top[key]] = shape
+            continue
+        m = _LAYER.match(key)
+        if m is None:
+            raise KeyError(f"unexpected transformers DINOv2 tensor {key!r}")
+        prefix, suffix = f"blocks.{m.group(1)}.", m.group(2)
+        if suffix in block:
+            out[prefix + block[suffix]] = shape
+            continue
+        for fused, targets in _BLOCK_SPLITS.items():
+            if suffix == targets[0]:
+                rows = sum(hf[f"encoder.layer.{m.group(1)}.{t}"][0] for t in targets)
+                out[prefix + fused] = (rows, *shape[1:])
+    return out
 
 
 def official_to_hf(state: dict[str, torch.Tensor], source: str | os.PathLike = "<state dict>",
@@ -218,24 +288,37 @@ def hf_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_official_checkpoint(path: str | os.PathLike) -> tuple[Dinov2Config, dict[str, torch.Tensor]]:
-    """Read an official DINOv2 ``.pth`` safely and convert it.
+def read_official(path: str | os.PathLike, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The official-layout backbone tensors of a DINOv2 ``.pth``, read safely (``weights_only``).
 
-    Returns:
-        ``(config, state_dict)`` ready for ``Dinov2Model(config).load_state_dict(state, strict=True)``.
+    Args:
+        mmap: map the file instead of reading it (cheap key/shape checks).
     Raises:
-        InputError: unreadable file, pickled objects beyond tensors, or not a DINOv2 backbone.
+        InputError: missing, truncated or unreadable file, pickled objects beyond tensors,
+            or not a mapping of names to tensors.
     """
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise InputError(path, "weights file does not exist") from None
-    except Exception as exc:  # pickle refusal or a corrupt file: one line for the user
+    except Exception as exc:  # pickle refusal or a corrupt / truncated file: one line for the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(path, f"not a readable weights-only torch checkpoint ({first[:200]})") from None
     if not isinstance(checkpoint, dict):
         raise InputError(path, f"expected a state dict, found {type(checkpoint).__name__}")
-    official = unwrap_official(checkpoint, path)
+    return unwrap_official(checkpoint, path)
+
+
+def load_official_checkpoint(
+        path: str | os.PathLike) -> tuple[Dinov2Config | Dinov2WithRegistersConfig, dict[str, torch.Tensor]]:
+    """Read an official DINOv2 ``.pth`` safely (``weights_only``) and convert it.
+
+    Returns:
+        ``(config, state_dict)`` ready for ``model_class(config)(config).load_state_dict(state, strict=True)``.
+    Raises:
+        InputError: unreadable file, pickled objects beyond tensors, or not a DINOv2 backbone.
+    """
+    official = read_official(path)
     config = config_from_official(official, path)
     return config, official_to_hf(official, path, depth=config.num_hidden_layers)

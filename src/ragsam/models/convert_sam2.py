@@ -200,10 +200,22 @@ def official_config(state: dict[str, Tensor], source: str) -> tuple[Sam2VideoCon
         raise InputError(source, f"unknown Hiera trunk (width {width}, blocks per stage {stages}); "
                                  f"released sizes: {sorted(HIERA_VARIANTS)}")
     name = found[0]
-    embed, heads, stage_blocks, global_blocks, windows, background = HIERA_VARIANTS[name]
     is_21 = "no_obj_embed_spatial" in state
+    config = hiera_config(name, is_21, tpos="obj_ptr_tpos_proj.weight" in state)
+    return config, f"sam2{'.1' if is_21 else ''}_hiera_{name}"
+
+
+def hiera_config(name: str, is_21: bool = True, tpos: bool = True) -> Sam2VideoConfig:
+    """The ``Sam2VideoConfig`` of a released size (``tiny``, ``small``, ``base_plus``, ``large``).
+
+    Args:
+        is_21: SAM 2.1 (``no_obj_embed_spatial``) rather than 2.0.
+        tpos: the object pointers' temporal encoding is projected (``obj_ptr_tpos_proj``,
+            ``proj_tpos_enc_in_obj_ptrs: true`` in the 2.1 configs).
+    """
+    embed, heads, stage_blocks, global_blocks, windows, background = HIERA_VARIANTS[name]
     dims = [embed * 2**i for i in range(4)]
-    config = Sam2VideoConfig(
+    return Sam2VideoConfig(
         vision_config={
             "model_type": "sam2_vision_model",
             "backbone_config": {
@@ -216,9 +228,26 @@ def official_config(state: dict[str, Tensor], source: str) -> tuple[Sam2VideoCon
             "backbone_channel_list": dims[::-1],
         },
         enable_occlusion_spatial_embedding=is_21,
-        enable_temporal_pos_encoding_for_object_pointers="obj_ptr_tpos_proj.weight" in state,
+        enable_temporal_pos_encoding_for_object_pointers=tpos,
     )
-    return config, f"sam2{'.1' if is_21 else ''}_hiera_{name}"
+
+
+def official_shapes(config: Sam2VideoConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of an official ``.pt`` of the architecture ``config``.
+
+    Built from ``Sam2VideoModel`` on the meta device (no memory) through
+    :func:`to_official_state_dict`, so verification and conversion share one set of rules.
+    For the four 2.1 sizes this equals, name for name and shape for shape, the state dict of
+    Meta's ``SAM2Base`` built from ``sam2`` 1.1.0's ``configs/sam2.1/sam2.1_hiera_{t,s,b+,l}.yaml``
+    (471, 519, 615 and 903 tensors; checked once by hand on 2026-12-06, not in CI).
+    """
+    from transformers import Sam2VideoModel
+
+    with torch.device("meta"):
+        model = Sam2VideoModel(config)
+    # equal stand-ins for the two copies of the Fourier matrix, which the inverse mapping compares
+    state = {k: torch.zeros(()).expand(v.shape) for k, v in model.state_dict().items()}
+    return {k: tuple(v.shape) for k, v in to_official_state_dict(state).items()}
 
 
 def to_official_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:

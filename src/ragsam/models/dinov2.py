@@ -5,10 +5,17 @@
 * a Hugging Face id (``facebook/dinov2-small`` 384-d, ``facebook/dinov2-base``
   768-d, ``-large`` 1024-d, ``-giant`` 1536-d) or a ``save_pretrained`` folder;
 * a DINOv2 weight preset name (``dinov2-small``, see ``ragsam weights list``);
-* an official Meta ``.pth`` (``dinov2_vits14_pretrain.pth`` ...), converted by
+* an official Meta ``.pth`` (``dinov2_vits14_pretrain.pth`` ..., and the register
+  variants ``dinov2_vits14_reg4_pretrain.pth`` ...), converted by
   :mod:`ragsam.models.convert_dinov2`;
 * ``"random"``: the dinov2-small architecture, randomly initialised (seeded);
 * ``"tiny"``: a 2-layer, 32-wide DINOv2 for tests and demos (seeded).
+
+Position embeddings at other input sizes than 518 px: a ``.pth`` resamples them with
+Meta's rule (bicubic with Meta's scale factor; :mod:`ragsam.models.dinov2_pos`), so
+ragsam computes what Meta's ``DinoVisionTransformer`` computes; a Hugging Face folder
+or id keeps transformers' rule, unless its ``config.json`` records Meta's (folders
+written by ``ragsam weights convert``).
 
 Loading is strict (:mod:`ragsam.utils.state_dict`): a missing, unexpected or
 mis-shaped tensor is an :class:`~ragsam.errors.InputError`; only the image
@@ -21,14 +28,16 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import Dinov2Config, Dinov2Model
+from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersModel
 
 from ragsam.errors import InputError, MissingWeightsError
+from ragsam.models.dinov2_pos import apply_recorded_interpolation, meta_setting, use_meta_interpolation
 from ragsam.utils.native_output import quiet_transformers
 from ragsam.utils.state_dict import check_loading_info, load_exactly
 
 NAMED_DINOV2 = ("random", "tiny")
 OFFICIAL_SUFFIXES = (".pth", ".pt")
+DINOV2_TYPES = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
 
 
 def dinov2_small_config() -> Dinov2Config:
@@ -50,7 +59,7 @@ def seeded_dinov2(config: Dinov2Config, seed: int) -> Dinov2Model:
         return Dinov2Model(config).eval()
 
 
-def load_dinov2(weights: str | os.PathLike, seed: int = 0) -> tuple[Dinov2Model, str]:
+def load_dinov2(weights: str | os.PathLike, seed: int = 0) -> tuple[Dinov2Model | Dinov2WithRegistersModel, str]:
     """A DINOv2 backbone in eval mode (fp32, CPU) and the name it is recorded under.
 
     Args:
@@ -85,8 +94,8 @@ def load_dinov2(weights: str | os.PathLike, seed: int = 0) -> tuple[Dinov2Model,
                            "facebook/dinov2-small, a folder, an official .pth, 'random' or 'tiny')")
 
 
-def _load_hf(weights: str) -> Dinov2Model:
-    """Load a transformers DINOv2 strictly (missing tensors are an error, not random init)."""
+def _load_hf(weights: str) -> Dinov2Model | Dinov2WithRegistersModel:
+    """Load a transformers DINOv2 (with or without registers) strictly (missing tensors are an error)."""
     from transformers import AutoConfig
 
     local = Path(weights).is_dir()
@@ -98,20 +107,24 @@ def _load_hf(weights: str) -> Dinov2Model:
         raise MissingWeightsError(
             f"{weights}: DINOv2 weights are not in the local Hugging Face cache and could not be "
             f"downloaded; download them once with network access or pass a local folder or .pth") from None
-    if config.model_type != "dinov2":
-        raise InputError(weights, f"model type {config.model_type!r} is not a DINOv2 (expected 'dinov2')")
+    if config.model_type not in DINOV2_TYPES:
+        raise InputError(weights, f"model type {config.model_type!r} is not a DINOv2 (expected "
+                                  f"{' or '.join(map(repr, DINOV2_TYPES))})")
     with quiet_transformers():
-        model, info = Dinov2Model.from_pretrained(weights, config=config, output_loading_info=True)
+        model, info = DINOV2_TYPES[config.model_type].from_pretrained(weights, config=config,
+                                                                      output_loading_info=True)
     check_loading_info(info, weights, "DINOv2 weights", allow_unexpected=("classifier.*",))
+    apply_recorded_interpolation(model)
     return model.float().eval()
 
 
-def _load_official(path: Path) -> Dinov2Model:
-    from ragsam.models.convert_dinov2 import load_official_checkpoint
+def _load_official(path: Path) -> Dinov2Model | Dinov2WithRegistersModel:
+    from ragsam.models.convert_dinov2 import load_official_checkpoint, model_class
 
     config, state = load_official_checkpoint(path)
-    model = Dinov2Model(config)
+    model = model_class(config)(config)
     load_exactly(model, state, str(path), "the inferred DINOv2 architecture", "DINOv2 weights")
+    use_meta_interpolation(model, meta_setting(getattr(config, "num_register_tokens", 0)))
     return model.float().eval()
 
 

@@ -2,9 +2,10 @@
 
 A preset names a Hugging Face repository (loaded with ``from_pretrained``),
 the official download address where one exists, and facts about the
-architecture that :func:`ragsam.hub.fetch.verify_weights` checks a local copy
-against. Meta names its checkpoint files ``<name>_<first 6 hex of sha256>.pth``
-(the torch.hub convention), so that prefix is checked where the file carries it.
+architecture that :func:`ragsam.hub.verify.verify_weights` checks a local copy
+against. Meta names its SAM checkpoint files ``<name>_<first 6 hex of sha256>.pth``
+(the torch.hub convention), so that prefix is checked where the file carries it;
+Meta publishes no checksum for the SAM 2 and DINOv2 files.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ class WeightPreset:
         official_url: the authors' own download address (official format), if any.
         sha256_prefix: leading hex digits of the official file's SHA-256, where known.
         config_facts: dotted ``config.json`` keys and the values a faithful copy has.
-        official_key: a tensor name of the official checkpoint and its shape.
         description: one line for ``ragsam weights list``.
+        official_variant: the released architecture the official file holds, whose every
+            tensor name and shape ``weights verify`` checks: the ragsam architecture for SAM
+            (``sam_vit_b`` ...), a Hiera size for SAM 2 (``tiny`` ...), Meta's tag for DINOv2
+            (``vits14``, ``vits14_reg4`` ...).
     """
 
     name: str
@@ -37,8 +41,8 @@ class WeightPreset:
     official_url: str | None
     sha256_prefix: str | None
     config_facts: dict = field(default_factory=dict)
-    official_key: tuple[str, tuple[int, ...]] | None = None
     description: str = ""
+    official_variant: str | None = None
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -53,24 +57,34 @@ def _sam(name: str, repo: str, arch: str, file: str | None, width: int, depth: i
         sha256_prefix=None if file is None else file.rsplit("_", 1)[1].split(".")[0],
         config_facts={"model_type": "sam", "vision_config.hidden_size": width,
                       "vision_config.num_hidden_layers": depth},
-        official_key=("image_encoder.pos_embed", (1, 64, 64, width)),
-        description=desc,
+        description=desc, official_variant=arch,
     )
 
 
 def _sam2(name: str, repo: str, file: str, desc: str) -> WeightPreset:
+    size = file.split("_hiera_", 1)[1].split(".")[0]  # sam2.1_hiera_base_plus.pt -> base_plus
     return WeightPreset(
         name=name, family="sam2", hf_repo=repo, arch=None, official_url=_SAM2_URL + file,
         sha256_prefix=None, config_facts={"model_type": ("sam2_video", "sam2")}, description=desc,
+        official_variant=size,
     )
 
 
-def _dino(name: str, repo: str, tag: str, width: int, desc: str) -> WeightPreset:
+# Meta's DINOv2 backbones (dinov2/hub/backbones.py): tag -> (width, depth)
+_DINO_SIZES = {"vits14": (384, 12), "vitb14": (768, 12), "vitl14": (1024, 24), "vitg14": (1536, 40)}
+
+
+def _dino(name: str, repo: str, tag: str, desc: str, registers: bool = False) -> WeightPreset:
+    width, depth = _DINO_SIZES[tag]
+    full = f"{tag}_reg4" if registers else tag
+    facts: dict = {"model_type": "dinov2_with_registers" if registers else "dinov2", "hidden_size": width,
+                   "num_hidden_layers": depth}
+    if registers:
+        facts["num_register_tokens"] = 4
     return WeightPreset(
         name=name, family="dinov2", hf_repo=repo, arch=None,
-        official_url=f"{_DINO_URL}dinov2_{tag}/dinov2_{tag}_pretrain.pth", sha256_prefix=None,
-        config_facts={"model_type": "dinov2", "hidden_size": width, "num_hidden_layers": 12},
-        official_key=("cls_token", (1, 1, width)), description=desc,
+        official_url=f"{_DINO_URL}dinov2_{tag}/dinov2_{full}_pretrain.pth", sha256_prefix=None,
+        config_facts=facts, description=desc, official_variant=full,
     )
 
 
@@ -87,8 +101,18 @@ PRESETS: dict[str, WeightPreset] = {p.name: p for p in (
     _sam2("sam2.1-base-plus", "facebook/sam2.1-hiera-base-plus", "sam2.1_hiera_base_plus.pt",
           "SAM 2.1 Hiera-B+ (81M)"),
     _sam2("sam2.1-large", "facebook/sam2.1-hiera-large", "sam2.1_hiera_large.pt", "SAM 2.1 Hiera-L (224M)"),
-    _dino("dinov2-small", "facebook/dinov2-small", "vits14", 384, "DINOv2 ViT-S/14 (21M), 384-d slice embeddings"),
-    _dino("dinov2-base", "facebook/dinov2-base", "vitb14", 768, "DINOv2 ViT-B/14 (86M), 768-d slice embeddings"),
+    _dino("dinov2-small", "facebook/dinov2-small", "vits14", "DINOv2 ViT-S/14 (21M), 384-d slice embeddings"),
+    _dino("dinov2-base", "facebook/dinov2-base", "vitb14", "DINOv2 ViT-B/14 (86M), 768-d slice embeddings"),
+    _dino("dinov2-large", "facebook/dinov2-large", "vitl14", "DINOv2 ViT-L/14 (300M), 1024-d"),
+    _dino("dinov2-giant", "facebook/dinov2-giant", "vitg14", "DINOv2 ViT-g/14 (1.1B, SwiGLU), 1536-d"),
+    _dino("dinov2-small-reg", "facebook/dinov2-with-registers-small", "vits14",
+          "DINOv2 ViT-S/14 with 4 register tokens", registers=True),
+    _dino("dinov2-base-reg", "facebook/dinov2-with-registers-base", "vitb14",
+          "DINOv2 ViT-B/14 with 4 register tokens", registers=True),
+    _dino("dinov2-large-reg", "facebook/dinov2-with-registers-large", "vitl14",
+          "DINOv2 ViT-L/14 with 4 register tokens", registers=True),
+    _dino("dinov2-giant-reg", "facebook/dinov2-with-registers-giant", "vitg14",
+          "DINOv2 ViT-g/14 with 4 register tokens", registers=True),
 )}
 
 

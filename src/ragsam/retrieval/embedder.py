@@ -11,8 +11,10 @@ Weights (``build_embedder(weights=...)``, read by :func:`ragsam.models.dinov2.lo
 
 * a Hugging Face id (``facebook/dinov2-small`` 384-d, ``facebook/dinov2-base``
   768-d, ``-large`` 1024-d, ``-giant`` 1536-d) or a ``save_pretrained`` folder;
-* an official Meta ``.pth`` (``dinov2_vits14_pretrain.pth`` ...), converted by
-  :mod:`ragsam.models.convert_dinov2`;
+* an official Meta ``.pth`` (``dinov2_vits14_pretrain.pth`` ..., register variants
+  ``dinov2_vits14_reg4_pretrain.pth`` ...), converted by :mod:`ragsam.models.convert_dinov2`
+  and run with Meta's position-embedding interpolation (:mod:`ragsam.models.dinov2_pos`;
+  Hugging Face folders keep transformers' interpolation);
 * ``"random"``: the dinov2-small architecture, randomly initialised (seeded);
 * ``"tiny"``: a 2-layer, 32-wide DINOv2 for tests and demos (seeded).
 """
@@ -29,6 +31,7 @@ from transformers import Dinov2Model
 
 from ragsam.errors import InputError
 from ragsam.models.dinov2 import NAMED_DINOV2, load_dinov2
+from ragsam.models.dinov2_pos import interpolation_label
 from ragsam.utils import ranks
 from ragsam.utils.device import resolve_device
 from ragsam.utils.precision import autocast
@@ -52,10 +55,11 @@ class SliceEmbedder:
     """Embeds batches of slices with a DINOv2 backbone.
 
     Args:
-        model: a transformers ``Dinov2Model``.
+        model: a transformers ``Dinov2Model`` or ``Dinov2WithRegistersModel``.
         weights: how the weights were named by the user (kept in the identity for messages).
-        pooling: ``"cls"`` (CLS token of the final layer-normed hidden state) or
-            ``"mean"`` (mean of the patch tokens of the same state).
+        pooling: ``"cls"`` (CLS token of the final layer-normed hidden state, Meta's
+            ``x_norm_clstoken``) or ``"mean"`` (mean of the patch tokens of the same state,
+            Meta's ``x_norm_patchtokens``; register tokens are not patches and are left out).
         image_size: side in pixels the slices are resized to; a multiple of the patch size.
         device: torch device; default CUDA when available.
         batch_size: slices per forward pass in :meth:`embed`.
@@ -76,6 +80,7 @@ class SliceEmbedder:
         self.image_size = int(image_size)
         self.batch_size = max(1, int(batch_size))
         self.seed = seed  # only for randomly initialised embedders, so the bank can rebuild them
+        self.registers = int(getattr(model.config, "num_register_tokens", 0) or 0)
         self._sha256: str | None = None
 
     @property
@@ -90,7 +95,8 @@ class SliceEmbedder:
             self._sha256 = weights_sha256(self.model)
         return {"architecture": "dinov2", "weights": self.weights, "weights_sha256": self._sha256,
                 "pooling": self.pooling, "image_size": self.image_size, "dim": self.dim,
-                "normalisation": "imagenet", **({"seed": self.seed} if self.seed is not None else {})}
+                "normalisation": "imagenet", "pos_interpolation": interpolation_label(self.model),
+                **({"seed": self.seed} if self.seed is not None else {})}
 
     def preprocess(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Check, resize and ImageNet-normalise slices.
@@ -139,7 +145,7 @@ class SliceEmbedder:
             x = self.preprocess(images[start:start + step])
             with autocast(self.device):  # bf16 on CUDA GPUs that support it, fp32 elsewhere
                 hidden = self.model(pixel_values=x).last_hidden_state
-            vec = hidden[:, 0] if self.pooling == "cls" else hidden[:, 1:].mean(dim=1)
+            vec = hidden[:, 0] if self.pooling == "cls" else hidden[:, 1 + self.registers:].mean(dim=1)
             out[start:start + len(x)] = F.normalize(vec.float(), dim=-1).cpu().numpy()
         return out
 
@@ -175,10 +181,15 @@ def identity_mismatch(expected: dict, actual: dict) -> str | None:
     """How two embedder identities differ, or ``None`` when they are interchangeable.
 
     The ``weights`` label is not compared (the same tensors may be named by a
-    path or an id); the tensor hash, pooling, input size, dimension and
-    normalisation are.
+    path or an id); the tensor hash, pooling, input size, dimension,
+    normalisation and position-embedding interpolation are (identities written
+    before the interpolation was recorded used transformers').
     """
-    keys = ("weights_sha256", "pooling", "image_size", "dim", "normalisation", "architecture")
+    keys = ("weights_sha256", "pooling", "image_size", "dim", "normalisation", "architecture",
+            "pos_interpolation")
+    defaults = {"pos_interpolation": "transformers"}
+    expected = {**defaults, **expected}
+    actual = {**defaults, **actual}
     diffs = [f"{k} {expected.get(k)!r} vs {actual.get(k)!r}" for k in keys if expected.get(k) != actual.get(k)]
     if not diffs:
         return None
