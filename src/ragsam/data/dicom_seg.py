@@ -362,11 +362,24 @@ def write_dicom_seg(labels: Volume, source_series: str | os.PathLike | Sequence[
         OutputExistsError: ``out`` exists and ``force`` is false (checked before any work).
         InputError: as :func:`build_dicom_seg`; the file cannot be written.
     """
-    from ragsam.utils.atomic import atomic_path, check_writable
+    from ragsam.utils.atomic import check_writable
 
     out = Path(out)
     check_writable(out, force)
     seg = build_dicom_seg(labels, source_series, label_map, algorithm=algorithm, model_key=model_key, **options)
+    return save_dicom_seg(seg, out, force)
+
+
+def save_dicom_seg(seg: Any, out: str | os.PathLike, force: bool = False) -> Path:
+    """Write a built SEG (or any pydicom dataset) to ``out`` atomically.
+
+    Raises:
+        OutputExistsError: ``out`` exists and ``force`` is false.
+        InputError: the file cannot be written (nothing is left behind).
+    """
+    from ragsam.utils.atomic import atomic_path
+
+    out = Path(out)
     try:
         with atomic_path(out, force) as tmp:
             seg.save_as(tmp)
