@@ -8,6 +8,8 @@ tiny SAM 2 / tiny-embedder bank of the segment tests.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -153,6 +155,32 @@ def test_seg_refusals_come_before_any_model_work(run, bank, series, ct3mm, ct_di
             err = capsys.readouterr().err
             assert err.startswith("ragsam: error: ") and err.strip().count("\n") == 0 and message in err, err
             assert not out.exists()
+
+
+def _predict_both(run: str, src: str, out: str) -> list[tuple[str, str, str]]:
+    from ragsam.inference import predict
+
+    return [(r.case_id, r.path.name, r.seg.name) for r in predict(run, src, out, device="cpu", output_format="both")]
+
+
+def test_two_ranks_write_their_cases_segs(run, series, tmp_path):
+    """torchrun: rank r writes the NIfTI and the SEG of its cases; every file equals one process's labels."""
+    from two_ranks import run_ranks
+
+    src = tmp_path / "cases"
+    for order, folder in series.items():  # a dataset folder of two DICOM cases
+        copy_series(folder, src / order / "dicom", order)
+    expected = [("feet-first", "feet-first.nii.gz", "feet-first.seg.dcm"),
+                ("head-first", "head-first.nii.gz", "head-first.seg.dcm")]
+    assert _predict_both(str(run), str(src), str(tmp_path / "one")) == expected
+    results = run_ranks(_predict_both, str(run), str(src), str(tmp_path / "two"), deadline_s=600)
+    assert results == {0: ("ok", expected), 1: ("ok", expected)}
+    for case, nifti, seg in expected:
+        two = tmp_path / "two"
+        assert (two / nifti).read_bytes() == (tmp_path / "one" / nifti).read_bytes()
+        _check_round_trip(two / seg, two / nifti, src / case / "dicom")
+        side = json.loads((two / f".{nifti}.ragsam.json").read_text())
+        assert side["companions"] == {seg: hashlib.sha1((two / seg).read_bytes()).hexdigest()}
 
 
 def test_help_names_the_formats(capsys):
