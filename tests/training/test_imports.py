@@ -1,5 +1,7 @@
-"""Import boundaries: training and the model side of inference import without SimpleITK, MONAI, faiss or
-matplotlib; the packages form floors (no package imports one above it, at module level or inside a function)."""
+"""Import boundaries: training and the model side of inference import without SimpleITK, MONAI, faiss,
+matplotlib or the DICOM libraries (highdicom, pydicom: imported by ``data.dicom_seg`` / ``data.case_outputs``
+inside their functions); the packages form floors (no package imports one above it, at module level or inside a
+function)."""
 
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ FORBIDDEN = [
 
 
 def test_training_imports_only_light_dependencies():
-    code = ("import sys, ragsam.training, ragsam.training.loop, ragsam.inference; "
-            "heavy = [m for m in ('SimpleITK', 'monai', 'faiss', 'matplotlib') if m in sys.modules]; "
+    code = ("import sys, ragsam.training, ragsam.training.loop, ragsam.inference, ragsam.data.case_outputs, "
+            "ragsam.data.dicom_seg; "
+            "heavy = [m for m in ('SimpleITK', 'monai', 'faiss', 'matplotlib', 'highdicom', 'pydicom') if m in sys.modules]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

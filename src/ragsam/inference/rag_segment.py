@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ragsam.data.case_outputs import case_outputs, check_seg_inputs, writes_seg
 from ragsam.errors import InputError
 from ragsam.retrieval.segment import (
     DEFAULT_SAM2,
@@ -22,13 +23,13 @@ from ragsam.retrieval.segment import (
     RagSegmenter,
     SegmentOptions,
     SegmentSummary,
+    bank_label_names,
     check_request,
     check_settings,
 )
 from ragsam.utils import ranks
 from ragsam.utils.atomic import check_writable
 from ragsam.utils.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
-from ragsam.utils.paths import case_output_paths
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -184,9 +185,14 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
     refs = discover_cases(input_path, layout=layout)
     if not refs:
         raise InputError(input_path, "no images found")
-    outputs = case_output_paths([ref.case_id for ref in refs], output_path)
     options = options or SegmentOptions()
     options.check(FINE_TUNED_RUNS)
+    outputs, companions = case_outputs([ref.case_id for ref in refs], output_path, options.output_format)
+    if writes_seg(options.output_format):  # a SEG's refusals (NIfTI input, anonymised series) before any model
+        from ragsam.retrieval.bank import SupportBank
+
+        check_seg_inputs(refs, bank_label_names(SupportBank.load(bank_dir)), options.output_format,
+                         options.series_uid, bank_dir)
     key = model_key(command="segment", bank=[file_digest(p) for p in sorted(Path(bank_dir).glob("*")) if p.is_file()],
                     sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
                     run=None if options.run_dir is None else
@@ -194,7 +200,7 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
                     sam2_run=None if sam2_run is None else
                     [file_digest(Path(sam2_run) / n) for n in ("model.safetensors", "config.yaml")],
                     **options.output_key())
-    plan = plan_cases(refs, outputs, key, force)  # refuses outputs that are not ragsam's before any model loads
+    plan = plan_cases(refs, outputs, key, force, companions)  # refuses outputs not ragsam's before any model loads
     segmenter = load_segmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
                              use_empty_supports, sam2_run) if plan.todo else None
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from ragsam.data.case_outputs import check_format, key_parts
 from ragsam.data.file_checks import check_ct_values
 from ragsam.errors import InputError
 from ragsam.retrieval.support_retrieval import retrieve_supports, support_memories
@@ -76,6 +77,7 @@ class SegmentOptions:
         z_prior: weight of the relative-z penalty in retrieval (``None`` / 0: off).
         run_dir: a fine-tuned run to fuse with (hybrid); ``None``: retrieval only.
         hybrid_weight: ``w`` of the retrieval term in the hybrid fusion.
+        output_format: ``nifti``, ``dicom-seg`` or ``both`` (:mod:`ragsam.data.case_outputs`).
     """
 
     k: int = 4
@@ -85,21 +87,23 @@ class SegmentOptions:
     z_prior: float | None = DEFAULT_Z_PRIOR
     run_dir: str | os.PathLike | None = None
     hybrid_weight: float = 0.5
+    output_format: str = "nifti"
 
     def check(self, fine_tuned: FineTunedSource | None = None) -> None:
         """Refuse bad values before any model loads (``fine_tuned`` checks ``run_dir``)."""
         check_request(self.hybrid_weight, self.batch_size, self.run_dir, fine_tuned)
+        check_format(self.output_format)
 
     def output_key(self) -> dict[str, Any]:
         """The options that change an output (batch size does not; the run enters by its files)."""
         return {"k": self.k, "exclude_cases": list(self.exclude_cases), "series_uid": self.series_uid,
-                "z_prior": self.z_prior, "hybrid_weight": self.hybrid_weight}
+                "z_prior": self.z_prior, "hybrid_weight": self.hybrid_weight, **key_parts(self.output_format)}
 
     def segment_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`RagSegmenter.segment`."""
         return {"k": self.k, "exclude_cases": self.exclude_cases, "batch_size": self.batch_size,
                 "series_uid": self.series_uid, "z_prior": self.z_prior, "run_dir": self.run_dir,
-                "hybrid_weight": self.hybrid_weight}
+                "hybrid_weight": self.hybrid_weight, "output_format": self.output_format}
 
 
 @dataclass
@@ -121,6 +125,7 @@ class SegmentSummary:
     run: str | None = None
     hybrid_weight: float | None = None
     skipped: bool = False  # already written by an earlier run with the same inputs and settings
+    seg_output: str | None = None  # the DICOM SEG beside ``output`` (``output_format="both"``)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -283,6 +288,7 @@ class RagSegmenter:
         hybrid_weight: float = 0.5,
         progress: Callable[[int, int], None] | None = None,
         own_supports: Mapping[int, np.ndarray] | None = None,
+        output_format: str = "nifti",
     ) -> SegmentSummary:
         """Segment one volume and write its label map; arguments as
         :func:`ragsam.inference.rag_segment.segment_volume` (``run_dir``: needs ``fine_tuned``).
@@ -293,14 +299,21 @@ class RagSegmenter:
                 joins every query slice's supports as the frame closest to the query (SAM 2
                 propagation from the user's own slices), and these slices keep their labels.
                 Ignored with a fine-tuned run (hybrid): only the supports change there.
+            output_format: ``nifti`` (``output_path`` a label file), ``dicom-seg`` (``output_path``
+                the SEG) or ``both`` (the SEG beside the label file): :mod:`ragsam.data.case_outputs`.
         """
+        from ragsam.data.case_outputs import write_case
+        from ragsam.data.dicom_seg import seg_path_for
         from ragsam.data.slices import slices_to_volume, volume_to_slices
-        from ragsam.data.volume import read_image, write_labels
+        from ragsam.data.volume import read_image
 
         start = time.perf_counter()
         check_request(hybrid_weight, batch_size, run_dir, self.fine_tuned)
         output_path = Path(output_path)
         check_writable(output_path, force)
+        seg_output = seg_path_for(output_path) if check_format(output_format) == "both" else None
+        if seg_output is not None:
+            check_writable(seg_output, force)
         bank = self.bank
         if k < 1 or k > len(bank):
             raise InputError(self.bank_dir, f"k={k} must be between 1 and the bank size ({len(bank)} slices)")
@@ -341,14 +354,30 @@ class RagSegmenter:
                 if progress is not None:
                     progress(z + 1, depth)
         volume = slices_to_volume(labels, stack.grid) if fused is None else slices_to_volume(fused, grid_ft)
-        write_labels(volume, image.geometry, output_path, force=force)
+        write_case(volume, image, output_path, output_format, force=force, label_names=bank_label_names(bank),
+                   series_uid=series_uid, algorithm="RAG" if run_dir is None else "hybrid",
+                   model_key=self._seg_model_key(run_dir))
         organs = sorted(int(o) for o in np.unique(volume) if o)
         return SegmentSummary(str(input_path), str(output_path), self.bank_dir, depth, k, organs,
                               self.cache.encoded - encoded_before, self.cache.hits - hits_before,
                               round(time.perf_counter() - start, 3), self.info,
                               str(self.embedder.identity.get("weights")), excluded,
                               None if run_dir is None else str(run_dir),
-                              None if run_dir is None else hybrid_weight)
+                              None if run_dir is None else hybrid_weight,
+                              seg_output=None if seg_output is None else str(seg_output))
+
+    def _seg_model_key(self, run_dir: str | os.PathLike | None) -> str:
+        """What a DICOM SEG names as the model: bank, SAM 2 (weights or train-rag run) and fine-tuned run."""
+        sam2 = self.info.get("run") or self.info.get("source") or self.info.get("name")
+        parts = [f"bank {Path(self.bank_dir).resolve().name}", f"sam2 {sam2}"]
+        if run_dir is not None:
+            parts.append(f"run {Path(run_dir).resolve().name}")
+        return "; ".join(str(p) for p in parts)
+
+
+def bank_label_names(bank: Any) -> dict[int, str]:
+    """``{id: organ name}`` of the bank's prepared cache (the organs a segmentation can hold)."""
+    return bank.prepare_meta().label_names
 
 
 def _own_memories(seg: Any, images: np.ndarray, own: Mapping[int, np.ndarray],
