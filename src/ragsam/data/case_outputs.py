@@ -7,7 +7,7 @@ One rule for both commands:
   it (``ct.seg.dcm``) or a label file whose SEG name is then used (``ct.nii.gz`` -> ``ct.seg.dcm``).
 * ``both``: the NIfTI as above and its SEG beside it, ``case.nii.gz`` -> ``case.seg.dcm``
   (:func:`ragsam.data.dicom_seg.seg_path_for`), recorded as a companion of the NIfTI in the
-  case's resume sidecar (:mod:`ragsam.inference.case_runner`).
+  case's resume sidecar (:mod:`ragsam.utils.case_runner`).
 
 A SEG references its source series, so every input must be a DICOM series folder with the UIDs
 a SEG references, and every organ of the label map needs a SNOMED CT code:
