@@ -108,7 +108,7 @@ def fetch_series(pacs: Pacs, cache: InstanceCache, study_uid: str, series_uid: s
     if not items:
         raise InputError(where, "the series holds no instances")
     uids = [check_uid(str(tag_value(i, "00080018", "")), "SOP Instance UID", where) for i in items]
-    for item, uid in zip(items, uids):
+    for item, uid in zip(items, uids, strict=True):
         _check_instance_class(where, uid, str(tag_value(item, "00080016", "")), tag_value(item, "00280008"))
     cached = sum(cache.has(uid) for uid in uids)
     done = cached
