@@ -142,3 +142,12 @@ class Orthanc:
                               json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True})
         found.raise_for_status()
         return sorted(s["MainDicomTags"].get("Modality", "") for s in found.json())
+
+    def delete_modality(self, study_uid: str, modality: str) -> int:
+        """Delete every series of ``modality`` in a study (Orthanc REST); how many were deleted."""
+        found = requests.post(f"{self.url}/tools/find", auth=self.auth, timeout=30,
+                              json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid, "Modality": modality}})
+        found.raise_for_status()
+        for orthanc_id in found.json():
+            requests.delete(f"{self.url}/series/{orthanc_id}", auth=self.auth, timeout=30).raise_for_status()
+        return len(found.json())

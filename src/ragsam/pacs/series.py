@@ -10,6 +10,7 @@ uneven spacing (:func:`ragsam.data.dicom.check_slice_positions`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 LEGACY_ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+#: WADO-RS requests in flight while fetching a series (a few hide the per-request latency).
+FETCH_WORKERS = 4
 
 #: Transfer syntaxes the DICOM reader decodes (GDCM in SimpleITK; each one read back in
 #: tests/pacs/test_series.py), with the names used in messages.
@@ -94,11 +97,12 @@ def find_series(pacs: Pacs, study_uid: str, series_uid: str | None, modality: st
 
 
 def fetch_series(pacs: Pacs, cache: InstanceCache, study_uid: str, series_uid: str,
-                 progress: Callable[[int, int], None] | None = None) -> FetchedSeries:
+                 progress: Callable[[int, int], None] | None = None, workers: int = FETCH_WORKERS) -> FetchedSeries:
     """Fetch the instances of a CT series that the cache lacks, then check the series.
 
     Args:
         progress: called as ``progress(instances_done, instances_total)`` after each instance.
+        workers: instances fetched at once (one WADO-RS request each).
     Raises:
         InputError: see the module docstring; a connection lost mid-fetch (the instances
             received so far stay cached, a rerun fetches the rest).
@@ -110,17 +114,26 @@ def fetch_series(pacs: Pacs, cache: InstanceCache, study_uid: str, series_uid: s
     uids = [check_uid(str(tag_value(i, "00080018", "")), "SOP Instance UID", where) for i in items]
     for item, uid in zip(items, uids, strict=True):
         _check_instance_class(where, uid, str(tag_value(item, "00080016", "")), tag_value(item, "00280008"))
-    cached = sum(cache.has(uid) for uid in uids)
-    done = cached
-    for uid in uids:
-        if cache.has(uid):
-            continue
+    missing = [uid for uid in uids if not cache.has(uid)]
+    cached = len(uids) - len(missing)
+
+    def fetch_one(uid: str) -> None:
         dataset = pacs.retrieve(study_uid, series_uid, uid)
-        _check_instance_class(where, uid, str(getattr(dataset, "SOPClassUID", "")), getattr(dataset, "NumberOfFrames", None))
+        _check_instance_class(where, uid, str(getattr(dataset, "SOPClassUID", "")),
+                              getattr(dataset, "NumberOfFrames", None))
         cache.put(uid, dataset, where)
-        done += 1
-        if progress is not None:
-            progress(done, len(uids))
+
+    with ThreadPoolExecutor(max(1, min(workers, len(missing) or 1)), "ragsam-fetch") as pool:
+        futures = [pool.submit(fetch_one, uid) for uid in missing]
+        try:
+            for done, future in enumerate(as_completed(futures), start=cached + 1):
+                future.result()  # the first failure is raised; what arrived before it stays cached
+                if progress is not None:
+                    progress(done, len(uids))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     files = [cache.path(uid) for uid in uids]
     description = check_files(where, files)
     folder = cache.series_folder(series_uid, uids)
