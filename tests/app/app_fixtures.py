@@ -73,3 +73,67 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+_SERVE = """
+import json, sys
+from ragsam.app import create_app, serve
+options = json.loads(sys.argv[1])
+session = create_app(**options)
+print(json.dumps({"token": session.token}), flush=True)
+serve(session)
+"""
+
+
+class ServerProcess:
+    """``ragsam.app`` served by uvicorn in a child process, so that its peak memory is its own.
+
+    Args:
+        options: :func:`ragsam.app.create_app` keyword arguments (JSON-able; ``port`` is chosen here).
+    """
+
+    def __init__(self, **options) -> None:
+        import json
+        import os
+        import subprocess
+        import sys
+
+        import ragsam
+
+        self.host, self.port = "127.0.0.1", free_port()
+        options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+        options.update(host=self.host, port=self.port)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(Path(ragsam.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+        self.process = subprocess.Popen([sys.executable, "-c", _SERVE, json.dumps(options)], env=env,
+                                        stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the app server process exited ({self.process.wait()})")
+        self.token = json.loads(line)["token"]
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection((self.host, self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("the app server process did not start") from None
+                time.sleep(0.1)
+
+    def memory(self) -> dict[str, int]:
+        """``{"rss": now, "peak": highest so far}`` in bytes (``VmRSS`` / ``VmHWM`` of /proc/PID/status)."""
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields["rss" if key == "VmRSS" else "peak"] = int(value.split()[0]) * 1024
+        return fields
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except Exception:  # noqa: BLE001 - a server that ignores SIGTERM is killed
+            self.process.kill()
+            self.process.wait()

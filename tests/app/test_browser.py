@@ -1,14 +1,17 @@
 """The app in a real browser: Debian's Chromium (headless) driven by Playwright, on a 64 px phantom.
 
 One server and one browser for the module; the steps run in order (view -> bad upload ->
-segment -> correct -> add to bank -> retrieve it -> re-segment) and save a screenshot each
-under docs/app/. If Chromium cannot start, the tests fail (never skip): the app's promise
-is that it works in a browser.
+segment -> correct -> add to bank -> retrieve it -> re-segment -> hostile names) and save a
+screenshot each under docs/app/. The page is opened with the token URL the command line
+prints, and every step checks that the page broke no Content-Security-Policy rule and raised
+no error. If Chromium cannot start, the tests fail (never skip): the app's promise is that it
+works in a browser.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -22,14 +25,21 @@ from PIL import Image
 CHROMIUM = os.environ.get("RAGSAM_CHROMIUM", "/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "app"
 LIVER = (0x91, 0x1E, 0xB4)  # label 6 in the reports' palette
-
-
+#: A prediction method (a folder name) that is HTML; it sorts after "rag", which test 1 opens.
+HOSTILE_METHOD = 'z<img src=x onerror="window.__pwned=\'method\'">'
+HOSTILE_SCANS = ['<img src=x onerror="window.__pwned=\'scan\'">.nii.gz',
+                 '"><svg onload="window.__pwned=\'svg\'"><b>bold.nii.gz']
 
 @pytest.fixture(scope="module")
-def server(world):
+def server(world, tmp_path_factory):
     from ragsam.app import create_app
 
-    session = create_app(bank=world["bank"], data=world["data"], predictions=(world["predictions"],),
+    predictions = tmp_path_factory.mktemp("browser-predictions")
+    shutil.copytree(world["predictions"] / "rag", predictions / "rag")
+    (predictions / HOSTILE_METHOD).mkdir()
+    first = sorted((predictions / "rag").iterdir())[0]
+    shutil.copy(first, predictions / HOSTILE_METHOD / first.name)
+    session = create_app(bank=world["bank"], data=world["data"], predictions=(predictions,),
                          port=free_port(), work=world["root"] / "work", sam2_weights="tiny", k=2)
     running = RunningServer(session)
     yield running
@@ -49,8 +59,10 @@ def page(server):
         tab = browser.new_page(viewport={"width": 1400, "height": 800})
         errors: list[str] = []
         tab.on("pageerror", lambda exc: errors.append(str(exc)))
-        tab.goto(server.base + "/")
+        tab.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
+        tab.goto(f"{server.base}/?token={server.session.token}")
         tab.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        assert tab.url == server.base + "/"  # the token went into a cookie, out of the address bar and history
         tab.errors = errors
         yield tab
         browser.close()
@@ -87,7 +99,7 @@ def _voxel_labels(page, viewer: str, points: list[tuple[int, int]], labels_path:
 def test_1_case_overlays_are_coloured_where_the_organ_is(page, world):
     first = world["cases"][0]
     page.click(f"#cases li[data-id='{first}']")
-    page.wait_for_function(f"document.body.dataset.loaded === 'case:{first}:rag'", timeout=60_000)
+    page.wait_for_function(f"() => document.body.dataset.loaded === 'case:{first}:rag'", timeout=60_000)
     page.fill("#opacity", "1")
     page.dispatch_event("#opacity", "input")
     page.wait_for_timeout(500)
@@ -117,7 +129,7 @@ def test_2_a_bad_upload_gets_the_command_line_message(page, world, tmp_path):
         read_image(bad)
     page.set_input_files("#file", str(bad))
     page.click("#segment")
-    page.wait_for_function("document.querySelector('#message').textContent.length > 0", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#message').textContent.length > 0", timeout=30_000)
     assert page.inner_text("#message") == f"ragsam: error: broken.nii.gz: {refused.value.problem}"
     assert not any((world["root"] / "work" / "scans").iterdir())  # nothing written
 
@@ -131,8 +143,8 @@ def test_3_upload_segment_correct_add_and_resegment(page, server, world, tmp_pat
     shutil.copy(world["first_image"], scan_file)  # case 1 is not in the bank
     page.set_input_files("#file", str(scan_file))
     page.click("#segment")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('slice')", timeout=120_000)
-    page.wait_for_function("(document.body.dataset.loaded || '').startsWith('scan:') && "
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('slice')", timeout=120_000)
+    page.wait_for_function("() => (document.body.dataset.loaded || '').startsWith('scan:') && "
                            "document.body.dataset.loaded.endsWith(':1')", timeout=300_000)
     scan = page.evaluate("window.ragsam.state.current.scan")
     assert scan["state"] == "done" and scan["total"] == 12 and scan["done"] == 12
@@ -158,7 +170,7 @@ def test_3_upload_segment_correct_add_and_resegment(page, server, world, tmp_pat
     page.click("#tool-off")
     _shot(page, "3-corrected")
     page.click("#add")
-    page.wait_for_function("/^(added slices|ragsam: error)/.test(document.querySelector('#message').textContent)",
+    page.wait_for_function("() => /^(added slices|ragsam: error)/.test(document.querySelector('#message').textContent)",
                            timeout=120_000)
     assert page.inner_text("#message").startswith("added slices"), page.inner_text("#message")
     [addition] = list_additions(world["bank"])
@@ -178,7 +190,7 @@ def test_3_upload_segment_correct_add_and_resegment(page, server, world, tmp_pat
 
     # re-segment: the corrected slice becomes a support of its own scan; its neighbours change
     page.click("#resegment")
-    page.wait_for_function("document.body.dataset.loaded && document.body.dataset.loaded.endsWith(':2')",
+    page.wait_for_function("() => document.body.dataset.loaded && document.body.dataset.loaded.endsWith(':2')",
                            timeout=300_000)
     again = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_path)))
     neighbours = [n for n in (z - 1, z + 1) if 0 <= n < 12]
@@ -196,3 +208,36 @@ def _canonical(image_path: Path):
 
     grid = volume_to_slices(read_image(image_path), None, SliceSettings(size=64)).grid
     return lambda array: to_canonical(array, grid.axes, grid.flips)
+
+
+def test_4_names_from_files_are_shown_as_text_never_run(page, server, world):
+    from hostile import small_ct
+
+    ct = small_ct()
+    for name in HOSTILE_SCANS:
+        count = page.locator("#scans li").count()
+        page.set_input_files("#file", files=[{"name": name, "mimeType": "application/gzip", "buffer": ct}])
+        page.click("#segment")
+        page.wait_for_function(f"() => document.querySelectorAll('#scans li').length === {count + 1}", timeout=60_000)
+    page.reload()  # the lists rebuilt from the server's JSON, as a colleague opening the page would see them
+    page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+    first = world["cases"][0]
+    page.click(f"#cases li[data-id='{first}']")
+    page.wait_for_function(f"() => document.body.dataset.loaded === 'case:{first}:rag'", timeout=60_000)
+    page.select_option("#method", HOSTILE_METHOD)
+    page.wait_for_function("() => document.body.dataset.loaded.startsWith('case:' + "
+                           f"{json.dumps(first)} + ':z<img')", timeout=60_000)
+    scans = page.eval_on_selector_all("#scans li", "els => els.map((e) => e.textContent)")
+    for name in HOSTILE_SCANS:
+        assert any(text.startswith(f"{name} · rag · ") for text in scans), scans
+    assert page.inner_text(f"#cases li[data-id='{first}']") == f"{first} · GT · rag, {HOSTILE_METHOD}"
+    assert page.inner_text("#titleA") == f"{first} · prediction: {HOSTILE_METHOD}"
+    assert HOSTILE_METHOD in page.eval_on_selector_all("#method option", "els => els.map((e) => e.textContent)")
+    assert page.locator("#metrics tbody tr").count() > 0
+    # nothing from those names became an element, an attribute or a script
+    assert page.evaluate("document.querySelectorAll('img[src=\"x\"], svg, b, [onerror], [onload]').length") == 0
+    assert page.evaluate("document.querySelectorAll('#scans li *, #cases li *, #method option *').length") == 0
+    assert page.evaluate("document.querySelectorAll('script').length") == 2  # niivue.umd.js and app.js
+    assert page.evaluate("window.__pwned === undefined")
+    _shot(page, "6-hostile-names")
+    assert not page.errors

@@ -1,7 +1,11 @@
-"""The app's HTTP rules without a browser: token, Host check, path escapes, upload limits and validation."""
+"""The app's HTTP rules without a browser: token, Host check, headers, path escapes, upload limits and validation.
+
+The hostile uploads (bombs, links, clashes) and the memory bound are in test_attacks.py.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 from pathlib import Path
@@ -27,42 +31,106 @@ def local(world):
     server.stop()
 
 
-def _request(server, method, path, body=None, headers=None):
+def _request(server, method, path, body=None, headers=None, token=True, full=False):
+    """``(status, JSON or bytes)`` (``full``: and the response); the session's token is sent unless ``token=False``."""
     conn = http.client.HTTPConnection(server.session.host, server.session.port, timeout=60)
-    conn.request(method, path, body=body, headers={"X-Ragsam": "1", **(headers or {})})
+    sent = {"X-Ragsam": "1", **(headers or {})}
+    if token and server.session.token:
+        sent.setdefault("X-Ragsam-Token", server.session.token)
+    conn.request(method, path, body=body, headers=sent)
     response = conn.getresponse()
     data = response.read()
     conn.close()
-    try:
-        return response.status, json.loads(data)
-    except ValueError:
-        return response.status, data
+    with contextlib.suppress(ValueError):
+        data = json.loads(data)
+    return (response.status, data, response) if full else (response.status, data)
 
 
 def test_another_host_needs_the_token(world):
     server = _start(world, host="127.0.0.2", token="s3cret")
     try:
         assert server.session.url.endswith("/?token=s3cret")
-        assert _request(server, "GET", "/api/info")[0] == 401
-        assert _request(server, "GET", "/api/info?token=wrong")[0] == 401
-        status, info = _request(server, "GET", "/api/info?token=s3cret")
+        assert _request(server, "GET", "/api/info", token=False)[0] == 401
+        assert _request(server, "GET", "/api/info?token=wrong", token=False)[0] == 401
+        status, info = _request(server, "GET", "/api/info?token=s3cret", token=False)
         assert status == 200 and info["organs"][5] == {"id": 6, "name": "liver", "colour": "#911eb4"}
-        assert _request(server, "GET", "/api/cases", headers={"X-Ragsam-Token": "s3cret"})[0] == 200
-        assert _request(server, "GET", "/", headers={"X-Ragsam-Token": "s3cret", "Host": "evil.example:80"})[0] == 403
+        assert _request(server, "GET", "/api/cases", headers={"X-Ragsam-Token": "s3cret"}, token=False)[0] == 200
+        assert _request(server, "GET", "/", headers={"X-Ragsam-Token": "s3cret", "Host": "evil.example:80"},
+                        token=False)[0] == 403
     finally:
         server.stop()
 
 
-def test_loopback_needs_no_token_but_refuses_other_hosts_and_bare_posts(local, world, tmp_path):
+def test_loopback_needs_the_token_too_and_refuses_other_hosts_and_bare_posts(local, world, tmp_path):
     from ragsam.app import create_app
 
     assert len(create_app(data=world["data"], host="0.0.0.0", port=1, work=tmp_path).token) >= 32
-    assert local.session.token is None
+    assert len(local.session.token) >= 32 and local.session.url.endswith(f"/?token={local.session.token}")
+    assert _request(local, "GET", "/api/info", token=False)[0] == 401
+    assert _request(local, "GET", "/files/data/dataset.json", token=False)[0] == 401
     assert _request(local, "GET", "/api/info")[0] == 200
     assert _request(local, "GET", "/api/info", headers={"Host": "rebind.example:80"})[0] == 403
     conn = http.client.HTTPConnection(local.session.host, local.session.port, timeout=30)
-    conn.request("POST", "/api/scans?name=x.nii.gz", body=b"x")  # no X-Ragsam header: a cross-site form
+    conn.request("POST", "/api/scans?name=x.nii.gz", body=b"x",  # no X-Ragsam header: a cross-site form
+                 headers={"X-Ragsam-Token": local.session.token})
     assert conn.getresponse().status == 403
+
+
+def test_no_token_only_on_loopback_when_asked(world, tmp_path):
+    from ragsam.app import create_app
+
+    session = create_app(data=world["data"], port=1, work=tmp_path, token=False)
+    assert session.token is None and session.url == "http://127.0.0.1:1/"
+    with pytest.raises(InputError, match="--no-token is refused on 0.0.0.0"):
+        create_app(data=world["data"], host="0.0.0.0", port=1, work=tmp_path, token=False)
+
+
+def test_the_token_url_sets_a_cookie_and_leaves_the_address_bar(local):
+    token = local.session.token
+    status, _, response = _request(local, "GET", f"/?token={token}", token=False, full=True)
+    assert status == 303 and response.getheader("location") == "/"
+    cookie = response.getheader("set-cookie")
+    assert cookie.startswith(f"ragsam_token_{local.session.port}={token};")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    status, page = _request(local, "GET", "/", headers={"Cookie": f"ragsam_token_{local.session.port}={token}"},
+                            token=False)
+    assert status == 200 and b"<title>ragsam" in page
+
+
+@pytest.mark.parametrize("path, token, status", [("/", True, 200), ("/static/app.js", True, 200),
+                                                 ("/api/info", False, 401), ("/files/data/nothing.nii.gz", True, 404),
+                                                 ("/api/scans/nope", True, 404)])
+def test_every_response_forbids_framing_sniffing_and_inline_script(local, path, token, status):
+    got, _, response = _request(local, "GET", path, token=token, full=True)
+    assert got == status
+    csp = dict(part.strip().split(" ", 1) for part in response.getheader("content-security-policy").split(";"))
+    assert csp["script-src"] == "'self'" and csp["style-src"] == "'self'" and csp["default-src"] == "'none'"
+    assert csp["frame-ancestors"] == "'none'" and "unsafe" not in response.getheader("content-security-policy")
+    assert response.getheader("x-frame-options") == "DENY"
+    assert response.getheader("x-content-type-options") == "nosniff"
+    assert response.getheader("referrer-policy") == "no-referrer"
+    if not path.startswith("/static/"):
+        assert response.getheader("cache-control") == "no-store"
+
+
+def test_the_page_has_no_inline_script_or_style():
+    from html.parser import HTMLParser
+
+    from ragsam.app.server import STATIC
+
+    found = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            names = {k for k, _ in attrs}
+            if tag == "script" and "src" not in names or tag == "style" or "style" in names \
+                    or any(k.startswith("on") for k in names):
+                found.append((tag, attrs))
+
+    Parser().feed((STATIC / "index.html").read_text())
+    assert found == []
+    script = (STATIC / "app.js").read_text()
+    assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "outerHTML" not in script
 
 
 @pytest.mark.parametrize("path", ["/files/data/..%2F..%2F..%2Fetc%2Fpasswd", "/files/data/%2Fetc%2Fpasswd",

@@ -107,3 +107,26 @@ def test_metaio_parse_errors_never_reach_the_terminal(tmp_path, capfd):
         read_image(path)
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_a_gzip_stream_is_never_decompressed_past_the_promised_bytes(tmp_path, monkeypatch):
+    from ragsam.data import file_checks
+
+    array = np.full((12, 16, 16), -1000, np.int16)
+    array[:, 4:12, 4:12] = 40
+    good = _write(array, tmp_path / "ct.nii")
+    needed = len(good.read_bytes())  # header + extension + voxels, exactly what the header promises
+    bomb = tmp_path / "bomb.nii.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as out:
+        out.write(good.read_bytes())
+        for _ in range(16):  # 64 MiB of trailing zeros, 64 KiB compressed
+            out.write(bytes(4 << 20))
+    read = []
+    chunks = file_checks._chunks
+    monkeypatch.setattr(file_checks, "_chunks", lambda *a, **k: (read.append(len(c)) or c for c in chunks(*a, **k)))
+    assert file_checks.read_nifti_header(bomb)["voxels"] == 12 * 16 * 16
+    file_checks.check_nifti_file(bomb)  # the gzip trailer disagrees: the stream is counted, up to `needed`
+    assert sum(read) == 4 << 20 and needed < 4 << 20  # one 4 MiB chunk, not 64 MiB
+    np.testing.assert_array_equal(read_image(bomb).array, array)
+    with pytest.raises(InputError, match=r"header promises 3.07e\+03 voxels \(16x16x12\); refusing more than 3071"):
+        file_checks.read_nifti_header(bomb, max_voxels=3071)

@@ -18,7 +18,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @dataclass
 class Session:
-    """One app: its ASGI application, address, token (None on loopback) and work folder."""
+    """One app: its ASGI application, address, token (None when started without one) and work folder."""
 
     app: object
     host: str
@@ -36,20 +36,22 @@ def create_app(bank: str | os.PathLike | None = None, run: str | os.PathLike | N
                data: str | os.PathLike | None = None, predictions: tuple[str | os.PathLike, ...] = (),
                host: str = "127.0.0.1", port: int = 8765, work: str | os.PathLike | None = None,
                sam2_weights: str = "auto", k: int = 4, device: str = "cpu", max_upload_mb: int = 1024,
-               token: str | None = None) -> Session:
+               token: str | bool = True) -> Session:
     """Build the app for the given folders.
 
     Args:
         bank: support bank (RAG, hybrid, supports shown, additions). run: fine-tuned run.
         data: a labelled dataset to browse. predictions: folders of predictions to show beside it.
-        host, port: where it will listen; any host other than loopback gets a token.
+        host, port: where it will listen.
         work: where uploads and their labels go (default: a new temporary folder).
         sam2_weights: SAM 2 for retrieval; ``auto`` = the demo's rule (SAM 2.1 Hiera-T when in
             the Hugging Face cache, else the tiny random model).
         k: supports per query slice. device: torch device rule. max_upload_mb: upload limit.
-        token: the token to require (default: a new random one when host is not loopback).
+        token: the token every request must carry: True (default) a new random one, on every
+            address (loopback too: other users and processes of the machine reach it); a string
+            that token; False none (loopback only: any local process may then use the app).
     Raises:
-        InputError: a folder that does not exist, a bad bank or run.
+        InputError: a folder that does not exist, a bad bank or run, no token off loopback.
     """
     from ragsam.app.catalog import Catalog, label_names_for
     from ragsam.app.engine import Engine
@@ -58,12 +60,14 @@ def create_app(bank: str | os.PathLike | None = None, run: str | os.PathLike | N
 
     if bank is None and run is None and data is None:
         raise InputError(None, "give at least one of --bank, --run, --data")
+    if token is False and host not in LOOPBACK:
+        raise InputError(None, f"--no-token is refused on {host}: only a loopback address may run without a token")
     if sam2_weights == "auto":
         from ragsam.demo import detect_weights
 
         sam2_weights = detect_weights().sam2_weights
     work_dir = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="ragsam-app-"))
-    (work_dir / "scans").mkdir(parents=True, exist_ok=True)
+    (work_dir / "scans").mkdir(mode=0o700, parents=True, exist_ok=True)  # uploads are patient data
     roots = {"scans": work_dir / "scans"}
     if data is not None:
         roots["data"] = Path(data)
@@ -84,12 +88,11 @@ def create_app(bank: str | os.PathLike | None = None, run: str | os.PathLike | N
 
         read_run_config(run)
     engine = Engine(bank_dir, Path(run) if run is not None else None, sam2_weights, k, device)
-    if token is None and host not in LOOPBACK:
-        token = secrets.token_urlsafe(24)
+    token = secrets.token_urlsafe(24) if token is True else (token or None)
     hosts = {f"{h}:{port}" for h in ({host} | ({"127.0.0.1", "localhost"} if host in LOOPBACK else set()))}
     hosts |= {f"[{host}]:{port}"} if ":" in host else set()
     app = build_app(catalog, engine, label_names_for(bank_dir), token=token, hosts=hosts,
-                    max_upload_mb=max_upload_mb)
+                    max_upload_mb=max_upload_mb, cookie=f"ragsam_token_{port}")
     return Session(app, host, port, token, work_dir)
 
 

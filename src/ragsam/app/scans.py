@@ -2,12 +2,14 @@
 
 A scan lives in ``<work>/scans/<id>/``::
 
-    input/<file>.nii.gz  or  input/dicom/...   the upload (a NIfTI file, or a zip of one DICOM series)
+    input/scan.nii.gz  or  input/dicom/...     the upload (a NIfTI file, or a zip of one DICOM series)
     labels.nii.gz                              the current labels, on the input's grid (download)
 
-An upload is validated with the readers the command line uses (``read_image`` and the
-CT check of ``ragsam segment``); a bad file gets the same one-line message and leaves
-nothing behind. Corrections arrive as a label volume on the input grid; the slices
+The upload's own name is only shown, never used as a file name. An upload is received
+and unpacked within the bounds of :mod:`ragsam.app.uploads`, then validated with the
+readers the command line uses (``read_image`` and the CT check of ``ragsam segment``);
+a bad file gets the same one-line message (naming the upload, not a server path) and
+leaves nothing behind. Corrections arrive as a label volume on the input grid; the slices
 that differ from the current labels (canonical z, the bank's slice order) become the
 scan's corrected slices. Those are what "add to bank" appends
 (:func:`ragsam.retrieval.bank_edit.add_slices`) and what re-segmentation passes as
@@ -16,24 +18,28 @@ scan's corrected slices. Those are what "add to bank" appends
 
 from __future__ import annotations
 
-import io
 import queue
 import secrets
-import shutil
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ragsam.app.uploads import (
+    VALIDATION_LOCK,
+    check_scan_size,
+    dicom_folder,
+    public_message,
+    remove,
+    unpack_zip,
+    upload_name,
+)
 from ragsam.errors import InputError, RagsamError
-from ragsam.utils.paths import resolve_inside
 
 MODES = ("rag", "finetuned", "hybrid")
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".zip")
-MAX_UNZIPPED_BYTES = 4 << 30
 
 
 @dataclass
@@ -53,6 +59,10 @@ class Scan:
     added: list[str] = field(default_factory=list)
     runs: int = 0
     stack: Any = None              # SliceStack of the input, sliced with the bank's settings
+
+    def public(self, text: str) -> str:
+        """``text`` with this scan's server folders replaced by the scan's name (for the page)."""
+        return public_message(text, {self.input: self.name, self.folder: f"scan {self.id}"})
 
     @property
     def labels_path(self) -> Path:
@@ -77,6 +87,8 @@ class ScanStore:
     def __init__(self, folder: Path, engine: Any) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".*.tmp"):  # uploads a stopped server was receiving
+            remove(stale)
         self.engine = engine
         self.scans: dict[str, Scan] = {}
         self.lock = threading.Lock()
@@ -84,62 +96,88 @@ class ScanStore:
         threading.Thread(target=self._work, name="ragsam-app-worker", daemon=True).start()
 
     # ----------------------------------------------------------------- upload
-    def create(self, name: str, data: bytes, mode: str) -> Scan:
-        """Validate and store an upload, then queue its segmentation.
+    def check_request(self, name: str, mode: str) -> str:
+        """The upload's display name, once its name and mode are acceptable (before its body is read).
 
         Raises:
-            InputError: ``<name>: <problem>``, as the command line words it; nothing is kept.
+            InputError: a name that is not a NIfTI or zip file, or a mode the app cannot run.
         """
-        safe = Path(name).name
+        safe = upload_name(name)
         if not safe.lower().endswith(UPLOAD_SUFFIXES):
             raise InputError(safe, "not a NIfTI file (.nii, .nii.gz) or a zip of a DICOM series")
         if mode not in MODES:
             raise InputError(None, f"mode {mode!r} is not one of {', '.join(MODES)}")
         self.engine.check_mode(mode)
-        scan_id = secrets.token_hex(4)
-        tmp = self.folder / f".{scan_id}.tmp"
-        tmp.mkdir()
+        return safe
+
+    def staging(self) -> Path:
+        """A new private folder for one upload's body (``<folder>/.<id>.tmp/``)."""
+        while True:
+            tmp = self.folder / f".{secrets.token_hex(4)}.tmp"
+            try:
+                tmp.mkdir(mode=0o700)
+                return tmp
+            except FileExistsError:
+                continue
+
+    def create(self, name: str, staged: Path, mode: str) -> Scan:
+        """Validate an upload received into ``staged/body`` (see :meth:`staging`), then queue its segmentation.
+
+        Uploads are unpacked and read one at a time (:data:`ragsam.app.uploads.VALIDATION_LOCK`).
+
+        Raises:
+            InputError: ``<name>: <problem>``, as the command line words it, never naming a
+                server path; nothing is kept.
+        """
+        safe = self.check_request(name, mode)
+        scan_id = staged.name[1:-4]
         try:
-            path = self._store(tmp / "input", safe, data)
-            self.engine.check_scan(path)
+            with VALIDATION_LOCK:
+                path = self._store(staged, safe)
+                check_scan_size(path)
+                self.engine.check_scan(path)
             final = self.folder / scan_id
-            tmp.rename(final)
+            staged.rename(final)
         except RagsamError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove(staged)
             problem = getattr(exc, "problem", None) or str(exc)
-            raise InputError(safe, problem) from None
+            raise InputError(safe, self._public(problem, safe, staged)) from None
+        except OSError as exc:
+            remove(staged)
+            raise InputError(safe, f"could not be stored ({exc.strerror or type(exc).__name__})") from None
+        except Exception as exc:  # noqa: BLE001 - a reader's crash on a hostile file is the file's fault
+            remove(staged)
+            raise InputError(safe, self._public(f"not a readable scan ({type(exc).__name__}: {exc})", safe,
+                                                staged)) from None
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove(staged)
             raise
-        scan = Scan(scan_id, safe, final, final / path.relative_to(tmp), mode)
+        scan = Scan(scan_id, safe, final, final / path.relative_to(staged), mode)
         with self.lock:
             self.scans[scan_id] = scan
         self.jobs.put((scan, {}))
         return scan
 
     @staticmethod
-    def _store(folder: Path, name: str, data: bytes) -> Path:
+    def _public(problem: str, name: str, staged: Path) -> str:
+        return public_message(problem, {staged / "input" / "dicom": name, staged / "input" / "scan.nii.gz": name,
+                                        staged / "input" / "scan.nii": name, staged: "upload"})
+
+    @staticmethod
+    def _store(staged: Path, name: str) -> Path:
+        """Move or unpack ``staged/body`` into ``staged/input``; returns the file or DICOM folder to read."""
+        body = staged / "body"
+        folder = staged / "input"
         folder.mkdir()
         if not name.lower().endswith(".zip"):
-            (folder / name).write_bytes(data)
-            return folder / name
-        dicom = folder / "dicom"
+            target = folder / ("scan.nii.gz" if name.lower().endswith(".gz") else "scan.nii")
+            body.rename(target)
+            return target
         try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                members = [m for m in archive.infolist() if not m.is_dir()]
-                if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
-                    raise InputError(name, f"unzips to more than {MAX_UNZIPPED_BYTES >> 30} GiB")
-                for member in members:
-                    target = resolve_inside(dicom, member.filename, name)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(archive.read(member))
-        except zipfile.BadZipFile:
-            raise InputError(name, "not a readable zip file") from None
-        if not dicom.is_dir():
-            raise InputError(name, "the zip file is empty")
-        files = [p for p in dicom.rglob("*") if p.is_file()]
-        parents = {p.parent for p in files}
-        return parents.pop() if len(parents) == 1 else dicom
+            unpack_zip(body, folder / "dicom")
+        finally:
+            body.unlink(missing_ok=True)
+        return dicom_folder(folder / "dicom")
 
     # --------------------------------------------------------------- queries
     def get(self, scan_id: str) -> Scan:
@@ -154,28 +192,37 @@ class ScanStore:
             return list(self.scans.values())
 
     # ------------------------------------------------------------ correction
-    def save_correction(self, scan: Scan, data: bytes) -> list[int]:
-        """Replace the scan's labels with an edited volume (NIfTI bytes on the input grid).
+    def save_correction(self, scan: Scan, upload: Path) -> list[int]:
+        """Replace the scan's labels with an edited volume (a NIfTI file on the input grid, moved from ``upload``).
 
         Returns:
             The scan's corrected canonical slices so far (sorted).
         Raises:
-            InputError: unreadable labels, another grid, or a scan not segmented yet.
+            InputError: unreadable labels, another grid, a volume too big to read, or a scan
+                not segmented yet.
         """
         from ragsam.data.slices import to_canonical
         from ragsam.data.volume import read_image, read_labels, write_labels
 
-        if scan.state != "done":
-            raise InputError(None, f"scan {scan.name} is not segmented yet")
-        suffix = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
-        edit_path = scan.folder / f"correction{suffix}"
-        edit_path.write_bytes(data)
         try:
-            image = read_image(scan.input)
-            edited = read_labels(edit_path, reference=image)
-            current = read_labels(scan.labels_path, reference=image)
+            if scan.state != "done":
+                raise InputError(None, f"scan {scan.name} is not segmented yet")
+            with open(upload, "rb") as fh:
+                suffix = ".nii.gz" if fh.read(2) == b"\x1f\x8b" else ".nii"
+            edit_path = scan.folder / f"correction{suffix}"
+            upload.rename(edit_path)
+            with VALIDATION_LOCK:
+                try:
+                    check_scan_size(edit_path)
+                    image = read_image(scan.input)
+                    edited = read_labels(edit_path, reference=image)
+                    current = read_labels(scan.labels_path, reference=image)
+                except RagsamError as exc:
+                    raise InputError("correction", scan.public(getattr(exc, "problem", None) or str(exc))) from None
+                finally:
+                    edit_path.unlink(missing_ok=True)
         finally:
-            edit_path.unlink(missing_ok=True)
+            upload.unlink(missing_ok=True)
         grid = scan.stack.grid
         changed = to_canonical(edited.array != current.array, grid.axes, grid.flips).any(axis=(1, 2))
         write_labels(edited.array.astype(np.uint8), image.geometry, scan.labels_path, force=True)
@@ -226,6 +273,6 @@ class ScanStore:
                 scan.runs += 1
                 scan.state = "done"
             except RagsamError as exc:
-                scan.state, scan.error = "error", str(exc).replace(str(scan.folder), scan.name)
+                scan.state, scan.error = "error", scan.public(str(exc))
             except Exception as exc:  # noqa: BLE001 - shown in the page, the server keeps running
-                scan.state, scan.error = "error", f"internal error: {type(exc).__name__}: {exc}"
+                scan.state, scan.error = "error", scan.public(f"internal error: {type(exc).__name__}: {exc}")

@@ -16,12 +16,17 @@ Routes::
     POST /api/scans/<id>/add             add the corrected slices to the bank
     POST /api/scans/<id>/resegment       segment again with the corrected slices as supports
 
-Safety: every request must carry the session token when one is set (query ``token``,
-header ``X-Ragsam-Token`` or the cookie the page gets); the ``Host`` header must name
-the address the app serves (no DNS rebinding); state-changing requests need the header
-``X-Ragsam: 1`` (a cross-site form cannot send it); request bodies above the upload
-limit are refused with 413 before they are stored. User errors come back as
-``{"error": "<path>: <problem>"}`` with status 400, the command line's one-line message.
+Safety: every request must carry the session token (on every address, loopback too, unless
+the app was started with ``--no-token``): query ``token`` (the page then sets an HttpOnly,
+SameSite=Strict cookie and redirects to a URL without it), header ``X-Ragsam-Token`` or
+that cookie; the ``Host`` header must name the address the app serves (no DNS rebinding);
+state-changing requests need the header ``X-Ragsam: 1`` (a cross-site form cannot send it);
+request bodies above the upload limit are refused with 413 (by ``Content-Length`` before
+anything is read, else as they stream to disk). Every response carries :data:`SECURITY_HEADERS`
+(a Content-Security-Policy allowing only the app's own scripts and styles, no framing, no
+MIME sniffing, no referrer, no caching). User errors come back as ``{"error": "<name>:
+<problem>"}`` with status 400, the command line's one-line message, with server folders
+replaced by their names (``<data>``, the upload's name).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,76 +49,92 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ragsam.app.catalog import Catalog, organ_table
 from ragsam.app.engine import Engine
 from ragsam.app.scans import MODES, ScanStore
+from ragsam.app.uploads import MAX_RECEIVING, public_message, receive_body, remove
 from ragsam.errors import InputError, RagsamError
 
 STATIC = Path(__file__).parent / "static"
 WINDOWS = {"abdomen": [-125, 275], "soft tissue": [-160, 240], "liver": [-45, 155], "bone": [-450, 1050],
            "lung": [-1350, 150]}
 COOKIE = "ragsam_token"
+#: Sent with every response. NiiVue draws with WebGL and reads volumes with fetch (blob:/data:
+#: URLs for its own buffers and fonts); nothing needs inline script, eval or a foreign origin.
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data: blob:; connect-src 'self' data: blob:; font-src 'self' data:; "
+                               "worker-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+}
 
 
 class Guard:
-    """ASGI middleware: token, Host check, CSRF header, body size limit."""
+    """ASGI middleware: security headers on every response; token, Host check, CSRF header, body size limit."""
 
-    def __init__(self, app: ASGIApp, token: str | None, hosts: set[str], max_bytes: int) -> None:
-        self.app, self.token, self.hosts, self.max_bytes = app, token, hosts, max_bytes
+    def __init__(self, app: ASGIApp, token: str | None, hosts: set[str], max_bytes: int, cookie: str = COOKIE) -> None:
+        self.app, self.token, self.hosts, self.max_bytes, self.cookie = app, token, hosts, max_bytes, cookie
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
+
+        async def send_secured(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    headers[key] = value
+                if "cache-control" not in headers:
+                    headers["cache-control"] = "no-store"
+            await send(message)
+
+        refusal = self.refusal(Request(scope))
+        if refusal is not None:
+            await refusal(scope, receive, send_secured)
+            return
+        await self.app(scope, receive, send_secured)
+
+    def refusal(self, request: Request) -> Response | None:
+        """The response refusing ``request``, or None when it may proceed."""
         host = request.headers.get("host", "")
         if host not in self.hosts:
-            await JSONResponse({"error": f"host {host!r} is not served here"}, 403)(scope, receive, send)
-            return
+            return JSONResponse({"error": f"host {host[:100]!r} is not served here"}, 403)
         given = request.query_params.get("token") or request.headers.get("x-ragsam-token") \
-            or request.cookies.get(COOKIE) or ""
+            or request.cookies.get(self.cookie) or ""
         if self.token is not None and not hmac.compare_digest(given.encode(), self.token.encode()):
-            await JSONResponse({"error": "missing or wrong token (use the URL printed at start)"}, 401)(
-                scope, receive, send)
-            return
+            return JSONResponse({"error": "missing or wrong token (use the URL printed at start)"}, 401)
         if request.method not in ("GET", "HEAD") and request.headers.get("x-ragsam") != "1":
-            await JSONResponse({"error": "missing X-Ragsam header"}, 403)(scope, receive, send)
-            return
+            return JSONResponse({"error": "missing X-Ragsam header"}, 403)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await JSONResponse({"error": f"upload larger than the limit of {self.max_bytes >> 20} MiB"}, 413)(
-                scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def _error(exc: RagsamError, status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status)
+            return JSONResponse({"error": f"upload larger than the limit of {self.max_bytes >> 20} MiB"}, 413)
+        return None
 
 
 def _clean(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused past ``limit`` bytes even without a Content-Length header."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InputError(None, f"upload larger than the limit of {limit >> 20} MiB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], token: str | None = None,
-              hosts: set[str] | None = None, max_upload_mb: int = 1024) -> Starlette:
+              hosts: set[str] | None = None, max_upload_mb: int = 1024, cookie: str = COOKIE) -> Starlette:
     """The ASGI application of one session (see the module docstring for the routes)."""
     scans = ScanStore(catalog.roots["scans"], engine)
     limit = int(max_upload_mb) << 20
+    places = {folder: f"<{name}>" for name, folder in catalog.roots.items()}
+    places |= {Path(d): f"<{n}>" for n, d in (("bank", engine.bank_dir), ("run", engine.run_dir)) if d is not None}
+    receiving = [0]
+
+    def _error(exc: RagsamError, status: int = 400) -> JSONResponse:
+        return JSONResponse({"error": public_message(str(exc), places)}, status)
 
     async def page(request: Request) -> Response:
-        response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
-        if token is not None and request.query_params.get("token") == token:
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-        return response
+        if token is not None and "token" in request.query_params:  # the Guard checked it: keep it out of the URL
+            response = RedirectResponse("/", 303)
+            response.set_cookie(cookie, token, httponly=True, samesite="strict")
+            return response
+        return FileResponse(STATIC / "index.html")
 
     async def files(request: Request) -> Response:
         try:
@@ -121,7 +143,7 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
             return _error(exc, 403)
         if not path.is_file():
             return JSONResponse({"error": "no such file"}, 404)
-        return FileResponse(path, headers={"Cache-Control": "no-store"})
+        return FileResponse(path)
 
     async def info(request: Request) -> Response:
         return JSONResponse({"organs": organ_table(label_names), "windows": WINDOWS, "k": engine.k,
@@ -164,19 +186,41 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
             png = await asyncio.to_thread(engine.thumbnail, request.path_params["case"], request.path_params["z"])
         except RagsamError as exc:
             return _error(exc, 404)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+        return Response(png, media_type="image/png")
 
     async def scan_list(request: Request) -> Response:
         return JSONResponse([s.to_json() for s in scans.all()])
 
     async def scan_create(request: Request) -> Response:
+        q = request.query_params
         try:
-            data = await _body(request, limit)
-        except InputError as exc:
-            return _error(exc, 413)
+            name = scans.check_request(q.get("name", ""), q.get("mode", "rag"))
+        except RagsamError as exc:
+            return _error(exc)
+        if receiving[0] >= MAX_RECEIVING:
+            return JSONResponse({"error": f"{name}: {MAX_RECEIVING} uploads are already arriving; "
+                                          "try again when one is done"}, 503)
+        receiving[0] += 1
+        staged = scans.staging()
         try:
-            scan = await asyncio.to_thread(scans.create, request.query_params.get("name", ""), data,
-                                           request.query_params.get("mode", "rag"))
+            try:
+                await receive_body(request, staged / "body", limit)
+            except InputError as exc:
+                remove(staged)
+                return JSONResponse({"error": f"{name}: {exc.problem}"}, 413)
+            except OSError as exc:
+                remove(staged)
+                return JSONResponse({"error": f"{name}: could not be stored ({exc.strerror})"}, 400)
+            except ClientDisconnect:
+                remove(staged)
+                return Response(status_code=400)  # nobody is listening
+            except BaseException:
+                remove(staged)
+                raise
+        finally:
+            receiving[0] -= 1
+        try:
+            scan = await asyncio.to_thread(scans.create, name, staged, q.get("mode", "rag"))
         except RagsamError as exc:
             return _error(exc)
         return JSONResponse(scan.to_json(), 201)
@@ -190,8 +234,19 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
     async def scan_labels(request: Request) -> Response:
         try:
             scan = scans.get(request.path_params["id"])
-            data = await _body(request, limit)
-            corrected = await asyncio.to_thread(scans.save_correction, scan, data)
+        except RagsamError as exc:
+            return _error(exc, 404)
+        upload = scan.folder / f".correction-{id(request):x}.upload"
+        try:
+            await receive_body(request, upload, limit)
+        except InputError as exc:
+            upload.unlink(missing_ok=True)
+            return JSONResponse({"error": f"correction: {exc.problem}"}, 413)
+        except (OSError, ClientDisconnect):
+            upload.unlink(missing_ok=True)
+            return JSONResponse({"error": "correction: could not be stored"}, 400)
+        try:
+            corrected = await asyncio.to_thread(scans.save_correction, scan, upload)
         except RagsamError as exc:
             return _error(exc)
         return JSONResponse({"corrected": corrected})
@@ -227,8 +282,11 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
         Route("/api/scans/{id}/add", scan_add, methods=["POST"]),
         Route("/api/scans/{id}/resegment", scan_resegment, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(Guard, token=token, hosts=hosts or set(),
-                                                          max_bytes=limit)])
+    async def internal(request: Request, exc: Exception) -> Response:  # one line, no traceback, no path
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
+
+    app = Starlette(routes=routes, exception_handlers={Exception: internal}, middleware=[Middleware(Guard, token=token, hosts=hosts or set(),
+                                                          max_bytes=limit, cookie=cookie)])
     app.state.scans = scans
     return app
 

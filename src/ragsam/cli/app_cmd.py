@@ -18,8 +18,8 @@ def app_cmd(
     predictions: list[Path] = typer.Option([], "--predictions", help="Prediction folder shown beside the "
                                            "ground truth: <dir>/<method>/<case>.nii.gz or <dir>/<case>.nii.gz "
                                            "(repeatable)."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on; any other than 127.0.0.1 requires the "
-                             "token printed at start."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (every address requires the token in the "
+                             "URL printed at start)."),
     port: int = typer.Option(8765, help="Port."),
     work: Path | None = typer.Option(None, help="Folder for uploads and their labels (default: a new "
                                      "temporary folder)."),
@@ -28,6 +28,8 @@ def app_cmd(
     k: int = typer.Option(4, help="Support slices per query slice."),
     device: str = typer.Option("cpu", help="cpu, auto (CUDA when available), cuda or cuda:N."),
     max_upload_mb: int = typer.Option(1024, help="Largest accepted upload (MiB)."),
+    no_token: bool = typer.Option(False, "--no-token", help="Serve without a token (loopback only): any user "
+                                  "or process of this machine can then read the scans and change the bank."),
 ) -> None:
     """See, correct and grow: a local web app over a bank, a run and a dataset.
 
@@ -37,6 +39,9 @@ def app_cmd(
     from ragsam.app import create_app, serve
 
     session = create_app(bank, run, data, tuple(predictions), host=host, port=port, work=work, sam2_weights=sam2,
-                         k=k, device=device, max_upload_mb=max_upload_mb)
+                         k=k, device=device, max_upload_mb=max_upload_mb, token=not no_token)
+    if no_token:
+        typer.echo("ragsam app: warning: --no-token: any user or process of this machine can open this app, read "
+                   "its scans and change the bank", err=True)
     typer.echo(f"ragsam app: open {session.url}  (uploads in {session.work}; Ctrl+C stops)")
     serve(session)

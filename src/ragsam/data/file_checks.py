@@ -76,21 +76,45 @@ def _check_spacing(path: Path, spacing: list[float], what: str) -> None:
         raise InputError(path, f"voxel spacing must be positive, got {what} = {' '.join(f'{s:g}' for s in spacing)}")
 
 
-def check_nifti_file(path: Path) -> None:
-    """Refuse a corrupt or truncated NIfTI, zero/negative spacing, and non-finite float voxels.
+def read_nifti_header(path: Path, max_voxels: int = MAX_VOXELS) -> dict:
+    """Parse a NIfTI-1/2 header (only its first 540 bytes are decompressed) and cap its size.
 
-    The gzip trailer's uncompressed size settles truncation in O(1); only float files
-    (and a trailer that disagrees) are decompressed once more, to scan every voxel.
+    Args:
+        path: ``.nii`` or ``.nii.gz``.
+        max_voxels: refuse a header promising more voxels than this (before any allocation).
+    Returns:
+        ``{"endian", "dims", "datatype", "bitpix", "pixdim", "offset", "voxels"}``; ``dims``
+        as stored (``dims[0]`` = rank), ``bitpix`` bits per voxel.
+    Raises:
+        InputError: no NIfTI header, an unreadable gzip stream, or more than ``max_voxels``.
     """
     gz = path.name.lower().endswith(".gz")
     try:
         with _open(path, gz) as fh:
             header = fh.read(540)
-        info = _parse_nifti_header(header)
-        if info is None:
-            raise InputError(path, "not a readable image (no NIfTI header)")
-        if _voxel_count(info) > MAX_VOXELS:
-            raise InputError(path, f"header promises {_voxel_count(info):.3g} voxels; refusing more than {MAX_VOXELS}")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(path, f"not a readable image (corrupt or truncated gzip stream: {exc})") from None
+    info = _parse_nifti_header(header)
+    if info is None:
+        raise InputError(path, "not a readable image (no NIfTI header)")
+    info["voxels"] = _voxel_count(info)
+    if info["voxels"] > max_voxels:
+        size = "x".join(str(max(int(d), 1)) for d in info["dims"][1 : 1 + max(0, min(int(info["dims"][0]), 7))])
+        raise InputError(path, f"header promises {info['voxels']:.3g} voxels ({size}); refusing more than {max_voxels}")
+    return info
+
+
+def check_nifti_file(path: Path) -> None:
+    """Refuse a corrupt or truncated NIfTI, zero/negative spacing, and non-finite float voxels.
+
+    The gzip trailer's uncompressed size settles truncation in O(1); only float files
+    (and a trailer that disagrees) are decompressed once more, to scan every voxel, and
+    never past the bytes the header promises (a gzip bomb behind a small header costs no
+    more than the image it claims to be).
+    """
+    gz = path.name.lower().endswith(".gz")
+    info = read_nifti_header(path)
+    try:
         needed = _data_end(info)
         ndim = max(1, min(int(info["dims"][0]), 3))
         _check_spacing(path, list(info["pixdim"][1 : 1 + ndim]), f"pixdim[1:{1 + ndim}]")
@@ -102,13 +126,23 @@ def check_nifti_file(path: Path) -> None:
             if floats is None and isize == needed % (1 << 32):
                 return  # gzip trailer: the stream holds exactly the promised bytes (fast path)
         if floats is None:
-            total = sum(len(c) for c in _chunks(path, gz, 0)) if gz else path.stat().st_size
+            total = _count_up_to(path, needed) if gz else path.stat().st_size
         else:
             total = _scan_floats(path, gz, info, info["endian"] + floats)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(path, f"not a readable image (corrupt or truncated gzip stream: {exc})") from None
     if total < needed:
         raise InputError(path, f"not a readable image (truncated NIfTI: {total} of {needed} bytes)")
+
+
+def _count_up_to(path: Path, needed: int) -> int:
+    """Decompressed bytes of a gzip file, counted no further than ``needed``."""
+    total = 0
+    for chunk in _chunks(path, True, 0):
+        total += len(chunk)
+        if total >= needed:
+            break
+    return total
 
 
 def _scan_floats(path: Path, gz: bool, info: dict, dtype: str) -> int:

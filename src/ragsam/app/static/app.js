@@ -1,7 +1,24 @@
 // ragsam app page: two synchronised NiiVue viewers, the case and scan lists, editing, supports.
+// Every value that comes from data (scan and case names, methods, organs, bank entries) reaches the
+// page through el() / textContent, never as HTML; the server's Content-Security-Policy forbids inline script.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
+
+// An element with properties (dataset: {...}, style: {...}, any other DOM property) and text or element children.
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset" || key === "style") Object.assign(node[key], value);
+    else node[key] = value;
+  }
+  node.append(...children.map((c) => (c instanceof Node ? c : String(c))));
+  return node;
+}
+
+function byData(selector, key, value) {
+  return Array.from(document.querySelectorAll(selector)).find((node) => node.dataset[key] === String(value)) || null;
+}
 const state = { info: null, cases: [], current: null, poll: null, supportTimer: null, viewsReady: null };
 
 async function api(path, options = {}) {
@@ -13,7 +30,7 @@ async function api(path, options = {}) {
 }
 
 function fileUrl(ref) {
-  return `/files/${ref[0]}/${ref[1].split("/").map(encodeURIComponent).join("/")}`;
+  return `/files/${encodeURIComponent(ref[0])}/${ref[1].split("/").map(encodeURIComponent).join("/")}`;
 }
 
 function say(text, ok = false) {
@@ -89,11 +106,11 @@ function setView(kind) {
 // ---------------------------------------------------------------- cases
 async function openCase(entry) {
   state.current = { kind: "case", entry };
-  markActive(`#cases li[data-id="${entry.id}"]`);
+  markActive(byData("#cases li", "id", entry.id));
   $("#editbar").hidden = true;
   $("#method-label").hidden = !Object.keys(entry.predictions).length;
   const methods = Object.keys(entry.predictions);
-  $("#method").innerHTML = methods.map((m) => `<option>${m}</option>`).join("");
+  $("#method").replaceChildren(...methods.map((m) => el("option", { value: m }, m)));
   await showCase();
 }
 
@@ -115,12 +132,12 @@ async function showCase() {
 
 async function showMetrics(entry, method) {
   const body = $("#metrics tbody");
-  body.innerHTML = "";
+  body.replaceChildren();
   if (!entry || !entry.labels || !method) return;
   const rows = await api(`/api/metrics?case=${encodeURIComponent(entry.id)}&method=${encodeURIComponent(method)}`);
   const fmt = (v, digits) => (v === null ? "–" : v.toFixed(digits));
-  body.innerHTML = rows.map((r) => `<tr data-organ="${r.id}"><td>${r.name}</td><td>${fmt(r.dice, 3)}</td>` +
-                                   `<td>${fmt(r.hd95, 1)}</td></tr>`).join("");
+  body.replaceChildren(...rows.map((r) => el("tr", { dataset: { organ: r.id } }, el("td", {}, r.name),
+                                             el("td", {}, fmt(r.dice, 3)), el("td", {}, fmt(r.hd95, 1)))));
 }
 
 // ---------------------------------------------------------------- scans
@@ -129,7 +146,7 @@ async function upload() {
   if (!file) { fail("choose a NIfTI file or a zip of a DICOM series first"); return; }
   say("");
   try {
-    const scan = await api(`/api/scans?name=${encodeURIComponent(file.name)}&mode=${$("#mode").value}`,
+    const scan = await api(`/api/scans?name=${encodeURIComponent(file.name)}&mode=${encodeURIComponent($("#mode").value)}`,
                            { method: "POST", body: file });
     await refreshScans();
     watch(scan.id);
@@ -138,16 +155,19 @@ async function upload() {
 
 async function refreshScans() {
   const scans = await api("/api/scans");
-  $("#scans").innerHTML = scans.map((s) => `<li data-id="${s.id}">${s.name} · ${s.mode} · ${s.state}</li>`).join("");
-  document.querySelectorAll("#scans li").forEach((li) => li.addEventListener("click", () => openScan(li.dataset.id)));
-  if (state.current && state.current.kind === "scan") markActive(`#scans li[data-id="${state.current.scan.id}"]`);
+  $("#scans").replaceChildren(...scans.map((s) => {
+    const li = el("li", { dataset: { id: s.id } }, `${s.name} · ${s.mode} · ${s.state}`);
+    li.addEventListener("click", () => openScan(s.id).catch(fail));
+    return li;
+  }));
+  if (state.current && state.current.kind === "scan") markActive(byData("#scans li", "id", state.current.scan.id));
 }
 
 function watch(id) {
   clearInterval(state.poll);
   state.poll = setInterval(async () => {
     try {
-      const scan = await api(`/api/scans/${id}`);
+      const scan = await api(`/api/scans/${encodeURIComponent(id)}`);
       $("#progress").max = Math.max(scan.total, 1);
       $("#progress").value = scan.done;
       $("#status").textContent = scan.state === "running" ? `${scan.name}: slice ${scan.done} / ${scan.total}`
@@ -163,10 +183,10 @@ function watch(id) {
 }
 
 async function openScan(id) {
-  const scan = await api(`/api/scans/${id}`);
+  const scan = await api(`/api/scans/${encodeURIComponent(id)}`);
   if (scan.state !== "done") { watch(id); return; }
   state.current = { kind: "scan", scan };
-  markActive(`#scans li[data-id="${id}"]`);
+  markActive(byData("#scans li", "id", id));
   $("#method-label").hidden = true;
   $("#viewerB").hidden = true;
   $("#editbar").hidden = false;
@@ -189,7 +209,7 @@ function showCorrected(scan) {
 async function saveCorrection() {
   const scan = state.current.scan;
   const bytes = await state.nvA.saveImage({ filename: "", isSaveDrawing: true });
-  const result = await api(`/api/scans/${scan.id}/labels`, { method: "PUT", body: bytes });
+  const result = await api(`/api/scans/${encodeURIComponent(scan.id)}/labels`, { method: "PUT", body: bytes });
   scan.corrected = result.corrected;
   showCorrected(scan);
   return result;
@@ -198,7 +218,7 @@ async function saveCorrection() {
 async function addToBank() {
   try {
     await saveCorrection();
-    const added = await api(`/api/scans/${state.current.scan.id}/add`, { method: "POST" });
+    const added = await api(`/api/scans/${encodeURIComponent(state.current.scan.id)}/add`, { method: "POST" });
     state.current.scan.added.push(added.id);
     showCorrected(state.current.scan);
     say(`added slices ${added.slices.join(", ")} to the support bank as ${added.id}`, true);
@@ -209,7 +229,7 @@ async function addToBank() {
 async function resegment() {
   try {
     await saveCorrection();
-    await api(`/api/scans/${state.current.scan.id}/resegment`, { method: "POST" });
+    await api(`/api/scans/${encodeURIComponent(state.current.scan.id)}/resegment`, { method: "POST" });
     watch(state.current.scan.id);
   } catch (error) { fail(error); }
 }
@@ -235,34 +255,34 @@ async function showSupports() {
   const mm = state.nvA.frac2mm(state.nvA.scene.crosshairPos);
   const image = state.current.kind === "case" ? state.current.entry.image : state.current.scan.image;
   const caseId = state.current.kind === "case" ? state.current.entry.id : "";
-  const query = `root=${image[0]}&path=${encodeURIComponent(image[1])}&mm=${mm[0]},${mm[1]},${mm[2]}` +
+  const query = `root=${encodeURIComponent(image[0])}&path=${encodeURIComponent(image[1])}&mm=${mm[0]},${mm[1]},${mm[2]}` +
                 `&case=${encodeURIComponent(caseId)}`;
   try {
     const result = await api(`/api/supports?${query}`);
     $("#supports-z").textContent = `for slice z=${result.z}`;
-    $("#supports").innerHTML = result.supports.map((s) =>
-      `<div class="support${s.case_id.startsWith("added-") ? " own" : ""}" data-case="${s.case_id}" data-z="${s.z}"` +
-      ` data-similarity="${s.similarity}"><img alt="${s.case_id} z=${s.z}" src="/api/thumb/${encodeURIComponent(s.case_id)}/${s.z}.png">` +
-      `<div>${s.case_id} · z=${s.z}<br>cos ${s.similarity.toFixed(3)}</div></div>`).join("");
+    $("#supports").replaceChildren(...result.supports.map((s) => el("div",
+      { className: s.case_id.startsWith("added-") ? "support own" : "support",
+        dataset: { case: s.case_id, z: s.z, similarity: s.similarity } },
+      el("img", { alt: `${s.case_id} z=${s.z}`, src: `/api/thumb/${encodeURIComponent(s.case_id)}/${Number(s.z)}.png` }),
+      el("div", {}, `${s.case_id} · z=${s.z}`, el("br"), `cos ${Number(s.similarity).toFixed(3)}`))));
     $("#supports").dataset.z = result.z;
   } catch (error) { fail(error); }
 }
 
 // ---------------------------------------------------------------- set-up
-function markActive(selector) {
-  document.querySelectorAll("li.active").forEach((li) => li.classList.remove("active"));
-  const li = document.querySelector(selector);
+function markActive(li) {
+  document.querySelectorAll("li.active").forEach((node) => node.classList.remove("active"));
   if (li) li.classList.add("active");
 }
 
 async function main() {
   state.info = await api("/api/info");
-  $("#mode").innerHTML = state.info.modes.map((m) => `<option value="${m}">${{ rag: "RAG (bank)",
-    finetuned: "fine-tuned (run)", hybrid: "hybrid" }[m]}</option>`).join("");
-  $("#window").innerHTML = Object.keys(state.info.windows).map((w) => `<option>${w}</option>`).join("");
-  $("#organ").innerHTML = state.info.organs.map((o) => `<option value="${o.id}">${o.id} ${o.name}</option>`).join("");
-  $("#legend").innerHTML = state.info.organs.map((o) =>
-    `<li><span class="swatch" style="background:${o.colour}"></span>${o.id} ${o.name}</li>`).join("");
+  const modeNames = { rag: "RAG (bank)", finetuned: "fine-tuned (run)", hybrid: "hybrid" };
+  $("#mode").replaceChildren(...state.info.modes.map((m) => el("option", { value: m }, modeNames[m] || m)));
+  $("#window").replaceChildren(...Object.keys(state.info.windows).map((w) => el("option", { value: w }, w)));
+  $("#organ").replaceChildren(...state.info.organs.map((o) => el("option", { value: o.id }, `${o.id} ${o.name}`)));
+  $("#legend").replaceChildren(...state.info.organs.map((o) =>
+    el("li", {}, el("span", { className: "swatch", style: { background: o.colour } }), `${o.id} ${o.name}`)));
   state.nvA = await makeViewer("gl1");
   state.nvB = await makeViewer("gl2");
   state.nvA.broadcastTo([state.nvB], { "2d": true, "3d": true });
@@ -271,10 +291,13 @@ async function main() {
   state.nvA.onMouseUp = () => scheduleSupports();
   setView("axial");
   state.cases = await api("/api/cases");
-  $("#cases").innerHTML = state.cases.map((c) => `<li data-id="${c.id}">${c.id}` +
-    `${c.labels ? " · GT" : ""}${Object.keys(c.predictions).length ? " · " + Object.keys(c.predictions).join(", ") : ""}</li>`).join("");
-  document.querySelectorAll("#cases li").forEach((li) => li.addEventListener("click", () =>
-    openCase(state.cases.find((c) => c.id === li.dataset.id)).catch(fail)));
+  $("#cases").replaceChildren(...state.cases.map((c) => {
+    const methods = Object.keys(c.predictions);
+    const li = el("li", { dataset: { id: c.id } },
+                  `${c.id}${c.labels ? " · GT" : ""}${methods.length ? " · " + methods.join(", ") : ""}`);
+    li.addEventListener("click", () => openCase(c).catch(fail));
+    return li;
+  }));
   document.querySelectorAll("button.view").forEach((b) => b.addEventListener("click", () => setView(b.dataset.view)));
   $("#method").addEventListener("change", () => showCase().catch(fail));
   $("#window").addEventListener("change", () => {
