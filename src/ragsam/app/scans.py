@@ -59,6 +59,7 @@ class Scan:
     added: list[str] = field(default_factory=list)
     runs: int = 0
     stack: Any = None              # SliceStack of the input, sliced with the bank's settings
+    origin: dict | None = None     # {"study", "series"} of a scan opened from the PACS (ragsam.app.pacs_link)
 
     def public(self, text: str) -> str:
         """``text`` with this scan's server folders replaced by the scan's name (for the page)."""
@@ -71,7 +72,7 @@ class Scan:
     def to_json(self) -> dict:
         return {"id": self.id, "name": self.name, "mode": self.mode, "state": self.state, "done": self.done,
                 "total": self.total, "error": self.error, "corrected": sorted(self.corrected),
-                "added": list(self.added), "runs": self.runs,
+                "added": list(self.added), "runs": self.runs, "pacs": self.origin,
                 "image": ["scans", str(self.input.relative_to(self.folder.parent))],
                 "labels": ["scans", f"{self.id}/labels.nii.gz"] if self.runs else None}
 
@@ -155,6 +156,41 @@ class ScanStore:
         scan = Scan(scan_id, safe, final, final / path.relative_to(staged), mode)
         with self.lock:
             self.scans[scan_id] = scan
+        self.jobs.put((scan, {}))
+        return scan
+
+    def adopt_series(self, name: str, series: Path, mode: str, origin: dict) -> Scan:
+        """A DICOM series folder fetched from the PACS (linked, not copied) becomes a scan, queued like an upload.
+
+        Raises:
+            InputError: ``<name>: <problem>`` (the reader's and CT checks of an upload); nothing is kept.
+        """
+        import os
+        import shutil
+
+        staged = self.staging()
+        folder = staged / "input" / "dicom"
+        try:
+            folder.mkdir(parents=True)
+            for path in sorted(series.iterdir()):
+                try:
+                    os.link(path, folder / path.name)
+                except OSError:
+                    shutil.copy2(path, folder / path.name)
+            with VALIDATION_LOCK:
+                self.engine.check_scan(folder)
+            final = self.folder / staged.name[1:-4]
+            staged.rename(final)
+        except RagsamError as exc:
+            remove(staged)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise InputError(name, self._public(problem, name, staged)) from None
+        except BaseException:
+            remove(staged)
+            raise
+        scan = Scan(final.name, name, final, final / "input" / "dicom", mode, origin=dict(origin))
+        with self.lock:
+            self.scans[scan.id] = scan
         self.jobs.put((scan, {}))
         return scan
 
