@@ -60,6 +60,7 @@ class Scan:
     runs: int = 0
     stack: Any = None              # SliceStack of the input, sliced with the bank's settings
     origin: dict | None = None     # {"study", "series"} of a scan opened from the PACS (ragsam.app.pacs_link)
+    view: Path | None = None       # a NIfTI copy of a DICOM input for the viewer (NiiVue reads files, not folders)
 
     def public(self, text: str) -> str:
         """``text`` with this scan's server folders replaced by the scan's name (for the page)."""
@@ -73,7 +74,7 @@ class Scan:
         return {"id": self.id, "name": self.name, "mode": self.mode, "state": self.state, "done": self.done,
                 "total": self.total, "error": self.error, "corrected": sorted(self.corrected),
                 "added": list(self.added), "runs": self.runs, "pacs": self.origin,
-                "image": ["scans", str(self.input.relative_to(self.folder.parent))],
+                "image": ["scans", str((self.view or self.input).relative_to(self.folder.parent))],
                 "labels": ["scans", f"{self.id}/labels.nii.gz"] if self.runs else None}
 
 
@@ -179,6 +180,7 @@ class ScanStore:
                     shutil.copy2(path, folder / path.name)
             with VALIDATION_LOCK:
                 self.engine.check_scan(folder)
+                _write_view(folder, staged / "input" / "view.nii.gz")
             final = self.folder / staged.name[1:-4]
             staged.rename(final)
         except RagsamError as exc:
@@ -188,7 +190,8 @@ class ScanStore:
         except BaseException:
             remove(staged)
             raise
-        scan = Scan(final.name, name, final, final / "input" / "dicom", mode, origin=dict(origin))
+        scan = Scan(final.name, name, final, final / "input" / "dicom", mode, origin=dict(origin),
+                    view=final / "input" / "view.nii.gz")
         with self.lock:
             self.scans[scan.id] = scan
         self.jobs.put((scan, {}))
@@ -312,3 +315,16 @@ class ScanStore:
                 scan.state, scan.error = "error", scan.public(str(exc))
             except Exception as exc:  # noqa: BLE001 - shown in the page, the server keeps running
                 scan.state, scan.error = "error", scan.public(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _write_view(series: Path, out: Path) -> None:
+    """The DICOM series as a NIfTI image (HU, int16 when exact) for the page's viewer."""
+    import SimpleITK as sitk
+
+    from ragsam.data.volume import read_image, to_sitk
+
+    image = read_image(series)
+    array = image.array
+    if np.array_equal(array, np.round(array)) and array.min() >= -32768 and array.max() <= 32767:
+        image = type(image)(array.astype(np.int16), image.geometry, image.path)
+    sitk.WriteImage(to_sitk(image), str(out), True)
