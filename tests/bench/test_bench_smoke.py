@@ -180,3 +180,14 @@ def test_set_attention_switches_and_keeps_outputs() -> None:
     with pytest.raises(ValueError, match="flash"):
         modes.set_attention(model, "flash")
     assert modes.speedup(2.0, 5.0) == 2.5 and modes.speedup(0.0, 1.0) is None
+
+
+def test_dicom_seg_quick(tmp_path) -> None:
+    """The SEG benchmark writes every mode and reads the SEG back equal to the labels."""
+    out = tmp_path / "dicom_seg.json"
+    result = _script("dicom_seg").main(["--quick", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["benchmark"] == "dicom_seg" and result["agreement"] == 1.0
+    assert set(result["seconds"]) == {"nifti", "dicom-seg", "both", "read"}
+    assert result["bytes"]["both"] == result["bytes"]["nifti"] + result["bytes"]["dicom-seg"]
+    assert result["series"] == {"slices": 20, "rows": 512, "columns": 512, "organs": [1, 6, 7, 8, 9, 10, 11, 12]}

@@ -506,8 +506,33 @@ def _weights_cases() -> list[Case]:
     ]
 
 
+def _seg_cases() -> list[Case]:
+    """``--output-format dicom-seg|both``: inputs a DICOM SEG cannot reference (refused before any model)."""
+    shared = Path(__file__).resolve().parents[1] / "assets" / "real-ct" / "abdomen-ct-dicom" / "dicom"
+    cases = []
+    for fmt in ("dicom-seg", "both"):
+        cases += [
+            Case(f"predict-{fmt}-nifti-input", lambda b, d, f=fmt: (
+                ["predict", str(b.run), str(b.image), "-o", str(d / "out"), "--output-format", f, "--device", "cpu"],
+                b.image.name, d / "out")),
+            Case(f"segment-{fmt}-nifti-input", lambda b, d, f=fmt: (
+                ["segment", str(b.image), "-o", str(d / "out"), "--index", str(b.bank), "--sam2", "tiny",
+                 "--output-format", f, "--device", "cpu"], b.image.name, d / "out")),
+            Case(f"predict-{fmt}-series-without-uids", lambda b, d, f=fmt: (  # the anonymised shared series
+                ["predict", str(b.run), str(shared), "-o", str(d / "out"), "--output-format", f, "--device", "cpu"],
+                "no StudyInstanceUID", d / "out")),
+            Case(f"segment-{fmt}-series-without-uids", lambda b, d, f=fmt: (
+                ["segment", str(shared), "-o", str(d / "out"), "--index", str(b.bank), "--sam2", "tiny",
+                 "--output-format", f, "--device", "cpu"], "no StudyInstanceUID", d / "out")),
+        ]
+    cases.append(Case("predict-unknown-output-format", lambda b, d: (
+        ["predict", str(b.run), str(b.image), "-o", str(d / "out"), "--output-format", "rtstruct"], "rtstruct",
+        d / "out")))
+    return cases
+
+
 CASES: list[Case] = (_image_cases() + _output_cases() + _config_cases() + _label_map_cases()
-                     + _cache_and_bank_cases() + _weights_cases())
+                     + _cache_and_bank_cases() + _weights_cases() + _seg_cases())
 
 
 def test_the_suite_is_large():

@@ -177,3 +177,96 @@ def test_table_covers_btcv_flare22_and_paper_maps():
         assert all(lmap.labels[i].lower() in codes for i in lmap.organ_ids), name
     assert seg_path_for("out/case.nii.gz") == Path("out/case.seg.dcm")
     assert seg_path_for("case.mha") == Path("case.seg.dcm")
+
+
+def _foreign_seg(series: Path, masks: list[np.ndarray], segments: list[tuple[str, str, str, str | None]],
+                 seg_type: str = "BINARY"):
+    """A SEG as another tool writes one (highdicom directly): own numbering, labels and codes.
+
+    ``segments``: (label, type value, type meaning, laterality value or None), numbered 1.. in order.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    sources, _ = source_datasets(series)
+    z = slice_indices(sources, read_image(series).geometry, "x")
+    descriptions = []
+    for number, (label, value, meaning, side) in enumerate(segments, start=1):
+        item = hd.seg.SegmentDescription(
+            number, label, codes.SCT.AnatomicalStructure, hd.sr.CodedConcept(value, "SCT", meaning),
+            hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        if side:
+            item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(side, "SCT", "Left" if side == "7771000" else "Right")]
+        descriptions.append(item)
+    stack = np.stack([m[z] for m in masks], axis=-1).astype(np.uint8)  # (instances, rows, cols, segments)
+    if seg_type == "LABELMAP":
+        stack = (stack * np.arange(1, len(masks) + 1)).max(axis=-1).astype(np.uint8)
+    return hd.seg.Segmentation(sources, stack, seg_type, descriptions, hd.UID(), 7, hd.UID(), 1, "other", "tool",
+                               "1", "1")
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_reads_a_seg_written_elsewhere_into_the_label_map(series, real_labels, seg_type):
+    """Segments renumbered, one renamed (matched by its code), laterality as a modifier: ids of the map."""
+    image = read_image(series["head-first"])
+    liver, spleen = real_labels == 6, real_labels == 1
+    kidney = np.zeros_like(liver)
+    kidney[5:8, 300:320, 100:140] = True  # a hand-drawn "left kidney"
+    kidney &= ~liver & ~spleen
+    seg = _foreign_seg(series["head-first"], [liver, spleen, kidney],
+                       [("Liver", "10200004", "Liver", None), ("Milz", "78961009", "Spleen", None),
+                        ("Niere links", "64033007", "Kidney", "7771000")], seg_type)
+    expected = np.zeros(real_labels.shape, np.uint8)
+    expected[liver], expected[spleen], expected[kidney] = 6, 1, 3
+    np.testing.assert_array_equal(read_dicom_seg(seg, image, label_map="btcv"), expected)
+    raw = read_dicom_seg(seg, image)  # no label map: segment numbers
+    np.testing.assert_array_equal(raw, np.select([liver, spleen, kidney], [1, 2, 3], 0))
+    np.testing.assert_array_equal(read_dicom_seg(seg, image, label_map="paper-8"),  # ids of another map
+                                  np.select([liver, spleen, kidney], [5, 1, 3], 0))
+    with pytest.raises(InputError, match=r"segment 3 \('Niere links', Kidney\) is no organ of label map 'custom'"):
+        read_dicom_seg(seg, image, label_map={1: "spleen", 2: "liver"})
+
+
+def test_overlapping_segments_the_higher_number_wins(series, real_labels):
+    image = read_image(series["head-first"])
+    liver = real_labels == 6
+    blob = np.zeros_like(liver)
+    blob[9:12, 150:350, 150:350] = True  # overlaps the liver
+    seg = _foreign_seg(series["head-first"], [liver, blob],
+                       [("liver", "10200004", "Liver", None), ("stomach", "69695003", "Stomach", None)])
+    expected = np.where(blob, 7, np.where(liver, 6, 0))
+    assert (liver & blob).any()
+    np.testing.assert_array_equal(read_dicom_seg(seg, image, label_map="btcv"), expected)
+
+
+def test_fractional_segments_hold_voxels_from_one_half(series, real_labels):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    image = read_image(series["head-first"])
+    sources, _ = source_datasets(series["head-first"])
+    z = slice_indices(sources, image.geometry, "x")
+    probability = np.zeros(real_labels.shape, np.float32)
+    probability[real_labels == 6] = 0.9
+    probability[:, :40, :40] = 0.3  # below one half: background
+    probability[:, 40:60, :40] = 0.5  # exactly one half: the organ
+    description = hd.seg.SegmentDescription(1, "liver", codes.SCT.AnatomicalStructure, codes.SCT.Liver,
+                                            hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                                            hd.AlgorithmIdentificationSequence("x", codes.cid7162.ArtificialIntelligence, "1"))
+    seg = hd.seg.Segmentation(sources, probability[z], "FRACTIONAL", [description], hd.UID(), 8, hd.UID(), 1,
+                              "other", "tool", "1", "1", max_fractional_value=255)
+    expected = np.where((real_labels == 6) | (probability == 0.5), 6, 0)
+    np.testing.assert_array_equal(read_dicom_seg(seg, image, label_map="btcv"), expected)
+
+
+def test_datasets_instead_of_a_folder(series, real_labels):
+    """What a PACS fetch hands over: the instances' datasets (headers with pixels), in any order."""
+    folder = series["feet-first"]
+    datasets = [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"), reverse=True)]
+    image = read_image(folder)
+    labels = real_labels[::-1].copy()
+    seg = build_dicom_seg(Volume(labels, image.geometry, Path("l")), datasets, "btcv", algorithm="t", model_key="k")
+    elsewhere = Volume(image.array, image.geometry, Path("not-a-folder"))
+    np.testing.assert_array_equal(read_dicom_seg(seg, elsewhere, source_series=datasets), labels)
+    assert all("PixelData" in ds for ds in datasets)  # the caller's datasets are left as they were

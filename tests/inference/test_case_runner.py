@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -112,3 +113,47 @@ def test_cli_prints_one_line_per_failed_case(capsys):
     finally:
         main.app = original
     assert capsys.readouterr().err.splitlines() == ["ragsam: error: /x/a.nii.gz: bad", "ragsam: error: /x/b.nii.gz: worse"]
+
+
+def _run_with_seg(refs, outputs, force=False, crash_after_output=()):
+    """Like ``_run`` with a companion per case (``<case>.seg.dcm``, as ``--output-format both`` writes)."""
+    calls = []
+    companions = [(out.with_name(out.name.replace(".nii.gz", ".seg.dcm")),) for out in outputs]
+
+    def work(job):
+        calls.append(job.case_id)
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        job.output.write_bytes(b"nifti " + job.ref.image.read_bytes())
+        if job.case_id in crash_after_output:
+            raise RuntimeError("killed before the SEG")
+        job.companions[0].write_bytes(b"seg " + job.ref.image.read_bytes())
+        return job.case_id, {"case": job.case_id}
+
+    plan = plan_cases(refs, outputs, model_key(model="m", output_format="both"), force, companions)
+    return run_cases(plan, work, lambda job, recorded: f"skipped {recorded['case']}"), calls, companions
+
+
+def test_companions_are_part_of_the_output(tmp_path):
+    refs, outputs = _setup(tmp_path)
+    _, calls, segs = _run_with_seg(refs, outputs)
+    assert calls == ["c0", "c1", "c2"]
+    side = json.loads(sidecar_path(outputs[0]).read_text())
+    assert side["companions"] == {"c0.seg.dcm": hashlib.sha1(b"seg image 0").hexdigest()}
+    assert _run_with_seg(refs, outputs)[1] == []  # all there: skipped
+    segs[0][0].unlink()  # a missing SEG: that case is redone
+    assert _run_with_seg(refs, outputs)[1] == ["c0"]
+    segs[1][0].write_bytes(b"edited in another tool")  # a SEG that is not ours any more: refused
+    with pytest.raises(OutputExistsError, match="c1.seg.dcm: already exists"):
+        _run_with_seg(refs, outputs)
+    segs[1][0].unlink()
+    outputs[2].unlink()
+    sidecar_path(outputs[2]).unlink()  # someone else's SEG with no NIfTI of ours beside it: refused too
+    with pytest.raises(OutputExistsError, match="c2.seg.dcm: already exists"):
+        _run_with_seg(refs, outputs)
+    assert _run_with_seg(refs, outputs, force=True)[1] == ["c0", "c1", "c2"]
+    segs[2][0].unlink()
+    with pytest.raises(RuntimeError, match="killed before the SEG"):  # one case: its own error
+        _run_with_seg(refs[2:], outputs[2:], crash_after_output=("c2",))
+    side = json.loads(sidecar_path(outputs[2]).read_text())
+    assert side["output_sha1"] is None and side["companions"] == {"c2.seg.dcm": None}  # pending claim kept
+    assert _run_with_seg(refs[2:], outputs[2:])[1] == ["c2"]  # ... so the rerun redoes it

@@ -15,8 +15,10 @@ from ragsam.cli.app import app
         "Segment CT scans with a trained run: an image file, a DICOM series folder or a dataset "
         "folder of cases. Writes <case_id>.nii.gz label volumes on each input's own grid. A folder "
         "runs past a failed case (each failure is one line, exit 2) and a rerun skips the cases "
-        "already done with the same inputs and run.\n\n"
-        "Example: ragsam predict runs/samed data/BTCV/img -o predictions/ --batch-size 8"
+        "already done with the same inputs and run. --output-format dicom-seg (or both) writes a DICOM SEG "
+        "on each DICOM series input (<case_id>.seg.dcm, beside the NIfTI with both).\n\n"
+        "Example: ragsam predict runs/samed data/BTCV/img -o predictions/ --batch-size 8 "
+        "(or: ragsam predict runs/samed ct_series/ -o pred/ct.nii.gz --output-format both)"
     ),
 )
 def predict_command(
@@ -30,6 +32,8 @@ def predict_command(
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs and redo finished cases."),
     cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="bf16 autocast on CPUs with AVX512-BF16/AMX "
                                   "(faster for ViT-B, slower for small models; labels may differ slightly)."),
+    output_format: str = typer.Option("nifti", "--output-format", help="nifti, dicom-seg (a DICOM SEG on the "
+                                      "source series; DICOM input only) or both (the SEG beside the NIfTI)."),
     overlap: bool | None = typer.Option(None, "--overlap/--no-overlap", show_default=False,
                                         help="Read, assemble inputs, reduce labels and write in helper threads "
                                         "beside the model (default: on a GPU, or when torch leaves a CPU core free)."),
@@ -45,7 +49,8 @@ def predict_command(
         typer.echo(f"ragsam: note: {note}", err=True)
     try:
         results = predict(run, input_path, output, force=force, batch_size=batch_size, device=device,
-                          layout=layout, series_uid=series, cpu_bf16=cpu_bf16, overlap=overlap)
+                          layout=layout, series_uid=series, cpu_bf16=cpu_bf16, overlap=overlap,
+                          output_format=output_format)
     except CasesFailedError as exc:  # the cases that did finish are reported, then one line per failure
         _print(exc.results)
         raise
@@ -60,4 +65,5 @@ def _print(results: list) -> None:
     for r in results:
         organs = ",".join(str(o) for o in r.organs) or "none"
         done = "already done, skipped" if r.skipped else f"{r.slices} slices, organs {organs}"
-        typer.echo(f"{r.case_id}: {r.path} ({done})")
+        seg = f" + {r.seg}" if r.seg is not None else ""
+        typer.echo(f"{r.case_id}: {r.path}{seg} ({done})")

@@ -19,7 +19,8 @@ from ragsam.cli.app import app
         "IN is one image, a DICOM series folder or a dataset folder; for several cases -o is a "
         "folder (<case_id>.nii.gz each) and SAM 2 and the encoded supports are shared between cases. "
         "A folder runs past a failed case (each failure is one line, exit 2) and a rerun skips the "
-        "cases already done with the same inputs, bank and settings.\n\n"
+        "cases already done with the same inputs, bank and settings. --output-format dicom-seg (or both) writes "
+        "a DICOM SEG on each DICOM series input (<case_id>.seg.dcm, beside the NIfTI with both).\n\n"
         "Example: ragsam segment ct.nii.gz -o ct_labels.nii.gz --index banks/btcv "
         "--sam2 facebook/sam2.1-hiera-tiny --k 4 --device cuda (or --sam2-run runs/rag, from `ragsam train-rag`)"
     ),
@@ -48,6 +49,8 @@ def segment_command(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     series: str | None = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder has several."),
     layout: str = typer.Option("auto", "--layout", help="Dataset layout of IN (auto detects it)."),
+    output_format: str = typer.Option("nifti", "--output-format", help="nifti, dicom-seg (a DICOM SEG on the "
+                                      "source series; DICOM input only) or both (the SEG beside the NIfTI)."),
     summary_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs and redo finished cases."),
 ) -> None:
@@ -65,7 +68,8 @@ def segment_command(
                 input_path, output, index, sam2_weights=sam2, layout=layout, force=force, cache_size=cache_size,
                 device=device, pointer_positions=pointers, sam2_run=sam2_run,
                 options=SegmentOptions(k=k, exclude_cases=tuple(exclude_case or ()), batch_size=batch_size,
-                                       series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight),
+                                       series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight,
+                                       output_format=output_format),
                 progress=lambda cid, done, total: bar.update(task, description=cid, completed=done, total=total))
     except CasesFailedError as exc:  # the finished cases are reported, then one line per failed case
         _print(exc.results, summary_json)
@@ -87,6 +91,7 @@ def _print(summaries: list, summary_json: bool) -> None:
             typer.echo(f"{summary.output}: already done with the same input and settings, skipped")
             continue
         organs = ",".join(str(o) for o in summary.organs) or "none"
-        typer.echo(f"{summary.output}: {summary.slices} slices, k={summary.k}, organs {organs}; "
+        seg = f" + {summary.seg_output}" if summary.seg_output else ""
+        typer.echo(f"{summary.output}{seg}: {summary.slices} slices, k={summary.k}, organs {organs}; "
                    f"{summary.support_slices_encoded} support slices encoded ({summary.support_cache_hits} cache hits) "
                    f"in {summary.seconds:.1f} s with SAM 2 {summary.sam2.get('name')}")

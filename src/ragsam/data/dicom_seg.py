@@ -22,8 +22,10 @@ training code never needs them.
   Instance UIDs, so storing a rerun's SEG into a PACS replaces the earlier one instead
   of adding a copy; other labels (a correction) give another SOP Instance UID.
 * :func:`read_dicom_seg` gives a SEG's dense labels ``(z, y, x)`` on a reference volume read
-  from the source series (any BINARY, FRACTIONAL with 0/1 values or LABELMAP SEG whose
-  frames reference the source instances), refusing one that references another series.
+  from the source series (BINARY, FRACTIONAL or LABELMAP SEGs whose frames reference the
+  source instances, as ragsam, highdicom, dcmqi / 3D Slicer and OHIF write them), segments
+  by number or, with a label map, by name or SNOMED CT code; a SEG that references another
+  series is refused.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ SEG_SUFFIX = ".seg.dcm"
 ALGORITHM_NAME = "ragsam"
 DEFAULT_SERIES_DESCRIPTION = "ragsam segmentation"
 DEFAULT_SERIES_NUMBER = 9900
+#: Segmentation Storage and Label Map Segmentation Storage (both read; ragsam writes the first).
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 #: Largest distance, in voxels, between an instance's position and a voxel plane of the labels.
 POSITION_TOLERANCE_VOXELS = 1e-2
 #: Largest difference between an instance's direction cosines and the labels' direction.
@@ -362,11 +366,24 @@ def write_dicom_seg(labels: Volume, source_series: str | os.PathLike | Sequence[
         OutputExistsError: ``out`` exists and ``force`` is false (checked before any work).
         InputError: as :func:`build_dicom_seg`; the file cannot be written.
     """
-    from ragsam.utils.atomic import atomic_path, check_writable
+    from ragsam.utils.atomic import check_writable
 
     out = Path(out)
     check_writable(out, force)
     seg = build_dicom_seg(labels, source_series, label_map, algorithm=algorithm, model_key=model_key, **options)
+    return save_dicom_seg(seg, out, force)
+
+
+def save_dicom_seg(seg: Any, out: str | os.PathLike, force: bool = False) -> Path:
+    """Write a built SEG (or any pydicom dataset) to ``out`` atomically.
+
+    Raises:
+        OutputExistsError: ``out`` exists and ``force`` is false.
+        InputError: the file cannot be written (nothing is left behind).
+    """
+    from ragsam.utils.atomic import atomic_path
+
+    out = Path(out)
     try:
         with atomic_path(out, force) as tmp:
             seg.save_as(tmp)
@@ -391,7 +408,7 @@ def _load_seg(path_or_dataset: str | os.PathLike | pydicom.Dataset) -> tuple[hig
             dataset = pydicom.dcmread(where)
         except (pydicom.errors.InvalidDicomError, OSError, ValueError) as exc:
             raise InputError(where, f"not a readable DICOM file ({exc})") from None
-    if str(dataset.get("SOPClassUID", "")) != "1.2.840.10008.5.1.4.1.1.66.4":
+    if str(dataset.get("SOPClassUID", "")) not in SEG_SOP_CLASSES:
         raise InputError(where, f"is not a DICOM SEG (SOP class {dataset.get('SOPClassUID', 'missing')}, "
                                 f"modality {dataset.get('Modality', 'missing')})")
     try:
@@ -458,7 +475,8 @@ def read_dicom_seg(path_or_dataset: str | os.PathLike | pydicom.Dataset, referen
             the series folder.
     Returns:
         ``(z, y, x)`` integer labels on ``reference.geometry`` (uint8 / int16 / int32 by the
-        largest id); where segments overlap the higher segment number wins.
+        largest id); where segments overlap the higher segment number wins; a FRACTIONAL
+        segment holds the voxels where its value is >= 0.5.
     Raises:
         InputError: not a SEG; a SEG of another series (or whose frames reference instances that
             are not the reference's); a reference that is not a DICOM series; a segment that no
@@ -501,17 +519,20 @@ def read_dicom_seg(path_or_dataset: str | os.PathLike | pydicom.Dataset, referen
         raise InputError(where, f"frames of {seg.Columns}x{seg.Rows} pixels on a {size[0]}x{size[1]} series")
     lut = _segment_lut(seg, label_map, where)
     numbers = sorted(int(n) for n in seg.segment_numbers)
+    framed = _segments_with_frames(seg)
+    fractional = str(seg.get("SegmentationType", "")) == "FRACTIONAL"
     out = np.zeros(tuple(reversed(size)), dtype=label_dtype(int(lut.max(initial=0))))
     try:
-        try:
-            combined = seg.get_pixels_by_source_instance(by_z, combine_segments=True, relabel=False,
-                                                         assert_missing_frames_are_empty=True)
-            out[...] = lut[combined]
-        except RuntimeError:  # overlapping segments: one at a time, the higher number last
-            for number in numbers:
+        for number in numbers:  # one segment at a time (no stack of every segment); where they overlap, the last wins
+            if number not in framed or not lut[number]:
+                continue
+            if fractional:  # probabilities / occupancy in [0, 1]: the voxel belongs where it is >= 0.5
+                mask = seg.get_pixels_by_source_instance(by_z, segment_numbers=[number],
+                                                         assert_missing_frames_are_empty=True)[..., 0] >= 0.5
+            else:
                 mask = seg.get_pixels_by_source_instance(by_z, segment_numbers=[number], combine_segments=True,
-                                                         assert_missing_frames_are_empty=True)
-                out[mask > 0] = lut[number]
+                                                         assert_missing_frames_are_empty=True) > 0
+            out[mask] = lut[number]
     except (ValueError, KeyError) as exc:
         raise InputError(where, f"cannot read the SEG's frames onto series {seg_series} ({exc})") from None
     return out

@@ -15,6 +15,11 @@ Shared by ``ragsam predict`` and ``ragsam segment`` (one rule for both):
   it is redone without ``--force``, since ragsam wrote the old output for that very case.
   An output without a sidecar (or edited since) is someone else's file: it is refused
   before any work, as ever, unless ``force``, which also redoes finished cases.
+* **Companions.** An output may come with companion files written with it (the DICOM SEG
+  beside a NIfTI with ``--output-format both``): the sidecar records their hashes too, a
+  case is finished only when every companion is there unchanged, and a companion that
+  ragsam did not write (absent from the sidecar, or edited since) is refused like the output.
+  The output format is part of the model key (``model_key(..., output_format=...)``).
 * **Kill-safe.** The sidecar is written (atomically) *before* the output as "pending"
   and completed after it, so a kill between the two leaves an output that the next run
   knows is its own and redoes; a kill at any other moment leaves finished cases skipped.
@@ -51,6 +56,7 @@ class CaseJob:
     Attributes:
         key: hex SHA-1 of the input files' content and the model key.
         files: input file records (path, size, mtime_ns, sha1) for the sidecar.
+        companions: files written with ``output`` (recorded in its sidecar).
     """
 
     case_id: str
@@ -58,6 +64,7 @@ class CaseJob:
     output: Path
     key: str
     files: list[dict[str, Any]] = field(default_factory=list)
+    companions: tuple[Path, ...] = ()
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -125,7 +132,25 @@ class CasePlan:
     case_ids: list[str]
 
 
-def plan_cases(refs: Sequence[Any], outputs: Sequence[Path], key: str, force: bool) -> CasePlan:
+def _companions_ours(side: dict[str, Any] | None, companions: Sequence[Path]) -> tuple[bool, bool]:
+    """``(ours, finished)`` of the companions that exist: recorded in the sidecar (pending or with
+    their current hash), and every companion present with its recorded hash."""
+    recorded = (side or {}).get("companions") or {}
+    ours = finished = True
+    for path in companions:
+        if not path.exists():
+            finished = False
+            continue
+        sha = recorded.get(path.name, "absent")
+        if sha is None:
+            finished = False  # claimed by a run that did not finish
+        elif sha != _output_sha1(path):
+            ours = finished = False
+    return ours, finished
+
+
+def plan_cases(refs: Sequence[Any], outputs: Sequence[Path], key: str, force: bool,
+               companions: Sequence[Sequence[Path]] | None = None) -> CasePlan:
     """Split the cases into those to run and those already done; nothing is written.
 
     Args:
@@ -133,6 +158,7 @@ def plan_cases(refs: Sequence[Any], outputs: Sequence[Path], key: str, force: bo
         outputs: the output file of each case (same order).
         key: :func:`model_key` of the model and options.
         force: redo every case and replace outputs ragsam did not write.
+        companions: per case, files written with its output (e.g. its DICOM SEG).
     Returns:
         :class:`CasePlan`.
     Raises:
@@ -143,24 +169,36 @@ def plan_cases(refs: Sequence[Any], outputs: Sequence[Path], key: str, force: bo
 
     todo: list[CaseJob] = []
     done: list[tuple[CaseJob, dict[str, Any]]] = []
-    for ref, out in zip(refs, outputs, strict=True):
+    companions = companions if companions is not None else [()] * len(outputs)
+    for ref, out, extra in zip(refs, outputs, companions, strict=True):
+        extra = tuple(Path(p) for p in extra)
         side = _read_sidecar(out) if out.exists() else None
-        known = side.get("files") if side and side.get("case_id") == ref.case_id else None
+        side = side if side is not None and side.get("case_id") == ref.case_id else None
+        known = side.get("files") if side else None
         case_key, files = fingerprint_case(dataclasses.replace(ref, labels=None), key, known)
-        job = CaseJob(ref.case_id, ref, out, case_key, files)
+        job = CaseJob(ref.case_id, ref, out, case_key, files, extra)
+        extra_ours, extra_finished = _companions_ours(side if out.exists() else None, extra)
+        if not extra_ours and not force:
+            raise OutputExistsError(next(p for p in extra if p.exists()))
         if not out.exists():
             todo.append(job)
             continue
-        ours = side is not None and side.get("case_id") == ref.case_id and (
-            side.get("output_sha1") is None or side.get("output_sha1") == _output_sha1(out))
+        ours = side is not None and (side.get("output_sha1") is None or side.get("output_sha1") == _output_sha1(out))
         if not ours and not force:
             raise OutputExistsError(out)
-        finished = ours and side.get("output_sha1") is not None and side.get("key") == case_key
+        finished = ours and extra_finished and side.get("output_sha1") is not None and side.get("key") == case_key
         if finished and not force:
             done.append((job, side.get("result") or {}))
         else:
             todo.append(job)  # ragsam's own output for this case, from other inputs or model
     return CasePlan(todo, done, [ref.case_id for ref in refs])
+
+
+def _companion_record(job: CaseJob, final: bool) -> dict[str, Any]:
+    """The sidecar's ``companions`` entry: name -> SHA-1 (``None`` while pending); nothing without companions."""
+    if not job.companions:
+        return {}
+    return {"companions": {p.name: _output_sha1(p) if final else None for p in job.companions}}
 
 
 class CaseRecorder:
@@ -181,13 +219,15 @@ class CaseRecorder:
     def begin(self, job: CaseJob) -> None:
         """Claim the output (pending sidecar) before writing it."""
         write_json(sidecar_path(job.output), {"format": FORMAT, "version": VERSION, "case_id": job.case_id,
-                                              "key": job.key, "files": job.files, "output_sha1": None})
+                                              "key": job.key, "files": job.files, "output_sha1": None,
+                                              **_companion_record(job, final=False)})
 
     def finish(self, job: CaseJob, result_json: dict[str, Any], result: Any) -> None:
         """Record a written output (its hash makes it skippable next time)."""
         write_json(sidecar_path(job.output), {"format": FORMAT, "version": VERSION, "case_id": job.case_id,
                                               "key": job.key, "files": job.files,
-                                              "output_sha1": _output_sha1(job.output), "result": result_json})
+                                              "output_sha1": _output_sha1(job.output), "result": result_json,
+                                              **_companion_record(job, final=True)})
         self.results.append((job.case_id, result))
 
     def skip(self, job: CaseJob, result: Any) -> None:

@@ -58,7 +58,6 @@ from ragsam.inference.run_loader import load_run
 from ragsam.utils import ranks
 from ragsam.utils.device import resolve_device
 from ragsam.utils.fault_points import pause_at
-from ragsam.utils.paths import case_output_paths
 from ragsam.utils.precision import autocast
 from ragsam.utils.threads import apply_threads
 
@@ -77,6 +76,7 @@ class Prediction:
     slices: int
     organs: list[int]
     skipped: bool = False
+    seg: Path | None = None  # the DICOM SEG written beside ``path`` (``--output-format both``)
 
 
 class StageTimes:
@@ -308,6 +308,16 @@ def _settle(pending: tuple[Any, Future], recorder: CaseRecorder) -> None:
         recorder.fail(job, exc)
 
 
+def _run_label_names(cfg: Any) -> dict[int, str]:
+    """``{id: organ name}`` of the run's prepared cache (for a DICOM SEG's segments)."""
+    from ragsam.data.cache_meta import CacheMeta
+
+    if not cfg.data.prepared or not Path(cfg.data.prepared).is_dir():
+        raise InputError(cfg.data.prepared or None, "the run's prepared cache is not there; a DICOM SEG takes its "
+                                                    "organ names from it (write NIfTI with --output-format nifti)")
+    return CacheMeta.read(cfg.data.prepared).label_names
+
+
 def _organs(labels: np.ndarray) -> list[int]:
     """Sorted non-zero label ids present (a histogram: linear time, unlike ``np.unique``)."""
     return [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v != 0]
@@ -317,7 +327,7 @@ def _organs(labels: np.ndarray) -> list[int]:
 def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike,
             force: bool = False, batch_size: int = 8, device: str = "auto", layout: str = "auto",
             series_uid: str | None = None, cpu_bf16: bool = False, overlap: bool | None = None,
-            timings: dict[str, float] | None = None) -> list[Prediction]:
+            timings: dict[str, float] | None = None, output_format: str = "nifti") -> list[Prediction]:
     """Segment every case of ``input_path`` with the run in ``run_dir``.
 
     Args:
@@ -338,6 +348,8 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         timings: if given, filled with busy seconds per stage (``load_run``, ``read``, ``slice``,
             ``inputs``, ``forward``, ``labels``, ``to_volume``, ``write``; stages overlap,
             so they add up to more than the wall time) and ``wall``.
+        output_format: ``nifti``, ``dicom-seg`` or ``both`` (:mod:`ragsam.inference.outputs`;
+            a SEG needs DICOM series inputs and the run's prepared cache for the label map).
     Returns:
         One :class:`Prediction` per case, in case-id order.
     Raises:
@@ -347,7 +359,8 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     from ragsam.data.file_checks import check_ct_values
     from ragsam.data.layouts import discover_cases
     from ragsam.data.slices import SliceSettings, lazy_slices
-    from ragsam.data.volume import read_image, write_labels
+    from ragsam.data.volume import read_image
+    from ragsam.inference.outputs import case_outputs, check_seg_inputs, key_parts, write_case, writes_seg
 
     wall = time.perf_counter()
     if batch_size < 1:
@@ -355,6 +368,12 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     dev = resolve_device(device, ranks.local_gpu())  # torchrun: one GPU per local rank
     overlap = default_overlap(dev) if overlap is None else overlap
     stages = StageTimes(timings)
+    label_names = None
+    if writes_seg(output_format):  # a SEG's refusals (NIfTI input, anonymised series) before the model loads
+        from ragsam.inference.run_loader import read_run_config
+
+        label_names = _run_label_names(read_run_config(run_dir))
+        check_seg_inputs(discover_cases(input_path, layout=layout), label_names, output_format, series_uid, run_dir)
     model, cfg = stages.timed("load_run", load_run, run_dir, dev, "model.safetensors", True)
     apply_threads(model)
     if cfg.data.window is None:
@@ -363,14 +382,16 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     refs = discover_cases(input_path, layout=layout)
     if not refs:
         raise InputError(input_path, "no images found")
-    outputs = case_output_paths([r.case_id for r in refs], output_path)
-    key = model_key(command="predict", model=file_digest(Path(run_dir) / "model.safetensors"),
-                    config=file_digest(Path(run_dir) / "config.yaml"), bf16=bool(cfg.optim.bf16 and cpu_bf16))
-    plan = plan_cases(refs, outputs, key, force)  # refuses foreign outputs before any work
+    outputs, companions = case_outputs([r.case_id for r in refs], output_path, output_format)
+    weights_digest = file_digest(Path(run_dir) / "model.safetensors")
+    key = model_key(command="predict", model=weights_digest, config=file_digest(Path(run_dir) / "config.yaml"),
+                    bf16=bool(cfg.optim.bf16 and cpu_bf16), **key_parts(output_format))
+    plan = plan_cases(refs, outputs, key, force, companions)  # refuses foreign outputs before any work
     recorder = CaseRecorder(plan.case_ids)
     for job, recorded in plan.done:
         recorder.skip(job, Prediction(job.case_id, job.output, int(recorded.get("slices", 0)),
-                                      list(recorded.get("organs", [])), skipped=True))
+                                      list(recorded.get("organs", [])), skipped=True,
+                                      seg=job.companions[0] if job.companions else None))
 
     def load(job):
         image = stages.timed("read", read_image, job.ref.image, series_uid)
@@ -381,9 +402,12 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
         return segment_stack(model, stack, batch_size, dev, cfg.optim.bf16, cpu_bf16, stages, overlap)
 
     def write(job, labels, image):
-        result = Prediction(job.case_id, job.output, int(labels.shape[0]), _organs(labels))
+        result = Prediction(job.case_id, job.output, int(labels.shape[0]), _organs(labels),
+                            seg=job.companions[0] if job.companions else None)
         recorder.begin(job)
-        stages.timed("write", write_labels, labels, image.geometry, job.output, True)
+        stages.timed("write", lambda: write_case(
+            labels, image, job.output, output_format, force=True, label_names=label_names, series_uid=series_uid,
+            algorithm="fine-tuned SAM", model_key=f"run {Path(run_dir).resolve().name} sha256:{weights_digest[:16]}"))
         recorder.finish(job, {"slices": result.slices, "organs": result.organs}, result)
         pause_at("predict:case-written")
 

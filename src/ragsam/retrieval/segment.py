@@ -37,10 +37,10 @@ import torch
 from ragsam.data.file_checks import check_ct_values
 from ragsam.errors import InputError
 from ragsam.inference.case_runner import file_digest, model_key, plan_cases, run_cases, weights_key
+from ragsam.inference.outputs import case_outputs, check_format, check_seg_inputs, key_parts, writes_seg
 from ragsam.retrieval.support_retrieval import retrieve_supports, support_memories
 from ragsam.utils import ranks
 from ragsam.utils.atomic import check_writable
-from ragsam.utils.paths import case_output_paths
 from ragsam.utils.threads import apply_threads
 
 DEFAULT_Z_PRIOR = 0.5
@@ -58,6 +58,7 @@ class SegmentOptions:
         z_prior: weight of the relative-z penalty in retrieval (``None`` / 0: off).
         run_dir: a fine-tuned run to fuse with (hybrid); ``None``: retrieval only.
         hybrid_weight: ``w`` of the retrieval term in the hybrid fusion.
+        output_format: ``nifti``, ``dicom-seg`` or ``both`` (:mod:`ragsam.inference.outputs`).
     """
 
     k: int = 4
@@ -67,21 +68,23 @@ class SegmentOptions:
     z_prior: float | None = DEFAULT_Z_PRIOR
     run_dir: str | os.PathLike | None = None
     hybrid_weight: float = 0.5
+    output_format: str = "nifti"
 
     def check(self) -> None:
         """Refuse bad values before any model loads."""
         _check_call(self.hybrid_weight, self.batch_size, self.run_dir)
+        check_format(self.output_format)
 
     def output_key(self) -> dict[str, Any]:
         """The options that change an output (batch size does not; the run enters by its files)."""
         return {"k": self.k, "exclude_cases": list(self.exclude_cases), "series_uid": self.series_uid,
-                "z_prior": self.z_prior, "hybrid_weight": self.hybrid_weight}
+                "z_prior": self.z_prior, "hybrid_weight": self.hybrid_weight, **key_parts(self.output_format)}
 
     def segment_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`RagSegmenter.segment`."""
         return {"k": self.k, "exclude_cases": self.exclude_cases, "batch_size": self.batch_size,
                 "series_uid": self.series_uid, "z_prior": self.z_prior, "run_dir": self.run_dir,
-                "hybrid_weight": self.hybrid_weight}
+                "hybrid_weight": self.hybrid_weight, "output_format": self.output_format}
 
 
 @dataclass
@@ -103,6 +106,7 @@ class SegmentSummary:
     run: str | None = None
     hybrid_weight: float | None = None
     skipped: bool = False  # already written by an earlier run with the same inputs and settings
+    seg_output: str | None = None  # the DICOM SEG beside ``output`` (``output_format="both"``)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,6 +260,7 @@ class RagSegmenter:
         hybrid_weight: float = 0.5,
         progress: Callable[[int, int], None] | None = None,
         own_supports: Mapping[int, np.ndarray] | None = None,
+        output_format: str = "nifti",
     ) -> SegmentSummary:
         """Segment one volume and write its label map; arguments as :func:`segment_volume`.
 
@@ -265,14 +270,21 @@ class RagSegmenter:
                 joins every query slice's supports as the frame closest to the query (SAM 2
                 propagation from the user's own slices), and these slices keep their labels.
                 Ignored with a fine-tuned run (hybrid): only the supports change there.
+            output_format: ``nifti`` (``output_path`` a label file), ``dicom-seg`` (``output_path``
+                the SEG) or ``both`` (the SEG beside the label file): :mod:`ragsam.inference.outputs`.
         """
+        from ragsam.data.dicom_seg import seg_path_for
         from ragsam.data.slices import slices_to_volume, volume_to_slices
-        from ragsam.data.volume import read_image, write_labels
+        from ragsam.data.volume import read_image
+        from ragsam.inference.outputs import write_case
 
         start = time.perf_counter()
         _check_call(hybrid_weight, batch_size, run_dir)
         output_path = Path(output_path)
         check_writable(output_path, force)
+        seg_output = seg_path_for(output_path) if check_format(output_format) == "both" else None
+        if seg_output is not None:
+            check_writable(seg_output, force)
         bank = self.bank
         if k < 1 or k > len(bank):
             raise InputError(self.bank_dir, f"k={k} must be between 1 and the bank size ({len(bank)} slices)")
@@ -312,14 +324,25 @@ class RagSegmenter:
                 if progress is not None:
                     progress(z + 1, depth)
         volume = slices_to_volume(labels, stack.grid) if fused is None else slices_to_volume(fused, grid_ft)
-        write_labels(volume, image.geometry, output_path, force=force)
+        write_case(volume, image, output_path, output_format, force=force, label_names=bank_label_names(bank),
+                   series_uid=series_uid, algorithm="RAG" if run_dir is None else "hybrid",
+                   model_key=self._seg_model_key(run_dir))
         organs = sorted(int(o) for o in np.unique(volume) if o)
         return SegmentSummary(str(input_path), str(output_path), self.bank_dir, depth, k, organs,
                               self.cache.encoded - encoded_before, self.cache.hits - hits_before,
                               round(time.perf_counter() - start, 3), self.info,
                               str(self.embedder.identity.get("weights")), excluded,
                               None if run_dir is None else str(run_dir),
-                              None if run_dir is None else hybrid_weight)
+                              None if run_dir is None else hybrid_weight,
+                              seg_output=None if seg_output is None else str(seg_output))
+
+    def _seg_model_key(self, run_dir: str | os.PathLike | None) -> str:
+        """What a DICOM SEG names as the model: bank, SAM 2 (weights or train-rag run) and fine-tuned run."""
+        sam2 = self.info.get("run") or self.info.get("source") or self.info.get("name")
+        parts = [f"bank {Path(self.bank_dir).resolve().name}", f"sam2 {sam2}"]
+        if run_dir is not None:
+            parts.append(f"run {Path(run_dir).resolve().name}")
+        return "; ".join(str(p) for p in parts)
 
 
 def segment_volume(
@@ -409,9 +432,14 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
     refs = discover_cases(input_path, layout=layout)
     if not refs:
         raise InputError(input_path, "no images found")
-    outputs = case_output_paths([ref.case_id for ref in refs], output_path)
     options = options or SegmentOptions()
     options.check()
+    outputs, companions = case_outputs([ref.case_id for ref in refs], output_path, options.output_format)
+    if writes_seg(options.output_format):  # a SEG's refusals (NIfTI input, anonymised series) before any model
+        from ragsam.retrieval.bank import SupportBank
+
+        check_seg_inputs(refs, bank_label_names(SupportBank.load(bank_dir)), options.output_format,
+                         options.series_uid, bank_dir)
     key = model_key(command="segment", bank=[file_digest(p) for p in sorted(Path(bank_dir).glob("*")) if p.is_file()],
                     sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
                     run=None if options.run_dir is None else
@@ -419,7 +447,7 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
                     sam2_run=None if sam2_run is None else
                     [file_digest(Path(sam2_run) / n) for n in ("model.safetensors", "config.yaml")],
                     **options.output_key())
-    plan = plan_cases(refs, outputs, key, force)  # refuses outputs that are not ragsam's before any model loads
+    plan = plan_cases(refs, outputs, key, force, companions)  # refuses outputs not ragsam's before any model loads
     segmenter = RagSegmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
                              use_empty_supports, sam2_run) if plan.todo else None
 
@@ -434,6 +462,11 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
         return SegmentSummary(**{**recorded, "skipped": True})
 
     return run_cases(plan, work, from_json)
+
+
+def bank_label_names(bank: Any) -> dict[int, str]:
+    """``{id: organ name}`` of the bank's prepared cache (the organs a segmentation can hold)."""
+    return bank.prepare_meta().label_names
 
 
 def _own_memories(seg: Any, images: np.ndarray, own: Mapping[int, np.ndarray],
