@@ -64,6 +64,8 @@ ATTACKS = [
            "<img src=x onerror=alert(1)>.nii.gz"),
     Attack("path-in-name", "../../../x.nii.gz", lambda: b"not a nifti", 400, "not a readable image", "x.nii.gz: "),
     Attack("newline-in-name", "a\nb.nii.gz", lambda: b"x", 400, "holds control characters", "upload name "),
+    Attack("bidi-override-in-name", "scan\u202egz.exe.nii.gz", lambda: b"x", 400, "'scan\\u202egz.exe.nii.gz' holds",
+           "upload name "),
     Attack("long-name", "n" * 300 + ".nii.gz", lambda: b"x", 400, "characters long", "upload name "),
     Attack("not-a-scan-name", "notes.txt", lambda: b"x", 400, "not a NIfTI file"),
     Attack("zip-slip", "slip.zip", lambda: zip_files({"../../evil.dcm": b"x"}), 400, "escapes the upload"),
@@ -169,11 +171,22 @@ def test_a_zip_of_a_real_dicom_series_is_accepted_and_priced_from_its_headers(se
     from ragsam.errors import InputError
 
     files = sorted(Path(ct_dicom["image"]).iterdir())
-    status, body, _ = _post(server, "series.zip", zip_files({f"study/series/{f.name}": f.read_bytes() for f in files}))
+    page = b"<script src='evil.js'></script>"
+    members = {f"study/series/{f.name}": f.read_bytes() for f in files} | {"study/series/evil.html": page}
+    status, body, _ = _post(server, "series.zip", zip_files(members))
     assert status == 201 and body["name"] == "series.zip"
     assert body["image"] == ["scans", f"{body['id']}/input/dicom/study/series"]
     stored = server.root / "work" / "scans" / body["id"] / "input" / "dicom" / "study" / "series"
-    assert sorted(p.name for p in stored.iterdir()) == [f.name for f in files]
+    assert sorted(p.name for p in stored.iterdir()) == sorted([f.name for f in files] + ["evil.html"])
+    # a file of an upload is served as bytes in a sandbox, never as a page of the app's origin
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    conn.request("GET", f"/files/scans/{body['id']}/input/dicom/study/series/evil.html",
+                 headers={"X-Ragsam-Token": server.token})
+    response = conn.getresponse()
+    assert response.read() == page and response.getheader("content-type") == "application/octet-stream"
+    assert response.getheader("content-security-policy") == "default-src 'none'; sandbox; frame-ancestors 'none'"
+    assert response.getheader("x-content-type-options") == "nosniff"
+    conn.close()
     # the same series priced against a smaller budget: refused from the first file's header x file count
     voxels = 512 * 512 * len(files)
     monkeypatch.setattr(uploads, "READ_BUDGET", 7 * voxels - 1)

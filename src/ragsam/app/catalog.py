@@ -70,10 +70,13 @@ class Catalog:
         """The file ``relative`` inside root ``root``.
 
         Raises:
-            InputError: unknown root, or a path escaping it.
+            InputError: unknown root, a path escaping it, or (in ``scans``) an upload not yet
+                accepted (its hidden staging folder): only checked files are ever read.
         """
         if root not in self.roots:
             raise InputError(None, f"unknown folder {root!r}")
+        if root == "scans" and any(part.startswith(".") and part != ".." for part in Path(relative).parts):
+            raise InputError(f"<{root}>", f"path {str(relative)!r} is an upload still being checked")
         return resolve_inside(self.roots[root], relative, f"<{root}>")
 
     def relative(self, root: str, path: Path) -> tuple[str, str]:

@@ -52,7 +52,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ragsam.app.catalog import Catalog, organ_table
 from ragsam.app.engine import Engine
 from ragsam.app.scans import MODES, ScanStore
-from ragsam.app.uploads import MAX_RECEIVING, public_message, receive_body, remove
+from ragsam.app.uploads import MAX_RECEIVING, public_message, receive_body, remove, upload_name
 from ragsam.errors import InputError, RagsamError
 
 STATIC = Path(__file__).parent / "static"
@@ -71,6 +71,8 @@ SECURITY_HEADERS = {
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
 }
+#: Files from the given folders and uploads are data, never a page or a script, whatever their name.
+FILE_CSP = "default-src 'none'; sandbox; frame-ancestors 'none'"
 
 
 class Guard:
@@ -80,6 +82,9 @@ class Guard:
         self.app, self.token, self.hosts, self.max_bytes, self.cookie = app, token, hosts, max_bytes, cookie
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # the app has none: refuse before any route sees it
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -88,6 +93,8 @@ class Guard:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for key, value in SECURITY_HEADERS.items():
+                    if key == "content-security-policy" and key in headers:
+                        continue  # a route's stricter policy (FILE_CSP) stays
                     headers[key] = value
                 if "cache-control" not in headers:
                     headers["cache-control"] = "no-store"
@@ -112,7 +119,11 @@ class Guard:
             return JSONResponse({"error": "missing X-Ragsam header"}, 403)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return JSONResponse({"error": f"upload larger than the limit of {self.max_bytes >> 20} MiB"}, 413)
+            try:
+                name = upload_name(request.query_params.get("name", "")) + ": "
+            except InputError:
+                name = ""
+            return JSONResponse({"error": f"{name}upload larger than the limit of {self.max_bytes >> 20} MiB"}, 413)
         return None
 
 
@@ -150,7 +161,8 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
             return _error(exc, 403)
         if not path.is_file():
             return JSONResponse({"error": "no such file"}, 404)
-        return FileResponse(path)
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={"content-security-policy": FILE_CSP})
 
     async def info(request: Request) -> Response:
         return JSONResponse({"organs": organ_table(label_names), "windows": WINDOWS, "k": engine.k,

@@ -2,7 +2,7 @@
 
 What an upload may cost, and where each bound is enforced:
 
-* the request body is streamed to a file in 1 MiB writes (:func:`receive_body`), refused past
+* the request body is written to a file as it arrives (:func:`receive_body`), refused past
   the upload limit (413) even without a ``Content-Length``;
 * a zip is read from that file, never from memory (:func:`unpack_zip`): its central
   directory is at most :data:`MAX_ZIP_DIRECTORY` bytes and :data:`MAX_ZIP_ENTRIES` entries,
@@ -12,22 +12,24 @@ What an upload may cost, and where each bound is enforced:
   file that is also a folder (``a`` and ``a/b``) are refused;
 * the volume a scan will become is priced from its header before it is read
   (:func:`check_scan_size`): stored voxel bytes plus the float32 copy :func:`read_image` makes
-  must fit :data:`READ_BUDGET` (512 x 512 x 365 int16, 512 x 512 x 284 float32); a NIfTI's gzip stream is never
-  decompressed past the bytes its header promises (:mod:`ragsam.data.file_checks`);
+  must fit :data:`READ_BUDGET` (512 x 512 x 365 int16, 512 x 512 x 284 float32); a NIfTI's
+  gzip stream is never decompressed past the bytes its header promises
+  (:mod:`ragsam.data.file_checks`);
 * :data:`VALIDATION_LOCK` lets one upload at a time be unpacked and read, so concurrent
   uploads do not add up; at most :data:`MAX_RECEIVING` bodies are received at once (503 after).
 
-Every failure is an :class:`InputError` naming the upload (never a server path).
+Every failure is an :class:`InputError` without a path (:class:`ragsam.app.scans.ScanStore`
+names the upload, never a server path).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import struct
 import threading
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -52,7 +54,9 @@ MAX_RECEIVING = 4
 MAX_NAME = 200
 
 VALIDATION_LOCK = threading.Lock()
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Control, format (bidi overrides, zero-width) and line-separator characters: a name holding one
+#: could break the one-line message or show another name than the file's.
+_HIDDEN = ("Cc", "Cf", "Zl", "Zp")
 
 
 def upload_name(name: str) -> str:
@@ -60,8 +64,8 @@ def upload_name(name: str) -> str:
     safe = name.replace("\\", "/").rsplit("/", 1)[-1]
     if not safe:
         raise InputError(None, "the upload has no file name")
-    if _CONTROL.search(safe):
-        raise InputError(None, f"upload name {safe!r} holds control characters")
+    if any(unicodedata.category(c) in _HIDDEN for c in safe):
+        raise InputError(None, f"upload name {ascii(safe)} holds control characters")
     if len(safe) > MAX_NAME:
         raise InputError(None, f"upload name is {len(safe)} characters long; the limit is {MAX_NAME}")
     return safe
