@@ -10,8 +10,10 @@ Stages (each one's seconds in :attr:`PacsSegmentResult.seconds`):
    ``--run``) or :func:`ragsam.inference.predict` (``--run`` alone). The label volume goes
    to the cache's ``results/<series>/``, with those functions' resume rule: a rerun with the
    same series and model segments nothing;
-4. **build** the SEG (:func:`ragsam.data.dicom_seg.build_dicom_seg`: content-derived UIDs,
-   so the same labels give the same SOP Instance UID);
+   With ``--output-format both``: the DICOM SEG is written beside the labels by the same
+   code as ``ragsam segment --output-format both`` (content-derived UIDs: the same labels
+   give the same SOP Instance UID);
+4. **read** the SEG back from the cache;
 5. **store** it, unless QIDO-RS finds that SOP Instance UID in the study already.
 
 Nothing is stored before the last stage, and the SEG is one instance, which a DICOMweb
@@ -83,36 +85,6 @@ class PacsModel:
             if self.batch_size < 1:
                 raise InputError(None, f"batch_size must be >= 1, got {self.batch_size}")
 
-    def key(self) -> str:
-        """A short key of the model and every option that changes its labels (the SEG records it)."""
-        from ragsam.inference.case_runner import file_digest, model_key, weights_key
-
-        def digests(folder: Any, names: tuple[str, ...]) -> list[str] | None:
-            return None if folder is None else [file_digest(Path(folder) / n) for n in names
-                                                if (Path(folder) / n).is_file()]
-
-        return model_key(method=self.method, bank=digests(self.index, ("bank.json", "index.faiss", "metadata.csv")),
-                         run=digests(self.run, ("model.safetensors", "config.yaml")),
-                         sam2=None if self.index is None or self.sam2_run is not None else weights_key(self.sam2),
-                         sam2_run=digests(self.sam2_run, ("model.safetensors", "config.yaml")), k=self.k,
-                         hybrid_weight=self.hybrid_weight if self.index is not None and self.run is not None else None)[:16]
-
-    def label_map(self) -> Any:
-        """The label map of the bank (or of the run's prepared cache): the SEG's segments."""
-        from ragsam.data.cache_meta import CacheMeta
-        from ragsam.data.label_maps import LabelMap
-
-        if self.index is not None:
-            from ragsam.retrieval.bank import SupportBank
-
-            meta = SupportBank.load(self.index).prepare_meta()
-        else:
-            from ragsam.inference.run_loader import read_run_config
-
-            prepared = read_run_config(self.run).data.prepared  # type: ignore[arg-type]
-            meta = CacheMeta.read(prepared)
-        return LabelMap.from_json(meta.label_map, source=str(self.index or self.run))
-
 
 @dataclass
 class PacsSegmentResult:
@@ -122,7 +94,7 @@ class PacsSegmentResult:
         seg_sop_uid, seg_series_uid: the SEG in the study.
         stored: False when the study already held that very SEG (same series, model and labels).
         organs: label ids present; labels: the label volume in the cache (NIfTI).
-        seconds: per stage (find, fetch, segment, build, store) and total.
+        seconds: per stage (find, fetch, segment: the SEG included, read, store) and total.
     """
 
     url: str
@@ -131,7 +103,6 @@ class PacsSegmentResult:
     seg_sop_uid: str
     seg_series_uid: str
     method: str
-    model_key: str
     stored: bool
     fetched: int
     cached: int
@@ -172,10 +143,10 @@ def pacs_segment(pacs: Pacs, study_uid: str, model: PacsModel, series_uid: str |
     with timer("fetch"):
         fetched = fetch_series(pacs, cache, study_uid, series_uid,
                                None if progress is None else (lambda d, t: progress("fetch", d, t)))
-    with timer("segment"):
-        labels_path = _segment(fetched, model, cache, progress)
-    with timer("build"):
-        seg, organs = _build(labels_path, fetched, model)
+    with timer("segment"):  # with the SEG: segment / predict write it beside the labels (one code path)
+        labels_path, seg_path = _segment(fetched, model, cache, progress)
+    with timer("read"):
+        seg, organs = _read(labels_path, seg_path)
     with timer("store"):
         present = pacs.has_instance(study_uid, str(seg.SOPInstanceUID))
         if not present:
@@ -184,12 +155,14 @@ def pacs_segment(pacs: Pacs, study_uid: str, model: PacsModel, series_uid: str |
         with atomic_path(output, force=force) as tmp:
             shutil.copyfile(labels_path, tmp)
     return PacsSegmentResult(pacs.url, study_uid, series_uid, str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID),
-                             model.method, model.key(), not present, fetched.fetched, fetched.cached, organs,
+                             model.method, not present, fetched.fetched, fetched.cached, organs,
                              str(labels_path), None if output is None else str(output), timer.finish())
 
 
-def _segment(fetched: FetchedSeries, model: PacsModel, cache: InstanceCache, progress: Progress | None) -> Path:
-    """The series' label volume in the cache (``results/<series>/<method>.nii.gz``), segmented or reused."""
+def _segment(fetched: FetchedSeries, model: PacsModel, cache: InstanceCache, progress: Progress | None
+             ) -> tuple[Path, Path]:
+    """The series' label volume and its DICOM SEG in the cache (``results/<series>/<method>.nii.gz`` and
+    ``.seg.dcm``: ``--output-format both`` of ``segment`` / ``predict``), segmented or reused."""
     slug = {"RAG": "rag", "hybrid": "hybrid", "fine-tuned SAM": "finetuned"}[model.method]
     out = cache.results_dir(fetched.series_uid) / f"{slug}.nii.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,27 +170,29 @@ def _segment(fetched: FetchedSeries, model: PacsModel, cache: InstanceCache, pro
         from ragsam.retrieval.segment import SegmentOptions, segment_cases
 
         options = SegmentOptions(k=model.k, batch_size=model.batch_size, run_dir=model.run,
-                                 hybrid_weight=model.hybrid_weight)
+                                 hybrid_weight=model.hybrid_weight, output_format="both")
         segment_cases(fetched.folder, out, model.index, sam2_weights=model.sam2, device=model.device,
                       sam2_run=model.sam2_run, options=options,
                       progress=None if progress is None else (lambda _c, d, t: progress("segment", d, t)))
     else:
         from ragsam.inference import predict
 
-        predict(model.run, fetched.folder, out, batch_size=model.batch_size, device=model.device)  # type: ignore[arg-type]
-    return out
+        predict(model.run, fetched.folder, out, batch_size=model.batch_size, device=model.device,  # type: ignore[arg-type]
+                output_format="both")
+    from ragsam.data.dicom_seg import seg_path_for
+
+    return out, seg_path_for(out)
 
 
-def _build(labels_path: Path, fetched: FetchedSeries, model: PacsModel) -> tuple[Any, list[int]]:
-    """The SEG dataset of the label volume on the fetched series, and the organs present."""
+def _read(labels_path: Path, seg_path: Path) -> tuple[Any, list[int]]:
+    """The SEG dataset written beside the labels, and the organs present in the labels."""
     import numpy as np
+    import pydicom
 
-    from ragsam.data.dicom_seg import build_dicom_seg
     from ragsam.data.volume import read_labels
 
     labels = read_labels(labels_path)
-    seg = build_dicom_seg(labels, fetched.folder, model.label_map(), algorithm=model.method, model_key=model.key())
-    return seg, sorted(int(o) for o in np.unique(labels.array) if o)
+    return pydicom.dcmread(seg_path), sorted(int(o) for o in np.unique(labels.array) if o)
 
 
 class _Timer:
