@@ -30,29 +30,28 @@ training code never needs them.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ragsam.data.dicom_instances import slice_indices, source_datasets
+from ragsam.data.seg_codes import CODES_RESOURCE, as_label_map, organ_code, organ_codes
 from ragsam.errors import InputError
+
+__all__ = ["CODES_RESOURCE", "SEG_SUFFIX", "build_dicom_seg", "organ_code", "organ_codes", "read_dicom_seg",
+           "save_dicom_seg", "seg_path_for", "slice_indices", "source_datasets", "write_dicom_seg"]
 
 if TYPE_CHECKING:  # pragma: no cover
     import highdicom
     import pydicom
 
-    from ragsam.data.label_maps import LabelMap
     from ragsam.data.volume import Volume
 
-#: The SNOMED CT table of the organs (category, type, modifier per organ name).
-CODES_RESOURCE = "snomed_organs.json"
 #: File name suffix of a SEG written beside a NIfTI output (``case.nii.gz`` -> ``case.seg.dcm``).
 SEG_SUFFIX = ".seg.dcm"
 ALGORITHM_NAME = "ragsam"
@@ -60,59 +59,6 @@ DEFAULT_SERIES_DESCRIPTION = "ragsam segmentation"
 DEFAULT_SERIES_NUMBER = 9900
 #: Segmentation Storage and Label Map Segmentation Storage (both read; ragsam writes the first).
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
-#: Largest distance, in voxels, between an instance's position and a voxel plane of the labels.
-POSITION_TOLERANCE_VOXELS = 1e-2
-#: Largest difference between an instance's direction cosines and the labels' direction.
-DIRECTION_TOLERANCE = 1e-4
-
-
-@dataclass(frozen=True)
-class Coded:
-    """One code: coding scheme designator, code value, code meaning."""
-
-    scheme: str
-    value: str
-    meaning: str
-
-    def concept(self) -> Any:
-        """As a ``highdicom.sr.CodedConcept``."""
-        from highdicom.sr import CodedConcept
-
-        return CodedConcept(self.value, self.scheme, self.meaning)
-
-
-@dataclass(frozen=True)
-class OrganCode:
-    """The segment codes of one organ: category (CID 7150), type and laterality modifier (or ``None``)."""
-
-    category: Coded
-    type: Coded
-    modifier: Coded | None = None
-
-
-@functools.cache
-def organ_codes() -> dict[str, OrganCode]:
-    """``{organ name (lower case): OrganCode}`` from the packaged table :data:`CODES_RESOURCE`."""
-    data = json.loads(resources.files("ragsam.resources").joinpath(CODES_RESOURCE).read_text(encoding="utf-8"))
-    categories = {name: Coded(**c) for name, c in data["categories"].items()}
-    return {name: OrganCode(categories[o["category"]], Coded(**o["type"]),
-                            Coded(**o["modifier"]) if o.get("modifier") else None)
-            for name, o in data["organs"].items()}
-
-
-def organ_code(name: str, source: str | os.PathLike | None = None) -> OrganCode:
-    """The codes of organ ``name`` (case-insensitive).
-
-    Raises:
-        InputError: the organ is not in the table (naming the table and the known organs).
-    """
-    codes = organ_codes()
-    found = codes.get(name.strip().lower())
-    if found is None:
-        raise InputError(source, f"organ {name!r} has no SNOMED CT code in ragsam's table ({CODES_RESOURCE}: "
-                                 f"{', '.join(sorted(codes))}); a DICOM SEG needs one: rename it in the label "
-                                 "map or write NIfTI (--output-format nifti)")
-    return found
 
 
 def seg_path_for(output: str | os.PathLike) -> Path:
@@ -126,147 +72,6 @@ def seg_path_for(output: str | os.PathLike) -> Path:
             name = name[: -len(suffix)]
             break
     return output.with_name(name + SEG_SUFFIX)
-
-
-def _as_label_map(label_map: Any) -> LabelMap:
-    from ragsam.data.label_maps import LabelMap, load_label_map
-
-    if isinstance(label_map, LabelMap):
-        return label_map
-    if isinstance(label_map, Mapping):
-        return LabelMap("custom", {int(k): str(v) for k, v in label_map.items()} | {0: "background"})
-    return load_label_map(label_map)
-
-
-# --- the source series ------------------------------------------------------------------------------
-
-
-def source_datasets(source_series: str | os.PathLike | Sequence[pydicom.Dataset],
-                    series_uid: str | None = None) -> tuple[list[pydicom.Dataset], Path | None]:
-    """The instances of the source series (headers only when read from a folder) and the folder.
-
-    Args:
-        source_series: a DICOM series folder (the one series, or ``series_uid`` among several)
-            or the instances' datasets.
-        series_uid: which series of the folder.
-    Returns:
-        ``(datasets, folder or None)``; SOP Instance / Class UIDs missing from a dataset are
-        taken from its file meta information (where DICOM stores the same UIDs).
-    Raises:
-        InputError: unreadable files, several series, missing study / series / instance UIDs,
-            multi-frame instances.
-    """
-    import pydicom
-
-    folder: Path | None = None
-    if isinstance(source_series, (str, os.PathLike)):
-        from ragsam.data.dicom import select_series
-
-        folder = Path(source_series)
-        if not folder.is_dir():
-            raise InputError(folder, "is not a DICOM series folder; a DICOM SEG needs the source series")
-        series = select_series(folder, series_uid)
-        datasets = []
-        for f in series.files:
-            try:
-                datasets.append(pydicom.dcmread(f, stop_before_pixels=True))
-            except (pydicom.errors.InvalidDicomError, OSError, ValueError) as exc:
-                raise InputError(f, f"not a readable DICOM file ({exc})") from None
-    else:
-        datasets = list(source_series)
-    if not datasets:
-        raise InputError(folder, "the source series holds no instance")
-    where = folder if folder is not None else getattr(datasets[0], "filename", None)
-    out = [_with_instance_uids(ds) for ds in datasets]
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID"):
-        missing = sum(1 for ds in out if not str(ds.get(keyword, "") or "").strip())
-        if missing:
-            raise InputError(where, f"{missing} of {len(out)} DICOM instances have no {keyword} (anonymised?); "
-                                    "a DICOM SEG must reference it: restore the UIDs or write NIfTI "
-                                    "(--output-format nifti)")
-    uids = sorted({str(ds.SeriesInstanceUID) for ds in out})
-    if len(uids) > 1:
-        raise InputError(where, f"the instances belong to {len(uids)} series ({', '.join(uids[:3])}); give one series")
-    frames = [int(ds.get("NumberOfFrames", 1) or 1) for ds in out]
-    if max(frames) > 1:
-        raise InputError(where, f"multi-frame DICOM instances ({max(frames)} frames, e.g. enhanced CT) are not "
-                                "supported as SEG sources; export the series as single-frame CT images")
-    return out, folder
-
-
-def _with_instance_uids(ds: pydicom.Dataset) -> pydicom.Dataset:
-    meta = getattr(ds, "file_meta", None)
-    fixes = {}
-    for keyword, meta_keyword in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
-                                  ("SOPClassUID", "MediaStorageSOPClassUID")):
-        if not str(ds.get(keyword, "") or "").strip() and meta is not None and meta.get(meta_keyword):
-            fixes[keyword] = str(meta.get(meta_keyword))
-    if not fixes:
-        return ds
-    ds = ds.copy()  # the caller's dataset stays as it was
-    for keyword, value in fixes.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def _floats(ds: pydicom.Dataset, keyword: str, n: int, where: Any) -> np.ndarray:
-    try:
-        values = np.array([float(v) for v in ds[keyword].value], dtype=np.float64)
-    except (KeyError, TypeError, ValueError):
-        values = np.zeros(0)
-    if values.shape != (n,):
-        raise InputError(where, f"DICOM instance {ds.get('SOPInstanceUID', '?')} lacks a valid {keyword}")
-    return values
-
-
-def slice_indices(datasets: Sequence[pydicom.Dataset], geometry: Any, where: Any) -> np.ndarray:
-    """The z index, on ``geometry``, of each instance's plane; every plane must be one voxel plane.
-
-    Args:
-        datasets: single-frame instances (ImagePositionPatient, ImageOrientationPatient,
-            PixelSpacing, Rows, Columns).
-        geometry: the :class:`~ragsam.data.geometry.Geometry` of a volume read from them.
-        where: named in messages.
-    Returns:
-        int64 ``(len(datasets),)``, a permutation of ``0..nz-1``.
-    Raises:
-        InputError: an instance off the grid (position, orientation, spacing, size), a missing
-            or repeated plane; the message says which and by how much.
-    """
-    size, spacing = geometry.size, geometry.spacing
-    direction = geometry.direction_matrix
-    inverse = np.linalg.inv(geometry.index_to_world)
-    origin = np.asarray(geometry.origin)
-    out = np.empty(len(datasets), dtype=np.int64)
-    for n, ds in enumerate(datasets):
-        iop = _floats(ds, "ImageOrientationPatient", 6, where)
-        ipp = _floats(ds, "ImagePositionPatient", 3, where)
-        pixel = _floats(ds, "PixelSpacing", 2, where)  # (between rows, between columns) = (y, x)
-        uid = ds.get("SOPInstanceUID", "?")
-        if (int(ds.Columns), int(ds.Rows)) != (size[0], size[1]):
-            raise InputError(where, f"instance {uid} is {ds.Columns}x{ds.Rows} pixels; the labels are "
-                                    f"{size[0]}x{size[1]}: they are not on this series' grid")
-        if np.abs(iop[:3] - direction[:, 0]).max() > DIRECTION_TOLERANCE or \
-                np.abs(iop[3:] - direction[:, 1]).max() > DIRECTION_TOLERANCE:
-            raise InputError(where, f"instance {uid} has orientation {np.round(iop, 5).tolist()}, the labels' rows and "
-                                    f"columns run along {np.round(direction[:, :2].T.ravel(), 5).tolist()}")
-        if np.abs(pixel - (spacing[1], spacing[0])).max() > POSITION_TOLERANCE_VOXELS * min(spacing[:2]):
-            raise InputError(where, f"instance {uid} has pixel spacing {pixel.tolist()} mm, the labels "
-                                    f"{[spacing[1], spacing[0]]} mm")
-        index = inverse @ (ipp - origin)
-        k = int(np.round(index[2]))
-        if np.abs(index[:2]).max() > POSITION_TOLERANCE_VOXELS or abs(index[2] - k) > POSITION_TOLERANCE_VOXELS \
-                or not 0 <= k < size[2]:
-            raise InputError(where, f"instance {uid} at {ipp.tolist()} mm is not on a slice of the labels' grid "
-                                    f"(voxel index {np.round(index, 3).tolist()} of {list(size)})")
-        out[n] = k
-    counts = np.bincount(out, minlength=size[2])
-    if counts.max() > 1 or counts.min() == 0:
-        missing = np.flatnonzero(counts == 0)[:5].tolist()
-        repeated = np.flatnonzero(counts > 1)[:5].tolist()
-        raise InputError(where, f"the {len(datasets)} instances do not cover the labels' {size[2]} slices once each "
-                                f"(slices without an instance: {missing}, with several: {repeated})")
-    return out
 
 
 def _content_uid(*parts: Any) -> str:
@@ -307,7 +112,7 @@ def build_dicom_seg(labels: Volume, source_series: str | os.PathLike | Sequence[
     import ragsam
     from ragsam.evaluation.overlays import PALETTE
 
-    lmap = _as_label_map(label_map)
+    lmap = as_label_map(label_map)
     datasets, folder = source_datasets(source_series, series_uid)
     where = folder if folder is not None else labels.path
     z = slice_indices(datasets, labels.geometry, where)
@@ -434,7 +239,7 @@ def _segment_lut(seg: Any, label_map: Any, where: Any) -> np.ndarray:
     lut = np.arange(max(numbers, default=0) + 1, dtype=np.int64)
     if label_map is None:
         return lut
-    lmap = _as_label_map(label_map)
+    lmap = as_label_map(label_map)
     by_name = {name.lower(): i for i, name in lmap.labels.items() if i}
     by_code = {}
     for i, name in lmap.labels.items():
