@@ -1,8 +1,8 @@
 # Two set-up commands do everything from a fresh clone:
 #   make demo   # builds .venv, installs ragsam, runs the demo
 #   make test   # builds .venv, installs ragsam with test extras (and Debian's chromium for the
-#               # browser tests and dicom3tools for the DICOM SEG validator, when missing and run as
-#               # root), runs ruff and pytest
+#               # browser tests, dicom3tools for the DICOM SEG validator, and Debian's orthanc +
+#               # orthanc-dicomweb for the PACS tests, when missing and run as root), runs ruff and pytest
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,6 +29,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash tools/ensure-chromium.sh
 	bash tools/ensure-dicom3tools.sh
+	bash tools/ensure-orthanc.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 

@@ -23,14 +23,15 @@ def test_unknown_command_is_usage_error(capsys):
 def test_every_subcommand_help_has_an_example(capsys):
     import typer.main
 
+    from ragsam.cli.pacs_cmd import pacs_app
     from ragsam.cli.root import app, index_app, weights_app
 
-    groups = {"": app, "index ": index_app, "weights ": weights_app}
+    groups = {"": app, "index ": index_app, "weights ": weights_app, "pacs ": pacs_app}
     missing = []
     for prefix, typer_app in groups.items():
         command = typer.main.get_command(typer_app)
         for name in getattr(command, "commands", {}):
-            if prefix == "" and name in ("index", "weights"):
+            if prefix == "" and name in ("index", "weights", "pacs"):
                 continue
             capsys.readouterr()
             code = run_cli([*prefix.split(), name, "--help"])

@@ -36,7 +36,8 @@ def create_app(bank: str | os.PathLike | None = None, run: str | os.PathLike | N
                data: str | os.PathLike | None = None, predictions: tuple[str | os.PathLike, ...] = (),
                host: str = "127.0.0.1", port: int = 8765, work: str | os.PathLike | None = None,
                sam2_weights: str = "auto", k: int = 4, device: str = "cpu", max_upload_mb: int = 1024,
-               token: str | bool = True) -> Session:
+               token: str | bool = True, pacs: str | None = None, pacs_credentials: str | os.PathLike | None = None,
+               pacs_cache: str | os.PathLike | None = None) -> Session:
     """Build the app for the given folders.
 
     Args:
@@ -50,6 +51,9 @@ def create_app(bank: str | os.PathLike | None = None, run: str | os.PathLike | N
         token: the token every request must carry: True (default) a new random one, on every
             address (loopback too: other users and processes of the machine reach it); a string
             that token; False none (loopback only: any local process may then use the app).
+        pacs: a DICOMweb root to open studies from and save SEGs to (:mod:`ragsam.app.pacs_link`);
+            pacs_credentials: its credentials file (else the ``RAGSAM_PACS_*`` environment);
+            pacs_cache: the instance cache (default: ``ragsam pacs``'s).
     Raises:
         InputError: a folder that does not exist, a bad bank or run, no token off loopback.
     """
@@ -91,8 +95,14 @@ def create_app(bank: str | os.PathLike | None = None, run: str | os.PathLike | N
     token = secrets.token_urlsafe(24) if token is True else (token or None)
     hosts = {f"{h}:{port}" for h in ({host} | ({"127.0.0.1", "localhost"} if host in LOOPBACK else set()))}
     hosts |= {f"[{host}]:{port}"} if ":" in host else set()
-    app = build_app(catalog, engine, label_names_for(bank_dir), token=token, hosts=hosts,
-                    max_upload_mb=max_upload_mb, cookie=f"ragsam_token_{port}")
+    label_names = label_names_for(bank_dir)
+    link = None
+    if pacs is not None:
+        from ragsam.app.pacs_link import PacsLink
+
+        link = PacsLink(pacs, pacs_credentials, pacs_cache, label_names)
+    app = build_app(catalog, engine, label_names, token=token, hosts=hosts,
+                    max_upload_mb=max_upload_mb, cookie=f"ragsam_token_{port}", pacs=link)
     return Session(app, host, port, token, work_dir)
 
 

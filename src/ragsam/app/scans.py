@@ -59,6 +59,8 @@ class Scan:
     added: list[str] = field(default_factory=list)
     runs: int = 0
     stack: Any = None              # SliceStack of the input, sliced with the bank's settings
+    origin: dict | None = None     # {"study", "series"} of a scan opened from the PACS (ragsam.app.pacs_link)
+    view: Path | None = None       # a NIfTI copy of a DICOM input for the viewer (NiiVue reads files, not folders)
 
     def public(self, text: str) -> str:
         """``text`` with this scan's server folders replaced by the scan's name (for the page)."""
@@ -71,8 +73,8 @@ class Scan:
     def to_json(self) -> dict:
         return {"id": self.id, "name": self.name, "mode": self.mode, "state": self.state, "done": self.done,
                 "total": self.total, "error": self.error, "corrected": sorted(self.corrected),
-                "added": list(self.added), "runs": self.runs,
-                "image": ["scans", str(self.input.relative_to(self.folder.parent))],
+                "added": list(self.added), "runs": self.runs, "pacs": self.origin,
+                "image": ["scans", str((self.view or self.input).relative_to(self.folder.parent))],
                 "labels": ["scans", f"{self.id}/labels.nii.gz"] if self.runs else None}
 
 
@@ -155,6 +157,43 @@ class ScanStore:
         scan = Scan(scan_id, safe, final, final / path.relative_to(staged), mode)
         with self.lock:
             self.scans[scan_id] = scan
+        self.jobs.put((scan, {}))
+        return scan
+
+    def adopt_series(self, name: str, series: Path, mode: str, origin: dict) -> Scan:
+        """A DICOM series folder fetched from the PACS (linked, not copied) becomes a scan, queued like an upload.
+
+        Raises:
+            InputError: ``<name>: <problem>`` (the reader's and CT checks of an upload); nothing is kept.
+        """
+        import os
+        import shutil
+
+        staged = self.staging()
+        folder = staged / "input" / "dicom"
+        try:
+            folder.mkdir(parents=True)
+            for path in sorted(series.iterdir()):
+                try:
+                    os.link(path, folder / path.name)
+                except OSError:
+                    shutil.copy2(path, folder / path.name)
+            with VALIDATION_LOCK:
+                self.engine.check_scan(folder)
+                _write_view(folder, staged / "input" / "view.nii.gz")
+            final = self.folder / staged.name[1:-4]
+            staged.rename(final)
+        except RagsamError as exc:
+            remove(staged)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise InputError(name, self._public(problem, name, staged)) from None
+        except BaseException:
+            remove(staged)
+            raise
+        scan = Scan(final.name, name, final, final / "input" / "dicom", mode, origin=dict(origin),
+                    view=final / "input" / "view.nii.gz")
+        with self.lock:
+            self.scans[scan.id] = scan
         self.jobs.put((scan, {}))
         return scan
 
@@ -276,3 +315,16 @@ class ScanStore:
                 scan.state, scan.error = "error", scan.public(str(exc))
             except Exception as exc:  # noqa: BLE001 - shown in the page, the server keeps running
                 scan.state, scan.error = "error", scan.public(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _write_view(series: Path, out: Path) -> None:
+    """The DICOM series as a NIfTI image (HU, int16 when exact) for the page's viewer."""
+    import SimpleITK as sitk
+
+    from ragsam.data.volume import read_image, to_sitk
+
+    image = read_image(series)
+    array = image.array
+    if np.array_equal(array, np.round(array)) and array.min() >= -32768 and array.max() <= 32767:
+        image = type(image)(array.astype(np.int16), image.geometry, image.path)
+    sitk.WriteImage(to_sitk(image), str(out), True)

@@ -15,6 +15,9 @@ Routes::
     PUT  /api/scans/<id>/labels          save corrected labels (NIfTI body on the input grid)
     POST /api/scans/<id>/add             add the corrected slices to the bank
     POST /api/scans/<id>/resegment       segment again with the corrected slices as supports
+    GET  /api/pacs/studies               studies of the configured PACS (``--pacs``; 404 without one)
+    POST /api/pacs/open?study=&series=&mode=   fetch a study's CT series and segment it as a scan
+    POST /api/scans/<id>/pacs            store the scan's labels as a DICOM SEG into its PACS study
 
 Safety: every request must carry the session token (on every address, loopback too, unless
 the app was started with ``--no-token``): query ``token`` (the page then sets an HttpOnly,
@@ -129,8 +132,12 @@ def _clean(value: float) -> float | None:
 
 
 def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], token: str | None = None,
-              hosts: set[str] | None = None, max_upload_mb: int = 1024, cookie: str = COOKIE) -> Starlette:
-    """The ASGI application of one session (see the module docstring for the routes)."""
+              hosts: set[str] | None = None, max_upload_mb: int = 1024, cookie: str = COOKIE,
+              pacs: Any = None) -> Starlette:
+    """The ASGI application of one session (see the module docstring for the routes).
+
+    ``pacs``: a :class:`ragsam.app.pacs_link.PacsLink`, or None (no PACS routes answer).
+    """
     scans = ScanStore(catalog.roots["scans"], engine)
     limit = int(max_upload_mb) << 20
     places = {folder: f"<{name}>" for name, folder in catalog.roots.items()}
@@ -160,7 +167,8 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
     async def info(request: Request) -> Response:
         return JSONResponse({"organs": organ_table(label_names), "windows": WINDOWS, "k": engine.k,
                              "modes": [m for m in MODES if _mode_ok(engine, m)],
-                             "bank": engine.bank_dir is not None, "run": engine.run_dir is not None})
+                             "bank": engine.bank_dir is not None, "run": engine.run_dir is not None,
+                             "pacs": pacs is not None})
 
     async def cases(request: Request) -> Response:
         try:
@@ -278,6 +286,34 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
             return _error(exc)
         return JSONResponse(scan.to_json())
 
+    async def pacs_studies(request: Request) -> Response:
+        if pacs is None:
+            return JSONResponse({"error": "no PACS configured (start the app with --pacs URL)"}, 404)
+        try:
+            return JSONResponse(await asyncio.to_thread(pacs.studies))
+        except RagsamError as exc:
+            return _error(exc)
+
+    async def pacs_open(request: Request) -> Response:
+        if pacs is None:
+            return JSONResponse({"error": "no PACS configured (start the app with --pacs URL)"}, 404)
+        q = request.query_params
+        try:
+            scan = await asyncio.to_thread(pacs.open, scans, q.get("study", ""), q.get("series") or None,
+                                           q.get("mode", "rag"))
+        except RagsamError as exc:
+            return _error(exc)
+        return JSONResponse(scan.to_json(), 201)
+
+    async def scan_pacs(request: Request) -> Response:
+        if pacs is None:
+            return JSONResponse({"error": "no PACS configured (start the app with --pacs URL)"}, 404)
+        try:
+            saved = await asyncio.to_thread(pacs.save, scans.get(request.path_params["id"]))
+        except RagsamError as exc:
+            return _error(exc)
+        return JSONResponse(saved)
+
     routes = [
         Route("/", page),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -293,6 +329,9 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
         Route("/api/scans/{id}/labels", scan_labels, methods=["PUT"]),
         Route("/api/scans/{id}/add", scan_add, methods=["POST"]),
         Route("/api/scans/{id}/resegment", scan_resegment, methods=["POST"]),
+        Route("/api/scans/{id}/pacs", scan_pacs, methods=["POST"]),
+        Route("/api/pacs/studies", pacs_studies),
+        Route("/api/pacs/open", pacs_open, methods=["POST"]),
     ]
     async def internal(request: Request, exc: Exception) -> Response:  # one line, no traceback, no path
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)

@@ -28,6 +28,11 @@ def app_cmd(
     k: int = typer.Option(4, help="Support slices per query slice."),
     device: str = typer.Option("cpu", help="cpu, auto (CUDA when available), cuda or cuda:N."),
     max_upload_mb: int = typer.Option(1024, help="Largest accepted upload (MiB)."),
+    pacs: str | None = typer.Option(None, "--pacs", help="DICOMweb root of a PACS to open studies from and "
+                                    "save corrected segmentations to (DICOM SEG), e.g. http://127.0.0.1:8042/dicom-web; "
+                                    "credentials as `ragsam pacs`."),
+    pacs_credentials: Path | None = typer.Option(None, "--pacs-credentials", help="Private JSON credentials "
+                                                 "file of the PACS (default: RAGSAM_PACS_* variables)."),
     no_token: bool = typer.Option(False, "--no-token", help="Serve without a token (loopback only): any user "
                                   "or process of this machine can then read the scans and change the bank."),
 ) -> None:
@@ -39,7 +44,8 @@ def app_cmd(
     from ragsam.app import create_app, serve
 
     session = create_app(bank, run, data, tuple(predictions), host=host, port=port, work=work, sam2_weights=sam2,
-                         k=k, device=device, max_upload_mb=max_upload_mb, token=not no_token)
+                         k=k, device=device, max_upload_mb=max_upload_mb, token=not no_token, pacs=pacs,
+                         pacs_credentials=pacs_credentials)
     if no_token:
         typer.echo("ragsam app: warning: --no-token: any user or process of this machine can open this app, read "
                    "its scans and change the bank", err=True)

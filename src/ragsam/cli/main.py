@@ -29,6 +29,7 @@ from ragsam.cli import (  # noqa: F401
     experiment_cmd,
     index_cmd,
     model_cmd,
+    pacs_cmd,
     predict_cmd,
     prepare_cmd,
     pretrain_cmd,

@@ -140,12 +140,14 @@ def add_slices(bank_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarr
 
 
 def add_volume(bank_dir: str | os.PathLike, image_path: str | os.PathLike, labels_path: str | os.PathLike,
-               slices: Sequence[int] | None = None, embedder=None, added_by: str | None = None) -> Addition:
+               slices: Sequence[int] | None = None, embedder=None, added_by: str | None = None,
+               source: str | None = None) -> Addition:
     """Add slices of a labelled CT volume (read and sliced exactly as ``ragsam segment`` does).
 
     Args:
         image_path: CT file or DICOM folder (HU). labels_path: its label map on the same grid.
         slices: canonical z indices (inferior first) to add; ``None``: every slice with an organ.
+        source: what the addition records as its source (default: the image's absolute path).
     Raises:
         InputError: unreadable files, labels on another grid, a slice out of range, no labelled slice.
     """
@@ -167,7 +169,7 @@ def add_volume(bank_dir: str | os.PathLike, image_path: str | os.PathLike, label
         if bad:
             raise InputError(image_path, f"slices {bad[:5]} are outside the {depth} slices of the volume")
     rel = [z / (depth - 1) if depth > 1 else 0.0 for z in chosen]
-    return add_slices(bank_dir, stack.images[chosen], stack.labels[chosen], str(Path(image_path).resolve()),
+    return add_slices(bank_dir, stack.images[chosen], stack.labels[chosen], source or str(Path(image_path).resolve()),
                       chosen, rel, embedder=embedder, added_by=added_by)
 
 

@@ -104,8 +104,17 @@ function setView(kind) {
 }
 
 // ---------------------------------------------------------------- cases
+// The two viewers follow each other only while both show a volume: NiiVue cannot place the
+// crosshair of an empty viewer (a scan opened before any case would throw on every move).
+function linkViewers(linked) {
+  const sync = { "2d": linked, "3d": linked };
+  state.nvA.broadcastTo(linked ? [state.nvB] : [], sync);
+  state.nvB.broadcastTo(linked ? [state.nvA] : [], sync);
+}
+
 async function openCase(entry) {
   state.current = { kind: "case", entry };
+  linkViewers(true);
   markActive(byData("#cases li", "id", entry.id));
   $("#editbar").hidden = true;
   $("#method-label").hidden = !Object.keys(entry.predictions).length;
@@ -186,6 +195,7 @@ async function openScan(id) {
   const scan = await api(`/api/scans/${encodeURIComponent(id)}`);
   if (scan.state !== "done") { watch(id); return; }
   state.current = { kind: "scan", scan };
+  linkViewers(false);
   markActive(byData("#scans li", "id", id));
   $("#method-label").hidden = true;
   $("#viewerB").hidden = true;
@@ -196,6 +206,7 @@ async function openScan(id) {
   $("#download").href = fileUrl(scan.labels);
   $("#download").download = `${scan.name.replace(/\.(nii\.gz|nii|zip)$/, "")}_labels.nii.gz`;
   showCorrected(scan);
+  $("#save-pacs").hidden = !scan.pacs;
   await showMetrics(null, null);
   scheduleSupports(0);
   document.body.dataset.loaded = `scan:${scan.id}:${scan.runs}`;
@@ -231,6 +242,39 @@ async function resegment() {
     await saveCorrection();
     await api(`/api/scans/${encodeURIComponent(state.current.scan.id)}/resegment`, { method: "POST" });
     watch(state.current.scan.id);
+  } catch (error) { fail(error); }
+}
+
+// ---------------------------------------------------------------- PACS (ragsam app --pacs)
+async function listStudies() {
+  try {
+    const studies = await api("/api/pacs/studies");
+    $("#studies").replaceChildren(...studies.map((st) => {
+      const text = `${st.patient_name || st.patient_id || "?"} · ${st.date} · ${st.description || st.study_uid}` +
+                   ` · ${st.modalities.join(",")}`;
+      const li = el("li", { dataset: { study: st.study_uid }, title: st.study_uid }, text);
+      li.addEventListener("click", () => openStudy(st.study_uid));
+      return li;
+    }));
+  } catch (error) { fail(error); }
+}
+
+async function openStudy(studyUid) {
+  say("");
+  try {
+    const scan = await api(`/api/pacs/open?study=${encodeURIComponent(studyUid)}&mode=${encodeURIComponent($("#mode").value)}`,
+                           { method: "POST" });
+    await refreshScans();
+    watch(scan.id);
+  } catch (error) { fail(error); }
+}
+
+async function saveToPacs() {
+  try {
+    await saveCorrection();
+    const saved = await api(`/api/scans/${encodeURIComponent(state.current.scan.id)}/pacs`, { method: "POST" });
+    say(saved.stored ? `stored SEG ${saved.seg} into study ${saved.study}`
+                     : `the study already holds this segmentation (SEG ${saved.seg})`, true);
   } catch (error) { fail(error); }
 }
 
@@ -285,8 +329,7 @@ async function main() {
     el("li", {}, el("span", { className: "swatch", style: { background: o.colour } }), `${o.id} ${o.name}`)));
   state.nvA = await makeViewer("gl1");
   state.nvB = await makeViewer("gl2");
-  state.nvA.broadcastTo([state.nvB], { "2d": true, "3d": true });
-  state.nvB.broadcastTo([state.nvA], { "2d": true, "3d": true });
+  linkViewers(true);
   state.nvA.onLocationChange = () => scheduleSupports();
   state.nvA.onMouseUp = () => scheduleSupports();
   setView("axial");
@@ -325,6 +368,9 @@ async function main() {
   $("#save").addEventListener("click", () => saveCorrection().then(() => say("correction saved", true)).catch(fail));
   $("#add").addEventListener("click", addToBank);
   $("#resegment").addEventListener("click", resegment);
+  $("#save-pacs").addEventListener("click", saveToPacs);
+  $("#pacs-refresh").addEventListener("click", listStudies);
+  if (state.info.pacs) { $("#pacs").hidden = false; await listStudies(); }
   await refreshScans();
   window.ragsam = { state, api, showSupports };
   document.body.dataset.ready = "1";
