@@ -119,7 +119,7 @@ class Catalog:
 
 def organ_table(label_names: dict[int, str]) -> list[dict]:
     """Organ id, name and colour (``#rrggbb``, the reports' colours) for the page's legend and LUT."""
-    from ragsam.evaluation.overlays import PALETTE
+    from ragsam.data.label_maps import PALETTE
 
     return [{"id": i, "name": name, "colour": PALETTE[(i - 1) % len(PALETTE)]}
             for i, name in sorted(label_names.items()) if i > 0]

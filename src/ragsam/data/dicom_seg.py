@@ -110,7 +110,7 @@ def build_dicom_seg(labels: Volume, source_series: str | os.PathLike | Sequence[
     from pydicom.sr.codedict import codes
 
     import ragsam
-    from ragsam.evaluation.overlays import PALETTE
+    from ragsam.data.label_maps import PALETTE
 
     lmap = as_label_map(label_map)
     datasets, folder = source_datasets(source_series, series_uid)

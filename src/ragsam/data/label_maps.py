@@ -52,6 +52,13 @@ BTCV_TABLE1: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 BUILTIN_NAMES = ("btcv", "flare22", "btcv-table1", "paper-8", "paper-8:btcv", "paper-8:flare22")
 
+#: 20 visually distinct colours; label id ``i`` >= 1 gets ``PALETTE[(i - 1) % 20]``.
+PALETTE: tuple[str, ...] = (
+    "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
+    "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000", "#ffd8b1",
+    "#000075", "#a9a9a9",
+)  # organ colours: reports, overlays, the app, DICOM SEG
+
 
 @dataclass(frozen=True)
 class LabelMap:

@@ -28,17 +28,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ragsam.data.label_maps import PALETTE
 from ragsam.utils.atomic import atomic_path
 
 if TYPE_CHECKING:
     from ragsam.data.volume import Volume
 
-#: 20 visually distinct colours; label id ``i`` >= 1 gets ``PALETTE[(i - 1) % 20]``.
-PALETTE: tuple[str, ...] = (
-    "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-    "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000", "#ffd8b1",
-    "#000075", "#a9a9a9",
-)
 #: Default CT display window in HU (the slice pipeline's abdominal window).
 DEFAULT_WINDOW = (-125.0, 275.0)
 
