@@ -59,7 +59,7 @@ def _bank(root: Path, models: str, quick: bool) -> tuple[Path, str]:
     from ragsam.data.slices import SliceSettings, volume_to_slices
     from ragsam.data.volume import read_image, read_labels
     from ragsam.hub.tiny_models import tiny_models
-    from ragsam.retrieval.bank import build_bank
+    from ragsam.retrieval.bank import BankOptions, build_bank
 
     if models == "tiny":
         tiny = tiny_models()
@@ -73,7 +73,7 @@ def _bank(root: Path, models: str, quick: bool) -> tuple[Path, str]:
     stack = volume_to_slices(image, labels, SliceSettings(size=size))
     prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
     torch.manual_seed(0)
-    build_bank(prepared, root / "bank", embedder_weights=embedder, image_size=image_size, device="cpu")
+    build_bank(prepared, root / "bank", BankOptions(embedder_weights=embedder, image_size=image_size, device="cpu"))
     return root / "bank", sam2
 
 
@@ -88,11 +88,12 @@ def main(argv: list[str] | None = None) -> dict:
     from orthanc_server import PASSWORD, USER, Orthanc
 
     from ragsam.data.volume import read_labels
+    from ragsam.inference.rag_segment import segment_cases
     from ragsam.pacs.cache import InstanceCache
     from ragsam.pacs.client import Pacs
     from ragsam.pacs.credentials import Credentials
     from ragsam.pacs.segment import PacsModel, pacs_segment
-    from ragsam.retrieval.segment import SegmentOptions, segment_cases
+    from ragsam.retrieval.segment import SegmentOptions
 
     rounds = 2 if args.quick else max(2, args.rounds)
     work = Path(tempfile.mkdtemp(prefix="ragsam-bench-pacs-"))

@@ -37,11 +37,11 @@ def series(ct_dicom, tmp_path_factory) -> dict[str, Path]:
 def run(tmp_path_factory) -> Path:
     """A tiny SAM fine-tuned for one iteration on a phantom (random enough to label many organs)."""
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
 
     root = tmp_path_factory.mktemp("run")
     write_phantom_dataset(root / "src", n_cases=1, shape=(4, 32, 32), seed=5)
-    prepare_dataset(root / "src", root / "prep", SliceSettings(size=32), split="none")
+    prepare_dataset(root / "src", root / "prep", PrepareOptions(SliceSettings(size=32), split="none"))
     assert run_cli(["train", "--config", "tiny", "--prepared", str(root / "prep"), "--out", str(root / "run"),
                     "model.image_size=32", "optim.max_iterations=1", "log.tensorboard=false", "device=cpu"]) == 0
     return root / "run"
@@ -53,14 +53,14 @@ def bank(ct3mm, tmp_path_factory) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "retrieval"))
     from bank_fixtures import write_prepared
 
-    from ragsam.retrieval.bank import build_bank
+    from ragsam.retrieval.bank import BankOptions, build_bank
 
     root = tmp_path_factory.mktemp("segbank")
     image = read_image(ct3mm["image"])
     stack = volume_to_slices(image, read_labels(ct3mm["labels"], reference=image), SliceSettings(size=32))
     prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
     torch.manual_seed(0)
-    build_bank(prepared, root / "bank", embedder_weights="tiny", image_size=28)
+    build_bank(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
     return root / "bank"
 
 

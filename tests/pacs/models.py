@@ -17,24 +17,25 @@ def build_bank(ct3mm: dict[str, Path], root: Path) -> Path:
 
     from ragsam.data.slices import SliceSettings, volume_to_slices
     from ragsam.data.volume import read_image, read_labels
+    from ragsam.retrieval.bank import BankOptions
     from ragsam.retrieval.bank import build_bank as build
 
     image = read_image(ct3mm["image"])
     stack = volume_to_slices(image, read_labels(ct3mm["labels"], reference=image), SliceSettings(size=32))
     prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
     torch.manual_seed(0)
-    build(prepared, root / "bank", embedder_weights="tiny", image_size=28)
+    build(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
     return root / "bank"
 
 
 def train_run(root: Path) -> Path:
     """A one-iteration tiny SAM run on a phantom (32-pixel slices), as tests/cli/test_predict_cmd.py."""
     from ragsam.data.phantom import write_phantom_dataset
-    from ragsam.data.prepare import prepare_dataset
+    from ragsam.data.prepare import PrepareOptions, prepare_dataset
     from ragsam.data.slices import SliceSettings
 
     write_phantom_dataset(root / "src", n_cases=1, shape=(4, 32, 32), seed=5)
-    prepare_dataset(root / "src", root / "prep", SliceSettings(size=32), split="none")
+    prepare_dataset(root / "src", root / "prep", PrepareOptions(SliceSettings(size=32), split="none"))
     run = root / "run"
     code = run_cli(["train", "--config", "tiny", "--prepared", str(root / "prep"), "--out", str(run),
                     "model.image_size=32", "optim.max_iterations=1", "log.tensorboard=false", "device=cpu"])

@@ -167,7 +167,8 @@ def _segment(fetched: FetchedSeries, model: PacsModel, cache: InstanceCache, pro
     out = cache.results_dir(fetched.series_uid) / f"{slug}.nii.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
     if model.index is not None:
-        from ragsam.retrieval.segment import SegmentOptions, segment_cases
+        from ragsam.inference.rag_segment import segment_cases
+        from ragsam.retrieval.segment import SegmentOptions
 
         options = SegmentOptions(k=model.k, batch_size=model.batch_size, run_dir=model.run,
                                  hybrid_weight=model.hybrid_weight, output_format="both")
