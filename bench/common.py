@@ -21,6 +21,17 @@ from typing import Any
 import torch
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``, Linux), e.g. ``AMD EPYC 7B13``; ``None`` elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on: CPU, cores, GPU, library versions, commit."""
     info: dict[str, Any] = {
@@ -28,6 +39,8 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels ATen dispatches to
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

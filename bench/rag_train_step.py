@@ -50,7 +50,7 @@ def bench_k(model, k: int, args, device: torch.device) -> dict:
     images, labels = episodes(k, args.batch, args.side)
     batch = Batch(0, list(range(args.batch)), images, labels)
     info = DistInfo(0, 1, 0, device)
-    optim = SimpleNamespace(bf16=True, bf16_cpu=False)
+    optim = SimpleNamespace(bf16=True, bf16_cpu=False, object_score_weight=1.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-5)
     loss_fn = DiceCELoss()

@@ -23,10 +23,13 @@ def _one_torch_thread():
     """Tests run tiny models: one thread is faster than two (thread start-up, a shared 2-core CI).
 
     ``RAGSAM_THREADS=1`` keeps the commands' own thread rule (``ragsam.utils.threads``) at one too.
+    ``RAGSAM_TEST_THREADS=N`` runs the suite at N threads instead: the suite must pass at 1 and 2
+    (another reduction order; docs/testing.md).
     """
+    threads = int(os.environ.get("RAGSAM_TEST_THREADS", "1"))
     before, env = torch.get_num_threads(), os.environ.get("RAGSAM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["RAGSAM_THREADS"] = "1"
+    torch.set_num_threads(threads)
+    os.environ["RAGSAM_THREADS"] = str(threads)
     os.environ.setdefault("RAGSAM_JOBS", "1")  # --jobs tests ask for processes explicitly
     yield
     torch.set_num_threads(before)

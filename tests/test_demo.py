@@ -23,6 +23,8 @@ from ragsam.hub.detect import WeightsUsed
 # 0.678, trained RAG 0.729; liver 0.88 / 0.89 / 0.91 / 0.90 (seed 1: 0.592 / 0.577 / 0.614 / 0.585).
 # The tiny SAM 2 without that initialisation gave RAG 0.065 and trained RAG 0.103: the RAG floors fail
 # if retrieval stops transferring masks. Trained RAG beats training-free RAG by 7.3 points on seed 0.
+# With train-rag's object-score loss (2026-12-06, seed 0): trained RAG 0.742, the other rows unchanged;
+# under tools/cpu-isa.sh avx2 0.651 / 0.656 / 0.677 / 0.742 (docs/testing.md).
 MEAN_FLOORS = {"finetuned": 0.45, "rag": 0.45, "hybrid": 0.45, "rag-trained": 0.45}
 LIVER_FLOORS = {"finetuned": 0.6, "rag": 0.6, "hybrid": 0.6, "rag-trained": 0.6}
 LIVER_ID = 6

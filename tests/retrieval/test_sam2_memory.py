@@ -129,7 +129,9 @@ def test_cached_supports_equal_uncached(model, case):
     query_features = seg.encode_images(query[None])[0]
     cached = seg.segment(query_features, memories, output_size=(S, S))
     again = seg.segment(query_features, memories, output_size=(S, S))
-    assert torch.allclose(cached.logits, uncached.logits, atol=1e-4)
+    # one batch of 4 vs batches of 1: the same on AVX-512 / SSE kernels, up to 1.5e-4 (logits up to 11.9) on
+    # tools/cpu-isa.sh avx2, where MKL's products depend on the batch and bf16 memories amplify it (docs/testing.md)
+    assert torch.allclose(cached.logits, uncached.logits, atol=1e-3)
     assert torch.equal(cached.labels, uncached.labels)
     assert torch.equal(again.logits, cached.logits)
     assert memories[2].key == ("case", 2) and sorted(memories[1].organs) == [1, 2]

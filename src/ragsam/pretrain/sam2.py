@@ -12,9 +12,8 @@ query slice"), which gates the mask and cannot learn from the mask loss alone.
 
 Every weight trains, from a random initialisation of the tiny SAM 2 structure at the
 corpus' slice size with memory attention set up to read its memory
-(:func:`init_memory_reading`). This loop, not ``ragsam train-rag``, does it because it
-also trains the object score: ``train-rag``'s class-logit loss sees a gated organ only
-as SAM 2's constant no-object logits, which carry no gradient.
+(:func:`init_memory_reading`), which ``ragsam train-rag`` does not do: it fine-tunes an
+existing SAM 2 (its object-score loss, ``optim.object_score_weight``, is this loop's BCE).
 """
 
 from __future__ import annotations

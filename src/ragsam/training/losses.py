@@ -113,6 +113,27 @@ class DiceCELoss(nn.Module):
         return self.parts(logits, labels).total
 
 
+def object_score_loss(scores: torch.Tensor, offered: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SAM 2's object-score loss of one episode: mean BCE over the organs the supports offer.
+
+    SAM 2's training (facebookresearch/sam2 ``training/loss_fns.py``, ``loss_class``) takes a
+    sigmoid focal loss with gamma 0 and no alpha - plain binary cross-entropy - between the
+    object-score logit and "the object is in the target mask".
+
+    Args:
+        scores: float ``(K,)`` object-score logits of organs ``1..K``.
+        offered: bool ``(K,)``, the organs that were predicted (the others are not counted).
+        labels: int ``(S, S)`` query labels (organ ``o`` = id ``o``; ids > K are ignored).
+    Returns:
+        A scalar tensor; exactly 0 when no organ is offered.
+    """
+    k = scores.shape[0]
+    present = torch.bincount(labels.reshape(-1).long(), minlength=k + 1)[1:k + 1] > 0
+    bce = F.binary_cross_entropy_with_logits(scores.float(), present.float(), reduction="none")
+    weight = offered.float()
+    return (bce * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 def training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: DiceCELoss,
                   low_res: bool, precision: contextlib.AbstractContextManager | None = None) -> LossParts:
     """The loss of one training micro-batch, as the training loop takes it.

@@ -1,8 +1,9 @@
 """``RagTrainConfig``: episodic fine-tuning of SAM 2 for retrieval (``ragsam train-rag``).
 
-Sections ``optim``, ``val`` and ``log`` are the same classes as ``ragsam train``'s
-(:mod:`ragsam.training.config`), so the loop, schedule, checkpoints and early
-stopping behave identically. Load with :func:`load_rag_config` (defaults <- YAML
+Sections ``val`` and ``log`` are the same classes as ``ragsam train``'s
+(:mod:`ragsam.training.config`), and ``optim`` is its :class:`OptimConfig` plus the
+object-score loss weight (:class:`RagOptimConfig`), so the loop, schedule, checkpoints and
+early stopping behave identically. Load with :func:`load_rag_config` (defaults <- YAML
 file or preset ``configs/rag_*.yaml`` <- ``key=value`` overrides); the resolved
 configuration is saved as ``<run>/config.yaml`` and read back by
 :func:`ragsam.training.rag_model.load_sam2_run`.
@@ -68,13 +69,31 @@ class RagDataConfig:
 
 
 @dataclass
+class RagOptimConfig(OptimConfig):
+    """``ragsam train``'s :class:`OptimConfig` plus the weight of SAM 2's object-score loss.
+
+    Attributes:
+        object_score_weight: weight of the binary cross-entropy between SAM 2's object-score
+            logit of each organ the supports offer and "the organ is on the query slice",
+            added to the Dice + CE loss (see :mod:`ragsam.training.rag_run`). SAM 2 gates an
+            organ whose score is < 0 to a constant -1024 mask that carries no gradient, so
+            without this term an organ switched off stays off. SAM 2's own training uses
+            this loss (``loss_class``: sigmoid focal loss with gamma 0, alpha -1, i.e. plain
+            BCE) with weight 1, the weight of its Dice term (facebookresearch/sam2
+            ``training/loss_fns.py``, ``sam2.1_hiera_b+_MOSE_finetune.yaml``). ``0``: off.
+    """
+
+    object_score_weight: float = 1.0
+
+
+@dataclass
 class RagTrainConfig:
     """A full episodic training run; the same top-level keys as :class:`~ragsam.training.config.TrainConfig`."""
 
     data: RagDataConfig = field(default_factory=RagDataConfig)
     model: RagModelConfig = field(default_factory=RagModelConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup=50, max_iterations=2000,
-                                                                   stop_iteration=None, batch_size=2))
+    optim: RagOptimConfig = field(default_factory=lambda: RagOptimConfig(lr=1e-4, warmup=50, max_iterations=2000,
+                                                                         stop_iteration=None, batch_size=2))
     val: ValConfig = field(default_factory=lambda: ValConfig(every=200, batch_size=8))
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint_every: int = 200
@@ -96,6 +115,7 @@ def validate_rag(cfg: RagTrainConfig, source: str = "<config>") -> RagTrainConfi
         (o.batch_size > 0, f"optim.batch_size={o.batch_size} must be > 0"),
         (o.grad_accum > 0, f"optim.grad_accum={o.grad_accum} must be > 0"),
         (o.warmup >= 0 and o.lr > 0, f"optim.warmup={o.warmup} must be >= 0 and optim.lr={o.lr} > 0"),
+        (o.object_score_weight >= 0, f"optim.object_score_weight={o.object_score_weight} must be >= 0"),
         (cfg.data.k >= 1, f"data.k={cfg.data.k} must be >= 1"),
         (cfg.data.z_prior is None or cfg.data.z_prior >= 0, f"data.z_prior={cfg.data.z_prior} must be >= 0"),
         (cfg.data.num_workers >= -1, f"data.num_workers={cfg.data.num_workers} must be >= 0, or -1 for auto"),

@@ -8,7 +8,10 @@ into ``K + 1`` class logits: channel 0 (background) is 0, channel ``o`` is organ
 ``o``'s logit, or ``ABSENT_LOGIT`` for organs on no support (never predicted, as at
 inference). ``argmax`` of these class logits is exactly the segmenter's merged
 label map (background unless some organ logit is > 0, else the largest), so the
-Dice + CE loss on their softmax trains what inference reads.
+Dice + CE loss on their softmax trains what inference reads. With ``object_scores=True``
+it also returns SAM 2's object-score logit of every offered organ (:class:`EpisodeOutput`):
+SAM 2 replaces the mask of an organ whose score is < 0 by a constant -1024, so only a loss
+on the score itself can switch that organ back on.
 
 SAM 2 stays in eval mode while training: transformers' SAM 2 changes behaviour in
 train mode (object pointers of conditioning frames, memory binarisation, dropout in
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +41,27 @@ def class_logits(organ_logits: Tensor, organ_ids: list[int], num_classes: int) -
     absent = organ_logits.new_full(tuple(size), ABSENT_LOGIT)
     by_id = dict(zip(organ_ids, organ_logits, strict=True))
     return torch.stack([organ_logits.new_zeros(tuple(size))] + [by_id.get(o, absent) for o in range(1, num_classes + 1)])
+
+
+class EpisodeOutput(NamedTuple):
+    """What :meth:`RagEpisodeModel.forward` returns with ``object_scores=True`` (a tuple, for DDP).
+
+    ``logits``: float32 ``(B, K + 1, S, S)`` class logits; ``object_scores``: float32 ``(B, K)``,
+    SAM 2's object-score logit of organ ``o`` in column ``o - 1`` (0 where not offered);
+    ``offered``: bool ``(B, K)``, the organs some support shows (the ones SAM 2 predicted).
+    """
+
+    logits: Tensor
+    object_scores: Tensor
+    offered: Tensor
+
+
+def organ_scores(scores: Tensor, organ_ids: list[int], num_classes: int) -> tuple[Tensor, Tensor]:
+    """``(n,)`` object scores of organs ``organ_ids`` -> ``(K,)`` scores (0 where absent) and ``(K,)`` offered mask."""
+    zero = scores.new_zeros(())
+    by_id = dict(zip(organ_ids, scores, strict=True))
+    offered = torch.tensor([o in by_id for o in range(1, num_classes + 1)], device=scores.device)
+    return torch.stack([by_id.get(o, zero) for o in range(1, num_classes + 1)]), offered
 
 
 class RagEpisodeModel(nn.Module):
@@ -64,26 +88,32 @@ class RagEpisodeModel(nn.Module):
         self.sam2.eval()
         return self
 
-    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, images: Tensor, labels: Tensor, object_scores: bool = False) -> Tensor | EpisodeOutput:
         """Episodes -> class logits.
 
         Args:
             images: float ``(B, 1 + k, S, S)`` in [0, 1]: query, then supports in frame order.
             labels: int ``(B, 1 + k, S, S)`` (row 0, the query's, is not read).
+            object_scores: also return SAM 2's object scores (:class:`EpisodeOutput`).
         Returns:
-            float32 ``(B, K + 1, S, S)``.
+            float32 ``(B, K + 1, S, S)``, or an :class:`EpisodeOutput` with ``object_scores``.
         """
         seg = self.segmenter
         seg.differentiable = torch.is_grad_enabled()
         try:
             b, n, s = images.shape[0], images.shape[1], images.shape[-1]
             frames = seg.encode_images(images.reshape(b * n, s, s))  # one image-encoder pass for all
-            out = []
+            out, scores, offered = [], [], []
             for i in range(b):
                 supports = [seg.encode_support(frames[i * n + j], labels[i, j]) for j in range(1, n)]
                 pred = seg.segment(frames[i * n], supports, output_size=(s, s))
                 out.append(class_logits(pred.logits, pred.organ_ids, self.num_classes))
-            return torch.stack(out)
+                score, shown = organ_scores(pred.object_scores, pred.organ_ids, self.num_classes)
+                scores.append(score)
+                offered.append(shown)
+            if not object_scores:
+                return torch.stack(out)
+            return EpisodeOutput(torch.stack(out), torch.stack(scores), torch.stack(offered))
         finally:
             seg.differentiable = False
 

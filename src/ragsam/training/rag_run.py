@@ -10,10 +10,14 @@ torchrun DDP, bf16 rule and early stopping; only the micro-batch loss
 (:func:`episode_step`) and the validation (:func:`~ragsam.training.rag_validate.validate_rag`) differ.
 
 The loss is the paper's ``0.8 * Dice + 0.2 * CE`` on the class logits of
-:class:`~ragsam.training.rag_model.RagEpisodeModel`, computed per episode and
-averaged over the micro-batch: each episode has its own organs, and a per-episode
-mean makes ``W`` processes of ``B`` episodes the same step as one process of
-``W * B`` (DDP averages the ranks' gradients).
+:class:`~ragsam.training.rag_model.RagEpisodeModel` plus ``optim.object_score_weight``
+times SAM 2's object-score loss (:func:`~ragsam.training.losses.object_score_loss`:
+BCE of each offered organ's score against "the organ is on the query slice", as SAM 2's
+own training; without it an organ whose score starts < 0 is gated to a constant mask
+and never trains). It is computed per episode and averaged over the micro-batch: each
+episode has its own organs, and a per-episode mean makes ``W`` processes of ``B``
+episodes the same step as one process of ``W * B`` (DDP averages the ranks' gradients).
+The logged ``loss`` is this total; ``loss_dice`` / ``loss_ce`` are the class-logit terms.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from ragsam.training.distributed import DistInfo
-from ragsam.training.losses import DiceCELoss, LossParts
+from ragsam.training.losses import DiceCELoss, LossParts, object_score_loss
 from ragsam.training.rag_config import RagTrainConfig, validate_rag
 from ragsam.training.rag_model import RUN_FORMAT, build_rag_model
 from ragsam.training.run import TrainingTask, train
@@ -33,14 +37,21 @@ from ragsam.utils.precision import autocast
 
 
 def episode_step(model: nn.Module, batch: Batch, info: DistInfo, loss_fn: DiceCELoss, optim: Any) -> LossParts:
-    """Mean per-episode Dice + CE of one micro-batch ``(B, 1 + k, S, S)`` (see module docstring)."""
+    """Mean per-episode loss of one micro-batch ``(B, 1 + k, S, S)`` (see module docstring).
+
+    ``optim``: the run's :class:`~ragsam.training.rag_config.RagOptimConfig` (``bf16``, ``bf16_cpu``,
+    ``object_score_weight``).
+    """
     images = batch.images.to(info.device, non_blocking=True)
     labels = batch.labels.to(info.device, non_blocking=True)
+    weight = float(optim.object_score_weight)
     with autocast(info.device, optim.bf16, cpu=optim.bf16_cpu):
-        logits = model(images, labels)
-    parts = [loss_fn.parts(logits[i:i + 1].float(), labels[i:i + 1, 0]) for i in range(logits.shape[0])]
+        out = model(images, labels, object_scores=True)
+    parts = [loss_fn.parts(out.logits[i:i + 1].float(), labels[i:i + 1, 0]) for i in range(images.shape[0])]
+    objects = [object_score_loss(out.object_scores[i], out.offered[i], labels[i, 0]) for i in range(images.shape[0])]
     n = len(parts)
-    return LossParts(sum(p.total for p in parts) / n, sum(p.dice for p in parts) / n,  # type: ignore[arg-type]
+    total = sum(p.total + weight * o for p, o in zip(parts, objects, strict=True)) / n
+    return LossParts(total, sum(p.dice for p in parts) / n,  # type: ignore[arg-type]
                      sum(p.ce for p in parts) / n)  # type: ignore[arg-type]
 
 
