@@ -68,7 +68,7 @@ def test_verify_refuses_pickled_code(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, path)
-    with pytest.raises(InputError, match="pickled code is refused"):
+    with pytest.raises(InputError, match="refusing to unpickle"):
         verify_weights(path, "dinov2-small")
 
 

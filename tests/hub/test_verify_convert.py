@@ -84,12 +84,12 @@ def test_truncated_file_is_one_line_and_convert_writes_nothing(tmp_path, capsys)
     state["pos_embed"] = torch.randn(1, 1370, 384)  # real bytes, so that truncation cuts tensor data
     torch.save(state, path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(InputError, match="not a loadable tensor checkpoint"):
+    with pytest.raises(InputError, match="not a readable PyTorch checkpoint"):
         verify_weights(path, "dinov2-small")
     out = tmp_path / "out"
     assert run_cli(["weights", "convert", str(path), str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(path) in err[0] and "not a loadable tensor checkpoint" in err[0]
+    assert len(err) == 1 and str(path) in err[0] and "not a readable PyTorch checkpoint" in err[0]
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 

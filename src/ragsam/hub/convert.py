@@ -48,8 +48,9 @@ def detect_family(path: Path) -> str:
         return "sam2"
     if "cls_token" in keys and "pos_embed" in keys and any(k.startswith("blocks.") for k in keys):
         return "dinov2"
-    if any(k.startswith("image_encoder.") for k in keys):
-        return "sam"
+    if any(k.startswith("image_encoder.") for k in keys) or (
+            any(k.startswith("vision_encoder.") for k in keys) and "shared_image_embedding.positional_embedding" in keys):
+        return "sam"  # Meta's layout, or a SAM state dict already in transformers' (converted as a strict copy)
     raise InputError(path, f"not an official SAM, SAM 2 or DINOv2 checkpoint (keys such as "
                            f"{', '.join(keys[:3]) or 'none'})")
 

@@ -55,20 +55,11 @@ def verify_weights(path: str | Path, name: str) -> list[str]:
 
 
 def read_checkpoint(path: Path, mmap: bool = True) -> Any:
-    """``torch.load(weights_only=True)`` with every failure as one :class:`InputError` line."""
-    import pickle
+    """``torch.load(weights_only=True)`` with every failure as one :class:`InputError` line
+    (:func:`ragsam.models.weights.read_pickled_checkpoint`, memory-mapped by default)."""
+    from ragsam.models.weights import read_pickled_checkpoint
 
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        raise InputError(path, "not a loadable tensor checkpoint (UnpicklingError); pickled code is refused") \
-            from None
-    except (EOFError, RuntimeError, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        hint = " - truncated or corrupt?" if "zip" in first.lower() or isinstance(exc, EOFError) else ""
-        raise InputError(path, f"not a loadable tensor checkpoint ({first[:120]}{hint})") from None
+    return read_pickled_checkpoint(path, mmap=mmap)
 
 
 def official_state(path: Path, family: str, obj: Any) -> dict:

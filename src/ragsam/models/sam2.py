@@ -25,7 +25,6 @@ the no-object pointer, which would leave nothing for tests to compare.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -105,14 +104,9 @@ def _random_model(config: Sam2VideoConfig, seed: int) -> Sam2VideoModel:
 
 
 def _read_official(path: Path) -> tuple[Sam2VideoModel, str]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(path, f"refusing to unpickle: the file holds objects other than tensors ({first[:160]})") \
-            from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    from ragsam.models.weights import read_pickled_checkpoint
+
+    obj = read_pickled_checkpoint(path)
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise InputError(path, "not a SAM 2 checkpoint (expected {'model': state_dict} of tensors)")

@@ -27,13 +27,21 @@ _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _load_pickle(path: Path) -> dict:
+def read_pickled_checkpoint(path: Path, mmap: bool = False) -> object:
+    """The object in a PyTorch checkpoint, opened with ``torch.load(weights_only=True)`` only.
+
+    The one rule for reading ``.pth`` / ``.pt`` files (SAM, SAM 2, DINOv2, ``weights verify``).
+
+    Raises:
+        InputError: not a zip archive or pickle, pickled code (refused, never run), a truncated
+            or otherwise unreadable file; one line each.
+    """
     with open(path, "rb") as f:
         head = f.read(4)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive or legacy pickle
         raise InputError(path, "not a readable PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head.startswith(b"PK"))
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(exc))
         reason = found.group(0) if found else str(exc).strip().splitlines()[-1][:160]
@@ -42,7 +50,13 @@ def _load_pickle(path: Path) -> dict:
     except EOFError:
         raise InputError(path, "not a readable PyTorch checkpoint (the file is truncated)") from None
     except (RuntimeError, OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = " - truncated or corrupt?" if "zip" in first.lower() else ""
+        raise InputError(path, f"not a readable PyTorch checkpoint ({first[:120]}{hint})") from None
+
+
+def _load_pickle(path: Path) -> dict:
+    obj = read_pickled_checkpoint(path)
     if isinstance(obj, dict):
         for wrapper in ("model", "state_dict"):  # training checkpoints nest the weights
             if isinstance(obj.get(wrapper), dict) and not any(isinstance(v, Tensor) for v in obj.values()):
