@@ -66,6 +66,7 @@ class PacsModel:
 
     def check(self) -> None:
         """Refuse a call that names no model, or bad options, before anything is fetched."""
+        from ragsam.inference.rag_segment import FINE_TUNED_RUNS
         from ragsam.retrieval.segment import SegmentOptions
 
         if self.index is None and self.run is None:
@@ -74,7 +75,7 @@ class PacsModel:
             raise InputError(None, "--sam2-run needs --index (it is the retrieval model)")
         if self.index is not None:
             SegmentOptions(k=self.k, batch_size=self.batch_size, run_dir=self.run,
-                           hybrid_weight=self.hybrid_weight).check()
+                           hybrid_weight=self.hybrid_weight).check(FINE_TUNED_RUNS)
             from ragsam.retrieval.bank import SupportBank
 
             SupportBank.load(self.index)
