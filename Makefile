@@ -9,12 +9,16 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: demo test lint install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build of torch (small, from the local disk); a CUDA torch already installed is kept.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# Meta's own SAM 2, the reference of tests/retrieval/test_sam2_meta_parity.py: without its
+	# dependencies (they would replace the CPU torch; its video predictor needs no torchvision;
+	# hydra-core and iopath come with the test extra) and without its CUDA extension.
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
