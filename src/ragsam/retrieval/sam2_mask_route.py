@@ -38,6 +38,12 @@ HOLE_LOGIT = 0.1  # Meta: the small positive score given to filled holes
 META_FILL_HOLE_AREA = 8  # build_sam2_video_predictor(apply_postprocessing=True)
 
 
+def default_mask_route(image_size: int) -> MaskRoute:
+    """``"meta"`` from 512 px input (Meta's models are 1024 px), else ``"direct"``: through a 16 px
+    low-res map (64 px input) organs a few pixels wide vanish from the memory (docs/paper-fidelity.md)."""
+    return "meta" if image_size >= 512 else "direct"
+
+
 def default_fill_hole_area(image_size: int) -> int:
     """Meta's ``fill_hole_area`` (8 low-res pixels at the 1024 px input of every released SAM 2)
     scaled to the same fraction of the image at ``image_size``, rounded down."""

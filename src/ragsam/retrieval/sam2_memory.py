@@ -60,6 +60,7 @@ from ragsam.errors import InputError
 from ragsam.retrieval.sam2_mask_route import (
     MaskRoute,
     default_fill_hole_area,
+    default_mask_route,
     fill_holes,
     mask_pointer,
     memory_masks,
@@ -189,7 +190,9 @@ class Sam2MemorySegmenter:
             (their "absent" memory), as a video would; ``False`` uses only supports showing it.
         mask_route: how a support mask reaches the memory encoder: ``"meta"`` (Meta's
             ``add_new_mask`` route, :mod:`ragsam.retrieval.sam2_mask_route`) or ``"direct"``
-            (the ``I`` px mask itself, as transformers' video session).
+            (the ``I`` px mask itself, as transformers' video session). Default: ``"meta"`` from
+            512 px input (every released SAM 2 is 1024 px), ``"direct"`` for smaller models
+            (the ``I/4`` px route erases organs a few pixels wide at the demo's 64 px).
         fill_hole_area: Meta's ``fill_hole_area`` (low-res pixels), applied to support masks on
             the ``"meta"`` route and to the query's low-res logits. Default: Meta's 8 at 1024 px
             input, the same fraction of the image at other sizes (0 below 363 px, e.g. the shipped
@@ -206,20 +209,20 @@ class Sam2MemorySegmenter:
     """
 
     def __init__(self, model: Sam2VideoModel, pointer_positions: PointerPositions = "sequential",
-                 use_empty_supports: bool = True, mask_route: MaskRoute = "meta",
+                 use_empty_supports: bool = True, mask_route: MaskRoute | None = None,
                  fill_hole_area: int | None = None) -> None:
         if pointer_positions not in ("sequential", "shared"):
             raise InputError(None, f"pointer_positions must be 'sequential' or 'shared', got {pointer_positions!r}")
-        if mask_route not in ("meta", "direct"):
+        if mask_route not in ("meta", "direct", None):
             raise InputError(None, f"mask_route must be 'meta' or 'direct', got {mask_route!r}")
         if fill_hole_area is not None and fill_hole_area < 0:
             raise InputError(None, f"fill_hole_area must be >= 0 low-res pixels, got {fill_hole_area}")
         self.model = model
         self.pointer_positions = pointer_positions
         self.use_empty_supports = use_empty_supports
-        self.mask_route: MaskRoute = mask_route
         self.differentiable = False
         self.image_size = int(model.config.image_size)
+        self.mask_route: MaskRoute = default_mask_route(self.image_size) if mask_route is None else mask_route
         self.fill_hole_area = default_fill_hole_area(self.image_size) if fill_hole_area is None else int(fill_hole_area)
         self.device = next(model.parameters()).device
 
