@@ -28,7 +28,7 @@ from meta_sam2 import (
 
 import ragsam.retrieval.sam2_memory as sam2_memory
 from ragsam.models.sam2 import build_sam2
-from ragsam.retrieval.sam2_mask_route import default_fill_hole_area, fill_holes
+from ragsam.retrieval.sam2_mask_route import default_fill_hole_area, default_mask_route, fill_holes
 from ragsam.retrieval.sam2_memory import ObjectMemory, Sam2MemorySegmenter, preprocess_slices
 
 SPREAD = 1e-6  # measured, see the module docstring
@@ -109,9 +109,14 @@ def test_each_cause_of_the_old_gap_is_detected(parity, monkeypatch):
         assert (pred.low_res_logits - ref).abs().max() > 10 * TOL, name
 
 
-def test_default_fill_hole_area_is_metas_8_at_1024_px():
+def test_defaults_are_metas_at_1024_px():
     assert [default_fill_hole_area(s) for s in (64, 362, 363, 512, 1024)] == [0, 0, 1, 2, 8]
-    assert Sam2MemorySegmenter(parity_model_stub(1024)).fill_hole_area == 8
+    assert [default_mask_route(s) for s in (64, 511, 512, 1024)] == ["direct", "direct", "meta", "meta"]
+    seg = Sam2MemorySegmenter(parity_model_stub(1024))
+    assert (seg.fill_hole_area, seg.mask_route, seg.pointer_positions, seg.use_empty_supports) == (8, "meta",
+                                                                                                  "sequential", True)
+    tiny = Sam2MemorySegmenter(parity_model_stub(64))
+    assert (tiny.fill_hole_area, tiny.mask_route) == (0, "direct")
 
 
 def test_fill_holes_hand_computed():
