@@ -26,14 +26,17 @@ from torch import Tensor
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 OBJECT_SCORE_BIAS = 4.0  # the object-score head's last bias: objects predicted present
+POINTER_GAIN = 3.0  # object pointers strong enough to matter in memory attention
 
 
 def perturb(model: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
     """Add seeded Gaussian noise to every floating tensor: ``t += scale * (std(t) + 0.02) * N(0, 1)``.
 
     Meta's random init leaves layer scales at 1e-6 and several embeddings at 0, which makes the
-    memory almost irrelevant; after this every tensor matters. The object-score head's output bias
-    is then set to ``OBJECT_SCORE_BIAS`` so the decoder predicts objects present.
+    memory almost irrelevant; after this every tensor matters. The object-pointer projection is
+    then scaled by ``POINTER_GAIN`` (pointer tokens 1-3 instead of 0 then move the query's logits by
+    0.24 instead of 5e-6) and the object-score head's output bias set to ``OBJECT_SCORE_BIAS`` so the
+    decoder predicts objects present.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -41,6 +44,9 @@ def perturb(model: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
             if t.is_floating_point():
                 std = float(t.float().std()) if t.numel() > 1 else 0.0
                 t.add_(torch.randn(t.shape, generator=gen) * scale * (std + 0.02))
+        for layer in model.obj_ptr_proj.layers:
+            layer.weight.mul_(POINTER_GAIN)
+            layer.bias.mul_(POINTER_GAIN)
         model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(OBJECT_SCORE_BIAS)
 
 
