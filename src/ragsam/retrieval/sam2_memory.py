@@ -31,10 +31,11 @@ transformers' ``modeling_sam2_video.py`` unless said):
   (the video semantics) the result therefore depends on support order; callers put
   the most similar support last (closest to the query). ``"shared"`` gives every
   support distance 1, which makes the result invariant to support order;
-* a support mask reaches the memory encoder by Meta's conditioning-frame route, with its
-  object pointer from output token 0 and Meta's hole filling (``fill_hole_area`` 8; also on
-  the query's low-res logits): :mod:`ragsam.retrieval.sam2_mask_route` (transformers' video
-  session differs on the pointer token and the route); memory features are stored in bfloat16;
+* a support's object pointer comes from output token 0 and, from 512 px input (Meta's
+  models are 1024 px), its mask reaches the memory encoder by Meta's conditioning-frame route
+  with Meta's hole filling (``fill_hole_area`` 8 at 1024 px; also on the query's low-res
+  logits): :mod:`ragsam.retrieval.sam2_mask_route` (transformers' video session differs on
+  all three); memory features are stored in bfloat16;
 * each support adds ``(image_size / 16)^2`` memory tokens (4096 at 1024 px), so memory
   attention cost grows linearly with ``k``.
 
