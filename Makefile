@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	# Meta's DINOv2 reference for tests/models/test_dinov2_meta_parity.py: its metadata pins torch 2.0 and
 	# xformers, the modules the test imports need torch alone, so it is installed without dependencies.
 	$(BIN)/python -m pip install -q --no-deps dinov2==0.0.1.dev2
+	# Meta's own SAM 2, the reference of tests/retrieval/test_sam2_meta_parity.py: without its
+	# dependencies (they would replace the CPU torch; its video predictor needs no torchvision;
+	# hydra-core and iopath come with the test extra) and without its CUDA extension.
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)

@@ -1,18 +1,25 @@
 """SAM 2 memory-conditioned, prompt-free segmentation (ragsam.retrieval.sam2_memory).
 
-The reference for the direct path is the transformers video session itself: the
-supports are frames 0..k-1 of a video with their masks added (frame by frame),
-the query is frame k, tracked with no input.
+The reference for the direct path is Meta's ``sam2`` video predictor
+(``test_sam2_meta_parity.py``, full-size hiera-tiny). Here, on the fast tiny model,
+transformers' video session checks the rest of the plumbing (memory selection,
+pointer encodings, memory attention, decoder): with transformers' own choices where
+they differ from Meta's (direct mask route, no hole filling, pointer from the best of
+tokens 1-3), ragsam equals the session in which the supports are frames 0..k-1 of a
+video with their masks added (frame by frame) and the query is frame k, tracked with
+no input.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from meta_sam2 import tokens_1_to_3_pointer
 from transformers import Sam2VideoInferenceSession
 from transformers.models.sam2_video.processing_sam2_video import Sam2VideoProcessor
 from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
 
+import ragsam.retrieval.sam2_memory as sam2_memory
 from ragsam.errors import InputError
 from ragsam.models.sam2 import build_sam2
 from ragsam.retrieval.sam2_memory import (
@@ -71,9 +78,11 @@ def _video_session_logits(model, query, support_images, support_labels, organs):
     return out.pred_masks[:, 0], out.object_score_logits.reshape(-1)
 
 
-def test_direct_path_equals_video_session_propagation(model, case):
+def test_direct_path_with_transformers_choices_equals_video_session_propagation(model, case, monkeypatch):
     query, images, labels = case
-    seg = Sam2MemorySegmenter(model)
+    default = Sam2MemorySegmenter(model).segment_slice(query, images, labels)
+    monkeypatch.setattr(sam2_memory, "mask_pointer", tokens_1_to_3_pointer)  # transformers' pointer
+    seg = Sam2MemorySegmenter(model, mask_route="direct", fill_hole_area=0)
     pred = seg.segment_slice(query, images, labels)
     assert pred.organ_ids == [1, 2]
     ref_logits, ref_scores = _video_session_logits(model, query, images, labels, [1, 2])
@@ -84,6 +93,8 @@ def test_direct_path_equals_video_session_propagation(model, case):
     ref_labels = merge_organ_logits(upsample_logits(ref_logits, S, (S, S)), [1, 2])
     assert torch.equal(pred.labels, ref_labels)
     assert set(pred.labels.unique().tolist()) == {0, 1, 2}
+    # Meta's choices (the defaults) are a different computation
+    assert (default.low_res_logits - ref_logits).abs().max() > 1e-2
 
 
 def test_adding_all_masks_before_running_drops_the_later_ones(model, case):

@@ -1,7 +1,7 @@
-"""The private transformers SAM 2 methods ragsam.retrieval.sam2_memory relies on still exist.
+"""The private transformers SAM 2 methods ragsam's memory path relies on still exist.
 
-``sam2_memory`` drives ``Sam2VideoModel`` frame by frame through six private
-methods. pyproject.toml pins transformers to the range this was tested with; an
+``sam2_memory`` and ``sam2_mask_route`` drive ``Sam2VideoModel`` frame by frame through
+five private methods. pyproject.toml pins transformers to the range this was tested with; an
 upgrade that removes or renames one of them (or a keyword argument we pass)
 fails here, naming the method, instead of deep inside a segmentation.
 """
@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 from transformers import Sam2VideoModel
 
+import ragsam.retrieval.sam2_mask_route as sam2_mask_route
 import ragsam.retrieval.sam2_memory as sam2_memory
 
+MODULES = (sam2_memory, sam2_mask_route)
+
 PRIVATE_METHODS = (
-    "_use_mask_as_output",
     "_encode_new_memory",
     "_select_closest_cond_frames",
     "_process_object_pointers",
@@ -28,10 +30,10 @@ PRIVATE_METHODS = (
 
 
 def _private_calls() -> dict[str, set[str]]:
-    """``{method: keyword names passed}`` of every ``<model>._name(...)`` call in sam2_memory (not ``self._``)."""
-    tree = ast.parse(Path(sam2_memory.__file__).read_text(encoding="utf-8"))
+    """``{method: keyword names passed}`` of every ``<model>._name(...)`` call in MODULES (not ``self._``)."""
     calls: dict[str, set[str]] = {}
-    for node in ast.walk(tree):
+    nodes = [n for m in MODULES for n in ast.walk(ast.parse(Path(m.__file__).read_text(encoding="utf-8")))]
+    for node in nodes:
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("_")
                 and not node.func.attr.startswith("__")
                 and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "self")):
@@ -46,8 +48,8 @@ def test_the_list_is_every_private_call_sam2_memory_makes() -> None:
 @pytest.mark.parametrize("name", PRIVATE_METHODS)
 def test_transformers_still_has(name: str) -> None:
     method = getattr(Sam2VideoModel, name, None)
-    assert callable(method), f"transformers' Sam2VideoModel no longer has {name} (used by ragsam.retrieval.sam2_memory)"
+    assert callable(method), f"transformers' Sam2VideoModel no longer has {name} (used by ragsam.retrieval.sam2_memory / sam2_mask_route)"
     accepted = set(inspect.signature(method).parameters)
     passed = _private_calls().get(name, set())
     assert passed <= accepted, (f"Sam2VideoModel.{name} no longer takes {sorted(passed - accepted)} "
-                                f"(used by ragsam.retrieval.sam2_memory)")
+                                f"(used by ragsam.retrieval.sam2_memory / sam2_mask_route)")

@@ -15,10 +15,12 @@ For a query slice and ``k`` support slices with organ labels:
    > 0 (probability > 0.5, SAM's own binarisation); otherwise it takes the organ with
    the largest logit. Per-organ sigmoid probabilities are returned too.
 
-This reproduces what the transformers video session computes when the supports
-are frames ``0..k-1`` of a video with their masks added (added and run one frame
-at a time), and the query is frame ``k`` tracked without input; the test suite
-checks that equivalence. Facts taken from ``modeling_sam2_video.py``:
+With the defaults this computes what Meta's ``sam2`` video predictor (1.1.0, built by
+``build_sam2_video_predictor``) computes when the supports are frames ``0..k-1`` of a video,
+each object given its mask with ``add_new_mask``, and the query is frame ``k`` reached by
+``propagate_in_video`` (``tests/retrieval/test_sam2_meta_parity.py`` checks it against Meta's
+package). Facts from Meta's ``sam2_base.py`` / ``sam2_video_predictor.py`` (the same in
+transformers' ``modeling_sam2_video.py`` unless said):
 
 * every conditioning frame gets the same temporal encoding (slot ``-1`` of
   ``memory_temporal_positional_encoding``), so the spatial memories do not depend on
@@ -29,8 +31,11 @@ checks that equivalence. Facts taken from ``modeling_sam2_video.py``:
   (the video semantics) the result therefore depends on support order; callers put
   the most similar support last (closest to the query). ``"shared"`` gives every
   support distance 1, which makes the result invariant to support order;
-* masks given as input are used as the frame's output (``+20 / -10`` logits) and
-  binarised before memory encoding; memory features are stored in bfloat16;
+* a support's object pointer comes from output token 0 and, from 512 px input (Meta's
+  models are 1024 px), its mask reaches the memory encoder by Meta's conditioning-frame route
+  with Meta's hole filling (``fill_hole_area`` 8 at 1024 px; also on the query's low-res
+  logits): :mod:`ragsam.retrieval.sam2_mask_route` (transformers' video session differs on
+  all three); memory features are stored in bfloat16;
 * each support adds ``(image_size / 16)^2`` memory tokens (4096 at 1024 px), so memory
   attention cost grows linearly with ``k``.
 
@@ -53,6 +58,14 @@ from torch import Tensor
 from transformers import Sam2VideoModel
 
 from ragsam.errors import InputError
+from ragsam.retrieval.sam2_mask_route import (
+    MaskRoute,
+    default_fill_hole_area,
+    default_mask_route,
+    fill_holes,
+    mask_pointer,
+    memory_masks,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -176,6 +189,15 @@ class Sam2MemorySegmenter:
             before the query: order-invariant).
         use_empty_supports: condition an organ also on supports that do not contain it
             (their "absent" memory), as a video would; ``False`` uses only supports showing it.
+        mask_route: how a support mask reaches the memory encoder: ``"meta"`` (Meta's
+            ``add_new_mask`` route, :mod:`ragsam.retrieval.sam2_mask_route`) or ``"direct"``
+            (the ``I`` px mask itself, as transformers' video session). Default: ``"meta"`` from
+            512 px input (every released SAM 2 is 1024 px), ``"direct"`` for smaller models
+            (the ``I/4`` px route erases organs a few pixels wide at the demo's 64 px).
+        fill_hole_area: Meta's ``fill_hole_area`` (low-res pixels), applied to support masks on
+            the ``"meta"`` route and to the query's low-res logits. Default: Meta's 8 at 1024 px
+            input, the same fraction of the image at other sizes (0 below 363 px, e.g. the shipped
+            64 px tiny SAM 2); 0 turns it off (Meta's output on a CPU without its CUDA extension).
 
     Attributes:
         differentiable: ``False`` (default): every method runs in ``torch.inference_mode``.
@@ -188,14 +210,21 @@ class Sam2MemorySegmenter:
     """
 
     def __init__(self, model: Sam2VideoModel, pointer_positions: PointerPositions = "sequential",
-                 use_empty_supports: bool = True) -> None:
+                 use_empty_supports: bool = True, mask_route: MaskRoute | None = None,
+                 fill_hole_area: int | None = None) -> None:
         if pointer_positions not in ("sequential", "shared"):
             raise InputError(None, f"pointer_positions must be 'sequential' or 'shared', got {pointer_positions!r}")
+        if mask_route not in ("meta", "direct", None):
+            raise InputError(None, f"mask_route must be 'meta' or 'direct', got {mask_route!r}")
+        if fill_hole_area is not None and fill_hole_area < 0:
+            raise InputError(None, f"fill_hole_area must be >= 0 low-res pixels, got {fill_hole_area}")
         self.model = model
         self.pointer_positions = pointer_positions
         self.use_empty_supports = use_empty_supports
         self.differentiable = False
         self.image_size = int(model.config.image_size)
+        self.mask_route: MaskRoute = default_mask_route(self.image_size) if mask_route is None else mask_route
+        self.fill_hole_area = default_fill_hole_area(self.image_size) if fill_hole_area is None else int(fill_hole_area)
         self.device = next(model.parameters()).device
 
     # ----------------------------------------------------------------- encoders
@@ -237,14 +266,15 @@ class Sam2MemorySegmenter:
         masks = [resize_mask(lab == o, self.image_size) for o in present]
         masks.append(torch.zeros(1, 1, self.image_size, self.image_size, device=self.device))
         high, top = self._split_levels(frame)
-        outs = [self.model._use_mask_as_output(top, high, m) for m in masks]
+        outs = [mask_pointer(self.model, top, high, m) for m in masks]  # one call per object, as Meta
+        stacked = torch.cat(masks)
         feats, pos = self.model._encode_new_memory(
             current_vision_feats=frame.feats[-1].expand(-1, len(masks), -1),
-            pred_masks_high_res=torch.cat([o.high_res_masks for o in outs], dim=0),
-            object_score_logits=torch.cat([o.object_score_logits for o in outs], dim=0),
+            pred_masks_high_res=memory_masks(stacked, self.mask_route, self.fill_hole_area),
+            object_score_logits=torch.cat([score for _, score in outs], dim=0),
             is_mask_from_pts=True,
         )
-        memories = [ObjectMemory(feats[:, i : i + 1].clone(), outs[i].object_pointer, i < len(present))
+        memories = [ObjectMemory(feats[:, i : i + 1].clone(), outs[i][0], i < len(present))
                     for i in range(len(masks))]
         return SupportMemory(dict(zip(present, memories[:-1], strict=True)), memories[-1], pos[:, :1].clone(), key)
 
@@ -316,7 +346,7 @@ class Sam2MemorySegmenter:
             )
             pix = conditioned.squeeze(1).transpose(1, 2).reshape(1, model.hidden_dim, h, w)
             out = model._single_frame_forward(image_embeddings=[*high, pix], multimask_output=multimask)
-            low.append(out.pred_masks.reshape(out.pred_masks.shape[-2:]).float())
+            low.append(fill_holes(out.pred_masks.reshape(out.pred_masks.shape[-2:]).float(), self.fill_hole_area))
             scores.append(out.object_score_logits.reshape(()).float())
         side = self.image_size // 4
         low_res = torch.stack(low) if low else torch.zeros(0, side, side, device=self.device)
