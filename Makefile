@@ -31,9 +31,7 @@ demo: $(STAMP)
 	$(BIN)/ragsam demo --out demo-output --force
 
 test: $(STAMP)
-	bash tools/ensure-chromium.sh
-	bash tools/ensure-dicom3tools.sh
-	bash tools/ensure-orthanc.sh
+	bash tools/ensure-test-packages.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 

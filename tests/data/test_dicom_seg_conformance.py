@@ -1,6 +1,6 @@
 """The SEGs ragsam writes pass dciodvfy, the DICOM standard's reference validator (dicom3tools).
 
-``tools/ensure-dicom3tools.sh`` (run by ``make test``) installs it; without it this test fails.
+``tools/ensure-test-packages.sh`` (run by ``make test``) installs it; without it this test fails.
 dciodvfy checks every module of the Segmentation IOD (attributes, types, value representations,
 code sequences, functional groups): an ``Error`` line is a SEG other software may refuse.
 """
@@ -21,7 +21,7 @@ from ragsam.data.volume import Volume, read_image, read_labels
 @pytest.mark.parametrize("order", ["head-first", "feet-first"])
 def test_written_seg_has_no_dciodvfy_error(ct_dicom, tmp_path, order):
     validator = shutil.which("dciodvfy")
-    assert validator, "dciodvfy missing: run tools/ensure-dicom3tools.sh (apt-get install dicom3tools)"
+    assert validator, "dciodvfy missing: run tools/ensure-test-packages.sh (apt-get install dicom3tools)"
     folder = copy_series(ct_dicom["image"], tmp_path / order, order)
     labels = read_labels(ct_dicom["labels"], reference=read_image(ct_dicom["image"])).array
     image = read_image(folder)

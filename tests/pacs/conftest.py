@@ -1,6 +1,6 @@
 """Fixtures of the PACS tests: a real Orthanc per test (:mod:`orthanc_server`), tiny models per session.
 
-They FAIL (never skip) when Orthanc or its DICOMweb plugin is missing (``tools/ensure-orthanc.sh``).
+They FAIL (never skip) when Orthanc or its DICOMweb plugin is missing (``tools/ensure-test-packages.sh``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each :class:`Orthanc` runs on a free 127.0.0.1 port with its own temporary storage folder,
 the DICOMweb plugin loaded, the DICOM (C-STORE) server disabled, no remote access and HTTP
 basic authentication on (:data:`USER` / :data:`PASSWORD`), so a 401 can be tested. The
-fixtures FAIL (never skip) when Orthanc or its plugin is missing: ``tools/ensure-orthanc.sh``
+fixtures FAIL (never skip) when Orthanc or its plugin is missing: ``tools/ensure-test-packages.sh``
 installs them (``make test`` runs it).
 """
 
@@ -30,7 +30,7 @@ def _orthanc_binary() -> str:
     found = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").is_file() else None)
     if found is None or not PLUGIN.is_file():
         pytest.fail("Orthanc with its DICOMweb plugin is missing (/usr/sbin/Orthanc, "
-                    f"{PLUGIN}); run tools/ensure-orthanc.sh (make test does) - these tests must not be skipped")
+                    f"{PLUGIN}); run tools/ensure-test-packages.sh (make test does) - these tests must not be skipped")
     return found
 
 
