@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 from dicom_series import copy_series
 from ragsam.cli.main import run_cli
 from ragsam.data.dicom_seg import read_dicom_seg
-from ragsam.data.slices import SliceSettings, volume_to_slices
+from ragsam.data.slices import SliceSettings
 from ragsam.data.volume import read_image, read_labels
 
 ORDERS = ("head-first", "feet-first")
@@ -51,17 +50,9 @@ def run(tmp_path_factory) -> Path:
 def bank(ct3mm, tmp_path_factory) -> Path:
     """A tiny-embedder bank over the shared 3 mm case (BTCV label map)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "retrieval"))
-    from bank_fixtures import write_prepared
+    from bank_fixtures import tiny_ct_bank
 
-    from ragsam.retrieval.bank import BankOptions, build_bank
-
-    root = tmp_path_factory.mktemp("segbank")
-    image = read_image(ct3mm["image"])
-    stack = volume_to_slices(image, read_labels(ct3mm["labels"], reference=image), SliceSettings(size=32))
-    prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
-    torch.manual_seed(0)
-    build_bank(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
-    return root / "bank"
+    return tiny_ct_bank(ct3mm, tmp_path_factory.mktemp("segbank"))
 
 
 def _check_round_trip(seg: Path, nifti: Path, folder: Path) -> np.ndarray:

@@ -10,8 +10,6 @@ import SimpleITK as sitk
 import torch
 
 from ragsam.cli.main import run_cli
-from ragsam.data.slices import SliceSettings, volume_to_slices
-from ragsam.data.volume import read_image, read_labels
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +19,12 @@ def bank(ct3mm, tmp_path_factory):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "retrieval"))
-    from bank_fixtures import write_prepared
-
-    from ragsam.retrieval.bank import BankOptions, build_bank
+    from bank_fixtures import tiny_ct_bank
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("segcli")
-    image = read_image(ct3mm["image"])
-    stack = volume_to_slices(image, read_labels(ct3mm["labels"], reference=image), SliceSettings(size=32))
-    prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
-    torch.manual_seed(0)
-    build_bank(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
-    yield root / "bank"
+    bank = tiny_ct_bank(ct3mm, tmp_path_factory.mktemp("segcli"))
+    yield bank
     torch.set_num_threads(threads)
 
 

@@ -5,27 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 from ragsam.cli.main import run_cli
 
 
 def build_bank(ct3mm: dict[str, Path], root: Path) -> Path:
     """A tiny-embedder bank over the shared 3 mm case (32-pixel slices), as tests/cli/test_segment_cmd.py."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "retrieval"))
-    from bank_fixtures import write_prepared
+    from bank_fixtures import tiny_ct_bank
 
-    from ragsam.data.slices import SliceSettings, volume_to_slices
-    from ragsam.data.volume import read_image, read_labels
-    from ragsam.retrieval.bank import BankOptions
-    from ragsam.retrieval.bank import build_bank as build
-
-    image = read_image(ct3mm["image"])
-    stack = volume_to_slices(image, read_labels(ct3mm["labels"], reference=image), SliceSettings(size=32))
-    prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
-    torch.manual_seed(0)
-    build(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
-    return root / "bank"
+    return tiny_ct_bank(ct3mm, root)
 
 
 def train_run(root: Path) -> Path:

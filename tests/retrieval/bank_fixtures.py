@@ -65,3 +65,20 @@ def synthetic_cases(n_cases: int = 3, depth: int = 6, size: int = 32, seed: int 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` scaled to unit length, float32 (what the indexes store)."""
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def tiny_ct_bank(ct3mm: dict[str, Path], root: Path) -> Path:
+    """A tiny-embedder bank (28 px, seeded) over the shared 3 mm case cut into 32-pixel slices
+    (BTCV label map): the bank of the segment / output-format / PACS command tests."""
+    import torch
+
+    from ragsam.data.slices import SliceSettings, volume_to_slices
+    from ragsam.data.volume import read_image, read_labels
+    from ragsam.retrieval.bank import BankOptions, build_bank
+
+    image = read_image(ct3mm["image"])
+    stack = volume_to_slices(image, read_labels(ct3mm["labels"], reference=image), SliceSettings(size=32))
+    prepared = write_prepared(root / "prepared", {"ct3mm": (stack.images, stack.labels)})
+    torch.manual_seed(0)
+    build_bank(prepared, root / "bank", BankOptions(embedder_weights="tiny", image_size=28))
+    return root / "bank"
