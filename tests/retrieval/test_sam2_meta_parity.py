@@ -8,7 +8,7 @@ are frames ``0..k-1`` given masks with ``add_new_mask``, the query is frame ``k`
 low-res logits (``I/4`` px, before any resizing) and object scores, per organ.
 
 Tolerance: measured max |d| over seeds 0-2 and ``ATEN_CPU_CAPABILITY=default`` / ``avx2``
-(``python tests/retrieval/meta_sam2.py``, seed 0; see docs/paper-fidelity.md) was at most 4.5e-7
+(``python tests/retrieval/meta_sam2.py``; see docs/paper-fidelity.md) was at most 4.5e-7
 (``SPREAD`` rounds it up); ``TOL`` is 100x that (memory is stored in bfloat16: a rounding flip on
 another CPU must not fail the test), and the pointer-token and hole-filling causes of issue 21
 each move the logits by more than ``10 * TOL`` (measured 0.24 and 0.43).
