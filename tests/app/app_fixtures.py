@@ -72,13 +72,14 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.session.close()
 
 
 _SERVE = """
 import json, sys
-from ragsam.app import create_app, serve
+from ragsam.app import AppOptions, create_app, serve
 options = json.loads(sys.argv[1])
-session = create_app(**options)
+session = create_app(AppOptions(**options))
 print(json.dumps({"token": session.token}), flush=True)
 serve(session)
 """
@@ -88,7 +89,7 @@ class ServerProcess:
     """``ragsam.app`` served by uvicorn in a child process, so that its peak memory is its own.
 
     Args:
-        options: :func:`ragsam.app.create_app` keyword arguments (JSON-able; ``port`` is chosen here).
+        options: :class:`ragsam.app.AppOptions` fields (JSON-able; ``port`` is chosen here).
     """
 
     def __init__(self, **options) -> None:

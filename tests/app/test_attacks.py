@@ -110,7 +110,7 @@ ATTACKS = [
 def server(world, tmp_path_factory):
     root = tmp_path_factory.mktemp("attacks")
     running = ServerProcess(bank=world["bank"], data=world["data"], predictions=[str(world["predictions"])],
-                            work=root / "work", sam2_weights="tiny", k=2)
+                            state=root / "work", sam2_weights="tiny", k=2)
     running.root = root
     FIGURES["start"] = running.memory()
     yield running
@@ -215,7 +215,7 @@ def test_a_correction_bomb_is_refused_before_it_is_read(server):
     body = json.loads(response.read())
     assert response.status == 400 and body["error"].startswith("correction: the scan holds 805,306,368 voxels")
     folder = server.root / "work" / "scans" / scan_id
-    assert sorted(p.name for p in folder.iterdir()) == ["input", "labels.nii.gz"]  # no correction file left
+    assert sorted(p.name for p in folder.iterdir()) == ["input", "labels.nii.gz", "scan.json"]  # no correction file left
 
 
 def test_four_bombs_at_once_stay_bounded(server):

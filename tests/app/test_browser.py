@@ -32,15 +32,15 @@ HOSTILE_SCANS = ['<img src=x onerror="window.__pwned=\'scan\'">.nii.gz',
 
 @pytest.fixture(scope="module")
 def server(world, tmp_path_factory):
-    from ragsam.app import create_app
+    from ragsam.app import AppOptions, create_app
 
     predictions = tmp_path_factory.mktemp("browser-predictions")
     shutil.copytree(world["predictions"] / "rag", predictions / "rag")
     (predictions / HOSTILE_METHOD).mkdir()
     first = sorted((predictions / "rag").iterdir())[0]
     shutil.copy(first, predictions / HOSTILE_METHOD / first.name)
-    session = create_app(bank=world["bank"], data=world["data"], predictions=(predictions,),
-                         port=free_port(), work=world["root"] / "work", sam2_weights="tiny", k=2)
+    session = create_app(AppOptions(bank=world["bank"], data=world["data"], predictions=(predictions,),
+                                    port=free_port(), state=world["root"] / "work", sam2_weights="tiny", k=2))
     running = RunningServer(session)
     yield running
     running.stop()

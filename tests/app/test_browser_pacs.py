@@ -22,7 +22,7 @@ from orthanc_server import PASSWORD, USER, Orthanc  # noqa: E402
 
 @pytest.fixture(scope="module")
 def pacs_app(world, ct_dicom, tmp_path_factory):
-    from ragsam.app import create_app
+    from ragsam.app import AppOptions, create_app
 
     root = tmp_path_factory.mktemp("browser-pacs")
     secret = root / "pacs.json"
@@ -30,8 +30,8 @@ def pacs_app(world, ct_dicom, tmp_path_factory):
     secret.chmod(0o600)
     orthanc = Orthanc(root / "orthanc").start()
     orthanc.upload(write_series(ct_dicom, root / "series"))
-    session = create_app(bank=world["bank"], port=free_port(), work=root / "work", sam2_weights="tiny", k=2,
-                         pacs=orthanc.dicomweb, pacs_credentials=secret, pacs_cache=root / "cache")
+    session = create_app(AppOptions(bank=world["bank"], port=free_port(), state=root / "work", sam2_weights="tiny",
+                                    k=2, pacs=orthanc.dicomweb, pacs_credentials=secret, pacs_cache=root / "cache"))
     server = RunningServer(session)
     yield server, orthanc, root / "series"
     server.stop()
@@ -86,7 +86,7 @@ def test_open_from_pacs_paint_and_save_to_pacs(pacs_app):
         browser.close()
 
     assert orthanc.modalities(STUDY) == ["CT", "SEG"]
-    labels = read_labels(server.session.work / "scans" / scan_id / "labels.nii.gz")
+    labels = read_labels(server.session.state / "scans" / scan_id / "labels.nii.gz")
     pacs = Pacs(orthanc.dicomweb, Credentials(user=USER, password=PASSWORD, source="test"))
     (item,) = pacs.find_instances(STUDY, {"Modality": "SEG"})
     seg = pacs.retrieve(STUDY, item["0020000E"]["Value"][0], item["00080018"]["Value"][0])

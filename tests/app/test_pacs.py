@@ -23,14 +23,14 @@ from orthanc_server import PASSWORD, USER, Orthanc  # noqa: E402
 @pytest.fixture
 def linked(world, ct_dicom, tmp_path, monkeypatch):
     """An Orthanc holding the shared series and an app configured with it."""
-    from ragsam.app import create_app
+    from ragsam.app import AppOptions, create_app
 
     monkeypatch.setenv("RAGSAM_PACS_USER", USER)
     monkeypatch.setenv("RAGSAM_PACS_PASSWORD", PASSWORD)
     orthanc = Orthanc(tmp_path / "orthanc").start()
     orthanc.upload(write_series(ct_dicom, tmp_path / "series"))
-    session = create_app(bank=world["bank"], port=free_port(), work=tmp_path / "work", sam2_weights="tiny", k=2,
-                         pacs=orthanc.dicomweb, pacs_cache=tmp_path / "cache")
+    session = create_app(AppOptions(bank=world["bank"], port=free_port(), state=tmp_path / "work", sam2_weights="tiny",
+                                    k=2, pacs=orthanc.dicomweb, pacs_cache=tmp_path / "cache"))
     server = RunningServer(session)
     yield server, orthanc, tmp_path / "series"
     server.stop()
@@ -65,14 +65,14 @@ def test_open_correct_and_save_to_pacs(linked):
     assert scan["state"] == "done", scan["error"]
 
     # a correction: a block of liver painted into slice 10, sent as the page sends it
-    labels_path = server.session.work / "scans" / scan["id"] / "labels.nii.gz"
+    labels_path = server.session.state / "scans" / scan["id"] / "labels.nii.gz"
     image = read_image(folder)
     current = read_labels(labels_path, reference=image)
     edited = current.array.copy()
     edited[10, 200:260, 200:260] = 6
-    write_labels(edited, image.geometry, server.session.work / "edit.nii.gz")
+    write_labels(edited, image.geometry, server.session.state / "edit.nii.gz")
     status, body = _request(server, "PUT", f"/api/scans/{scan['id']}/labels",
-                            body=(server.session.work / "edit.nii.gz").read_bytes())
+                            body=(server.session.state / "edit.nii.gz").read_bytes())
     assert status == 200 and body["corrected"]
 
     status, saved = _request(server, "POST", f"/api/scans/{scan['id']}/pacs")
@@ -87,7 +87,7 @@ def test_open_correct_and_save_to_pacs(linked):
 
 
 def test_pacs_errors_are_one_line(linked, world, tmp_path):
-    from ragsam.app import create_app
+    from ragsam.app import AppOptions, create_app
 
     server, orthanc, _ = linked
     status, body = _request(server, "POST", "/api/pacs/open?study=1.2.3.999&mode=rag")
@@ -97,8 +97,8 @@ def test_pacs_errors_are_one_line(linked, world, tmp_path):
     orthanc.stop()
     status, body = _request(server, "GET", "/api/pacs/studies")
     assert status == 400 and "cannot connect to the PACS" in body["error"]
-    plain = RunningServer(create_app(bank=world["bank"], port=free_port(), work=tmp_path / "plain",
-                                     sam2_weights="tiny", k=2))
+    plain = RunningServer(create_app(AppOptions(bank=world["bank"], port=free_port(), state=tmp_path / "plain",
+                                                sam2_weights="tiny", k=2)))
     try:
         assert _request(plain, "GET", "/api/pacs/studies")[0] == 404
         assert _request(plain, "GET", "/api/info")[1]["pacs"] is False

@@ -17,10 +17,11 @@ from ragsam.errors import InputError
 
 
 def _start(world, host="127.0.0.1", **kwargs):
-    from ragsam.app import create_app
+    from ragsam.app import AppOptions, create_app
 
-    session = create_app(bank=world["bank"], data=world["data"], predictions=(world["predictions"],), host=host,
-                         port=free_port(), work=world["root"] / f"work-{host}", sam2_weights="tiny", k=2, **kwargs)
+    session = create_app(AppOptions(bank=world["bank"], data=world["data"], predictions=(world["predictions"],),
+                                    host=host, port=free_port(), state=world["root"] / f"work-{host}",
+                                    sam2_weights="tiny", k=2, **kwargs))
     return RunningServer(session)
 
 
@@ -62,9 +63,9 @@ def test_another_host_needs_the_token(world):
 
 
 def test_loopback_needs_the_token_too_and_refuses_other_hosts_and_bare_posts(local, world, tmp_path):
-    from ragsam.app import create_app
+    from ragsam.app import AppOptions, create_app
 
-    assert len(create_app(data=world["data"], host="0.0.0.0", port=1, work=tmp_path).token) >= 32
+    assert len(create_app(AppOptions(data=world["data"], host="0.0.0.0", port=1, state=tmp_path)).token) >= 32
     assert len(local.session.token) >= 32 and local.session.url.endswith(f"/?token={local.session.token}")
     assert _request(local, "GET", "/api/info", token=False)[0] == 401
     assert _request(local, "GET", "/files/data/dataset.json", token=False)[0] == 401
@@ -77,12 +78,12 @@ def test_loopback_needs_the_token_too_and_refuses_other_hosts_and_bare_posts(loc
 
 
 def test_no_token_only_on_loopback_when_asked(world, tmp_path):
-    from ragsam.app import create_app
+    from ragsam.app import AppOptions, create_app
 
-    session = create_app(data=world["data"], port=1, work=tmp_path, token=False)
+    session = create_app(AppOptions(data=world["data"], port=1, state=tmp_path, token=False))
     assert session.token is None and session.url == "http://127.0.0.1:1/"
     with pytest.raises(InputError, match="--no-token is refused on 0.0.0.0"):
-        create_app(data=world["data"], host="0.0.0.0", port=1, work=tmp_path, token=False)
+        create_app(AppOptions(data=world["data"], host="0.0.0.0", port=1, state=tmp_path, token=False))
 
 
 def test_the_token_url_sets_a_cookie_and_leaves_the_address_bar(local):
@@ -189,9 +190,9 @@ def _zip(members: dict[str, bytes]) -> bytes:
 
 
 def test_missing_folders_are_refused_at_start(tmp_path):
-    from ragsam.app import create_app
+    from ragsam.app import AppOptions, create_app
 
     with pytest.raises(InputError, match="--data folder does not exist"):
-        create_app(data=tmp_path / "nope", port=1)
+        create_app(AppOptions(data=tmp_path / "nope", port=1))
     with pytest.raises(InputError, match="give at least one of --bank, --run, --data"):
-        create_app(port=1)
+        create_app(AppOptions(port=1))

@@ -2,29 +2,41 @@
 
 Starlette, uvicorn and the NiiVue bundle (``static/niivue``) are used only here, so
 the rest of ragsam does not import them. Start it with :func:`serve` (what the command
-line does) or build the ASGI application with :func:`create_app` (what the tests do).
+line does) or build the ASGI application with :func:`create_app` from an :class:`AppOptions` (what the tests do).
+Uploads and corrections are kept in a state folder and come back after a restart.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import secrets
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ragsam.app.options import AppOptions
+
+__all__ = ["AppOptions", "Session", "create_app", "serve"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
 class Session:
-    """One app: its ASGI application, address, token (None when started without one) and work folder."""
+    """One app: its ASGI application, address, token (None when started without one) and state folder.
+
+    The session holds its state folder's lock (one app per state folder) until :meth:`close`.
+    """
 
     app: object
     host: str
     port: int
     token: str | None
-    work: Path
+    state: Path
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+
+    def close(self) -> None:
+        """Release the state folder (another app may then serve it)."""
+        self.held.close()
 
     @property
     def url(self) -> str:
@@ -32,82 +44,91 @@ class Session:
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
 
-def create_app(bank: str | os.PathLike | None = None, run: str | os.PathLike | None = None,
-               data: str | os.PathLike | None = None, predictions: tuple[str | os.PathLike, ...] = (),
-               host: str = "127.0.0.1", port: int = 8765, work: str | os.PathLike | None = None,
-               sam2_weights: str = "auto", k: int = 4, device: str = "cpu", max_upload_mb: int = 1024,
-               token: str | bool = True, pacs: str | None = None, pacs_credentials: str | os.PathLike | None = None,
-               pacs_cache: str | os.PathLike | None = None) -> Session:
-    """Build the app for the given folders.
+def create_app(options: AppOptions) -> Session:
+    """Build the app described by ``options`` (:class:`ragsam.app.options.AppOptions`).
 
-    Args:
-        bank: support bank (RAG, hybrid, supports shown, additions). run: fine-tuned run.
-        data: a labelled dataset to browse. predictions: folders of predictions to show beside it.
-        host, port: where it will listen.
-        work: where uploads and their labels go (default: a new temporary folder).
-        sam2_weights: SAM 2 for retrieval; ``auto`` = the demo's rule (SAM 2.1 Hiera-T when in
-            the Hugging Face cache, else the tiny random model).
-        k: supports per query slice. device: torch device rule. max_upload_mb: upload limit.
-        token: the token every request must carry: True (default) a new random one, on every
-            address (loopback too: other users and processes of the machine reach it); a string
-            that token; False none (loopback only: any local process may then use the app).
-        pacs: a DICOMweb root to open studies from and save SEGs to (:mod:`ragsam.app.pacs_link`);
-            pacs_credentials: its credentials file (else the ``RAGSAM_PACS_*`` environment);
-            pacs_cache: the instance cache (default: ``ragsam pacs``'s).
+    Scans kept in the state folder by an earlier run with the same folder come back
+    (:mod:`ragsam.app.scan_record`; a damaged one is skipped with one logged line).
+
     Raises:
         InputError: a folder that does not exist, a bad bank or run, no token off loopback.
+        FolderLockedError: another app is serving the same state folder.
     """
-    from ragsam.app.catalog import Catalog, label_names_for
-    from ragsam.app.engine import Engine
-    from ragsam.app.server import build_app
     from ragsam.errors import InputError
 
-    if bank is None and run is None and data is None:
+    o = options
+    if o.bank is None and o.run is None and o.data is None:
         raise InputError(None, "give at least one of --bank, --run, --data")
-    if token is False and host not in LOOPBACK:
-        raise InputError(None, f"--no-token is refused on {host}: only a loopback address may run without a token")
+    if o.token is False and o.host not in LOOPBACK:
+        raise InputError(None, f"--no-token is refused on {o.host}: only a loopback address may run without a token")
+    given = (("bank", o.bank), ("run", o.run), ("data", o.data), *(("predictions", f) for f in o.predictions))
+    for name, folder in given:
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(folder, f"--{name} folder does not exist")
+    sam2_weights = o.sam2_weights
     if sam2_weights == "auto":
         from ragsam.hub.detect import detect_weights
 
         sam2_weights = detect_weights().sam2_weights
-    work_dir = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="ragsam-app-"))
-    (work_dir / "scans").mkdir(mode=0o700, parents=True, exist_ok=True)  # uploads are patient data
-    roots = {"scans": work_dir / "scans"}
-    if data is not None:
-        roots["data"] = Path(data)
-    for i, folder in enumerate(predictions):
+    state_dir = o.state_dir()
+    held = contextlib.ExitStack()
+    try:
+        return _build(o, sam2_weights, state_dir, held)
+    except BaseException:
+        held.close()
+        raise
+
+
+def _build(o: AppOptions, sam2_weights: str, state_dir: Path, held: contextlib.ExitStack) -> Session:
+    """:func:`create_app` once the options are checked: lock and open the state folder, build the parts."""
+    from ragsam.app.catalog import Catalog, label_names_for
+    from ragsam.app.engine import Engine
+    from ragsam.app.server import build_app
+    from ragsam.errors import InputError
+    from ragsam.utils.locking import folder_lock
+
+    held.enter_context(folder_lock(state_dir))
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (state_dir / "scans").mkdir(mode=0o700, exist_ok=True)  # uploads are patient data
+    except OSError as exc:
+        raise InputError(state_dir, f"state folder cannot be created ({exc.strerror or type(exc).__name__})") from None
+    roots = {"scans": state_dir / "scans"}
+    if o.data is not None:
+        roots["data"] = Path(o.data)
+    for i, folder in enumerate(o.predictions):
         roots[f"predictions{i}"] = Path(folder)
-    for name, folder in (("bank", bank), ("run", run)):
-        if folder is not None and not Path(folder).is_dir():
-            raise InputError(folder, f"--{name} folder does not exist")
-    catalog = Catalog(roots, data="data" if data is not None else None,
-                      predictions=tuple(f"predictions{i}" for i in range(len(predictions))))
-    bank_dir = Path(bank) if bank is not None else None
+    catalog = Catalog(roots, data="data" if o.data is not None else None,
+                      predictions=tuple(f"predictions{i}" for i in range(len(o.predictions))))
+    bank_dir = Path(o.bank) if o.bank is not None else None
     if bank_dir is not None:
         from ragsam.retrieval.bank import SupportBank
 
         SupportBank.load(bank_dir)  # a bad bank fails at start, not in the page
-    if run is not None:
+    if o.run is not None:
         from ragsam.inference.run_loader import read_run_config
 
-        read_run_config(run)
-    engine = Engine(bank_dir, Path(run) if run is not None else None, sam2_weights, k, device)
-    token = secrets.token_urlsafe(24) if token is True else (token or None)
-    hosts = {f"{h}:{port}" for h in ({host} | ({"127.0.0.1", "localhost"} if host in LOOPBACK else set()))}
-    hosts |= {f"[{host}]:{port}"} if ":" in host else set()
+        read_run_config(o.run)
+    engine = Engine(bank_dir, Path(o.run) if o.run is not None else None, sam2_weights, o.k, o.device)
+    token = secrets.token_urlsafe(24) if o.token is True else (o.token or None)
+    hosts = {f"{h}:{o.port}" for h in ({o.host} | ({"127.0.0.1", "localhost"} if o.host in LOOPBACK else set()))}
+    hosts |= {f"[{o.host}]:{o.port}"} if ":" in o.host else set()
     label_names = label_names_for(bank_dir)
     link = None
-    if pacs is not None:
+    if o.pacs is not None:
         from ragsam.app.pacs_link import PacsLink
 
-        link = PacsLink(pacs, pacs_credentials, pacs_cache, label_names)
+        link = PacsLink(o.pacs, o.pacs_credentials, o.pacs_cache, label_names)
     app = build_app(catalog, engine, label_names, token=token, hosts=hosts,
-                    max_upload_mb=max_upload_mb, cookie=f"ragsam_token_{port}", pacs=link)
-    return Session(app, host, port, token, work_dir)
+                    max_upload_mb=o.max_upload_mb, cookie=o.cookie, pacs=link)
+    return Session(app, o.host, o.port, token, state_dir, held)
 
 
 def serve(session: Session) -> None:
-    """Run the session's app with uvicorn until interrupted."""
+    """Run the session's app with uvicorn until interrupted, then release its state folder."""
     import uvicorn
 
-    uvicorn.run(session.app, host=session.host, port=session.port, log_level="warning")
+    try:
+        uvicorn.run(session.app, host=session.host, port=session.port, log_level="warning")
+    finally:
+        session.close()

@@ -4,6 +4,11 @@ A scan lives in ``<work>/scans/<id>/``::
 
     input/scan.nii.gz  or  input/dicom/...     the upload (a NIfTI file, or a zip of one DICOM series)
     labels.nii.gz                              the current labels, on the input's grid (download)
+    scan.json                                  name, mode, state, corrected slices (ragsam.app.scan_record)
+
+``<work>`` is the app's state folder: a new :class:`ScanStore` over it brings back every scan
+whose record reads (a scan stopped while queued or running is queued again), so uploads and
+corrections survive a restart.
 
 The upload's own name is only shown, never used as a file name. An upload is received
 and unpacked within the bounds of :mod:`ragsam.app.uploads`, then validated with the
@@ -21,12 +26,14 @@ from __future__ import annotations
 import queue
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ragsam.app.scan_record import LOG, ScanRecord, load_records
 from ragsam.app.uploads import (
     VALIDATION_LOCK,
     check_scan_size,
@@ -61,6 +68,7 @@ class Scan:
     stack: Any = None              # SliceStack of the input, sliced with the bank's settings
     origin: dict | None = None     # {"study", "series"} of a scan opened from the PACS (ragsam.app.pacs_link)
     view: Path | None = None       # a NIfTI copy of a DICOM input for the viewer (NiiVue reads files, not folders)
+    created: float = field(default_factory=time.time)
 
     def public(self, text: str) -> str:
         """``text`` with this scan's server folders replaced by the scan's name (for the page)."""
@@ -69,6 +77,19 @@ class Scan:
     @property
     def labels_path(self) -> Path:
         return self.folder / "labels.nii.gz"
+
+    def record(self) -> ScanRecord:
+        """What is kept on disk (:mod:`ragsam.app.scan_record`)."""
+        return ScanRecord(self.id, self.name, self.mode, self.input.relative_to(self.folder).as_posix(),
+                          self.view.relative_to(self.folder).as_posix() if self.view else None,
+                          dict(self.origin) if self.origin else None, self.state, self.error, self.runs,
+                          self.done, self.total, sorted(self.corrected), list(self.added), self.created)
+
+    @classmethod
+    def from_record(cls, folder: Path, record: ScanRecord) -> Scan:
+        return cls(record.id, record.name, folder, folder / record.input, record.mode, state=record.state,
+                   error=record.error, done=record.done, total=record.total, corrected=set(record.corrected), added=list(record.added), runs=record.runs,
+                   origin=record.origin, view=folder / record.view if record.view else None, created=record.created)
 
     def to_json(self) -> dict:
         return {"id": self.id, "name": self.name, "mode": self.mode, "state": self.state, "done": self.done,
@@ -81,8 +102,11 @@ class Scan:
 class ScanStore:
     """The app's scans and the one worker thread that segments them (models are used one job at a time).
 
+    Scans recorded in ``folder`` by an earlier app come back; those stopped before their
+    segmentation finished are queued again; a damaged one is skipped (one logged line).
+
     Args:
-        folder: ``<work>/scans``.
+        folder: ``<state>/scans``.
         engine: the :class:`ragsam.app.engine.Engine` holding the models.
     """
 
@@ -94,7 +118,14 @@ class ScanStore:
         self.engine = engine
         self.scans: dict[str, Scan] = {}
         self.lock = threading.Lock()
+        self.save_lock = threading.Lock()
         self.jobs: queue.Queue = queue.Queue()
+        for scan_folder, record in load_records(self.folder, MODES):
+            scan = Scan.from_record(scan_folder, record)
+            self.scans[scan.id] = scan
+            if scan.state in ("queued", "running"):  # the app stopped before this segmentation finished
+                scan.state, scan.done = "queued", 0
+                self.jobs.put((scan, None))
         threading.Thread(target=self._work, name="ragsam-app-worker", daemon=True).start()
 
     # ----------------------------------------------------------------- upload
@@ -139,6 +170,8 @@ class ScanStore:
                 check_scan_size(path)
                 self.engine.check_scan(path)
             final = self.folder / scan_id
+            scan = Scan(scan_id, safe, final, final / path.relative_to(staged), mode)
+            Scan(scan_id, safe, staged, path, mode, created=scan.created).record().write(staged)
             staged.rename(final)
         except RagsamError as exc:
             remove(staged)
@@ -154,7 +187,6 @@ class ScanStore:
         except BaseException:
             remove(staged)
             raise
-        scan = Scan(scan_id, safe, final, final / path.relative_to(staged), mode)
         with self.lock:
             self.scans[scan_id] = scan
         self.jobs.put((scan, {}))
@@ -182,6 +214,10 @@ class ScanStore:
                 self.engine.check_scan(folder)
                 _write_view(folder, staged / "input" / "view.nii.gz")
             final = self.folder / staged.name[1:-4]
+            scan = Scan(final.name, name, final, final / "input" / "dicom", mode, origin=dict(origin),
+                        view=final / "input" / "view.nii.gz")
+            Scan(scan.id, name, staged, folder, mode, origin=scan.origin, view=staged / "input" / "view.nii.gz",
+                 created=scan.created).record().write(staged)
             staged.rename(final)
         except RagsamError as exc:
             remove(staged)
@@ -190,8 +226,6 @@ class ScanStore:
         except BaseException:
             remove(staged)
             raise
-        scan = Scan(final.name, name, final, final / "input" / "dicom", mode, origin=dict(origin),
-                    view=final / "input" / "view.nii.gz")
         with self.lock:
             self.scans[scan.id] = scan
         self.jobs.put((scan, {}))
@@ -217,6 +251,20 @@ class ScanStore:
         finally:
             body.unlink(missing_ok=True)
         return dicom_folder(folder / "dicom")
+
+    def save(self, scan: Scan) -> None:
+        """Write the scan's record (atomically); a failure is logged, the scan stays usable until a restart."""
+        with self.save_lock:
+            try:
+                scan.record().write(scan.folder)
+            except OSError as exc:
+                LOG.warning("ragsam app: could not record scan %s: %s", scan.id, exc.strerror or exc)
+
+    def stack(self, scan: Scan) -> Any:
+        """The scan's slice stack (computed again for a scan restored from disk)."""
+        if scan.stack is None:
+            scan.stack = self.engine.stack(scan.input)
+        return scan.stack
 
     # --------------------------------------------------------------- queries
     def get(self, scan_id: str) -> Scan:
@@ -262,10 +310,11 @@ class ScanStore:
                     edit_path.unlink(missing_ok=True)
         finally:
             upload.unlink(missing_ok=True)
-        grid = scan.stack.grid
+        grid = self.stack(scan).grid
         changed = to_canonical(edited.array != current.array, grid.axes, grid.flips).any(axis=(1, 2))
         write_labels(edited.array.astype(np.uint8), image.geometry, scan.labels_path, force=True)
         scan.corrected |= {int(z) for z in np.flatnonzero(changed)}
+        self.save(scan)
         return sorted(scan.corrected)
 
     def corrected_slices(self, scan: Scan) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -283,10 +332,11 @@ class ScanStore:
         if not scan.corrected:
             raise InputError(None, f"scan {scan.name} has no corrected slice to add")
         zs, images, labels = self.corrected_slices(scan)
-        depth = len(scan.stack.images)
+        depth = len(self.stack(scan).images)
         addition = self.engine.add_slices(images, labels, f"app upload {scan.name} ({scan.id})", zs,
                                           [z / (depth - 1) if depth > 1 else 0.0 for z in zs])
         scan.added.append(addition.id)
+        self.save(scan)
         return {"id": addition.id, "slices": addition.source_slices, "organs": addition.organs}
 
     def resegment(self, scan: Scan) -> None:
@@ -296,6 +346,7 @@ class ScanStore:
             zs, _, labels = self.corrected_slices(scan)
             own = dict(zip(zs, labels, strict=True))
         scan.state, scan.done, scan.error = "queued", 0, None
+        self.save(scan)
         self.jobs.put((scan, own))
 
     # ----------------------------------------------------------------- worker
@@ -308,6 +359,8 @@ class ScanStore:
                 scan.done, scan.total = done, total
 
             try:
+                if own is None:  # restored from disk: its corrected slices are its own supports again
+                    own = dict(zip(*self.corrected_slices(scan)[::2], strict=True)) if scan.corrected else {}
                 scan.stack = self.engine.segment(scan.input, scan.labels_path, scan.mode, progress, own)
                 scan.runs += 1
                 scan.state = "done"
@@ -315,6 +368,7 @@ class ScanStore:
                 scan.state, scan.error = "error", scan.public(str(exc))
             except Exception as exc:  # noqa: BLE001 - shown in the page, the server keeps running
                 scan.state, scan.error = "error", scan.public(f"internal error: {type(exc).__name__}: {exc}")
+            self.save(scan)
 
 
 def _write_view(series: Path, out: Path) -> None:

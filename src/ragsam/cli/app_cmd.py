@@ -21,8 +21,11 @@ def app_cmd(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (every address requires the token in the "
                              "URL printed at start)."),
     port: int = typer.Option(8765, help="Port."),
-    work: Path | None = typer.Option(None, help="Folder for uploads and their labels (default: a new "
-                                     "temporary folder)."),
+    state: Path | None = typer.Option(None, "--state", "--work", help="Folder keeping uploads, scans opened "
+                                      "from the PACS, their labels and corrections across restarts (private, "
+                                      "0700; default: $RAGSAM_APP_STATE, else "
+                                      "$XDG_STATE_HOME/ragsam/app/port-<port>, else "
+                                      "~/.local/state/ragsam/app/port-<port>)."),
     sam2: str = typer.Option("auto", help="SAM 2 weights for retrieval: auto (SAM 2.1 Hiera-T when cached, "
                              "else the tiny random model, as the demo), tiny, a preset or a folder."),
     k: int = typer.Option(4, help="Support slices per query slice."),
@@ -41,13 +44,14 @@ def app_cmd(
     Example: ragsam app --bank demo-output/bank --run demo-output/run --data demo-output/data
     --predictions demo-output/predictions
     """
-    from ragsam.app import create_app, serve
+    from ragsam.app import AppOptions, create_app, serve
 
-    session = create_app(bank, run, data, tuple(predictions), host=host, port=port, work=work, sam2_weights=sam2,
-                         k=k, device=device, max_upload_mb=max_upload_mb, token=not no_token, pacs=pacs,
-                         pacs_credentials=pacs_credentials)
+    session = create_app(AppOptions(bank=bank, run=run, data=data, predictions=tuple(predictions), host=host,
+                                    port=port, state=state, sam2_weights=sam2, k=k, device=device,
+                                    max_upload_mb=max_upload_mb, token=not no_token, pacs=pacs,
+                                    pacs_credentials=pacs_credentials))
     if no_token:
         typer.echo("ragsam app: warning: --no-token: any user or process of this machine can open this app, read "
                    "its scans and change the bank", err=True)
-    typer.echo(f"ragsam app: open {session.url}  (uploads in {session.work}; Ctrl+C stops)")
+    typer.echo(f"ragsam app: open {session.url}  (uploads kept in {session.state}; Ctrl+C stops)")
     serve(session)
