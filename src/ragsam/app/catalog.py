@@ -1,7 +1,7 @@
 """What the app may show: the folders given on the command line, their cases, organ names and colours.
 
 Every file the browser asks for is named as ``(root, relative path)``; the root is one
-of the folders given on the command line (or the app's own work folder) and the path
+of the folders given on the command line (or the app's own state folder) and the path
 is resolved with :func:`ragsam.utils.paths.resolve_inside`, so no request reaches
 outside them.
 

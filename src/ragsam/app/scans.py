@@ -1,12 +1,12 @@
 """Scans segmented in the app: upload, segment in a worker thread, correct, add to the bank, re-segment.
 
-A scan lives in ``<work>/scans/<id>/``::
+A scan lives in ``<state>/scans/<id>/``::
 
     input/scan.nii.gz  or  input/dicom/...     the upload (a NIfTI file, or a zip of one DICOM series)
     labels.nii.gz                              the current labels, on the input's grid (download)
     scan.json                                  name, mode, state, corrected slices (ragsam.app.scan_record)
 
-``<work>`` is the app's state folder: a new :class:`ScanStore` over it brings back every scan
+``<state>`` is the app's state folder: a new :class:`ScanStore` over it brings back every scan
 whose record reads (a scan stopped while queued or running is queued again), so uploads and
 corrections survive a restart.
 
