@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     from orthanc_server import PASSWORD, USER, Orthanc
 
     from ragsam.data.volume import read_labels
-    from ragsam.inference.rag_segment import segment_cases
+    from ragsam.inference.rag_segment import SegmenterOptions, segment_cases
     from ragsam.pacs.cache import InstanceCache
     from ragsam.pacs.client import Pacs
     from ragsam.pacs.credentials import Credentials
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(rounds):
             out = work / f"reference-{r}.nii.gz"
             start = time.perf_counter()
-            segment_cases(series, out, bank, sam2_weights=sam2, device=args.device, options=SegmentOptions(k=args.k))
+            segment_cases(series, out, bank, SegmenterOptions(sam2, device=args.device), SegmentOptions(k=args.k))
             reference_s = time.perf_counter() - start
             orthanc.delete_modality(STUDY, "SEG")
             cache = InstanceCache(work / f"cache-{r}")

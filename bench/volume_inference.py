@@ -148,7 +148,7 @@ def write_compression(labels_path: Path, workdir: Path, seed: int = 0) -> dict:
 
 def measure(mode: str, run_dir: str, image: str, out: str, device: str, batch: int, cpu_bf16: bool = False) -> dict:
     """Seconds from the NIfTI on disk to the label NIfTI on disk, for one mode, in this process."""
-    from ragsam.inference.predict import predict
+    from ragsam.inference.predict import PredictOptions, predict
 
     torch.manual_seed(0)
     timings: dict[str, float] | None = {} if mode == "profile" else None
@@ -157,8 +157,8 @@ def measure(mode: str, run_dir: str, image: str, out: str, device: str, batch: i
     if mode == "reference":
         slices = run_reference(Path(run_dir), Path(image), Path(out), device)
     else:  # "serial": the same predict with its stages one after another in one thread
-        slices = predict(run_dir, image, out, force=True, batch_size=batch, device=device, cpu_bf16=cpu_bf16,
-                         overlap=mode != "serial", timings=timings)[0].slices
+        options = PredictOptions(batch_size=batch, device=device, cpu_bf16=cpu_bf16, overlap=mode != "serial")
+        slices = predict(run_dir, image, out, options, force=True, timings=timings)[0].slices
     sync(device)
     seconds = time.perf_counter() - start
     result = {"mode": mode, "batch": 1 if mode == "reference" else batch, "slices": slices,

@@ -52,7 +52,7 @@ def run(args) -> dict:
     from ragsam.evaluation.evaluate import EvaluationOptions, evaluate
     from ragsam.retrieval.bank import SupportBank
     from ragsam.retrieval.bank_build import BankOptions, build_bank
-    from ragsam.retrieval.segment import RagSegmenter
+    from ragsam.retrieval.segment import RagSegmenter, SegmentOptions
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +76,7 @@ def run(args) -> dict:
             write_labels(gt.array, gt.geometry, work / f"gt-{query}.nii.gz", force=True)
             for weight in (0.0, 0.5):
                 out = work / f"{query}-{weight}.nii.gz"
-                segmenter.segment(str(case.image), out, k=args.k, z_prior=weight or None, force=True)
+                segmenter.segment(str(case.image), out, SegmentOptions(k=args.k, z_prior=weight or None), force=True)
                 result = evaluate(out, work / f"gt-{query}.nii.gz", EvaluationOptions(label_map=lmap,
                                   overlays=False))
                 table = result.table()

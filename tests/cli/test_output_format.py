@@ -149,9 +149,10 @@ def test_seg_refusals_come_before_any_model_work(run, bank, series, ct3mm, ct_di
 
 
 def _predict_both(run: str, src: str, out: str) -> list[tuple[str, str, str]]:
-    from ragsam.inference import predict
+    from ragsam.inference import PredictOptions, predict
 
-    return [(r.case_id, r.path.name, r.seg.name) for r in predict(run, src, out, device="cpu", output_format="both")]
+    options = PredictOptions(device="cpu", output_format="both")
+    return [(r.case_id, r.path.name, r.seg.name) for r in predict(run, src, out, options)]
 
 
 def test_two_ranks_write_their_cases_segs(run, series, tmp_path):

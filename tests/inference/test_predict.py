@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from ragsam.errors import CasesFailedError, InputError, OutputExistsError
-from ragsam.inference import load_run, predict
+from ragsam.inference import PredictOptions, load_run, predict
 from ragsam.training import load_train_config, train
 
 TRAIN = ["model.image_size=32", "optim.max_iterations=2", "optim.warmup=1", "optim.batch_size=4", "val.every=2",
          "checkpoint_every=2", "log.tensorboard=false", "log.progress=false", "device=cpu",
          "data.train=['0001']", "data.val=['0002']"]
+CPU = PredictOptions(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_predict_equals_the_slice_pipeline_on_the_input_grid(setup, tmp_path):
     from ragsam.data.volume import read_image, read_labels
 
     image_path = setup["src"] / "img" / "img0001.nii.gz"
-    [res] = predict(setup["run"], image_path, tmp_path / "out", device="cpu", batch_size=2)
+    [res] = predict(setup["run"], image_path, tmp_path / "out", PredictOptions(batch_size=2, device="cpu"))
     assert res.path == tmp_path / "out" / f"{res.case_id}.nii.gz" and res.slices == 5
     image = read_image(image_path)
     written = read_labels(res.path)
@@ -77,19 +78,19 @@ def test_load_run_reproduces_the_validation_score_and_merge_keeps_outputs(setup)
 
 def test_dataset_folder_outputs_and_force(setup, tmp_path):
     out = tmp_path / "preds"
-    results = predict(setup["run"], setup["src"], out, device="cpu")
+    results = predict(setup["run"], setup["src"], out, CPU)
     assert [r.path.name for r in results] == ["0001.nii.gz", "0002.nii.gz"]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    again = predict(setup["run"], setup["src"], out, device="cpu")  # finished, same inputs and run: skipped
+    again = predict(setup["run"], setup["src"], out, CPU)  # finished, same inputs and run: skipped
     assert [(r.case_id, r.skipped, r.slices, r.organs) for r in again] == [
         (r.case_id, True, r.slices, r.organs) for r in results]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
     (out / "0002.nii.gz").write_bytes(before["0001.nii.gz"])  # not what ragsam wrote for 0002
     with pytest.raises(OutputExistsError, match="0002.nii.gz"):
-        predict(setup["run"], setup["src"], out, device="cpu")
-    predict(setup["run"], setup["src"], out, device="cpu", force=True)
+        predict(setup["run"], setup["src"], out, CPU)
+    predict(setup["run"], setup["src"], out, CPU, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    single = predict(setup["run"], setup["src"] / "img" / "img0002.nii.gz", tmp_path / "one.nii.gz", device="cpu")
+    single = predict(setup["run"], setup["src"] / "img" / "img0002.nii.gz", tmp_path / "one.nii.gz", CPU)
     assert single[0].path == tmp_path / "one.nii.gz"
     assert (tmp_path / "one.nii.gz").read_bytes() == before["0002.nii.gz"]
 
@@ -109,7 +110,7 @@ def test_bad_runs_are_refused(setup, tmp_path):
 def test_dicom_series_folder_is_segmented_on_its_own_grid(setup, ct_dicom, tmp_path):
     from ragsam.data.volume import read_image, read_labels
 
-    [res] = predict(setup["run"], ct_dicom["image"], tmp_path / "dicom", device="cpu", batch_size=8)
+    [res] = predict(setup["run"], ct_dicom["image"], tmp_path / "dicom", PredictOptions(batch_size=8, device="cpu"))
     written, image = read_labels(res.path), read_image(ct_dicom["image"])
     assert res.slices == 20 and written.geometry.size == image.geometry.size == (512, 512, 20)
     assert np.allclose(written.geometry.direction, image.geometry.direction, atol=1e-6)
@@ -164,8 +165,8 @@ def test_pipelined_predict_equals_the_per_slice_path(setup, tmp_path, shape, ove
     write_phantom_dataset(tmp_path / "src", n_cases=1, shape=shape, seed=11)
     image_path = tmp_path / "src" / "img" / "img0001.nii.gz"
     timings: dict[str, float] = {}
-    [res] = predict(setup["run"], image_path, tmp_path / "out.nii.gz", device="cpu", batch_size=3, timings=timings,
-                     overlap=overlap)
+    [res] = predict(setup["run"], image_path, tmp_path / "out.nii.gz",
+                    PredictOptions(batch_size=3, device="cpu", overlap=overlap), timings=timings)
     model, cfg = load_run(setup["run"])
     image = read_image(image_path)
     stack = volume_to_slices(image, None, SliceSettings(tuple(cfg.data.window), 32, 0))
@@ -202,7 +203,7 @@ def test_failed_write_surfaces_and_leaves_no_file(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(sitk, "WriteImage", failing_write)
     out = tmp_path / "preds"
     with pytest.raises(CasesFailedError) as exc:
-        predict(setup["run"], setup["src"], out, device="cpu")
+        predict(setup["run"], setup["src"], out, CPU)
     assert [cid for cid, _ in exc.value.failures] == ["0001", "0002"] and exc.value.exit_code == 2
     assert re.match(r"ragsam: error: .*0001.nii.gz: cannot be written \(.*No space left on device",
                     exc.value.lines()[0])
@@ -222,14 +223,14 @@ def test_unreadable_case_read_ahead_surfaces_after_the_previous_case(setup, tmp_
     bad.write_bytes(good[:200])  # truncated download
     out = tmp_path / "preds"
     with pytest.raises(CasesFailedError) as exc:
-        predict(setup["run"], src, out, device="cpu")
+        predict(setup["run"], src, out, CPU)
     [(case_id, error)] = exc.value.failures
     assert case_id == "0002" and isinstance(error, InputError) and "img0002.nii.gz: not a readable image" in str(error)
     assert [r.case_id for r in exc.value.results] == ["0001"]
     assert sorted(p.name for p in out.iterdir()) == [".0001.nii.gz.ragsam.json", "0001.nii.gz"]
     assert read_labels(out / "0001.nii.gz").geometry.size == (40, 36, 5)
     bad.write_bytes(good)  # the user fixes the file and reruns: only 0002 runs
-    again = predict(setup["run"], src, out, device="cpu")
+    again = predict(setup["run"], src, out, CPU)
     assert [(r.case_id, r.skipped) for r in again] == [("0001", True), ("0002", False)]
 
 
@@ -281,7 +282,7 @@ def _predict_rank(rank: int, world: int, port: int, run: str, src: str, out: str
     import torch.distributed as dist
 
     try:
-        got = predict(run, src, out, device="cpu")
+        got = predict(run, src, out, CPU)
         results[rank] = [(r.case_id, r.path.name, r.slices, r.organs) for r in got]
     finally:
         if dist.is_initialized():
@@ -293,7 +294,7 @@ def test_two_gloo_ranks_write_what_one_process_writes(setup, tmp_path):
 
     import torch.multiprocessing as mp
 
-    one = predict(setup["run"], setup["src"], tmp_path / "one", device="cpu")
+    one = predict(setup["run"], setup["src"], tmp_path / "one", CPU)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

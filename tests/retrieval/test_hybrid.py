@@ -12,9 +12,10 @@ from ragsam.config import dump_config
 from ragsam.data.slices import SliceSettings, volume_to_slices
 from ragsam.data.volume import read_image, read_labels
 from ragsam.errors import InputError
-from ragsam.inference.rag_segment import segment_volume
+from ragsam.inference.rag_segment import SegmenterOptions, segment_volume
 from ragsam.retrieval.bank import BankOptions, build_bank
 from ragsam.retrieval.hybrid import fuse_slice
+from ragsam.retrieval.segment import SegmentOptions
 
 
 def test_fuse_slice_hand_computed():
@@ -61,20 +62,20 @@ def setup(ct3mm, tmp_path_factory):
 
 
 def test_weight_zero_equals_the_fine_tuned_prediction(setup):
-    from ragsam.inference import predict
+    from ragsam.inference import PredictOptions, predict
 
     root = setup["root"]
-    predict(setup["run"], setup["image"], root / "ft.nii.gz", device="cpu")
-    summary = segment_volume(setup["image"], root / "h0.nii.gz", setup["bank"], sam2_weights="tiny", k=2,
-                             device="cpu", run_dir=setup["run"], hybrid_weight=0.0)
+    predict(setup["run"], setup["image"], root / "ft.nii.gz", PredictOptions(device="cpu"))
+    summary = segment_volume(setup["image"], root / "h0.nii.gz", setup["bank"], SegmenterOptions("tiny", device="cpu"),
+                             SegmentOptions(k=2, run_dir=setup["run"], hybrid_weight=0.0))
     assert summary.run == str(setup["run"]) and summary.hybrid_weight == 0.0
     ft = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "ft.nii.gz")))
     h0 = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "h0.nii.gz")))
     assert np.array_equal(ft, h0)
-    segment_volume(setup["image"], root / "h1.nii.gz", setup["bank"], sam2_weights="tiny", k=2, device="cpu",
-                   run_dir=setup["run"], hybrid_weight=1.0)
+    segment_volume(setup["image"], root / "h1.nii.gz", setup["bank"], SegmenterOptions("tiny", device="cpu"),
+                   SegmentOptions(k=2, run_dir=setup["run"], hybrid_weight=1.0))
     h1 = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "h1.nii.gz")))
     assert h1.shape == ft.shape and not np.array_equal(h1, ft)
     with pytest.raises(InputError, match="no config.yaml"):
-        segment_volume(setup["image"], root / "x.nii.gz", setup["bank"], sam2_weights="tiny",
-                       run_dir=setup["bank"])
+        segment_volume(setup["image"], root / "x.nii.gz", setup["bank"], SegmenterOptions("tiny"),
+                       SegmentOptions(run_dir=setup["bank"]))

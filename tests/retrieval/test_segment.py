@@ -13,7 +13,7 @@ from bank_fixtures import write_prepared
 from ragsam.data.slices import SliceSettings, volume_to_slices
 from ragsam.data.volume import read_image, read_labels
 from ragsam.errors import InputError, OutputExistsError
-from ragsam.inference.rag_segment import segment_cases, segment_volume
+from ragsam.inference.rag_segment import SegmenterOptions, segment_cases, segment_volume
 from ragsam.retrieval.bank import BankOptions, build_bank
 from ragsam.retrieval.embedder import build_embedder
 from ragsam.retrieval.segment import (
@@ -24,6 +24,7 @@ from ragsam.retrieval.segment import (
 )
 
 SIZE = 64  # slice size of the bank (the tiny SAM 2 resizes to its 128 px input)
+TINY = SegmenterOptions("tiny")  # the tiny random SAM 2 of the tests
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def rag(ct3mm, tmp_path_factory):
 
 def test_end_to_end_writes_labels_on_the_input_geometry(rag):
     out = rag["root"] / "out" / "labels.nii.gz"
-    summary = segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", k=3)
+    summary = segment_volume(rag["image"], out, rag["bank"], TINY, SegmentOptions(k=3))
     written = sitk.ReadImage(str(out))
     source = sitk.ReadImage(str(rag["image"]))
     assert written.GetSize() == source.GetSize() == (122, 101, 30)
@@ -61,35 +62,35 @@ def test_end_to_end_writes_labels_on_the_input_geometry(rag):
     assert summary.support_slices_encoded + summary.support_cache_hits == 30 * 3
     assert summary.sam2["kind"] == "tiny"
     # deterministic: the same call again (with force) writes the same labels
-    segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", k=3, force=True, cache_size=2)
+    segment_volume(rag["image"], out, rag["bank"], SegmenterOptions("tiny", cache_size=2), SegmentOptions(k=3), force=True)
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), labels)
 
 
 def test_refusals(rag, tmp_path):
     out = tmp_path / "x.nii.gz"
     with pytest.raises(InputError, match="k=31 must be between 1 and the bank size"):
-        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", k=31)
+        segment_volume(rag["image"], out, rag["bank"], TINY, SegmentOptions(k=31))
     with pytest.raises(InputError, match="excluded cases \\['nope'\\] are not in the bank"):
-        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", exclude_cases=["nope"])
+        segment_volume(rag["image"], out, rag["bank"], TINY, SegmentOptions(exclude_cases=("nope",)))
     with pytest.raises(InputError, match="only 0 of 30 slices remain"):
-        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", exclude_cases=["ct3mm"])
+        segment_volume(rag["image"], out, rag["bank"], TINY, SegmentOptions(exclude_cases=("ct3mm",)))
     other = build_embedder("tiny", image_size=28, seed=1)
     with pytest.raises(InputError, match="differs from query embedder"):
-        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", embedder=other)
+        segment_volume(rag["image"], out, rag["bank"], SegmenterOptions("tiny", embedder=other))
     with pytest.raises(InputError, match="not a ragsam run folder"):
-        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", run_dir=tmp_path)
+        segment_volume(rag["image"], out, rag["bank"], TINY, SegmentOptions(run_dir=tmp_path))
     with pytest.raises(InputError, match="pointer positions"):
-        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny", pointer_positions="random")
+        segment_volume(rag["image"], out, rag["bank"], SegmenterOptions("tiny", pointer_positions="random"))
     out.write_bytes(b"old")
     with pytest.raises(OutputExistsError):
-        segment_volume(rag["image"], out, rag["bank"], sam2_weights="tiny")
+        segment_volume(rag["image"], out, rag["bank"], TINY)
     assert out.read_bytes() == b"old"
     # not CT-like inputs: [0, 1] values, and a single slice
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(rag["image"]))).astype(np.float32)
     unit = sitk.GetImageFromArray((arr - arr.min()) / (arr.max() - arr.min()))
     sitk.WriteImage(unit, str(tmp_path / "unit.nii.gz"))
     with pytest.raises(InputError, match="do not look like CT in HU"):
-        segment_volume(tmp_path / "unit.nii.gz", tmp_path / "u.nii.gz", rag["bank"], sam2_weights="tiny")
+        segment_volume(tmp_path / "unit.nii.gz", tmp_path / "u.nii.gz", rag["bank"], TINY)
     assert not (tmp_path / "u.nii.gz").exists()
 
 
@@ -99,8 +100,8 @@ def test_dataset_folder_shares_models_and_supports_across_cases(rag, tmp_path):
     for name in ("a", "b"):  # two cases: the same scan twice, so case b retrieves exactly case a's supports
         shutil.copy(rag["image"], folder / f"{name}.nii.gz")
     single = tmp_path / "single.nii.gz"
-    alone = segment_volume(rag["image"], single, rag["bank"], sam2_weights="tiny", k=2)
-    summaries = segment_cases(folder, tmp_path / "out", rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
+    alone = segment_volume(rag["image"], single, rag["bank"], TINY, SegmentOptions(k=2))
+    summaries = segment_cases(folder, tmp_path / "out", rag["bank"], TINY, SegmentOptions(k=2))
     assert [s.output for s in summaries] == [str(tmp_path / "out" / f"{c}.nii.gz") for c in ("a", "b")]
     first, second = summaries
     assert first.support_slices_encoded == alone.support_slices_encoded > 0
@@ -113,21 +114,21 @@ def test_dataset_folder_shares_models_and_supports_across_cases(rag, tmp_path):
     (tmp_path / "again").mkdir()
     (tmp_path / "again" / "b.nii.gz").write_bytes(b"old")
     with pytest.raises(OutputExistsError):
-        segment_cases(folder, tmp_path / "again", rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
+        segment_cases(folder, tmp_path / "again", rag["bank"], TINY, SegmentOptions(k=2))
     assert not (tmp_path / "again" / "a.nii.gz").exists()
     # a rerun skips the finished cases (the rules: tests/utils/test_case_runner.py)
     before = (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns
-    again = segment_cases(folder, tmp_path / "out", rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
+    again = segment_cases(folder, tmp_path / "out", rag["bank"], TINY, SegmentOptions(k=2))
     assert [(s.skipped, s.organs) for s in again] == [(True, s.organs) for s in summaries]
     assert (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns == before
     with pytest.raises(InputError, match="not a folder"):
-        segment_cases(folder, single, rag["bank"], sam2_weights="tiny")
+        segment_cases(folder, single, rag["bank"], TINY)
 
 
 def test_segmenter_keeps_per_call_counts(rag, tmp_path):
     segmenter = RagSegmenter(rag["bank"], "tiny", cache_size=4)
-    one = segmenter.segment(rag["image"], tmp_path / "1.nii.gz", k=3)
-    two = segmenter.segment(rag["image"], tmp_path / "2.nii.gz", k=3)
+    one = segmenter.segment(rag["image"], tmp_path / "1.nii.gz", SegmentOptions(k=3))
+    two = segmenter.segment(rag["image"], tmp_path / "2.nii.gz", SegmentOptions(k=3))
     assert one.support_slices_encoded + one.support_cache_hits == 30 * 3
     assert two.support_slices_encoded + two.support_cache_hits == 30 * 3
     assert segmenter.cache.encoded == one.support_slices_encoded + two.support_slices_encoded
@@ -160,11 +161,11 @@ def test_own_supports_keep_their_labels_and_change_the_neighbours(rag):
     segmenter = RagSegmenter(rag["bank"], sam2="tiny")
     image = read_image(rag["image"])
     plain = rag["root"] / "own" / "plain.nii.gz"
-    segmenter.segment(rag["image"], plain, k=2)
+    segmenter.segment(rag["image"], plain, SegmentOptions(k=2))
     own_label = np.zeros((SIZE, SIZE), np.uint8)
     own_label[10:40, 12:50] = 6  # a large "liver" the user painted on canonical slice 15
     with_own = rag["root"] / "own" / "with_own.nii.gz"
-    segmenter.segment(rag["image"], with_own, k=2, own_supports={15: own_label})
+    segmenter.segment(rag["image"], with_own, SegmentOptions(k=2), own_supports={15: own_label})
     grid = volume_to_slices(image, None, SliceSettings(size=SIZE)).grid
     from ragsam.data.slices import to_canonical
 
@@ -173,7 +174,7 @@ def test_own_supports_keep_their_labels_and_change_the_neighbours(rag):
     assert ((after[15] == 6).mean() > 0.25) and (before[15] == 6).mean() < (after[15] == 6).mean()
     assert not np.array_equal(before[14], after[14]) and not np.array_equal(before[16], after[16])
     with pytest.raises(InputError, match="own support slice z=99"):
-        segmenter.segment(rag["image"], with_own, k=2, force=True, own_supports={99: own_label})
+        segmenter.segment(rag["image"], with_own, SegmentOptions(k=2), force=True, own_supports={99: own_label})
 
 
 def test_folder_runs_past_a_corrupt_case_and_the_rerun_finishes_it(rag, tmp_path):
@@ -186,13 +187,13 @@ def test_folder_runs_past_a_corrupt_case_and_the_rerun_finishes_it(rag, tmp_path
     (folder / "b.nii.gz").write_bytes(good[:300])  # truncated
     out = tmp_path / "out"
     with pytest.raises(CasesFailedError) as exc:
-        segment_cases(folder, out, rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
+        segment_cases(folder, out, rag["bank"], TINY, SegmentOptions(k=2))
     assert [cid for cid, _ in exc.value.failures] == ["b"] and exc.value.exit_code == 2
     assert exc.value.lines() == [f"ragsam: error: {exc.value.failures[0][1]}"] and "b.nii.gz" in exc.value.lines()[0]
     assert [s.output for s in exc.value.results] == [str(out / "a.nii.gz")]
     assert not (out / "b.nii.gz").exists()
     (folder / "b.nii.gz").write_bytes(good)
-    rerun = segment_cases(folder, out, rag["bank"], sam2_weights="tiny", options=SegmentOptions(k=2))
+    rerun = segment_cases(folder, out, rag["bank"], TINY, SegmentOptions(k=2))
     assert [s.skipped for s in rerun] == [True, False]
 
 
@@ -201,6 +202,13 @@ def test_segment_options_key_and_checks():
     # what changes an output (the batch size does not; a run enters by its files)
     assert options.output_key() == {"k": 2, "exclude_cases": ["a"], "series_uid": None, "z_prior": None,
                                     "hybrid_weight": 0.5}
-    assert options.segment_kwargs()["batch_size"] == 3
     with pytest.raises(InputError):
         SegmentOptions(batch_size=0).check()
+    # the models' part of segment_cases' resume key: the names and values of the keys before the options
+    # objects, so the sidecars of earlier runs stay valid (cache size, device and embedder do not enter)
+    from ragsam.utils.case_runner import weights_key
+
+    assert SegmenterOptions("tiny", cache_size=3, device="cpu").output_key() == {
+        "sam2": weights_key("tiny"), "pointers": "sequential", "empty": True, "sam2_run": None}
+    with pytest.raises(InputError, match="pointer positions"):
+        SegmenterOptions(pointer_positions="random").check()

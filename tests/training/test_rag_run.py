@@ -98,19 +98,19 @@ def _initial(cfg):
 
 
 def test_segment_uses_the_trained_sam2_run(bank, tmp_path):
-    from ragsam.inference.rag_segment import load_segmenter
-    from ragsam.retrieval.segment import RagSegmenter
+    from ragsam.inference.rag_segment import SegmenterOptions, load_segmenter
+    from ragsam.retrieval.segment import RagSegmenter, SegmentOptions
 
     run = train_rag(_cfg(bank, "data.train=['0001','0002']", "optim.max_iterations=2", "optim.lr=0.01"),
                     tmp_path / "run")
     image = bank.parent / "src" / "img" / "img0003.nii.gz"
     if not image.exists():
         image = next((bank.parent / "src").rglob("*0003*.nii.gz"))
-    trained = load_segmenter(bank, sam2_run=run, device="cpu")
+    trained = load_segmenter(bank, SegmenterOptions(sam2_run=run, device="cpu"))
     plain = RagSegmenter(bank, "tiny", device="cpu")
     assert trained.info["run"] == str(run) and len(trained.info["run_weights"]) == 64
     assert trained.cache.model_key != plain.cache.model_key  # cached memories are per run
-    ours = trained.segment(image, tmp_path / "ours.nii.gz", k=1)
+    ours = trained.segment(image, tmp_path / "ours.nii.gz", SegmentOptions(k=1))
     assert ours.sam2["run"] == str(run)
     with torch.no_grad():  # the run's LoRA was merged into the base weights, and it moved them
         from ragsam.training.rag_model import load_sam2_run

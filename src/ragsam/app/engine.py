@@ -60,13 +60,13 @@ class Engine:
 
     # ----------------------------------------------------------------- models
     def segmenter(self):
-        from ragsam.inference.rag_segment import load_segmenter
+        from ragsam.inference.rag_segment import SegmenterOptions, load_segmenter
 
         if self.bank_dir is None:
             raise InputError(None, "no support bank (start the app with --bank)")
         with self.lock:
             if self._segmenter is None:
-                self._segmenter = load_segmenter(self.bank_dir, self.sam2_weights, device=self.device)
+                self._segmenter = load_segmenter(self.bank_dir, SegmenterOptions(self.sam2_weights, device=self.device))
             return self._segmenter
 
     def settings(self):
@@ -102,14 +102,16 @@ class Engine:
         with self.lock:
             stack = self.stack(image_path)
             if mode == "finetuned":
-                from ragsam.inference.predict import predict
+                from ragsam.inference.predict import PredictOptions, predict
 
                 progress(0, 1)
-                predict(self.run_dir, image_path, out, force=True, device=self.device)
+                predict(self.run_dir, image_path, out, PredictOptions(device=self.device), force=True)
                 progress(1, 1)
             else:
-                self.segmenter().segment(image_path, out, k=self.k, force=True, progress=progress,
-                                         run_dir=self.run_dir if mode == "hybrid" else None,
+                from ragsam.retrieval.segment import SegmentOptions
+
+                options = SegmentOptions(k=self.k, run_dir=self.run_dir if mode == "hybrid" else None)
+                self.segmenter().segment(image_path, out, options, force=True, progress=progress,
                                          own_supports=dict(own) or None)
             return stack
 

@@ -40,7 +40,7 @@ def predict_command(
 ) -> None:
     """Parse, call :func:`ragsam.inference.predict`, print one line per case."""
     from ragsam.errors import CasesFailedError
-    from ragsam.inference import predict
+    from ragsam.inference import PredictOptions, predict
     from ragsam.utils.device import resolve_device
     from ragsam.utils.precision import cpu_bf16_note
 
@@ -48,9 +48,9 @@ def predict_command(
     if note:
         typer.echo(f"ragsam: note: {note}", err=True)
     try:
-        results = predict(run, input_path, output, force=force, batch_size=batch_size, device=device,
-                          layout=layout, series_uid=series, cpu_bf16=cpu_bf16, overlap=overlap,
-                          output_format=output_format)
+        options = PredictOptions(batch_size=batch_size, device=device, series_uid=series, cpu_bf16=cpu_bf16,
+                                 overlap=overlap, output_format=output_format)
+        results = predict(run, input_path, output, options, force=force, layout=layout)
     except CasesFailedError as exc:  # the cases that did finish are reported, then one line per failure
         _print(exc.results)
         raise

@@ -54,11 +54,11 @@ def segment_command(
     summary_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs and redo finished cases."),
 ) -> None:
-    """Parse, call :func:`ragsam.retrieval.segment.segment_cases`, print a summary per case."""
+    """Parse, call :func:`ragsam.inference.rag_segment.segment_cases`, print a summary per case."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ragsam.errors import CasesFailedError
-    from ragsam.inference.rag_segment import segment_cases
+    from ragsam.inference.rag_segment import SegmenterOptions, segment_cases
     from ragsam.retrieval.segment import SegmentOptions
 
     columns = (TextColumn("segmenting {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -66,11 +66,12 @@ def segment_command(
         with Progress(*columns, transient=True, disable=summary_json) as bar:
             task = bar.add_task("", total=None)
             summaries = segment_cases(
-                input_path, output, index, sam2_weights=sam2, layout=layout, force=force, cache_size=cache_size,
-                device=device, pointer_positions=pointers, sam2_run=sam2_run,
-                options=SegmentOptions(k=k, exclude_cases=tuple(exclude_case or ()), batch_size=batch_size,
-                                       series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight,
-                                       output_format=output_format),
+                input_path, output, index,
+                SegmenterOptions(sam2, sam2_run, cache_size=cache_size, device=device, pointer_positions=pointers),
+                SegmentOptions(k=k, exclude_cases=tuple(exclude_case or ()), batch_size=batch_size,
+                               series_uid=series, z_prior=z_prior, run_dir=run, hybrid_weight=hybrid_weight,
+                               output_format=output_format),
+                layout=layout, force=force,
                 progress=lambda cid, done, total: bar.update(task, description=cid, completed=done, total=total))
     except CasesFailedError as exc:  # the finished cases are reported, then one line per failed case
         _print(exc.results, summary_json)

@@ -9,10 +9,10 @@ Stages, each through the public API of its module::
     predict test cases               ragsam.inference.predict
     build support bank (train cases) ragsam.retrieval.bank_build.build_bank
     segment test cases with RAG      ragsam.inference.rag_segment.load_segmenter (a RagSegmenter)
-    hybrid                            RagSegmenter.segment(run_dir=<fine-tuned run>)
+    hybrid                            RagSegmenter.segment(SegmentOptions(run_dir=<fine-tuned run>))
     episodic SAM 2 fine-tuning       ragsam.training.rag_run.train_rag: LoRA rank 4 on the demo's SAM 2,
                                      episodes from the training cases and the bank (own case excluded)
-    segment with the trained SAM 2   ragsam.inference.rag_segment.load_segmenter(sam2_run=<rag_run>)
+    segment with the trained SAM 2   ragsam.inference.rag_segment.load_segmenter(bank, SegmenterOptions(sam2_run=<rag_run>))
     evaluate every method            ragsam.evaluation.evaluate.evaluate
     report.md + summary.json
 

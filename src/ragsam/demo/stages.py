@@ -80,7 +80,7 @@ def rag_config(budget: DemoBudget, weights: WeightsUsed, bank: Path, device: str
 def fine_tune_and_predict(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, seed: int,
                            cases: dict, test_ids: list[str], stage: Callable, done: Callable) -> list[tuple[str, float]]:
     """Train the run in ``tmp/run`` and predict the test cases; returns ``[("finetuned", seconds)]``."""
-    from ragsam.inference import predict
+    from ragsam.inference import PredictOptions, predict
     from ragsam.training import train
 
     train(train_config(plan, weights, tmp / "prepared", device, seed), tmp / "run")
@@ -89,7 +89,7 @@ def fine_tune_and_predict(tmp: Path, plan: DemoBudget, weights: WeightsUsed, dev
     t0 = time.perf_counter()
     for cid in test_ids:
         predict(tmp / "run", str(cases[cid].image), tmp / "predictions" / "finetuned" / f"{cid}.nii.gz",
-                device=device)
+                PredictOptions(device=device))
     finish()
     return [("finetuned", time.perf_counter() - t0)]
 
@@ -101,7 +101,8 @@ def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, see
     Before the trained-RAG row, :func:`train_retrieval` fine-tunes SAM 2 episodically on the
     training cases (``tmp/rag_run``); its segmenter loads that run (``sam2_run``).
     """
-    from ragsam.inference.rag_segment import load_segmenter
+    from ragsam.inference.rag_segment import SegmenterOptions, load_segmenter
+    from ragsam.retrieval.segment import SegmentOptions
     from ragsam.utils.device import resolve_device
 
     seg_device = str(resolve_device(device))
@@ -119,11 +120,11 @@ def retrieve(tmp: Path, plan: DemoBudget, weights: WeightsUsed, device: str, see
         done = stage(name, f"segmenting {len(test_ids)} test case(s): {labels[name]}")
         t0 = time.perf_counter()
         try:
-            segmenter = load_segmenter(tmp / "bank", weights.sam2_weights, device=seg_device,
-                                     sam2_run=sam2_run)  # shared by the cases
+            segmenter = load_segmenter(tmp / "bank", SegmenterOptions(weights.sam2_weights, sam2_run,
+                                                                      device=seg_device))  # shared by the cases
+            options = SegmentOptions(k=plan.k, **extra)
             for cid in test_ids:
-                segmenter.segment(str(cases[cid].image), tmp / "predictions" / name / f"{cid}.nii.gz", k=plan.k,
-                                  **extra)
+                segmenter.segment(str(cases[cid].image), tmp / "predictions" / name / f"{cid}.nii.gz", options)
         except InputError as exc:
             if name != "hybrid":
                 raise

@@ -273,7 +273,7 @@ class ExperimentRunner:
 
     def _finetune(self, variant: Variant, folder: Path, predictions: Path) -> tuple[int | None, float | None]:
         from ragsam.data.label_maps import load_label_map
-        from ragsam.inference.predict import predict
+        from ragsam.inference.predict import PredictOptions, predict
         from ragsam.training.run import train
 
         run_dir = folder / "run"
@@ -286,8 +286,8 @@ class ExperimentRunner:
                                                       str(self._shipped.sam) if self.settings.tiny else "")
             train(cfg, run_dir, resume=resume, force=not resume and run_dir.exists())
         for cid in self.test_cases():
-            predict(run_dir, self._image_of(cid), predictions / f"{cid}.nii.gz", force=True,
-                    device=self.settings.device)
+            predict(run_dir, self._image_of(cid), predictions / f"{cid}.nii.gz",
+                    PredictOptions(device=self.settings.device), force=True)
         return trainable_size(run_dir)
 
     @functools.cached_property
@@ -315,7 +315,8 @@ class ExperimentRunner:
         return bank
 
     def _rag(self, variant: Variant, predictions: Path) -> tuple[int | None, float | None]:
-        from ragsam.inference.rag_segment import load_segmenter
+        from ragsam.inference.rag_segment import SegmenterOptions, load_segmenter
+        from ragsam.retrieval.segment import SegmentOptions
         from ragsam.training.run_info import RunFiles
 
         base = next(v for v in self.plan.variants if v.name == variant.base)
@@ -324,26 +325,27 @@ class ExperimentRunner:
             raise InputError(base_run, f"variant {variant.name!r} needs {base.name!r} trained first")
         bank = self._bank()
         sam2 = self._retrieval_models[0]
-        segmenter = load_segmenter(bank, sam2, device=self.settings.device)  # models and supports shared by the cases
+        segmenter = load_segmenter(bank, SegmenterOptions(sam2, device=self.settings.device))  # shared by the cases
+        options = SegmentOptions(k=self.settings.k, run_dir=base_run, z_prior=self.settings.z_prior or None,
+                                 hybrid_weight=self.settings.hybrid_weight)
         for cid in self.test_cases():
-            segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k,
-                              run_dir=base_run, force=True, z_prior=self.settings.z_prior or None,
-                              hybrid_weight=self.settings.hybrid_weight)
+            segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", options, force=True)
         return trainable_size(base_run)
 
     def _retrieval(self, variant: Variant, folder: Path, predictions: Path) -> tuple[int | None, float | None]:
         """Retrieval alone; with a ``train-rag`` preset, SAM 2 is first fine-tuned on the bank's episodes."""
-        from ragsam.inference.rag_segment import load_segmenter
+        from ragsam.inference.rag_segment import SegmenterOptions, load_segmenter
+        from ragsam.retrieval.segment import SegmentOptions
 
         bank = self._bank()
         run_dir = None
         if variant.preset is not None:
             run_dir = self._train_sam2(variant, folder / "run", bank)
         sam2 = self._retrieval_models[0]
-        segmenter = load_segmenter(bank, sam2, device=self.settings.device, sam2_run=run_dir)
+        segmenter = load_segmenter(bank, SegmenterOptions(sam2, run_dir, device=self.settings.device))
+        options = SegmentOptions(k=self.settings.k, z_prior=self.settings.z_prior or None)
         for cid in self.test_cases():
-            segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", k=self.settings.k, force=True,
-                              z_prior=self.settings.z_prior or None)
+            segmenter.segment(self._image_of(cid), predictions / f"{cid}.nii.gz", options, force=True)
         return (None, None) if run_dir is None else trainable_size(run_dir)
 
     def _train_sam2(self, variant: Variant, run_dir: Path, bank: Path) -> Path:

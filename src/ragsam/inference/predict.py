@@ -323,21 +323,13 @@ def _organs(labels: np.ndarray) -> list[int]:
     return [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v != 0]
 
 
-@ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
-def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike,
-            force: bool = False, batch_size: int = 8, device: str = "auto", layout: str = "auto",
-            series_uid: str | None = None, cpu_bf16: bool = False, overlap: bool | None = None,
-            timings: dict[str, float] | None = None, output_format: str = "nifti") -> list[Prediction]:
-    """Segment every case of ``input_path`` with the run in ``run_dir``.
+@dataclass(frozen=True)
+class PredictOptions:
+    """How :func:`predict` segments: the settings (the inputs, ``force`` and ``timings`` are per call).
 
-    Args:
-        run_dir: a finished ``ragsam train`` run.
-        input_path: an image file, a DICOM series folder, or a dataset folder
-            (any layout :func:`ragsam.data.layouts.discover_cases` understands).
-        output_path: output folder (or file, for one case).
-        force: replace existing outputs (also those of finished cases, which are otherwise skipped).
-        batch_size: slices per forward pass. device: ``auto`` | ``cpu`` | ``cuda[:N]``.
-        layout: dataset layout of ``input_path`` (``auto`` detects it).
+    Attributes:
+        batch_size: slices per forward pass.
+        device: ``auto`` | ``cpu`` | ``cuda[:N]``.
         series_uid: DICOM series to read when a folder holds several.
         cpu_bf16: bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX) when the
             run's ``optim.bf16`` is on; pays for ViT-B, not for small models.
@@ -345,11 +337,36 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
             need a free core (or a GPU); ``None`` decides by :func:`default_overlap`. On a
             CPU whose cores are all busy (several predictions at once, a shared machine)
             ``False`` avoids their contention.
+        output_format: ``nifti``, ``dicom-seg`` or ``both`` (:mod:`ragsam.data.case_outputs`;
+            a SEG needs DICOM series inputs and the run's prepared cache for the label map).
+    """
+
+    batch_size: int = 8
+    device: str = "auto"
+    series_uid: str | None = None
+    cpu_bf16: bool = False
+    overlap: bool | None = None
+    output_format: str = "nifti"
+
+
+@ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
+def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike,
+            options: PredictOptions | None = None, force: bool = False, layout: str = "auto",
+            timings: dict[str, float] | None = None) -> list[Prediction]:
+    """Segment every case of ``input_path`` with the run in ``run_dir``.
+
+    Args:
+        run_dir: a finished ``ragsam train`` run.
+        input_path: an image file, a DICOM series folder, or a dataset folder
+            (any layout :func:`ragsam.data.layouts.discover_cases` understands).
+        output_path: output folder (or file, for one case).
+        options: batch size, device, series, bf16, overlap, output format (:class:`PredictOptions`;
+            default: its defaults).
+        force: replace existing outputs (also those of finished cases, which are otherwise skipped).
+        layout: dataset layout of ``input_path`` (``auto`` detects it).
         timings: if given, filled with busy seconds per stage (``load_run``, ``read``, ``slice``,
             ``inputs``, ``forward``, ``labels``, ``to_volume``, ``write``; stages overlap,
             so they add up to more than the wall time) and ``wall``.
-        output_format: ``nifti``, ``dicom-seg`` or ``both`` (:mod:`ragsam.data.case_outputs`;
-            a SEG needs DICOM series inputs and the run's prepared cache for the label map).
     Returns:
         One :class:`Prediction` per case, in case-id order.
     Raises:
@@ -363,10 +380,13 @@ def predict(run_dir: str | os.PathLike, input_path: str | os.PathLike, output_pa
     from ragsam.data.volume import read_image
 
     wall = time.perf_counter()
+    options = options or PredictOptions()
+    batch_size, series_uid, cpu_bf16, output_format = (options.batch_size, options.series_uid, options.cpu_bf16,
+                                                        options.output_format)
     if batch_size < 1:
         raise InputError(None, f"batch size must be >= 1, got {batch_size}")
-    dev = resolve_device(device, ranks.local_gpu())  # torchrun: one GPU per local rank
-    overlap = default_overlap(dev) if overlap is None else overlap
+    dev = resolve_device(options.device, ranks.local_gpu())  # torchrun: one GPU per local rank
+    overlap = default_overlap(dev) if options.overlap is None else options.overlap
     stages = StageTimes(timings)
     label_names = None
     if writes_seg(output_format):  # a SEG's refusals (NIfTI input, anonymised series) before the model loads

@@ -11,7 +11,8 @@ and, for the hybrid, a ``ragsam train`` run's class probabilities (:class:`FineT
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,6 @@ from ragsam.data.case_outputs import case_outputs, check_seg_inputs, writes_seg
 from ragsam.errors import InputError
 from ragsam.retrieval.segment import (
     DEFAULT_SAM2,
-    DEFAULT_Z_PRIOR,
     RagSegmenter,
     SegmentOptions,
     SegmentSummary,
@@ -74,51 +74,69 @@ class FineTunedRuns:
 FINE_TUNED_RUNS = FineTunedRuns()
 
 
-def load_segmenter(bank_dir: str | os.PathLike, sam2_weights: str = DEFAULT_SAM2, embedder: Any = None,
-                   cache_size: int = 256, device: str = "auto", pointer_positions: str = "sequential",
-                   use_empty_supports: bool = True, sam2_run: str | os.PathLike | None = None) -> RagSegmenter:
-    """A :class:`RagSegmenter` with its SAM 2 built and ``ragsam train`` runs usable for the hybrid.
+@dataclass(frozen=True)
+class SegmenterOptions:
+    """How :func:`load_segmenter` builds a :class:`RagSegmenter`: the construction-time settings (the
+    per-volume ones are :class:`SegmentOptions`).
 
-    Args:
+    Attributes:
+        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
         sam2_run: a ``ragsam train-rag`` run folder: its fine-tuned SAM 2 (LoRA merged) replaces
-            ``sam2_weights``, and the ``pointer_positions`` / ``use_empty_supports`` it was trained
-            with apply.
-        Others: as :class:`RagSegmenter`.
+            ``sam2_weights``, and the ``pointer_positions`` / ``use_empty_supports`` it was trained with apply.
+        embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
+            it must be the embedder the bank was built with.
+        cache_size: encoded support slices kept in memory.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
+    """
+
+    sam2_weights: str = DEFAULT_SAM2
+    sam2_run: str | os.PathLike | None = None
+    embedder: Any = None
+    cache_size: int = 256
+    device: str = "auto"
+    pointer_positions: str = "sequential"
+    use_empty_supports: bool = True
+
+    def check(self) -> None:
+        """Refuse bad settings before any model loads."""
+        check_settings(self.pointer_positions, self.cache_size)
+
+    def output_key(self) -> dict[str, Any]:
+        """The settings that change an output (the cache, device and embedder do not: the bank fixes the
+        embedder; the runs enter by their files)."""
+        return {"sam2": weights_key(self.sam2_weights), "pointers": self.pointer_positions,
+                "empty": self.use_empty_supports,
+                "sam2_run": None if self.sam2_run is None else _run_digests(self.sam2_run)}
+
+
+def _run_digests(run_dir: str | os.PathLike) -> list[str]:
+    """SHA-256 of a run's weights and config (what identifies it in a resume key)."""
+    return [file_digest(Path(run_dir) / n) for n in ("model.safetensors", "config.yaml")]
+
+
+def load_segmenter(bank_dir: str | os.PathLike, segmenter: SegmenterOptions | None = None) -> RagSegmenter:
+    """A :class:`RagSegmenter` on ``bank_dir`` with its SAM 2 built (``segmenter``: default its defaults)
+    and ``ragsam train`` runs usable for the hybrid.
+
     Raises:
         InputError: bad bank, other embedder, bad weights or run, bad settings.
     """
-    sam2: str | tuple[Any, dict[str, Any]] = sam2_weights
-    if sam2_run is not None:
+    opts = segmenter or SegmenterOptions()
+    sam2: str | tuple[Any, dict[str, Any]] = opts.sam2_weights
+    if opts.sam2_run is not None:
         from ragsam.training.rag_model import load_sam2_run
         from ragsam.utils.device import resolve_device
 
-        check_settings(pointer_positions, cache_size)
-        sam2 = load_sam2_run(sam2_run, device=str(resolve_device(device)))
-    return RagSegmenter(bank_dir, sam2, embedder, cache_size, device, pointer_positions, use_empty_supports,
-                        fine_tuned=FINE_TUNED_RUNS)
+        opts.check()
+        sam2 = load_sam2_run(opts.sam2_run, device=str(resolve_device(opts.device)))
+    return RagSegmenter(bank_dir, sam2, opts.embedder, opts.cache_size, opts.device, opts.pointer_positions,
+                        opts.use_empty_supports, fine_tuned=FINE_TUNED_RUNS)
 
 
-def segment_volume(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    bank_dir: str | os.PathLike,
-    sam2_weights: str = DEFAULT_SAM2,
-    k: int = 4,
-    embedder: Any = None,
-    exclude_cases: Iterable[str] = (),
-    batch_size: int = 8,
-    cache_size: int = 256,
-    device: str = "auto",
-    force: bool = False,
-    series_uid: str | None = None,
-    z_prior: float | None = DEFAULT_Z_PRIOR,
-    pointer_positions: str = "sequential",
-    use_empty_supports: bool = True,
-    run_dir: str | os.PathLike | None = None,
-    hybrid_weight: float = 0.5,
-    progress: Callable[[int, int], None] | None = None,
-    sam2_run: str | os.PathLike | None = None,
-) -> SegmentSummary:
+def segment_volume(input_path: str | os.PathLike, output_path: str | os.PathLike, bank_dir: str | os.PathLike,
+                   segmenter: SegmenterOptions | None = None, options: SegmentOptions | None = None,
+                   force: bool = False, progress: Callable[[int, int], None] | None = None) -> SegmentSummary:
     """Segment one CT volume with retrieval-augmented SAM 2 and write its label map.
 
     For several volumes use :func:`segment_cases` (or one :class:`RagSegmenter`):
@@ -128,42 +146,26 @@ def segment_volume(
         input_path: CT image file or DICOM series folder (HU).
         output_path: label file to write (``.nii.gz`` recommended), on the input's grid.
         bank_dir: a support bank (``ragsam index build``); its prepared cache supplies the supports.
-        sam2_weights: see :func:`ragsam.models.sam2.build_sam2`.
-        k: support slices per query slice (each adds a memory of (image_size/16)^2 tokens).
-        embedder: ``None`` (rebuild the bank's embedder), weights, or a ``SliceEmbedder``;
-            it must be the embedder the bank was built with.
-        exclude_cases: bank cases never used as supports (e.g. the query's own case).
-        batch_size: query slices per image-encoder / embedder pass.
-        cache_size: encoded support slices kept in memory.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        segmenter: the models (:class:`SegmenterOptions`; default: its defaults).
+        options: how the volume is segmented (:class:`SegmentOptions`: k, excluded cases, z prior, the
+            hybrid's ``run_dir``, ...; default: its defaults).
         force: replace an existing output.
-        series_uid: DICOM series to read when a folder holds several.
-        z_prior: weight of the relative-z penalty in retrieval (``None`` / 0: off).
-        pointer_positions, use_empty_supports: see :class:`~ragsam.retrieval.sam2_memory.Sam2MemorySegmenter`.
-        sam2_run: a ``ragsam train-rag`` run whose fine-tuned SAM 2 is used (see :func:`load_segmenter`).
-        run_dir: a fine-tuned run (``ragsam train``): fuse its class probabilities with the
-            retrieval probabilities (see :mod:`ragsam.retrieval.hybrid`); ``None``: retrieval only.
-        hybrid_weight: ``w`` of the retrieval term in the hybrid fusion.
         progress: called as ``progress(done_slices, total_slices)``.
     Raises:
         InputError: bad input image, k out of range, other embedder, bad weights.
         OutputExistsError: the output exists and ``force`` is false (checked before any work).
     """
-    check_request(hybrid_weight, batch_size, run_dir, FINE_TUNED_RUNS)
+    options = options or SegmentOptions()
+    check_request(options.hybrid_weight, options.batch_size, options.run_dir, FINE_TUNED_RUNS)
     check_writable(Path(output_path), force)
-    segmenter = load_segmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports, sam2_run)
-    return segmenter.segment(input_path, output_path, k, exclude_cases, batch_size, force, series_uid, z_prior,
-                             run_dir, hybrid_weight, progress)
+    return load_segmenter(bank_dir, segmenter).segment(input_path, output_path, options, force, progress)
 
 
 @ranks.fail_together  # torchrun: a rank's failure, wherever it happens, fails every rank
 def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike, bank_dir: str | os.PathLike,
-                  sam2_weights: str = DEFAULT_SAM2, layout: str = "auto",
-                  force: bool = False, embedder: Any = None, cache_size: int = 256, device: str = "auto",
-                  pointer_positions: str = "sequential", use_empty_supports: bool = True,
-                  progress: Callable[[str, int, int], None] | None = None, sam2_run: str | os.PathLike | None = None,
-                  options: SegmentOptions | None = None) -> list[SegmentSummary]:
+                  segmenter: SegmenterOptions | None = None, options: SegmentOptions | None = None,
+                  layout: str = "auto", force: bool = False,
+                  progress: Callable[[str, int, int], None] | None = None) -> list[SegmentSummary]:
     """Segment every case of a file, DICOM folder or dataset folder with one :class:`RagSegmenter`.
 
     Args:
@@ -172,7 +174,6 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
         output_path: output folder (``<case_id>.nii.gz`` per case), or a file for a single case.
         layout: dataset layout of ``input_path`` (``auto`` detects it).
         progress: called as ``progress(case_id, done_slices, total_slices)``.
-        options: how each volume is segmented (:class:`SegmentOptions`; default: its defaults).
         Others: as :func:`segment_volume`.
     Returns:
         One summary per case, in case-id order.
@@ -193,22 +194,17 @@ def segment_cases(input_path: str | os.PathLike, output_path: str | os.PathLike,
 
         check_seg_inputs(refs, bank_label_names(SupportBank.load(bank_dir)), options.output_format,
                          options.series_uid, bank_dir)
+    models = segmenter or SegmenterOptions()
     key = model_key(command="segment", bank=[file_digest(p) for p in sorted(Path(bank_dir).glob("*")) if p.is_file()],
-                    sam2=weights_key(sam2_weights), pointers=pointer_positions, empty=use_empty_supports,
-                    run=None if options.run_dir is None else
-                    [file_digest(Path(options.run_dir) / n) for n in ("model.safetensors", "config.yaml")],
-                    sam2_run=None if sam2_run is None else
-                    [file_digest(Path(sam2_run) / n) for n in ("model.safetensors", "config.yaml")],
-                    **options.output_key())
+                    run=None if options.run_dir is None else _run_digests(options.run_dir),
+                    **models.output_key(), **options.output_key())
     plan = plan_cases(refs, outputs, key, force, companions)  # refuses outputs not ragsam's before any model loads
-    segmenter = load_segmenter(bank_dir, sam2_weights, embedder, cache_size, device, pointer_positions,
-                             use_empty_supports, sam2_run) if plan.todo else None
+    loaded = load_segmenter(bank_dir, models) if plan.todo else None
 
     def work(job: Any) -> tuple[SegmentSummary, dict[str, Any]]:
-        assert segmenter is not None
+        assert loaded is not None
         report = None if progress is None else (lambda done, total, cid=job.case_id: progress(cid, done, total))
-        summary = segmenter.segment(job.ref.image, job.output, force=True, progress=report,
-                                    **options.segment_kwargs())
+        summary = loaded.segment(job.ref.image, job.output, options, force=True, progress=report)
         return summary, summary.to_json()
 
     def from_json(job: Any, recorded: dict[str, Any]) -> SegmentSummary:

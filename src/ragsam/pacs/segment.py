@@ -6,7 +6,7 @@ Stages (each one's seconds in :attr:`PacsSegmentResult.seconds`):
    checks (options, run folder) come first, so a bad call fetches nothing;
 2. **fetch** what the cache lacks (:class:`~ragsam.pacs.cache.InstanceCache`);
 3. **segment** the cached series folder with the existing Python API:
-   :func:`ragsam.retrieval.segment.segment_cases` (``--index``: RAG, or the hybrid with
+   :func:`ragsam.inference.rag_segment.segment_cases` (``--index``: RAG, or the hybrid with
    ``--run``) or :func:`ragsam.inference.predict` (``--run`` alone). The label volume goes
    to the cache's ``results/<series>/``, with those functions' resume rule: a rerun with the
    same series and model segments nothing;
@@ -168,19 +168,19 @@ def _segment(fetched: FetchedSeries, model: PacsModel, cache: InstanceCache, pro
     out = cache.results_dir(fetched.series_uid) / f"{slug}.nii.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
     if model.index is not None:
-        from ragsam.inference.rag_segment import segment_cases
+        from ragsam.inference.rag_segment import SegmenterOptions, segment_cases
         from ragsam.retrieval.segment import SegmentOptions
 
         options = SegmentOptions(k=model.k, batch_size=model.batch_size, run_dir=model.run,
                                  hybrid_weight=model.hybrid_weight, output_format="both")
-        segment_cases(fetched.folder, out, model.index, sam2_weights=model.sam2, device=model.device,
-                      sam2_run=model.sam2_run, options=options,
+        models = SegmenterOptions(model.sam2, model.sam2_run, device=model.device)
+        segment_cases(fetched.folder, out, model.index, models, options,
                       progress=None if progress is None else (lambda _c, d, t: progress("segment", d, t)))
     else:
-        from ragsam.inference import predict
+        from ragsam.inference import PredictOptions, predict
 
-        predict(model.run, fetched.folder, out, batch_size=model.batch_size, device=model.device,  # type: ignore[arg-type]
-                output_format="both")
+        predict(model.run, fetched.folder, out,  # type: ignore[arg-type]
+                PredictOptions(batch_size=model.batch_size, device=model.device, output_format="both"))
     from ragsam.data.dicom_seg import seg_path_for
 
     return out, seg_path_for(out)

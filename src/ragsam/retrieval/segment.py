@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,10 +67,11 @@ class FineTunedSource(Protocol):
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """How each volume of ``segment_cases`` is segmented (see :func:`ragsam.inference.rag_segment.segment_volume`).
+    """How a volume is segmented (:meth:`RagSegmenter.segment`, ``segment_volume``, ``segment_cases``): the
+    per-call settings; the models' are :class:`ragsam.inference.rag_segment.SegmenterOptions`.
 
     Attributes:
-        k: support slices per query slice.
+        k: support slices per query slice (each adds a memory of (image_size/16)^2 tokens).
         exclude_cases: bank cases never used as supports.
         batch_size: query slices per image-encoder / embedder pass.
         series_uid: DICOM series to read when a folder holds several.
@@ -98,12 +99,6 @@ class SegmentOptions:
         """The options that change an output (batch size does not; the run enters by its files)."""
         return {"k": self.k, "exclude_cases": list(self.exclude_cases), "series_uid": self.series_uid,
                 "z_prior": self.z_prior, "hybrid_weight": self.hybrid_weight, **key_parts(self.output_format)}
-
-    def segment_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :meth:`RagSegmenter.segment`."""
-        return {"k": self.k, "exclude_cases": self.exclude_cases, "batch_size": self.batch_size,
-                "series_uid": self.series_uid, "z_prior": self.z_prior, "run_dir": self.run_dir,
-                "hybrid_weight": self.hybrid_weight, "output_format": self.output_format}
 
 
 @dataclass
@@ -274,33 +269,28 @@ class RagSegmenter:
         """Support memories of ``neighbours`` (bank rows), encoded now and kept in the cache."""
         return support_memories(self.seg, self.bank, self.cache, neighbours)
 
-    def segment(
-        self,
-        input_path: str | os.PathLike,
-        output_path: str | os.PathLike,
-        k: int = 4,
-        exclude_cases: Iterable[str] = (),
-        batch_size: int = 8,
-        force: bool = False,
-        series_uid: str | None = None,
-        z_prior: float | None = DEFAULT_Z_PRIOR,
-        run_dir: str | os.PathLike | None = None,
-        hybrid_weight: float = 0.5,
-        progress: Callable[[int, int], None] | None = None,
-        own_supports: Mapping[int, np.ndarray] | None = None,
-        output_format: str = "nifti",
-    ) -> SegmentSummary:
-        """Segment one volume and write its label map; arguments as
-        :func:`ragsam.inference.rag_segment.segment_volume` (``run_dir``: needs ``fine_tuned``).
+    def segment(self, input_path: str | os.PathLike, output_path: str | os.PathLike,
+                options: SegmentOptions | None = None, force: bool = False,
+                progress: Callable[[int, int], None] | None = None,
+                own_supports: Mapping[int, np.ndarray] | None = None) -> SegmentSummary:
+        """Segment one volume and write its label map.
 
         Args:
+            input_path: CT image file or DICOM series folder (HU).
+            output_path: label file to write (``.nii.gz`` recommended), on the input's grid; with
+                ``output_format`` ``dicom-seg`` the SEG, with ``both`` the label file (the SEG beside it).
+            options: how the volume is segmented (:class:`SegmentOptions`; default: its defaults);
+                its ``run_dir`` needs ``fine_tuned``.
+            force: replace an existing output.
+            progress: called as ``progress(done_slices, total_slices)``.
             own_supports: labelled slices of this very volume (canonical z -> uint8 ``(S, S)``
                 labels on the bank's slice grid, e.g. a user's corrections). The nearest one
                 joins every query slice's supports as the frame closest to the query (SAM 2
                 propagation from the user's own slices), and these slices keep their labels.
                 Ignored with a fine-tuned run (hybrid): only the supports change there.
-            output_format: ``nifti`` (``output_path`` a label file), ``dicom-seg`` (``output_path``
-                the SEG) or ``both`` (the SEG beside the label file): :mod:`ragsam.data.case_outputs`.
+        Raises:
+            InputError: bad input image, k out of range, unknown excluded cases, bad options.
+            OutputExistsError: the output exists and ``force`` is false (checked before any work).
         """
         from ragsam.data.case_outputs import write_case
         from ragsam.data.dicom_seg import seg_path_for
@@ -308,6 +298,9 @@ class RagSegmenter:
         from ragsam.data.volume import read_image
 
         start = time.perf_counter()
+        options = options or SegmentOptions()
+        k, batch_size, run_dir, hybrid_weight = options.k, options.batch_size, options.run_dir, options.hybrid_weight
+        output_format, series_uid = options.output_format, options.series_uid
         check_request(hybrid_weight, batch_size, run_dir, self.fine_tuned)
         output_path = Path(output_path)
         check_writable(output_path, force)
@@ -317,7 +310,7 @@ class RagSegmenter:
         bank = self.bank
         if k < 1 or k > len(bank):
             raise InputError(self.bank_dir, f"k={k} must be between 1 and the bank size ({len(bank)} slices)")
-        excluded = sorted({str(c) for c in exclude_cases})
+        excluded = sorted({str(c) for c in options.exclude_cases})
         unknown = sorted(set(excluded) - set(bank.case_ids.tolist()))
         if unknown:
             raise InputError(self.bank_dir, f"excluded cases {unknown[:3]} are not in the bank")
@@ -328,7 +321,7 @@ class RagSegmenter:
         settings = bank.prepare_meta().slice_settings
         stack = volume_to_slices(image, None, settings)
         depth, size = stack.images.shape[0], stack.images.shape[-1]
-        hits = retrieve_supports(bank, self.embedder, stack.images, k, excluded, z_prior, batch_size)
+        hits = retrieve_supports(bank, self.embedder, stack.images, k, excluded, options.z_prior, batch_size)
         fused = grid_ft = None
         if run_dir is not None:
             from ragsam.retrieval.hybrid import fuse_slice
