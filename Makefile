@@ -33,7 +33,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash tools/ensure-test-packages.sh
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -1,7 +1,7 @@
 """One options object per API: outside ``ragsam.cli`` no function or method takes more than 10 parameters
 (positional, keyword-only, ``*args`` and ``**kwargs`` counted; ``self`` / ``cls`` not). The settings of an API
 travel in its options dataclass (``SegmenterOptions`` / ``SegmentOptions``, ``PredictOptions``, ``BankOptions``,
-``EvaluationOptions``, ``PrepareOptions``)."""
+``EvaluationOptions``, ``PrepareOptions``, ``AppOptions``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import ragsam
 PACKAGE = Path(ragsam.__file__).parent
 MAX_PARAMETERS = 10
 #: (module, function) still wider than the rule, each with its owner's reason.
-ALLOWED = {("ragsam.app", "create_app")}  # the web app's factory (another issue reshapes it)
+ALLOWED: set[tuple[str, str]] = set()  # none: create_app takes AppOptions
 
 
 def parameter_count(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
