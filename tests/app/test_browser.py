@@ -153,6 +153,7 @@ def test_3_upload_segment_correct_add_and_resegment(page, server, world, tmp_pat
     assert first.shape == (12, 64, 64)  # on the input's grid
     download = page.request.get(server.base + page.get_attribute("#download", "href"))
     assert download.ok and download.body() == labels_path.read_bytes()
+    assert page.is_hidden("#download-seg")  # a NIfTI upload has no source series for a SEG
     _shot(page, "2-segmented")
 
     # paint liver on the axial slice on screen

@@ -7,10 +7,12 @@ Fails (never skips) without Chromium or Orthanc.
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from app_fixtures import RunningServer, free_port
 from test_browser import CHROMIUM, _shot
@@ -66,7 +68,7 @@ def test_open_from_pacs_paint_and_save_to_pacs(pacs_app):
         assert page.inner_text("#message") == ""
         scan_id = page.evaluate("() => window.ragsam.state.current.scan.id")
         assert page.evaluate("() => window.ragsam.state.current.scan.pacs") == {"study": STUDY, "series": SERIES}
-        assert page.is_visible("#save-pacs")
+        assert page.is_visible("#save-pacs") and page.is_visible("#download-seg")  # a DICOM scan: SEG download
         page.fill("#opacity", "0.35")
         page.dispatch_event("#opacity", "input")
         # paint: brush with liver across the middle of the axial view
@@ -82,6 +84,9 @@ def test_open_from_pacs_paint_and_save_to_pacs(pacs_app):
         page.wait_for_function("() => document.querySelector('#message').textContent.startsWith('stored SEG')",
                                timeout=120_000)
         _shot(page, "7-pacs-saved")
+        download = page.request.get(server.base + page.get_attribute("#download-seg", "href"))
+        assert download.ok and download.headers["content-type"] == "application/dicom"
+        downloaded = pydicom.dcmread(io.BytesIO(download.body()))
         assert not errors, errors
         browser.close()
 
@@ -92,5 +97,6 @@ def test_open_from_pacs_paint_and_save_to_pacs(pacs_app):
     seg = pacs.retrieve(STUDY, item["0020000E"]["Value"][0], item["00080018"]["Value"][0])
     stored = read_dicom_seg(seg, read_image(folder), source_series=folder)
     assert np.array_equal(stored, labels.array)  # the SEG is the page's saved labels, correction included
+    assert downloaded.SOPInstanceUID == seg.SOPInstanceUID  # "Download DICOM SEG" gives the very SEG stored
     scan = server.session.app.state.scans.get(scan_id)
     assert scan.corrected  # the brush stroke changed slices before the save

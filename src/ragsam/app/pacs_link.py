@@ -11,7 +11,6 @@ and stores it into the same study, unless the study already holds that very SEG.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from ragsam.errors import InputError
@@ -56,21 +55,13 @@ class PacsLink:
         return scans.adopt_series(name, fetched.folder, mode, {"study": study_uid, "series": series_uid})
 
     def save(self, scan: Any) -> dict[str, Any]:
-        """Store the scan's current labels as a DICOM SEG into its study (STOW-RS)."""
-        from ragsam.data.dicom_seg import build_dicom_seg
-        from ragsam.data.volume import read_labels
+        """Store the scan's current labels as a DICOM SEG (:func:`ragsam.app.scan_seg.scan_seg`) into its study."""
+        from ragsam.app.scan_seg import scan_seg
 
         origin = getattr(scan, "origin", None)
         if not origin:
             raise InputError(None, f"scan {scan.name} did not come from the PACS; open a PACS study to save to it")
-        if scan.state != "done" or not scan.runs:
-            raise InputError(None, f"scan {scan.name} is not segmented yet")
-        labels = read_labels(scan.labels_path)
-        algorithm = {"rag": "RAG", "finetuned": "fine-tuned SAM", "hybrid": "hybrid"}.get(scan.mode, scan.mode)
-        if scan.corrected:
-            algorithm += " + corrections"
-        seg = build_dicom_seg(labels, Path(scan.input), self.label_names, algorithm=algorithm,
-                              model_key=f"app-{scan.id}-run{scan.runs}")
+        seg = scan_seg(scan, self.label_names)
         stored = not self.pacs.has_instance(origin["study"], str(seg.SOPInstanceUID))
         if stored:
             self.pacs.store(seg, origin["study"])

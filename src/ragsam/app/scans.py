@@ -94,7 +94,7 @@ class Scan:
     def to_json(self) -> dict:
         return {"id": self.id, "name": self.name, "mode": self.mode, "state": self.state, "done": self.done,
                 "total": self.total, "error": self.error, "corrected": sorted(self.corrected),
-                "added": list(self.added), "runs": self.runs, "pacs": self.origin,
+                "added": list(self.added), "runs": self.runs, "pacs": self.origin, "dicom": self.input.is_dir(),
                 "image": ["scans", str((self.view or self.input).relative_to(self.folder.parent))],
                 "labels": ["scans", f"{self.id}/labels.nii.gz"] if self.runs else None}
 

@@ -12,6 +12,8 @@ Routes::
     GET  /api/thumb/<case>/<z>.png       a bank slice with its labels
     GET  /api/scans, /api/scans/<id>     uploaded scans and their progress
     POST /api/scans?name=&mode=          upload (raw body) and segment
+    GET  /api/scans/<id>/labels?format=  download the current labels: nifti (default) or dicom-seg
+                                         (a DICOM series' scans only; ragsam.app.scan_seg)
     PUT  /api/scans/<id>/labels          save corrected labels (NIfTI body on the input grid)
     POST /api/scans/<id>/add             add the corrected slices to the bank
     POST /api/scans/<id>/resegment       segment again with the corrected slices as supports
@@ -51,6 +53,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragsam.app.catalog import Catalog, organ_table
 from ragsam.app.engine import Engine
+from ragsam.app.scan_seg import scan_seg, seg_bytes
 from ragsam.app.scans import MODES, ScanStore
 from ragsam.app.uploads import MAX_RECEIVING, public_message, receive_body, remove, upload_name
 from ragsam.errors import InputError, RagsamError
@@ -73,6 +76,8 @@ SECURITY_HEADERS = {
 }
 #: Files from the given folders and uploads are data, never a page or a script, whatever their name.
 FILE_CSP = "default-src 'none'; sandbox; frame-ancestors 'none'"
+#: The formats of ``GET /api/scans/<id>/labels`` (``--output-format``'s single-file ones).
+DOWNLOADS = ("nifti", "dicom-seg")
 
 
 class Guard:
@@ -251,6 +256,28 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
         except RagsamError as exc:
             return _error(exc, 404)
 
+    async def scan_download(request: Request) -> Response:
+        try:
+            scan = scans.get(request.path_params["id"])
+        except RagsamError as exc:
+            return _error(exc, 404)
+        kind = request.query_params.get("format", "nifti")
+        if kind not in DOWNLOADS:
+            return JSONResponse({"error": f"format must be one of {', '.join(DOWNLOADS)}, got {kind[:40]!r}"}, 400)
+        if kind == "nifti":
+            if not scan.runs:
+                return JSONResponse({"error": f"scan {scan.name} is not segmented yet"}, 400)
+            return FileResponse(scan.labels_path, media_type="application/gzip", headers={
+                "content-disposition": f'attachment; filename="scan-{scan.id}_labels.nii.gz"',
+                "content-security-policy": FILE_CSP})
+        try:
+            data = await asyncio.to_thread(lambda: seg_bytes(scan_seg(scan, label_names)))
+        except RagsamError as exc:
+            return JSONResponse({"error": public_message(scan.public(str(exc)), places)}, 400)
+        return Response(data, media_type="application/dicom", headers={
+            "content-disposition": f'attachment; filename="scan-{scan.id}_labels.seg.dcm"',
+            "content-security-policy": FILE_CSP})
+
     async def scan_labels(request: Request) -> Response:
         try:
             scan = scans.get(request.path_params["id"])
@@ -326,6 +353,7 @@ def build_app(catalog: Catalog, engine: Engine, label_names: dict[int, str], tok
         Route("/api/scans", scan_list, methods=["GET"]),
         Route("/api/scans", scan_create, methods=["POST"]),
         Route("/api/scans/{id}", scan_get),
+        Route("/api/scans/{id}/labels", scan_download, methods=["GET"]),
         Route("/api/scans/{id}/labels", scan_labels, methods=["PUT"]),
         Route("/api/scans/{id}/add", scan_add, methods=["POST"]),
         Route("/api/scans/{id}/resegment", scan_resegment, methods=["POST"]),

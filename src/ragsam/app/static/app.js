@@ -205,6 +205,9 @@ async function openScan(id) {
   state.nvA.resizeListener();
   $("#download").href = fileUrl(scan.labels);
   $("#download").download = `${scan.name.replace(/\.(nii\.gz|nii|zip)$/, "")}_labels.nii.gz`;
+  // a SEG references its source series: only DICOM scans have one (the server names the file)
+  $("#download-seg").href = `/api/scans/${encodeURIComponent(scan.id)}/labels?format=dicom-seg`;
+  $("#download-seg").hidden = !scan.dicom;
   showCorrected(scan);
   $("#save-pacs").hidden = !scan.pacs;
   await showMetrics(null, null);
