@@ -543,6 +543,11 @@ def test_the_suite_is_large():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_in_one_line(case: Case, base: Base, tmp_path: Path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads the variable once, at import: without this an unknown Hub id waits for the
+    # network to time out (about 45 s) before it is refused
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("COLUMNS", "200")
     argv, named, leftover = case.build(base, tmp_path)
     capsys.readouterr()
