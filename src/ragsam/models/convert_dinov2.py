@@ -198,26 +198,7 @@ def official_shapes(config: Dinov2Config | Dinov2WithRegistersConfig) -> dict[st
     """
     with torch.device("meta"):
         model = model_class(config)(config)
-    hf = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    top = {v: k for k, v in _TOP_RENAMES.items()}
-    block = {v: k for k, v in _BLOCK_RENAMES.items()}
-    out: dict[str, tuple[int, ...]] = {}
-    for key, shape in hf.items():
-        if key in top:
-            out[top[key]] = shape
-            continue
-        m = _LAYER.match(key)
-        if m is None:
-            raise KeyError(f"unexpected transformers DINOv2 tensor {key!r}")
-        prefix, suffix = f"blocks.{m.group(1)}.", m.group(2)
-        if suffix in block:
-            out[prefix + block[suffix]] = shape
-            continue
-        for fused, targets in _BLOCK_SPLITS.items():
-            if suffix == targets[0]:
-                rows = sum(hf[f"encoder.layer.{m.group(1)}.{t}"][0] for t in targets)
-                out[prefix + fused] = (rows, *shape[1:])
-    return out
+    return {k: tuple(v.shape) for k, v in hf_to_official(model.state_dict()).items()}
 
 
 def official_to_hf(state: dict[str, torch.Tensor], source: str | os.PathLike = "<state dict>",
