@@ -7,13 +7,12 @@ API is driven as the page drives it.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from app_fixtures import RunningServer, free_port
-from test_server import _request
+from test_server import _request, wait_for_scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pacs"))
 from dicom_fixtures import SERIES, STUDY, write_series  # noqa: E402
@@ -37,17 +36,6 @@ def linked(world, ct_dicom, tmp_path, monkeypatch):
     orthanc.stop()
 
 
-def _wait(server, scan_id: str) -> dict:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status, scan = _request(server, "GET", f"/api/scans/{scan_id}")
-        assert status == 200
-        if scan["state"] in ("done", "error"):
-            return scan
-        time.sleep(0.2)
-    raise AssertionError("the scan did not finish")
-
-
 def test_open_correct_and_save_to_pacs(linked):
     from ragsam.data.dicom_seg import read_dicom_seg
     from ragsam.data.volume import read_image, read_labels, write_labels
@@ -61,7 +49,7 @@ def test_open_correct_and_save_to_pacs(linked):
 
     status, scan = _request(server, "POST", f"/api/pacs/open?study={STUDY}&mode=rag")
     assert status == 201 and scan["pacs"] == {"study": STUDY, "series": SERIES}
-    scan = _wait(server, scan["id"])
+    scan = wait_for_scan(server, scan["id"])
     assert scan["state"] == "done", scan["error"]
 
     # a correction: a block of liver painted into slice 10, sent as the page sends it

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from app_fixtures import RunningServer, free_port
-from test_server import _request
+from test_server import _request, wait_for_scan
 
 #: A display name that would be markup if the page rendered it as HTML: it must come back as the same text.
 NAME = "Abdomen <img src=x onerror=alert(1)> & co.nii.gz"
@@ -37,15 +36,9 @@ def _upload(server, name: str, body: bytes) -> dict:
 
 
 def _wait(server, scan_id: str) -> dict:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status, scan = _request(server, "GET", f"/api/scans/{scan_id}")
-        assert status == 200
-        if scan["state"] in ("done", "error"):
-            assert scan["state"] == "done", scan["error"]
-            return scan
-        time.sleep(0.2)
-    raise AssertionError("the scan did not finish")
+    scan = wait_for_scan(server, scan_id)
+    assert scan["state"] == "done", scan["error"]
+    return scan
 
 
 def _labels(server, scan: dict):

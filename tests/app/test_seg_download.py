@@ -8,13 +8,12 @@ the NIfTI download holds. A NIfTI upload asked for a SEG gets the command line's
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
 from app_fixtures import RunningServer, free_port
 from hostile import small_ct, zip_files
-from test_server import _request
+from test_server import _request, wait_for_scan
 
 from dicom_series import copy_series
 
@@ -32,17 +31,6 @@ def served(world, ct_dicom, tmp_path_factory):
     server.stop()
 
 
-def _wait(server, scan_id: str) -> dict:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status, scan = _request(server, "GET", f"/api/scans/{scan_id}")
-        assert status == 200
-        if scan["state"] in ("done", "error"):
-            return scan
-        time.sleep(0.2)
-    raise AssertionError("the scan did not finish")
-
-
 def test_a_corrected_dicom_scan_downloads_as_a_seg_equal_to_its_nifti(served):
     import pydicom
 
@@ -56,7 +44,7 @@ def test_a_corrected_dicom_scan_downloads_as_a_seg_equal_to_its_nifti(served):
     status, body = _request(server, "GET", f"/api/scans/{scan['id']}/labels?format=dicom-seg")
     if _request(server, "GET", f"/api/scans/{scan['id']}")[1]["state"] != "done":  # still segmenting
         assert status == 400 and body["error"] == "scan series.zip is not segmented yet"
-    scan = _wait(server, scan["id"])
+    scan = wait_for_scan(server, scan["id"])
     assert scan["state"] == "done", scan["error"]
 
     # a correction: a block of liver painted into slice 10, sent as the page sends it
@@ -99,4 +87,4 @@ def test_a_nifti_scan_asked_for_a_seg_gets_one_line(served):
     assert body == {"error": "scan small.nii.gz is a NIfTI upload; a DICOM SEG needs the source DICOM series"}
     status, body = _request(server, "GET", "/api/scans/00000000/labels?format=dicom-seg")
     assert status == 404
-    _wait(server, scan["id"])
+    wait_for_scan(server, scan["id"])

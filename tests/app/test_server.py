@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,18 @@ def _request(server, method, path, body=None, headers=None, token=True, full=Fal
     with contextlib.suppress(ValueError):
         data = json.loads(data)
     return (response.status, data, response) if full else (response.status, data)
+
+
+def wait_for_scan(server, scan_id: str, timeout_s: float = 600) -> dict:
+    """The scan's JSON once its segmentation has finished (state ``done`` or ``error``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status, scan = _request(server, "GET", f"/api/scans/{scan_id}")
+        assert status == 200
+        if scan["state"] in ("done", "error"):
+            return scan
+        time.sleep(0.2)
+    raise AssertionError("the scan did not finish")
 
 
 def test_another_host_needs_the_token(world):
