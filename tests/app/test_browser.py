@@ -10,6 +10,7 @@ works in a browser.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -46,8 +47,10 @@ def server(world, tmp_path_factory):
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def page(server):
+@contextlib.contextmanager
+def app_tab(server):
+    """A headless Chromium tab on the app, logged in by its token URL: ``(tab, errors)``, where ``errors``
+    collects page errors and Content-Security-Policy violations."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():
@@ -62,10 +65,18 @@ def page(server):
         tab.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
         tab.goto(f"{server.base}/?token={server.session.token}")
         tab.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        try:
+            yield tab, errors
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with app_tab(server) as (tab, errors):
         assert tab.url == server.base + "/"  # the token went into a cookie, out of the address bar and history
         tab.errors = errors
         yield tab
-        browser.close()
 
 
 def _shot(page, name: str) -> Path:

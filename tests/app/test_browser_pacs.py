@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from app_fixtures import RunningServer, free_port
-from test_browser import CHROMIUM, _shot
+from test_browser import _shot, app_tab
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pacs"))
 from dicom_fixtures import SERIES, STUDY, write_series  # noqa: E402
@@ -41,25 +41,13 @@ def pacs_app(world, ct_dicom, tmp_path_factory):
 
 
 def test_open_from_pacs_paint_and_save_to_pacs(pacs_app):
-    from playwright.sync_api import sync_playwright
-
     from ragsam.data.dicom_seg import read_dicom_seg
     from ragsam.data.volume import read_image, read_labels
     from ragsam.pacs.client import Pacs
     from ragsam.pacs.credentials import Credentials
 
     server, orthanc, folder = pacs_app
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium; the browser tests do not skip")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
-        page = browser.new_page(viewport={"width": 1400, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
-        page.goto(f"{server.base}/?token={server.session.token}")
-        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+    with app_tab(server) as (page, errors):
         page.wait_for_selector(f"#studies li[data-study='{STUDY}']", timeout=30_000)
         assert "Test^Abdomen" in page.inner_text("#studies")
         page.click(f"#studies li[data-study='{STUDY}']")
@@ -88,7 +76,6 @@ def test_open_from_pacs_paint_and_save_to_pacs(pacs_app):
         assert download.ok and download.headers["content-type"] == "application/dicom"
         downloaded = pydicom.dcmread(io.BytesIO(download.body()))
         assert not errors, errors
-        browser.close()
 
     assert orthanc.modalities(STUDY) == ["CT", "SEG"]
     labels = read_labels(server.session.state / "scans" / scan_id / "labels.nii.gz")
